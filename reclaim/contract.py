@@ -1,0 +1,516 @@
+"""The data contract: the tables a platform exports, the simulator writes and the service stores.
+
+Four Parquet tables live in one folder (``docs/data-contract.md`` documents every column):
+
+- ``payments.parquet``: one row per failed payment to recover;
+- ``attempts.parquet``: one row per charge attempt, the original failure (attempt 0) included;
+- ``messages.parquet``: one row per customer message;
+- ``decisions.parquet`` (optional): one row per decision a logging policy made, with the
+  probability of the whole action, for off-policy evaluation.
+
+:func:`validate` checks a set of tables and raises :class:`ContractError` naming the table,
+the column and example rows; :func:`read_tables` and :func:`write_tables` validate on the
+way in and out, and a failed write leaves the target folder untouched.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from reclaim import vocab
+
+TIMESTAMP_DTYPE = pd.DatetimeTZDtype(unit="us", tz="UTC")
+
+
+def utc(values: object, index: pd.Index | None = None) -> pd.Series:
+    """Times as a contract UTC timestamp series; naive values are taken to be UTC already."""
+    s = pd.Series(values, index=index) if not isinstance(values, pd.Series) else values
+    if index is not None and isinstance(values, pd.Series):
+        s = pd.Series(values.to_numpy(), index=index, dtype=values.dtype)
+    if not isinstance(s.dtype, pd.DatetimeTZDtype):
+        s = pd.to_datetime(s).dt.tz_localize("UTC")
+    return s.dt.tz_convert("UTC").astype(TIMESTAMP_DTYPE)
+
+
+@dataclass(frozen=True)
+class Column:
+    """One contract column.
+
+    ``kind`` is one of ``str``, ``int``, ``float``, ``bool``, ``timestamp``, ``category``;
+    a ``category`` column takes only the values of ``enum``.
+    """
+
+    name: str
+    kind: str
+    nullable: bool = False
+    enum: type[StrEnum] | None = None
+    doc: str = ""
+
+    @property
+    def dtype(self) -> object:
+        """The pandas dtype this column has after loading."""
+        if self.kind == "category":
+            assert self.enum is not None  # guaranteed by the table definitions below
+            return pd.CategoricalDtype([m.value for m in self.enum])
+        return {
+            "str": pd.StringDtype(na_value=np.nan),
+            "int": "int64",
+            "float": "float64",
+            "bool": "bool",
+            "timestamp": TIMESTAMP_DTYPE,
+        }[self.kind]
+
+    @property
+    def arrow_type(self) -> pa.DataType:
+        return {
+            "str": pa.string(),
+            "category": pa.string(),
+            "int": pa.int64(),
+            "float": pa.float64(),
+            "bool": pa.bool_(),
+            "timestamp": pa.timestamp("us", tz="UTC"),
+        }[self.kind]
+
+
+@dataclass(frozen=True)
+class Table:
+    """One contract table: its columns and the columns that identify a row."""
+
+    name: str
+    columns: tuple[Column, ...]
+    key: tuple[str, ...]
+    required: bool = True
+
+    @property
+    def file(self) -> str:
+        return f"{self.name}.parquet"
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    def arrow_schema(self) -> pa.Schema:
+        return pa.schema(
+            [pa.field(c.name, c.arrow_type, nullable=c.nullable) for c in self.columns]
+        )
+
+
+PAYMENTS = Table(
+    "payments",
+    (
+        Column("payment_id", "str", doc="Invoice (`in_…`) or payment intent (`pi_…`) id."),
+        Column(
+            "object", "category", enum=vocab.PaymentObject, doc="`invoice` or `payment_intent`."
+        ),
+        Column("account_id", "str", doc="Connected account (`acct_…`) whose revenue this is."),
+        Column("charge_model", "category", enum=vocab.ChargeModel, doc="How the charge is made."),
+        Column("on_behalf_of", "bool", doc="The charge is made `on_behalf_of` the account."),
+        Column("amount", "int", doc="Amount due in the currency's minor unit, > 0."),
+        Column("currency", "str", doc="Three-letter ISO code, lower case."),
+        Column(
+            "application_fee_amount",
+            "int",
+            nullable=True,
+            doc="The platform's fee in minor units (null if unknown).",
+        ),
+        Column("customer_id", "str", doc="Stripe customer id."),
+        Column("customer_country", "str", nullable=True, doc="ISO 3166-1 alpha-2."),
+        Column("customer_timezone", "str", nullable=True, doc="IANA timezone, if known."),
+        Column("card_brand", "category", enum=vocab.CardBrand),
+        Column("card_funding", "category", enum=vocab.Funding),
+        Column("card_country", "str", nullable=True, doc="ISO 3166-1 alpha-2 of the issuer."),
+        Column("billing_reason", "category", enum=vocab.BillingReason),
+        Column("failed_at", "timestamp", doc="Time of the first failure, UTC."),
+        Column("decline_code", "str", doc="Stripe decline code of the first failure."),
+        Column("advice_code", "category", nullable=True, enum=vocab.AdviceCode),
+        Column("network_decline_code", "str", nullable=True),
+        Column("network_advice_code", "str", nullable=True),
+    ),
+    key=("payment_id",),
+)
+
+ATTEMPTS = Table(
+    "attempts",
+    (
+        Column("payment_id", "str"),
+        Column("attempt_number", "int", doc="0 for the original failure, then 1, 2, …"),
+        Column("attempted_at", "timestamp", doc="UTC."),
+        Column(
+            "initiator", "category", enum=vocab.Initiator, doc="`merchant` retry or `customer`."
+        ),
+        Column("outcome", "category", enum=vocab.Outcome),
+        Column("decline_code", "str", nullable=True, doc="Set when the outcome is `failed`."),
+        Column("advice_code", "category", nullable=True, enum=vocab.AdviceCode),
+        Column("network_decline_code", "str", nullable=True),
+        Column("network_advice_code", "str", nullable=True),
+        Column(
+            "policy", "str", nullable=True, doc="Logging policy that chose this attempt's time."
+        ),
+        Column("propensity", "float", nullable=True, doc="Its probability of that choice, (0, 1]."),
+    ),
+    key=("payment_id", "attempt_number"),
+)
+
+MESSAGES = Table(
+    "messages",
+    (
+        Column("message_id", "str"),
+        Column("payment_id", "str"),
+        Column("sent_at", "timestamp", doc="UTC."),
+        Column("channel", "category", enum=vocab.Channel),
+        Column("sender", "category", enum=vocab.Sender),
+        Column("policy", "str", nullable=True),
+        Column("propensity", "float", nullable=True, doc="Probability of this channel, (0, 1]."),
+    ),
+    key=("message_id",),
+)
+
+DECISIONS = Table(
+    "decisions",
+    (
+        Column("payment_id", "str"),
+        Column("decision_number", "int", doc="0 right after the failure, k after retry k failed."),
+        Column("decided_at", "timestamp", doc="UTC."),
+        Column("policy", "str"),
+        Column("retry_at", "timestamp", nullable=True, doc="Chosen retry time; null: no retry."),
+        Column("channel", "category", nullable=True, enum=vocab.Channel, doc="Null: no message."),
+        Column("sender", "category", nullable=True, enum=vocab.Sender),
+        Column("propensity", "float", doc="Probability of the whole action, (0, 1]."),
+    ),
+    key=("payment_id", "decision_number"),
+    required=False,
+)
+
+TABLES: tuple[Table, ...] = (PAYMENTS, ATTEMPTS, MESSAGES, DECISIONS)
+TABLES_BY_NAME: dict[str, Table] = {t.name: t for t in TABLES}
+
+
+class ContractError(ValueError):
+    """A table breaks the data contract.
+
+    The message names the table (or file), the column and up to five example rows.
+    """
+
+    def __init__(self, table: str, column: str | None, problem: str, examples: object = None):
+        self.table = table
+        self.column = column
+        self.problem = problem
+        self.examples = examples
+        where = f"{table}" + (f", column '{column}'" if column else "")
+        text = f"{where}: {problem}"
+        if examples is not None:
+            text += f"\n  e.g. {examples}"
+        super().__init__(text)
+
+
+@dataclass
+class ContractTables:
+    """A validated set of contract tables (``decisions`` may be empty)."""
+
+    payments: pd.DataFrame
+    attempts: pd.DataFrame
+    messages: pd.DataFrame
+    decisions: pd.DataFrame = field(default_factory=lambda: empty(DECISIONS))
+
+    def as_dict(self) -> dict[str, pd.DataFrame]:
+        return {t.name: getattr(self, t.name) for t in TABLES}
+
+
+def empty(table: Table) -> pd.DataFrame:
+    """An empty frame with the table's columns and dtypes."""
+    return pd.DataFrame({c.name: pd.Series([], dtype=c.dtype) for c in table.columns})
+
+
+def _examples(df: pd.DataFrame, mask: pd.Series | np.ndarray, columns: list[str]) -> str:
+    rows = df.loc[np.asarray(mask), [c for c in columns if c in df.columns]].head(5)
+    return (
+        ", ".join(
+            "row " + str(i) + " " + str(r.to_dict())
+            for i, r in zip(rows.index, rows.itertuples(index=False), strict=False)
+        )
+        if len(rows)
+        else ""
+    )
+
+
+def _coerce(table: Table, col: Column, s: pd.Series) -> pd.Series:
+    """Cast ``s`` to the column's dtype, or raise naming what does not fit."""
+    label = table.file
+    if not col.nullable and s.isna().any():
+        raise ContractError(
+            label,
+            col.name,
+            "null values in a required column",
+            _examples(s.to_frame(), s.isna(), [col.name]),
+        )
+    if col.kind == "category":
+        allowed = {m.value for m in col.enum or ()}
+        values = s.astype("object")
+        bad = values.notna() & ~values.isin(allowed)
+        if bad.any():
+            unknown = sorted({str(v) for v in values[bad]})[:5]
+            raise ContractError(
+                label,
+                col.name,
+                f"unknown value(s) {unknown}; allowed: {sorted(allowed)}",
+                _examples(s.to_frame(), bad, [col.name]),
+            )
+        return values.astype(col.dtype)
+    if col.kind == "str":
+        if not (
+            pd.api.types.is_string_dtype(s)
+            or pd.api.types.is_object_dtype(s)
+            or isinstance(s.dtype, pd.CategoricalDtype)
+        ):
+            raise ContractError(label, col.name, f"expected text, got {s.dtype}")
+        values = s.astype("object")
+        if pd.api.types.infer_dtype(values, skipna=True) not in ("string", "empty"):
+            bad = values.notna() & ~values.map(lambda v: isinstance(v, str))
+            raise ContractError(
+                label, col.name, "expected text values", _examples(s.to_frame(), bad, [col.name])
+            )
+        return values.astype(col.dtype)
+    if col.kind == "int":
+        if col.nullable and s.isna().any():
+            numeric = pd.to_numeric(s, errors="coerce")
+            if not (pd.api.types.is_numeric_dtype(s) or s.isna().all()):
+                raise ContractError(label, col.name, f"expected integers, got {s.dtype}")
+            frac = numeric.notna() & (numeric % 1 != 0)
+            if frac.any():
+                raise ContractError(
+                    label,
+                    col.name,
+                    "expected whole numbers",
+                    _examples(s.to_frame(), frac, [col.name]),
+                )
+            return numeric.astype("Int64")
+        if pd.api.types.is_bool_dtype(s) or not pd.api.types.is_numeric_dtype(s):
+            raise ContractError(label, col.name, f"expected integers, got {s.dtype}")
+        if pd.api.types.is_float_dtype(s):
+            frac = s % 1 != 0
+            if frac.any():
+                raise ContractError(
+                    label,
+                    col.name,
+                    "expected whole numbers",
+                    _examples(s.to_frame(), frac, [col.name]),
+                )
+        return s.astype("int64")
+    if col.kind == "float":
+        if pd.api.types.is_bool_dtype(s) or not (
+            pd.api.types.is_numeric_dtype(s) or s.isna().all()
+        ):
+            raise ContractError(label, col.name, f"expected numbers, got {s.dtype}")
+        return s.astype("float64")
+    if col.kind == "bool":
+        if not pd.api.types.is_bool_dtype(s):
+            raise ContractError(label, col.name, f"expected true/false, got {s.dtype}")
+        return s.astype("bool")
+    if col.kind == "timestamp":
+        if col.nullable and s.isna().all():
+            return pd.Series(pd.NaT, index=s.index, dtype=TIMESTAMP_DTYPE)
+        if not isinstance(s.dtype, pd.DatetimeTZDtype):
+            raise ContractError(
+                label, col.name, f"expected timezone-aware UTC timestamps, got {s.dtype}"
+            )
+        return s.dt.tz_convert("UTC").astype(TIMESTAMP_DTYPE)
+    raise AssertionError(f"unknown column kind {col.kind}")  # pragma: no cover
+
+
+def conform(table: Table, df: pd.DataFrame) -> pd.DataFrame:
+    """Check one table's columns and types and return it with the contract's dtypes.
+
+    Extra columns are dropped; a missing column, a null in a required column, a value of the
+    wrong type or an unknown enum value raises :class:`ContractError`.
+    """
+    missing = [c for c in table.column_names if c not in df.columns]
+    if missing:
+        raise ContractError(
+            table.file,
+            missing[0],
+            f"missing column(s) {missing}; the table needs {table.column_names}",
+        )
+    out = {c.name: _coerce(table, c, df[c.name]) for c in table.columns}
+    return pd.DataFrame(out, index=pd.RangeIndex(len(df)))
+
+
+def _check_rows(tables: ContractTables) -> None:
+    """Row-level rules across tables: keys, amounts, times and references."""
+    p, a, m, d = tables.payments, tables.attempts, tables.messages, tables.decisions
+    for table in TABLES:
+        df = getattr(tables, table.name)
+        dup = df.duplicated(list(table.key), keep=False)
+        if dup.any():
+            raise ContractError(
+                table.file,
+                ", ".join(table.key),
+                "duplicate ids",
+                _examples(df, dup, list(table.key)),
+            )
+    bad = p["amount"] <= 0
+    if bad.any():
+        raise ContractError(
+            PAYMENTS.file,
+            "amount",
+            "amounts must be positive (minor units)",
+            _examples(p, bad, ["payment_id", "amount"]),
+        )
+    fee = p["application_fee_amount"]
+    bad = fee.notna() & ((fee < 0) | (fee > p["amount"]))
+    if bad.any():
+        raise ContractError(
+            PAYMENTS.file,
+            "application_fee_amount",
+            "the fee must be between 0 and the amount",
+            _examples(p, bad, ["payment_id", "amount", "application_fee_amount"]),
+        )
+    bad = ~p["currency"].str.fullmatch(r"[a-z]{3}")
+    if bad.any():
+        raise ContractError(
+            PAYMENTS.file,
+            "currency",
+            "expected a lower-case ISO 4217 code",
+            _examples(p, bad, ["payment_id", "currency"]),
+        )
+    failed_at = p.set_index("payment_id")["failed_at"]
+    for table, df, time_col in (
+        (ATTEMPTS, a, "attempted_at"),
+        (MESSAGES, m, "sent_at"),
+        (DECISIONS, d, "decided_at"),
+    ):
+        known = df["payment_id"].isin(failed_at.index)
+        if not known.all():
+            raise ContractError(
+                table.file,
+                "payment_id",
+                f"{table.name} for unknown payments (not in payments.parquet)",
+                _examples(df, ~known, ["payment_id"]),
+            )
+        early = df[time_col] < df["payment_id"].map(failed_at).astype(TIMESTAMP_DTYPE)
+        if early.any():
+            raise ContractError(
+                table.file,
+                time_col,
+                "before the payment's first failure",
+                _examples(df, early, ["payment_id", time_col]),
+            )
+    bad = a["attempt_number"] < 0
+    if bad.any():
+        raise ContractError(
+            ATTEMPTS.file,
+            "attempt_number",
+            "attempt numbers start at 0",
+            _examples(a, bad, ["payment_id", "attempt_number"]),
+        )
+    bad = (a["outcome"] == vocab.Outcome.FAILED) & a["decline_code"].isna()
+    if bad.any():
+        raise ContractError(
+            ATTEMPTS.file,
+            "decline_code",
+            "a failed attempt needs a decline code",
+            _examples(a, bad, ["payment_id", "attempt_number"]),
+        )
+    for table, df in ((ATTEMPTS, a), (MESSAGES, m), (DECISIONS, d)):
+        prop = df["propensity"]
+        bad = prop.notna() & ((prop <= 0) | (prop > 1))
+        if bad.any():
+            raise ContractError(
+                table.file,
+                "propensity",
+                "propensities must be in (0, 1]",
+                _examples(df, bad, ["payment_id", "propensity"]),
+            )
+
+
+def validate(tables: Mapping[str, pd.DataFrame] | ContractTables) -> ContractTables:
+    """Validate a set of tables and return them with the contract's dtypes.
+
+    Parameters
+    ----------
+    tables
+        ``payments``, ``attempts`` and ``messages`` frames, and optionally ``decisions``.
+
+    Raises
+    ------
+    ContractError
+        Naming the table, the column and example rows of the first problem found.
+    """
+    raw = tables.as_dict() if isinstance(tables, ContractTables) else dict(tables)
+    conformed: dict[str, pd.DataFrame] = {}
+    for table in TABLES:
+        if table.name not in raw or raw[table.name] is None:
+            if table.required:
+                raise ContractError(table.file, None, "table is missing")
+            conformed[table.name] = empty(table)
+            continue
+        conformed[table.name] = conform(table, raw[table.name])
+    result = ContractTables(**conformed)
+    _check_rows(result)
+    return result
+
+
+def read_tables(folder: str | os.PathLike[str]) -> ContractTables:
+    """Read and validate the contract tables in ``folder``.
+
+    Raises :class:`ContractError` naming the file for a missing or unreadable table.
+    """
+    folder = Path(folder)
+    raw: dict[str, pd.DataFrame] = {}
+    for table in TABLES:
+        path = folder / table.file
+        if not path.exists():
+            if table.required:
+                raise ContractError(str(path), None, "file not found")
+            continue
+        try:
+            raw[table.name] = pq.read_table(path).to_pandas()
+        except (pa.ArrowException, OSError) as exc:
+            raise ContractError(str(path), None, f"not a readable Parquet file ({exc})") from exc
+    try:
+        return validate(raw)
+    except ContractError as exc:
+        raise ContractError(str(folder / exc.table), exc.column, exc.problem, exc.examples) from exc
+
+
+def write_tables(
+    tables: Mapping[str, pd.DataFrame] | ContractTables, folder: str | os.PathLike[str]
+) -> ContractTables:
+    """Validate ``tables`` and write them to ``folder`` as Parquet, all or nothing.
+
+    The tables are written to a temporary folder beside ``folder`` and moved into place only
+    after every one is written; on a validation error nothing in ``folder`` changes.
+    """
+    valid = validate(tables)
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        for table in TABLES:
+            df = getattr(valid, table.name)
+            arrow = pa.Table.from_pandas(df, schema=table.arrow_schema(), preserve_index=False)
+            pq.write_table(arrow, staging / table.file)
+        folder.mkdir(exist_ok=True)
+        for table in TABLES:
+            os.replace(staging / table.file, folder / table.file)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return valid
+
+
+def concat(frames: Iterable[pd.DataFrame], table: Table) -> pd.DataFrame:
+    """Concatenate frames of one table, keeping the contract's dtypes even when empty."""
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return empty(table)
+    return pd.concat(frames, ignore_index=True)

@@ -1,0 +1,271 @@
+"""The policy interface shared by the simulator, the reference policies, the learned policy
+and the scoring API.
+
+A policy sees what the service would see at a decision point — the payment, its attempts and
+messages so far, the current time — and returns the next action: a retry time or none, a
+message channel and sender or none, and the probability of that action under the policy.
+Everything is batched (one row per payment deciding now); the API decides a batch of one.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from reclaim import contract, vocab
+
+#: Columns of :attr:`DecisionBatch.state`, the history summary a decision is made on.
+STATE_COLUMNS = (
+    "decision_number",  # merchant retries so far: 0 right after the failure
+    "last_attempt_at",
+    "last_decline_code",
+    "last_advice_code",
+    "last_network_decline_code",
+    "last_network_advice_code",
+    "ever_hard",  # any failure so far forbids retrying
+    "recovered",  # a succeeded attempt is already recorded
+    "n_email",
+    "n_sms",
+    "n_in_app",
+    "last_message_at",
+)
+
+
+def _micros(times: pd.Series) -> np.ndarray:
+    """UTC timestamps as datetime64[us] (NaT kept)."""
+    return times.to_numpy(dtype="datetime64[us]")
+
+
+def summarize_history(
+    payments: pd.DataFrame,
+    attempts: pd.DataFrame,
+    messages: pd.DataFrame,
+    now: pd.Series,
+) -> pd.DataFrame:
+    """Summarise each payment's history as it stood at its own decision time.
+
+    Parameters
+    ----------
+    payments
+        Contract payment rows, one per decision (n rows, unique ``payment_id``).
+    attempts, messages
+        Contract rows for these payments (others are ignored). Rows later than the payment's
+        ``now`` are ignored too, so a summary can never see the future.
+    now
+        Decision time per row of ``payments`` (UTC), same index.
+
+    Returns
+    -------
+    pd.DataFrame with :data:`STATE_COLUMNS`, index of ``payments``.
+    """
+    n = len(payments)
+    ids = pd.Index(payments["payment_id"].astype("object").to_numpy())
+    if not ids.is_unique:
+        raise ValueError("summarize_history needs one row per payment; payment_id repeats")
+    now_us = _micros(now)
+
+    pos = ids.get_indexer(attempts["payment_id"].astype("object"))
+    keep = pos >= 0
+    keep[keep] = _micros(attempts["attempted_at"])[keep] <= now_us[pos[keep]]
+    a = attempts[keep]
+    a_pos = pos[keep]
+    number = a["attempt_number"].to_numpy()
+    failed = (a["outcome"] == vocab.Outcome.FAILED).to_numpy()
+    merchant_retry = (a["initiator"] == vocab.Initiator.MERCHANT).to_numpy() & (number > 0)
+
+    # The latest failed attempt of each payment.
+    f_idx = np.flatnonzero(failed)
+    order = f_idx[np.lexsort((number[f_idx], a_pos[f_idx]))]
+    is_last = np.r_[a_pos[order][1:] != a_pos[order][:-1], True] if len(order) else order
+    last_rows = order[is_last.astype(bool)] if len(order) else order
+    last_of = np.full(n, -1)
+    last_of[a_pos[last_rows]] = last_rows
+
+    def last_value(col: str) -> pd.Series:
+        values = (
+            a[col].iloc[np.maximum(last_of, 0)]
+            if len(a)
+            else pd.Series([None] * n, dtype=attempts[col].dtype)
+        )
+        values = pd.Series(values.to_numpy(), index=payments.index, dtype=attempts[col].dtype)
+        return values.where(last_of >= 0)
+
+    category = vocab.decline_categories(
+        a["decline_code"], a["advice_code"], a["network_decline_code"], a["network_advice_code"]
+    )
+    hard = failed & (category == vocab.DeclineCategory.HARD).to_numpy()
+    succeeded = ~failed
+
+    state = pd.DataFrame(index=payments.index)
+    state["decision_number"] = np.bincount(a_pos[merchant_retry], minlength=n).astype("int64")
+    last_at = last_value("attempted_at")
+    state["last_attempt_at"] = last_at.where(last_at.notna(), payments["failed_at"])
+    for col in ("decline_code", "advice_code", "network_decline_code", "network_advice_code"):
+        state[f"last_{col}"] = last_value(col)
+    state["ever_hard"] = np.bincount(a_pos[hard], minlength=n) > 0
+    state["recovered"] = np.bincount(a_pos[succeeded], minlength=n) > 0
+
+    m_pos = ids.get_indexer(messages["payment_id"].astype("object"))
+    m_keep = m_pos >= 0
+    m_keep[m_keep] = _micros(messages["sent_at"])[m_keep] <= now_us[m_pos[m_keep]]
+    m = messages[m_keep]
+    m_pos = m_pos[m_keep]
+    channel = m["channel"].astype("object").to_numpy()
+    for ch in vocab.Channel:
+        state[f"n_{ch.value}"] = np.bincount(m_pos[channel == ch.value], minlength=n).astype(
+            "int64"
+        )
+    last_msg = np.full(n, np.datetime64("NaT"), dtype="datetime64[us]")
+    if len(m):
+        sent = _micros(m["sent_at"])
+        order = np.lexsort((sent, m_pos))
+        tail = np.r_[m_pos[order][1:] != m_pos[order][:-1], True]
+        last_msg[m_pos[order][tail]] = sent[order][tail]
+    state["last_message_at"] = contract.utc(last_msg, payments.index)
+    return state
+
+
+@dataclass
+class DecisionBatch:
+    """What a policy sees: n payments, each at its own decision time.
+
+    Attributes
+    ----------
+    payments
+        Contract payment rows (index 0..n-1).
+    now
+        Decision time per payment, UTC (same index).
+    state
+        :func:`summarize_history` of the payments' attempts and messages up to ``now``.
+    """
+
+    payments: pd.DataFrame
+    now: pd.Series
+    state: pd.DataFrame
+
+    def __len__(self) -> int:
+        return len(self.payments)
+
+    @classmethod
+    def from_history(
+        cls,
+        payments: pd.DataFrame,
+        attempts: pd.DataFrame,
+        messages: pd.DataFrame,
+        now: pd.Series,
+    ) -> DecisionBatch:
+        """Build a batch from contract tables; only history up to ``now`` is used."""
+        payments = payments.reset_index(drop=True)
+        now = contract.utc(now, payments.index)
+        return cls(payments, now, summarize_history(payments, attempts, messages, now))
+
+    def subset(self, mask: np.ndarray) -> DecisionBatch:
+        """The rows where ``mask`` is true, re-indexed from 0."""
+        return DecisionBatch(
+            self.payments[mask].reset_index(drop=True),
+            self.now[mask].reset_index(drop=True),
+            self.state[mask].reset_index(drop=True),
+        )
+
+
+@dataclass
+class ActionBatch:
+    """A policy's answer for each row of a :class:`DecisionBatch`.
+
+    Attributes
+    ----------
+    retry_at
+        UTC time of the next retry; ``NaT`` for no retry.
+    channel, sender
+        Message to send now (``vocab.CHANNEL_DTYPE`` / ``SENDER_DTYPE``); null for none.
+    retry_propensity, channel_propensity
+        Probability under the policy of the retry part (this time, or no retry) and of the
+        message part (this channel, or none), each in (0, 1]; :attr:`propensity` is their
+        product, the probability of the whole action.
+    reason
+        Why there is no retry (empty where there is one), for people reading decisions.
+    """
+
+    retry_at: pd.Series
+    channel: pd.Series
+    sender: pd.Series
+    retry_propensity: np.ndarray
+    channel_propensity: np.ndarray
+    reason: pd.Series
+
+    def __len__(self) -> int:
+        return len(self.retry_at)
+
+    @property
+    def propensity(self) -> np.ndarray:
+        return self.retry_propensity * self.channel_propensity
+
+    @classmethod
+    def build(
+        cls,
+        n: int,
+        retry_at: pd.Series | np.ndarray | None = None,
+        channel: pd.Series | np.ndarray | None = None,
+        sender: pd.Series | np.ndarray | None = None,
+        retry_propensity: np.ndarray | float = 1.0,
+        channel_propensity: np.ndarray | float = 1.0,
+        reason: pd.Series | np.ndarray | None = None,
+    ) -> ActionBatch:
+        """Make an action batch of length ``n`` with contract dtypes; omitted parts are none."""
+        index = pd.RangeIndex(n)
+
+        def times(v: object) -> pd.Series:
+            if v is None:
+                return pd.Series(pd.NaT, index=index, dtype=contract.TIMESTAMP_DTYPE)
+            return contract.utc(v, index)
+
+        def cat(v: object, dtype: pd.CategoricalDtype) -> pd.Series:
+            values = np.full(n, None, dtype=object) if v is None else np.asarray(v, dtype=object)
+            return pd.Series(pd.Categorical(values, dtype=dtype), index=index)
+
+        reasons = (
+            np.full(n, "", dtype=object) if reason is None else np.asarray(reason, dtype=object)
+        )
+        return cls(
+            retry_at=times(retry_at),
+            channel=cat(channel, vocab.CHANNEL_DTYPE),
+            sender=cat(sender, vocab.SENDER_DTYPE),
+            retry_propensity=np.broadcast_to(
+                np.asarray(retry_propensity, dtype=float), (n,)
+            ).copy(),
+            channel_propensity=np.broadcast_to(
+                np.asarray(channel_propensity, dtype=float), (n,)
+            ).copy(),
+            reason=pd.Series(reasons, index=index, dtype="object"),
+        )
+
+
+class Policy(ABC):
+    """Chooses the next action for each payment in a batch.
+
+    Subclass contract: :meth:`act` must not read anything but the batch (in particular no
+    simulator hidden state, except the oracle, which exists to be an upper bound); it uses
+    ``rng`` for all its randomness so that rollouts are reproducible; and it returns, for
+    every row, the probability of the action it chose.
+    """
+
+    name: str = "policy"
+
+    @abstractmethod
+    def act(self, batch: DecisionBatch, rng: np.random.Generator) -> ActionBatch:
+        """Return one action per row of ``batch``."""
+
+
+def merchant_of_record(payments: pd.DataFrame) -> pd.Series:
+    """Who the customer recognises, and so who should message them by default.
+
+    The connected account for direct charges and for ``on_behalf_of``, otherwise the platform
+    (RESEARCH.md section 4: an inference from Stripe's merchant-of-record guide, overridable
+    per account by the service's configuration).
+    """
+    account = (payments["charge_model"] == vocab.ChargeModel.DIRECT) | payments["on_behalf_of"]
+    values = np.where(account, vocab.Sender.ACCOUNT.value, vocab.Sender.PLATFORM.value)
+    return pd.Series(pd.Categorical(values, dtype=vocab.SENDER_DTYPE), index=payments.index)

@@ -1,0 +1,151 @@
+"""Card-network and recovery-window rules: hard limits no policy or model output can override.
+
+Sources: ../shared/RESEARCH.md section 3. Visa: category-1 responses are never retried, at most
+15 reattempts in 30 days per card (configurable: a third-party table says 20 from April 2026).
+Mastercard: Merchant Advice Codes 03/21 stop, 24-30 impose waits, more than 35 attempts in 30
+days is excessive. Stripe's ``advice_code=do_not_try_again`` stops. A payment is worked for a
+30-day recovery window at most.
+
+:func:`limits` says, per decision, what is allowed; :func:`enforce` applies it to a policy's
+actions. Every path that schedules a retry — the simulator, the API, the scheduler — goes
+through :func:`enforce`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from reclaim import vocab
+from reclaim.policy import ActionBatch, DecisionBatch
+
+
+@dataclass(frozen=True)
+class NetworkRules:
+    """The limits, with their sources.
+
+    Attributes
+    ----------
+    window_days
+        Recovery window after the first failure (RESEARCH.md section 3; issue 2).
+    visa_max_retries
+        Visa categories 2-4: at most 15 reattempts in 30 days per card.
+    mastercard_max_retries
+        Mastercard: more than 35 in 30 days is excessive.
+    other_max_retries
+        Amex, Discover and others: no published cap found; Visa's is used (assumption).
+    min_gap_hours
+        No two attempts on a payment less than this apart (assumption: avoids bursts that
+        issuers read as card testing).
+    try_later_hours
+        Mastercard advice code 02 "try later" gives no time; wait this long (assumption).
+    """
+
+    window_days: float = 30.0
+    visa_max_retries: int = 15
+    mastercard_max_retries: int = 35
+    other_max_retries: int = 15
+    min_gap_hours: float = 1.0
+    try_later_hours: float = 24.0
+
+    def max_retries(self, brand: pd.Series) -> np.ndarray:
+        """The retry cap for each card brand."""
+        b = brand.astype("object").to_numpy()
+        return np.where(
+            b == vocab.CardBrand.VISA.value,
+            self.visa_max_retries,
+            np.where(
+                b == vocab.CardBrand.MASTERCARD.value,
+                self.mastercard_max_retries,
+                self.other_max_retries,
+            ),
+        )
+
+
+#: Reasons a retry is not allowed, as they appear in decisions and the API.
+NO_RETRY_REASONS = (
+    "already_recovered",
+    "hard_decline",
+    "network_cap",
+    "window_closed",
+    "policy",
+)
+
+
+def limits(batch: DecisionBatch, rules: NetworkRules) -> pd.DataFrame:
+    """What each decision may do.
+
+    Returns
+    -------
+    pd.DataFrame, index of ``batch``, with columns
+        ``retries_left`` (int), ``earliest_retry_at`` and ``window_end`` (UTC timestamps),
+        ``blocked`` (str: one of :data:`NO_RETRY_REASONS`, or "" where a retry is allowed).
+    """
+    p, s, now = batch.payments, batch.state, batch.now
+    window_end = p["failed_at"] + pd.Timedelta(days=rules.window_days)
+    retries_left = np.maximum(
+        rules.max_retries(p["card_brand"]) - s["decision_number"].to_numpy(), 0
+    )
+
+    mac = s["last_network_advice_code"]
+    waits = {**vocab.MASTERCARD_WAIT_HOURS, "02": rules.try_later_hours}
+    wait_hours = vocab.lookup(mac, waits, 0.0).astype(float)
+    wait_hours = np.maximum(wait_hours, rules.min_gap_hours)
+    after_last = s["last_attempt_at"] + pd.to_timedelta(wait_hours, unit="h")
+    earliest = after_last.where(after_last > now, now)
+
+    blocked = np.full(len(p), "", dtype=object)
+    blocked[(earliest > window_end).to_numpy()] = "window_closed"
+    blocked[retries_left <= 0] = "network_cap"
+    blocked[s["ever_hard"].to_numpy()] = "hard_decline"
+    blocked[s["recovered"].to_numpy()] = "already_recovered"
+    return pd.DataFrame(
+        {
+            "retries_left": retries_left,
+            "earliest_retry_at": earliest,
+            "window_end": window_end,
+            "blocked": blocked,
+        },
+        index=p.index,
+    )
+
+
+def enforce(batch: DecisionBatch, actions: ActionBatch, rules: NetworkRules) -> ActionBatch:
+    """Apply the hard limits to ``actions``.
+
+    A retry that is not allowed at all is dropped, with the reason; one proposed before the
+    earliest allowed time (advice-code wait, minimum gap) moves to that time; one after the
+    recovery window is dropped. No message is sent about a payment already recovered. The
+    propensity stays the policy's own.
+    """
+    lim = limits(batch, rules)
+    retry_at = actions.retry_at.copy()
+    reason = actions.reason.copy()
+    proposed = retry_at.notna().to_numpy()
+
+    blocked = lim["blocked"].to_numpy()
+    drop = proposed & (blocked != "")
+    reason[drop] = blocked[drop]
+    retry_at[drop] = pd.NaT
+
+    too_early = retry_at.notna() & (retry_at < lim["earliest_retry_at"])
+    retry_at[too_early] = lim["earliest_retry_at"][too_early]
+    too_late = retry_at.notna() & (retry_at > lim["window_end"])
+    reason[too_late] = "window_closed"
+    retry_at[too_late] = pd.NaT
+    reason[~proposed & (reason == "")] = "policy"
+
+    channel, sender = actions.channel.copy(), actions.sender.copy()
+    done = batch.state["recovered"].to_numpy()
+    channel[done] = np.nan
+    sender[done] = np.nan
+    return ActionBatch(
+        retry_at,
+        channel,
+        sender,
+        actions.retry_propensity.copy(),
+        actions.channel_propensity.copy(),
+        reason,
+    )

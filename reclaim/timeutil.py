@@ -1,0 +1,78 @@
+"""Customer-local calendar arithmetic, vectorised over mixed timezones.
+
+Used by the simulator (the true effect of the local hour and of paydays), by the reference
+policies, and by the feature pipeline, so that "local hour" means one thing everywhere.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+#: Fallback when a customer's timezone is unknown.
+DEFAULT_TIMEZONE = "UTC"
+
+
+def local_times(utc: pd.Series, timezone: pd.Series) -> pd.Series:
+    """Wall-clock times in each row's own timezone, as naive timestamps.
+
+    Parameters
+    ----------
+    utc
+        Timezone-aware UTC timestamps, length n.
+    timezone
+        IANA timezone names, length n; nulls fall back to :data:`DEFAULT_TIMEZONE`.
+
+    Returns
+    -------
+    pd.Series of naive ``datetime64[us]`` wall-clock times, index of ``utc``.
+    """
+    tz = timezone.astype("object").where(timezone.notna(), DEFAULT_TIMEZONE).to_numpy()
+    values = pd.DatetimeIndex(utc.to_numpy(dtype="datetime64[us]")).tz_localize("UTC")
+    out = np.empty(len(utc), dtype="datetime64[us]")
+    for name in pd.unique(tz):
+        mask = tz == name
+        local = values[mask].tz_convert(str(name)).tz_localize(None)
+        out[mask] = local.to_numpy(dtype="datetime64[us]")
+    return pd.Series(out, index=utc.index)
+
+
+def to_utc(local: pd.Series, timezone: pd.Series) -> pd.Series:
+    """Inverse of :func:`local_times`: naive wall-clock times in each row's zone to UTC.
+
+    Times that do not exist (spring-forward gaps) move forward; ambiguous ones take the
+    first occurrence.
+    """
+    tz = timezone.astype("object").where(timezone.notna(), DEFAULT_TIMEZONE).to_numpy()
+    values = pd.DatetimeIndex(local.to_numpy(dtype="datetime64[us]"))
+    out = np.empty(len(local), dtype="datetime64[us]")
+    for name in pd.unique(tz):
+        mask = tz == name
+        utc = (
+            values[mask]
+            .tz_localize(
+                str(name), nonexistent="shift_forward", ambiguous=np.ones(mask.sum(), dtype=bool)
+            )
+            .tz_convert("UTC")
+            .tz_localize(None)
+        )
+        out[mask] = utc.to_numpy(dtype="datetime64[us]")
+    return pd.Series(pd.DatetimeIndex(out).tz_localize("UTC"), index=local.index)
+
+
+def days_to_likely_payday(local: pd.Series) -> pd.Series:
+    """Days from each local wall-clock time to the next common payday, as a float.
+
+    Common paydays are the 1st and the 15th of a month, the month's last day and Fridays
+    (monthly, semi-monthly and biweekly pay cycles). The customer's own cycle is unknown, so
+    this is the nearest of them in whole local days; 0 means today is one of them.
+    """
+    ts = pd.DatetimeIndex(local.to_numpy(dtype="datetime64[us]"))
+    dom = ts.day.to_numpy()
+    dim = ts.days_in_month.to_numpy()
+    to_friday = (4 - ts.dayofweek.to_numpy()) % 7
+    to_15 = np.where(dom <= 15, 15 - dom, np.inf)
+    to_last = dim - dom
+    to_first = dim - dom + 1
+    days = np.minimum.reduce([to_friday, to_15, to_last, to_first]).astype(float)
+    return pd.Series(days, index=local.index)

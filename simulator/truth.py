@@ -1,0 +1,156 @@
+"""The simulator's ground truth: how likely a retry or a message is to recover a payment.
+
+These functions read hidden state. The environment and the oracle call them; nothing a
+policy or a model sees is computed from them, except the logged outcomes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from reclaim.simulator.marketplace import Marketplace
+
+from reclaim import timeutil, vocab
+from reclaim.policy import merchant_of_record
+
+_DAY = np.timedelta64(1, "D")
+_FRIDAY_EPOCH = np.datetime64("1970-01-02", "D")  # a Friday
+
+
+def _hours_between(later: pd.Series, earlier: pd.Series) -> np.ndarray:
+    delta = later.to_numpy(dtype="datetime64[us]") - earlier.to_numpy(dtype="datetime64[us]")
+    return delta / np.timedelta64(1, "h")
+
+
+def last_payday(local: np.ndarray, cycle: np.ndarray, phase: np.ndarray) -> np.ndarray:
+    """The latest payday at or before each naive local time, at local midnight.
+
+    ``monthly``: the 1st; ``semimonthly``: the 15th and the month's last day; ``biweekly``:
+    every other Friday, ``phase`` choosing which.
+    """
+    day = local.astype("datetime64[D]")
+    month_start = local.astype("datetime64[M]").astype("datetime64[D]")
+    next_month = (local.astype("datetime64[M]") + 1).astype("datetime64[D]")
+    dom = (day - month_start).astype(int) + 1
+    is_last = day == next_month - 1
+    fifteenth = month_start + 14
+    semi = np.where(is_last, day, np.where(dom >= 15, fifteenth, month_start - 1))
+    since_friday = (day - _FRIDAY_EPOCH).astype(int)
+    friday = day - (since_friday % 7)
+    weeks = ((friday - _FRIDAY_EPOCH).astype(int) // 7) % 2
+    biweekly = np.where(weeks == phase, friday, friday - 7)
+    out = np.where(
+        cycle == "monthly", month_start, np.where(cycle == "semimonthly", semi, biweekly)
+    )
+    return out.astype("datetime64[us]")
+
+
+def retry_success_probability(
+    market: Marketplace, rows: np.ndarray, at: pd.Series, retry_number: np.ndarray
+) -> np.ndarray:
+    """The true probability that retry number ``retry_number`` (1, 2, …) at ``at`` succeeds.
+
+    Parameters
+    ----------
+    rows
+        Positions of the payments in ``market``.
+    at
+        UTC retry times, one per row.
+    retry_number
+        Which merchant retry this is (the first retry is 1).
+    """
+    cfg = market.config
+    p = market.payments.iloc[rows]
+    h = market.hidden.iloc[rows]
+    at = pd.Series(at.to_numpy(), index=p.index)
+    hours = _hours_between(at, p["failed_at"])
+    days = hours / 24.0
+    local = timeutil.local_times(at, h["true_timezone"]).to_numpy(dtype="datetime64[us]")
+    failure_local = h["failed_local"].to_numpy(dtype="datetime64[us]")
+    code = p["decline_code"].astype("object").to_numpy()
+    category = h["category"].to_numpy()
+
+    base = h["latent_r"].to_numpy() * (1.0 - 0.5 * np.exp(-days / cfg.generic_ramp_days))
+    hold = np.isin(code, ["try_again_later", "card_velocity_exceeded"])
+    lo, hi = cfg.hold_success
+    base = np.where(hold, np.where(hours >= h["hold_hours"].to_numpy(), hi, lo), base)
+
+    funds = code == "insufficient_funds"
+    if funds.any():
+        payday = last_payday(local, h["pay_cycle"].to_numpy(), h["biweekly_phase"].to_numpy())
+        funded = (
+            (payday > failure_local)
+            & ((local - payday) / _DAY < h["funds_window_days"].to_numpy())
+            & ~h["funds_never"].to_numpy()
+        )
+        usd = p["amount"].to_numpy() * h["usd_per_minor"].to_numpy()
+        amount_factor = np.clip(1.0 - cfg.amount_elasticity * np.log(usd / 30.0), 0.5, 1.1)
+        f_lo, f_hi = cfg.funds_success
+        base = np.where(funds, np.where(funded, f_hi * amount_factor, f_lo), base)
+
+    base = np.where(
+        np.isin(code, ["processing_error", "issuer_not_available"]), cfg.processing_success, base
+    )
+    base = np.where(
+        code == "expired_card",
+        np.where(hours >= h["card_update_hours"].to_numpy(), cfg.updated_card_success, 0.0),
+        base,
+    )
+    base = np.where(code == "authentication_required", 0.0, base)
+    base = np.where(category == vocab.DeclineCategory.HARD.value, 0.0, base)
+
+    hour = (local - local.astype("datetime64[D]")) / np.timedelta64(1, "h")
+    night = (hour >= cfg.night_hours[0]) & (hour < cfg.night_hours[1])
+    business = (hour >= cfg.business_hours[0]) & (hour < cfg.business_hours[1])
+    mult = np.where(
+        night,
+        cfg.hour_multiplier["night"],
+        np.where(business, cfg.hour_multiplier["business"], cfg.hour_multiplier["other"]),
+    )
+    debit = p["card_funding"].astype("object").to_numpy() == vocab.Funding.DEBIT.value
+    mult = mult * np.where(debit & (hour < 2), cfg.debit_midnight_multiplier, 1.0)
+    dow = ((local.astype("datetime64[D]") - _FRIDAY_EPOCH).astype(int) + 4) % 7  # Monday = 0
+    mult = mult * np.where(dow >= 5, cfg.weekend_multiplier, 1.0)
+    funding = vocab.lookup(p["card_funding"], cfg.funding_multiplier, 1.0).astype(float)
+    mult = mult * funding * np.where(h["b2b"].to_numpy(), cfg.b2b_multiplier, 1.0)
+    mult = mult * h["quality"].to_numpy() * cfg.attempt_decay ** (np.asarray(retry_number) - 1)
+    return np.clip(base * mult, 0.0, cfg.max_success)
+
+
+def response_decay(days: np.ndarray, market: Marketplace) -> np.ndarray:
+    """Relative effect of a message sent ``days`` after the failure (1 at day 0)."""
+    curve = market.config.response_decay
+    x = np.array(sorted(curve))
+    y = np.array([curve[k] for k in x])
+    return np.interp(days, x, y) / y[0]
+
+
+def message_effect(
+    market: Marketplace,
+    rows: np.ndarray,
+    at: pd.Series,
+    channel: np.ndarray,
+    sender: np.ndarray,
+    earlier_messages: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The true chance that a message makes the customer pay, and that it makes them cancel.
+
+    Returns ``(respond, cancel)`` probabilities per row.
+    """
+    cfg = market.config
+    p = market.payments.iloc[rows]
+    h = market.hidden.iloc[rows]
+    days = _hours_between(pd.Series(at.to_numpy(), index=p.index), p["failed_at"]) / 24.0
+    segment = h["segment"].to_numpy()
+    base = np.zeros(len(rows))
+    for seg, by_channel in cfg.response_base.items():
+        for ch, value in by_channel.items():
+            base[(segment == seg) & (channel == ch)] = value
+    base = np.where(
+        (channel == vocab.Channel.IN_APP.value) & ~h["app_active"].to_numpy(), 0.0, base
+    )
+    own = merchant_of_record(p).astype("object").to_numpy()
+    base = base * np.where(sender == own, 1.0, cfg.foreign_sender_multiplier)
+    respond = base * response_decay(days, market) * cfg.repeat_message_damping**earlier_messages
+    cancel = np.where(segment == "backfire", cfg.backfire_cancel, 0.0)
+    return np.clip(respond, 0.0, 1.0), cancel
