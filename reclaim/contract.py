@@ -233,14 +233,10 @@ def empty(table: Table) -> pd.DataFrame:
 
 
 def _examples(df: pd.DataFrame, mask: pd.Series | np.ndarray, columns: list[str]) -> str:
+    """Up to five offending rows, as ``row <index> {column: value, …}``."""
     rows = df.loc[np.asarray(mask), [c for c in columns if c in df.columns]].head(5)
-    return (
-        ", ".join(
-            "row " + str(i) + " " + str(r.to_dict())
-            for i, r in zip(rows.index, rows.itertuples(index=False), strict=False)
-        )
-        if len(rows)
-        else ""
+    return ", ".join(
+        f"row {i} {row}" for i, row in zip(rows.index, rows.to_dict("records"), strict=True)
     )
 
 

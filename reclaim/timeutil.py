@@ -70,7 +70,7 @@ def days_to_likely_payday(local: pd.Series) -> pd.Series:
     ts = pd.DatetimeIndex(local.to_numpy(dtype="datetime64[us]"))
     dom = ts.day.to_numpy()
     dim = ts.days_in_month.to_numpy()
-    to_friday = (4 - ts.dayofweek.to_numpy()) % 7
+    to_friday = (4 - ts.day_of_week.to_numpy()) % 7
     to_15 = np.where(dom <= 15, 15 - dom, np.inf)
     to_last = dim - dom
     to_first = dim - dom + 1

@@ -127,7 +127,8 @@ class SimulatorConfig:
     )
     pay_cycle_mix: dict[str, float] = param(
         {"monthly": 0.30, "semimonthly": 0.20, "biweekly": 0.50},
-        "assumption: biweekly Fridays most common, then monthly (1st) and semi-monthly (15th, last)",
+        "assumption: biweekly Fridays most common, then monthly (1st), "
+        "then semi-monthly (15th and month end)",
     )
 
     # --- declines ---------------------------------------------------------------------
@@ -168,14 +169,14 @@ class SimulatorConfig:
 
     # --- retry success (hidden truth) -------------------------------------------------
     generic_beta: tuple[float, float] = param(
-        (2.0, 7.0), "assumption: per-payment issuer approval chance, mean 0.22"
+        (2.0, 8.0), "assumption: per-payment issuer approval chance, mean 0.20"
     )
     generic_ramp_days: float = param(
         1.5, "assumption: issuer risk scores relax over the first days after a decline"
     )
     hold_median_hours: float = param(48.0, "assumption")
     hold_max_days: float = param(15.0, "Recurly 2018: temporary holds last up to 15 days")
-    hold_success: tuple[float, float] = param((0.03, 0.80), "assumption: before, after the hold")
+    hold_success: tuple[float, float] = param((0.03, 0.75), "assumption: before, after the hold")
     funds_never_share: float = param(
         0.30, "assumption: insufficient-funds customers whose balance never covers it in 30 days"
     )
@@ -206,7 +207,7 @@ class SimulatorConfig:
         "Recurly: credit recovers better than debit (size: assumption)",
     )
     b2b_multiplier: float = param(1.1, "Recurly: B2B recovers better than B2C (size: assumption)")
-    attempt_decay: float = param(0.85, "assumption: each failed retry lowers the next one's odds")
+    attempt_decay: float = param(0.80, "assumption: each failed retry lowers the next one's odds")
     amount_elasticity: float = param(
         0.10, "assumption: insufficient funds success falls with log amount"
     )

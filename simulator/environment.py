@@ -18,11 +18,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from reclaim.simulator import truth
-from reclaim.simulator.marketplace import Marketplace
 
 from reclaim import contract, rules, vocab
 from reclaim.policy import ActionBatch, DecisionBatch, Policy
+from reclaim.simulator import truth
+from reclaim.simulator.marketplace import Marketplace
 
 OUTCOME_COLUMNS = (
     "payment_id",

@@ -11,10 +11,12 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 import pandas as pd
-from reclaim.simulator.environment import Rollout, rollout
-from reclaim.simulator.marketplace import Marketplace
 
 from reclaim.policy import Policy
+from reclaim.reference import REFERENCE_POLICIES
+from reclaim.simulator.environment import Rollout, rollout
+from reclaim.simulator.marketplace import Marketplace
+from reclaim.simulator.oracle import Oracle
 
 Z95 = 1.959963984540054
 
@@ -88,3 +90,10 @@ def compare(
         rollouts[name] = result
         rows.append({"policy": name, **summarize(result.outcomes)})
     return pd.DataFrame(rows).set_index("policy"), rollouts
+
+
+def reference_policies(market: Marketplace) -> dict[str, Policy]:
+    """The reference policies, weakest first, with the oracle for ``market`` last."""
+    policies: dict[str, Policy] = {name: cls() for name, cls in REFERENCE_POLICIES.items()}
+    policies["oracle"] = Oracle(market)
+    return policies

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from reclaim.simulator.config import SimulatorConfig
 
 from reclaim import contract, timeutil, vocab
+from reclaim.simulator.config import SimulatorConfig
 
 SEGMENTS = ("email", "sms", "any", "none", "backfire")
 PAY_CYCLES = ("monthly", "semimonthly", "biweekly")

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from reclaim.simulator import truth
-from reclaim.simulator.marketplace import Marketplace
 
 from reclaim import timeutil, vocab
 from reclaim.policy import ActionBatch, DecisionBatch, Policy, merchant_of_record
 from reclaim.rules import limits
+from reclaim.simulator import truth
+from reclaim.simulator.marketplace import Marketplace
 
 
 class Oracle(Policy):

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from reclaim.simulator.marketplace import Marketplace
 
 from reclaim import timeutil, vocab
 from reclaim.policy import merchant_of_record
+from reclaim.simulator.marketplace import Marketplace
 
 _DAY = np.timedelta64(1, "D")
 _FRIDAY_EPOCH = np.datetime64("1970-01-02", "D")  # a Friday

@@ -1,0 +1,42 @@
+"""Everything imports under `reclaim`; nothing installs a bare `models` or `features`."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[1]
+SUBPACKAGES = ["features", "models", "training", "serving", "simulator"]
+
+
+@pytest.mark.parametrize("name", SUBPACKAGES)
+def test_top_level_folders_import_under_reclaim(name: str) -> None:
+    module = importlib.import_module(f"reclaim.{name}")
+    assert Path(module.__file__).parent == ROOT / name
+
+
+def test_no_bare_top_level_packages_outside_the_checkout(tmp_path: Path) -> None:
+    code = f"import importlib.util as u; print([n for n in {SUBPACKAGES!r} if u.find_spec(n)])"
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.slow
+def test_wheel_contains_only_the_reclaim_package(tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("reclaim-*.whl")
+    tops = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
+    assert tops == {"reclaim", next(t for t in tops if t.endswith(".dist-info"))}
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "reclaim/simulator/environment.py" in names and "reclaim/cli.py" in names
