@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from reclaim import contract, vocab
+from reclaim.timeline import Timeline
 
 #: Columns of :attr:`DecisionBatch.state`, the history summary a decision is made on.
 STATE_COLUMNS = (
@@ -45,15 +46,18 @@ def summarize_history(
     messages: pd.DataFrame,
     now: pd.Series,
 ) -> pd.DataFrame:
-    """Summarise each payment's history as it stood at its own decision time.
+    """Summarise each decision's payment history as it stood at the decision's time.
 
     Parameters
     ----------
     payments
-        Contract payment rows, one per decision (n rows, unique ``payment_id``).
+        Contract payment rows, one per decision (n rows); a payment may appear once per
+        decision point, as in training data.
     attempts, messages
-        Contract rows for these payments (others are ignored). Rows later than the payment's
-        ``now`` are ignored too, so a summary can never see the future.
+        Contract rows (rows of other payments are ignored). Attempts count up to and including
+        the decision time (the failure that triggered the decision is known); messages count
+        strictly before it (a message sent *at* the decision is that decision's own action).
+        Nothing later is read, so a summary cannot see the future.
     now
         Decision time per row of ``payments`` (UTC), same index.
 
@@ -61,70 +65,69 @@ def summarize_history(
     -------
     pd.DataFrame with :data:`STATE_COLUMNS`, index of ``payments``.
     """
-    n = len(payments)
-    ids = pd.Index(payments["payment_id"].astype("object").to_numpy())
-    if not ids.is_unique:
-        raise ValueError("summarize_history needs one row per payment; payment_id repeats")
+    pid = payments["payment_id"].astype("object").to_numpy()
     now_us = _micros(now)
 
-    pos = ids.get_indexer(attempts["payment_id"].astype("object"))
-    keep = pos >= 0
-    keep[keep] = _micros(attempts["attempted_at"])[keep] <= now_us[pos[keep]]
-    a = attempts[keep]
-    a_pos = pos[keep]
-    number = a["attempt_number"].to_numpy()
-    failed = (a["outcome"] == vocab.Outcome.FAILED).to_numpy()
-    merchant_retry = (a["initiator"] == vocab.Initiator.MERCHANT).to_numpy() & (number > 0)
-
-    # The latest failed attempt of each payment.
-    f_idx = np.flatnonzero(failed)
-    order = f_idx[np.lexsort((number[f_idx], a_pos[f_idx]))]
-    is_last = np.r_[a_pos[order][1:] != a_pos[order][:-1], True] if len(order) else order
-    last_rows = order[is_last.astype(bool)] if len(order) else order
-    last_of = np.full(n, -1)
-    last_of[a_pos[last_rows]] = last_rows
+    failed = (attempts["outcome"] == vocab.Outcome.FAILED).to_numpy()
+    category = vocab.decline_categories(
+        attempts["decline_code"],
+        attempts["advice_code"],
+        attempts["network_decline_code"],
+        attempts["network_advice_code"],
+    )
+    timeline = Timeline(
+        attempts["payment_id"].astype("object").to_numpy(),
+        _micros(attempts["attempted_at"]),
+        {
+            "retry": (
+                (attempts["initiator"] == vocab.Initiator.MERCHANT).to_numpy()
+                & (attempts["attempt_number"] > 0).to_numpy()
+            ),
+            "hard": failed & (category == vocab.DeclineCategory.HARD).to_numpy(),
+            "succeeded": ~failed,
+        },
+    )
+    sums, _ = timeline.at(pid, now_us, inclusive=True)
+    failures = attempts[failed]
+    _, last = Timeline(
+        failures["payment_id"].astype("object").to_numpy(), _micros(failures["attempted_at"])
+    ).at(pid, now_us, inclusive=True)
+    has_last = last >= 0
 
     def last_value(col: str) -> pd.Series:
         values = (
-            a[col].iloc[np.maximum(last_of, 0)]
-            if len(a)
-            else pd.Series([None] * n, dtype=attempts[col].dtype)
+            failures[col].iloc[np.maximum(last, 0)]
+            if len(failures)
+            else pd.Series(np.full(len(pid), None), dtype=attempts[col].dtype)
         )
-        values = pd.Series(values.to_numpy(), index=payments.index, dtype=attempts[col].dtype)
-        return values.where(last_of >= 0)
-
-    category = vocab.decline_categories(
-        a["decline_code"], a["advice_code"], a["network_decline_code"], a["network_advice_code"]
-    )
-    hard = failed & (category == vocab.DeclineCategory.HARD).to_numpy()
-    succeeded = ~failed
+        out = pd.Series(values.to_numpy(), index=payments.index, dtype=attempts[col].dtype)
+        return out.where(has_last)
 
     state = pd.DataFrame(index=payments.index)
-    state["decision_number"] = np.bincount(a_pos[merchant_retry], minlength=n).astype("int64")
+    state["decision_number"] = sums["retry"].astype("int64")
     last_at = last_value("attempted_at")
-    state["last_attempt_at"] = last_at.where(last_at.notna(), payments["failed_at"])
+    state["last_attempt_at"] = contract.utc(
+        last_at.where(has_last, payments["failed_at"]), payments.index
+    )
     for col in ("decline_code", "advice_code", "network_decline_code", "network_advice_code"):
         state[f"last_{col}"] = last_value(col)
-    state["ever_hard"] = np.bincount(a_pos[hard], minlength=n) > 0
-    state["recovered"] = np.bincount(a_pos[succeeded], minlength=n) > 0
+    state["ever_hard"] = sums["hard"] > 0
+    state["recovered"] = sums["succeeded"] > 0
 
-    m_pos = ids.get_indexer(messages["payment_id"].astype("object"))
-    m_keep = m_pos >= 0
-    m_keep[m_keep] = _micros(messages["sent_at"])[m_keep] <= now_us[m_pos[m_keep]]
-    m = messages[m_keep]
-    m_pos = m_pos[m_keep]
-    channel = m["channel"].astype("object").to_numpy()
+    channel = messages["channel"].astype("object").to_numpy()
+    msg_timeline = Timeline(
+        messages["payment_id"].astype("object").to_numpy(),
+        _micros(messages["sent_at"]),
+        {ch.value: channel == ch.value for ch in vocab.Channel},
+    )
+    m_sums, m_last = msg_timeline.at(pid, now_us, inclusive=False)
     for ch in vocab.Channel:
-        state[f"n_{ch.value}"] = np.bincount(m_pos[channel == ch.value], minlength=n).astype(
-            "int64"
-        )
-    last_msg = np.full(n, np.datetime64("NaT"), dtype="datetime64[us]")
-    if len(m):
-        sent = _micros(m["sent_at"])
-        order = np.lexsort((sent, m_pos))
-        tail = np.r_[m_pos[order][1:] != m_pos[order][:-1], True]
-        last_msg[m_pos[order][tail]] = sent[order][tail]
-    state["last_message_at"] = contract.utc(last_msg, payments.index)
+        state[f"n_{ch.value}"] = m_sums[ch.value].astype("int64")
+    sent = _micros(messages["sent_at"])
+    last_msg = np.where(
+        m_last >= 0, sent[np.maximum(m_last, 0)] if len(sent) else now_us, np.datetime64("NaT")
+    )
+    state["last_message_at"] = contract.utc(last_msg.astype("datetime64[us]"), payments.index)
     return state
 
 

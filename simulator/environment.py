@@ -157,6 +157,9 @@ def rollout(
     attempts_so_far = _conform_all(attempts, contract.ATTEMPTS)
     messages_so_far = contract.empty(contract.MESSAGES)
     attempts = []
+    settled_attempts: list[pd.DataFrame] = []
+    settled_messages: list[pd.DataFrame] = []
+    position = pd.Index(pay["payment_id"].astype("object"))
 
     def first(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Element-wise earliest of two time arrays, NaT meaning never."""
@@ -296,7 +299,8 @@ def rollout(
             done[np.flatnonzero(try_now)[success]] = True
 
         active[rows[done]] = False
-        # Only this step's new rows are conformed; the history already is.
+        # Only this step's new rows are conformed; the history already is. Rows of settled
+        # payments move to the archive so later steps summarise live histories only.
         attempts_so_far = contract.concat(
             [attempts_so_far, _conform_all(attempts, contract.ATTEMPTS)], contract.ATTEMPTS
         )
@@ -304,6 +308,18 @@ def rollout(
             [messages_so_far, _conform_all(messages, contract.MESSAGES)], contract.MESSAGES
         )
         attempts, messages = [], []
+        for live, archive in (
+            (attempts_so_far, settled_attempts),
+            (messages_so_far, settled_messages),
+        ):
+            still = active[position.get_indexer(live["payment_id"])]
+            archive.append(live[~still])
+        attempts_so_far = attempts_so_far[
+            active[position.get_indexer(attempts_so_far["payment_id"])]
+        ]
+        messages_so_far = messages_so_far[
+            active[position.get_indexer(messages_so_far["payment_id"])]
+        ]
 
     usd = pay["amount"].to_numpy() * market.hidden["usd_per_minor"].to_numpy()
     recovered = ~np.isnat(recovered_at)
@@ -321,10 +337,19 @@ def rollout(
             "cost_usd": cost_cents / 100.0,
         }
     )
+
+    def logged(parts: list[pd.DataFrame], table: contract.Table) -> pd.DataFrame:
+        """All rows of a table, in the payments' order then time order."""
+        df = contract.concat(parts, table)
+        key = position.get_indexer(df["payment_id"])
+        time_col = "attempted_at" if table is contract.ATTEMPTS else "sent_at"
+        order = np.lexsort((df[time_col].to_numpy(dtype="datetime64[us]"), key))
+        return df.iloc[order].reset_index(drop=True)
+
     tables = contract.ContractTables(
         payments=pay,
-        attempts=attempts_so_far,
-        messages=messages_so_far,
+        attempts=logged([*settled_attempts, attempts_so_far], contract.ATTEMPTS),
+        messages=logged([*settled_messages, messages_so_far], contract.MESSAGES),
         decisions=_conform_all(decisions, contract.DECISIONS),
     )
     return Rollout(policy.name, tables, outcomes)
