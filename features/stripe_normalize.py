@@ -117,7 +117,7 @@ def _get(obj: Mapping[str, Any] | None, *path: str) -> Any:
     return cur
 
 
-def _id(value: Any) -> str | None:
+def object_id(value: Any) -> str | None:
     """An id from either an id string or an expanded object."""
     if isinstance(value, str):
         return value
@@ -126,7 +126,7 @@ def _id(value: Any) -> str | None:
     return None
 
 
-def _time(seconds: Any, what: str) -> datetime:
+def to_time(seconds: Any, what: str) -> datetime:
     if isinstance(seconds, bool) or not isinstance(seconds, int | float):
         raise Unsupported("malformed_object", f"{what} has no numeric 'created'")
     return datetime.fromtimestamp(seconds, tz=UTC)
@@ -148,10 +148,10 @@ def connect_info(obj: Mapping[str, Any], account: str | None) -> ConnectInfo:
     ``account`` is the connected account the object lives on (an event's ``account``), or
     None for a platform object.
     """
-    obo = _id(obj.get("on_behalf_of"))
+    obo = object_id(obj.get("on_behalf_of"))
     if account:
         return ConnectInfo(account, vocab.ChargeModel.DIRECT, obo is not None)
-    destination = _id(_get(obj, "transfer_data", "destination"))
+    destination = object_id(_get(obj, "transfer_data", "destination"))
     if destination:
         return ConnectInfo(destination, vocab.ChargeModel.DESTINATION, obo is not None)
     metadata = obj.get("metadata") or {}
@@ -272,7 +272,7 @@ def payment_row(
     pid = _require(obj, "id", str, what)
     amount = _require(obj, "amount_due" if is_invoice else "amount", int, what)
     currency = _require(obj, "currency", str, what).lower()
-    customer_id = _id(obj.get("customer"))
+    customer_id = object_id(obj.get("customer"))
     if not customer_id:
         raise Unsupported("no_customer", f"{what} has no customer")
     connect_source = obj
@@ -369,7 +369,7 @@ def normalize_event(event: Mapping[str, Any]) -> EventRows:
     if not isinstance(etype, str) or not isinstance(obj, Mapping):
         raise Unsupported("malformed_event", f"event {event.get('id')} lacks type or data.object")
     account = event.get("account")
-    created = _time(event.get("created"), f"event {event.get('id')}")
+    created = to_time(event.get("created"), f"event {event.get('id')}")
 
     if etype in DEAUTHORIZED_EVENTS:
         if not account:
@@ -380,7 +380,7 @@ def normalize_event(event: Mapping[str, Any]) -> EventRows:
             "card_update",
             card_update={
                 "payment_method_id": _require(obj, "id", str, "payment_method"),
-                "customer_id": _id(obj.get("customer")),
+                "customer_id": object_id(obj.get("customer")),
                 "account_id": account,
                 "updated_at": created,
                 **card_of(obj),
@@ -435,7 +435,7 @@ def _charge_event(
     charge: Mapping[str, Any], account: str | None, kind: str, at: datetime
 ) -> EventRows:
     cid = _require(charge, "id", str, "charge")
-    pi_id = _id(charge.get("payment_intent"))
+    pi_id = object_id(charge.get("payment_intent"))
     if not pi_id:
         raise Unsupported("charge_without_payment_intent", cid)
     decline = decline_from_charge(charge) if kind == "failure" else None

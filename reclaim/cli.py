@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -42,7 +43,7 @@ def _progress() -> Iterator[Progress]:
     with Progress(
         TextColumn("{task.description:<22}"),
         BarColumn(),
-        TextColumn("{task.completed:>9,.0f}/{task.total:,.0f} payments settled"),
+        TextColumn("{task.completed:>9,.0f}/{task.total:,.0f}"),
         TimeElapsedColumn(),
         console=console,
         transient=False,
@@ -54,7 +55,7 @@ def _rollout_task(progress: Progress, total: int) -> Callable[[str], Callable[[i
     """A factory of per-policy step callbacks that advance a progress bar."""
 
     def for_policy(name: str) -> Callable[[int, int], None]:
-        task = progress.add_task(name, total=total)
+        task = progress.add_task(f"{name} (settled)", total=total)
 
         def on_step(step: int, active: int) -> None:
             progress.update(task, completed=total - active)
@@ -151,6 +152,42 @@ def simulate(
                 table, f"Reference policies on {payments:,} simulated failed payments (seed {seed})"
             )
         )
+
+
+ingest_app = typer.Typer(
+    help="Bring a platform's history into contract tables.", no_args_is_help=True
+)
+app.add_typer(ingest_app, name="ingest")
+
+
+@ingest_app.command("stripe")
+def ingest_stripe(
+    since: Annotated[datetime, typer.Option(formats=["%Y-%m-%d"], help="First day (UTC).")],
+    out: Annotated[Path, typer.Option(help="Folder for the contract tables.")],
+) -> None:
+    """Backfill the platform's Stripe history since a date, its own and every connected
+    account's, into contract tables (needs RECLAIM_STRIPE_API_KEY)."""
+    from reclaim.features.stripe_backfill import backfill
+
+    try:
+        client = get_settings().stripe_client()
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(code=2) from exc
+    with _progress() as progress:
+        task = progress.add_task("accounts read", total=1)
+
+        def on_scope(scope: str | None, done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        tables, report = backfill(client, since.replace(tzinfo=UTC), on_scope=on_scope)
+    contract.write_tables(tables, out)
+    console.print(
+        f"Read {report.scopes:,} scopes ({dict(report.objects)}); wrote "
+        f"{len(tables.payments):,} payments and {len(tables.attempts):,} attempts to {out}/"
+    )
+    if report.skipped:
+        console.print(f"skipped: {dict(report.skipped)}")
 
 
 @app.command()

@@ -9,6 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
+from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -24,6 +25,23 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str = "sqlite:///mlflow.db"
     """MLflow tracking store."""
     log_level: str = "INFO"
+
+    stripe_api_key: SecretStr | None = None
+    """The platform's secret key. No default: commands that call Stripe refuse to run without
+    it."""
+    stripe_api_base: str | None = None
+    """Another Stripe API address (the stand-in in tests); None means Stripe itself."""
+
+    def stripe_client(self, max_network_retries: int = 0):  # -> stripe.StripeClient
+        """A ``StripeClient`` for these settings; raises ValueError naming the missing key."""
+        import stripe
+
+        if self.stripe_api_key is None or not self.stripe_api_key.get_secret_value():
+            raise ValueError("RECLAIM_STRIPE_API_KEY is not set: the platform's secret key")
+        base = {"base_addresses": {"api": self.stripe_api_base}} if self.stripe_api_base else {}
+        return stripe.StripeClient(
+            self.stripe_api_key.get_secret_value(), max_network_retries=max_network_retries, **base
+        )
 
 
 @lru_cache

@@ -56,3 +56,38 @@ def test_validate_reports_the_problem(tmp_path: Path) -> None:
     (out / "payments.parquet").unlink()
     bad = runner.invoke(app, ["validate", str(out)])
     assert bad.exit_code == 1 and "payments.parquet: file not found" in bad.output
+
+
+def test_ingest_stripe_backfills_from_the_stand_in(tmp_path: Path, monkeypatch) -> None:
+    from reclaim.reference import NoRetry
+    from reclaim.settings import get_settings
+    from reclaim.simulator import generate, rollout
+    from reclaim.simulator.stripe_export import to_stripe_objects
+    from reclaim.simulator.stripe_standin import StripeStandIn
+
+    simulated = rollout(generate(3, 40, seed=2), NoRetry()).tables
+    with StripeStandIn() as standin:
+        standin.load(to_stripe_objects(simulated))
+        monkeypatch.setenv("RECLAIM_STRIPE_API_KEY", standin.api_key)
+        monkeypatch.setenv("RECLAIM_STRIPE_API_BASE", standin.url)
+        get_settings.cache_clear()
+        out = tmp_path / "export"
+        result = runner.invoke(
+            app, ["ingest", "stripe", "--since", "2025-12-01", "--out", str(out)]
+        )
+    get_settings.cache_clear()
+    assert result.exit_code == 0, result.output
+    assert "wrote 40 payments" in result.output
+    assert len(contract.read_tables(out).payments) == 40
+
+
+def test_ingest_stripe_without_a_key_names_the_variable(tmp_path: Path, monkeypatch) -> None:
+    from reclaim.settings import get_settings
+
+    monkeypatch.delenv("RECLAIM_STRIPE_API_KEY", raising=False)
+    get_settings.cache_clear()
+    result = runner.invoke(
+        app, ["ingest", "stripe", "--since", "2026-01-01", "--out", str(tmp_path / "x")]
+    )
+    get_settings.cache_clear()
+    assert result.exit_code == 2 and "RECLAIM_STRIPE_API_KEY" in result.output
