@@ -197,7 +197,7 @@ def backfill(
         for cid in sorted(c for c in wanted if c):
             try:
                 customers[cid] = backoff.call(
-                    lambda c=cid: client.v1.customers.retrieve(c, options=options), cid
+                    lambda c=cid, o=options: client.v1.customers.retrieve(c, options=o), cid
                 ).to_dict()
             except stripe.InvalidRequestError:
                 report.skipped["customer_not_found"] += 1
