@@ -37,7 +37,7 @@ def utc(values: object, index: pd.Index | None = None) -> pd.Series:
     """Times as a contract UTC timestamp series; naive values are taken to be UTC already."""
     s = pd.Series(values, index=index) if not isinstance(values, pd.Series) else values
     if index is not None and isinstance(values, pd.Series):
-        s = pd.Series(values.to_numpy(), index=index, dtype=values.dtype)
+        s = pd.Series(values.array, index=index)  # .array keeps tz-aware values vectorised
     if not isinstance(s.dtype, pd.DatetimeTZDtype):
         s = pd.to_datetime(s).dt.tz_localize("UTC")
     return s.dt.tz_convert("UTC").astype(TIMESTAMP_DTYPE)

@@ -65,7 +65,16 @@ def summarize_history(
     -------
     pd.DataFrame with :data:`STATE_COLUMNS`, index of ``payments``.
     """
-    pid = payments["payment_id"].astype("object").to_numpy()
+    # One integer code per payment id, shared by the three timelines below.
+    codes, _ = pd.factorize(
+        pd.concat(
+            [payments["payment_id"], attempts["payment_id"], messages["payment_id"]],
+            ignore_index=True,
+        )
+    )
+    pid = codes[: len(payments)]
+    a_pid = codes[len(payments) : len(payments) + len(attempts)]
+    m_pid = codes[len(payments) + len(attempts) :]
     now_us = _micros(now)
 
     failed = (attempts["outcome"] == vocab.Outcome.FAILED).to_numpy()
@@ -76,7 +85,7 @@ def summarize_history(
         attempts["network_advice_code"],
     )
     timeline = Timeline(
-        attempts["payment_id"].astype("object").to_numpy(),
+        a_pid,
         _micros(attempts["attempted_at"]),
         {
             "retry": (
@@ -89,9 +98,9 @@ def summarize_history(
     )
     sums, _ = timeline.at(pid, now_us, inclusive=True)
     failures = attempts[failed]
-    _, last = Timeline(
-        failures["payment_id"].astype("object").to_numpy(), _micros(failures["attempted_at"])
-    ).at(pid, now_us, inclusive=True)
+    _, last = Timeline(a_pid[failed], _micros(failures["attempted_at"])).at(
+        pid, now_us, inclusive=True
+    )
     has_last = last >= 0
 
     def last_value(col: str) -> pd.Series:
@@ -100,8 +109,7 @@ def summarize_history(
             if len(failures)
             else pd.Series(np.full(len(pid), None), dtype=attempts[col].dtype)
         )
-        out = pd.Series(values.to_numpy(), index=payments.index, dtype=attempts[col].dtype)
-        return out.where(has_last)
+        return values.set_axis(payments.index).where(has_last)
 
     state = pd.DataFrame(index=payments.index)
     state["decision_number"] = sums["retry"].astype("int64")
@@ -116,7 +124,7 @@ def summarize_history(
 
     channel = messages["channel"].astype("object").to_numpy()
     msg_timeline = Timeline(
-        messages["payment_id"].astype("object").to_numpy(),
+        m_pid,
         _micros(messages["sent_at"]),
         {ch.value: channel == ch.value for ch in vocab.Channel},
     )
@@ -167,10 +175,14 @@ class DecisionBatch:
 
     def subset(self, mask: np.ndarray) -> DecisionBatch:
         """The rows where ``mask`` is true, re-indexed from 0."""
+        return self.take(np.flatnonzero(mask))
+
+    def take(self, rows: np.ndarray) -> DecisionBatch:
+        """The rows at positions ``rows`` (repeats allowed), re-indexed from 0."""
         return DecisionBatch(
-            self.payments[mask].reset_index(drop=True),
-            self.now[mask].reset_index(drop=True),
-            self.state[mask].reset_index(drop=True),
+            self.payments.iloc[rows].reset_index(drop=True),
+            self.now.iloc[rows].reset_index(drop=True),
+            self.state.iloc[rows].reset_index(drop=True),
         )
 
 

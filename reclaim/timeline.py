@@ -21,7 +21,8 @@ class Timeline:
     Parameters
     ----------
     groups
-        Group label per event (a payment id, an account id), length m.
+        Group label per event (a payment id, an account id), length m. Integer codes are
+        fastest; strings work too.
     times
         Event times as ``datetime64[us]`` (naive UTC), length m.
     values
@@ -33,42 +34,73 @@ class Timeline:
 
     def __init__(
         self,
-        groups: np.ndarray,
+        groups: np.ndarray | pd.Series,
         times: np.ndarray,
         values: Mapping[str, np.ndarray] | None = None,
     ):
-        codes, uniques = pd.factorize(np.asarray(groups, dtype=object), sort=False)
+        codes, uniques = pd.factorize(groups, sort=False)
         t = np.asarray(times, dtype="datetime64[us]").astype("int64")
         self._groups = pd.Index(uniques)
-        self._times = np.unique(t)
+        # Integer group labels (the fast path) are looked up through a dense array.
+        self._int_lookup: tuple[int, np.ndarray] | None = None
+        if len(uniques) and pd.api.types.is_integer_dtype(self._groups.dtype):
+            lo = int(self._groups.min())
+            lookup = np.full(int(self._groups.max()) - lo + 1, -1, dtype=np.int64)
+            lookup[self._groups.to_numpy() - lo] = np.arange(len(uniques))
+            self._int_lookup = (lo, lookup)
+        # Rank every event time among the distinct times by sorting (np.unique hashes and
+        # searchsorted on unsorted needles are both many times slower on millions of rows).
+        by_time = np.argsort(t, kind="stable")
+        sorted_t = t[by_time]
+        new = np.r_[True, sorted_t[1:] != sorted_t[:-1]] if len(t) else np.zeros(0, dtype=bool)
+        self._times = sorted_t[new]
+        rank = np.empty(len(t), dtype=np.int64)
+        rank[by_time] = np.cumsum(new) - 1
         self._width = len(self._times) + 1
-        rank = np.searchsorted(self._times, t)
         key = codes.astype(np.int64) * self._width + rank
         self.order = np.argsort(key, kind="stable")
         self._keys = key[self.order]
+        # Where each group's events start in sorted order (plus one past the last group).
+        bounds = np.arange(len(self._groups) + 1, dtype=np.int64) * self._width
+        self._group_start = np.searchsorted(self._keys, bounds)
         self.cumsum = {
             name: np.concatenate([[0.0], np.cumsum(np.asarray(v, dtype=float)[self.order])])
             for name, v in (values or {}).items()
         }
 
+    def _codes(self, groups: np.ndarray | pd.Series) -> np.ndarray:
+        """The position of each query's group among this timeline's groups, -1 if absent."""
+        if self._int_lookup is not None and pd.api.types.is_integer_dtype(np.asarray(groups)):
+            lo, lookup = self._int_lookup
+            g = np.asarray(groups, dtype=np.int64) - lo
+            inside = (g >= 0) & (g < len(lookup))
+            return np.where(inside, lookup[np.clip(g, 0, len(lookup) - 1)], -1)
+        return self._groups.get_indexer(groups).astype(np.int64)
+
     def __len__(self) -> int:
         return len(self._keys)
 
     def _stop(
-        self, groups: np.ndarray, times: np.ndarray, inclusive: bool
+        self, groups: np.ndarray | pd.Series, times: np.ndarray, inclusive: bool
     ) -> tuple[np.ndarray, np.ndarray]:
         """Per query: [start, stop) positions of its group's events before (or at) its time."""
-        code = self._groups.get_indexer(np.asarray(groups, dtype=object)).astype(np.int64)
+        code = self._codes(groups)
         q = np.asarray(times, dtype="datetime64[us]").astype("int64")
-        rank = np.searchsorted(self._times, q, side="right" if inclusive else "left")
-        base = code * self._width
-        start = np.searchsorted(self._keys, base, side="left")
-        stop = np.searchsorted(self._keys, base + rank, side="left")
         unknown = code < 0
+        code[unknown] = 0
+        # Sorted needles let each binary search start from the previous hit (~10x faster).
+        order = np.argsort(q)
+        rank = np.empty(len(q), dtype=np.int64)
+        rank[order] = np.searchsorted(self._times, q[order], side="right" if inclusive else "left")
+        key = code * self._width + rank
+        order = np.argsort(key)
+        stop = np.empty(len(q), dtype=np.int64)
+        stop[order] = np.searchsorted(self._keys, key[order], side="left")
+        start = self._group_start[code]
         return np.where(unknown, 0, start), np.where(unknown, 0, stop)
 
     def at(
-        self, groups: np.ndarray, times: np.ndarray, inclusive: bool = True
+        self, groups: np.ndarray | pd.Series, times: np.ndarray, inclusive: bool = True
     ) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Sums of each value column over each query's group's events up to its time.
 
@@ -84,7 +116,7 @@ class Timeline:
         return sums, last
 
     def between(
-        self, groups: np.ndarray, since: np.ndarray, until: np.ndarray
+        self, groups: np.ndarray | pd.Series, since: np.ndarray, until: np.ndarray
     ) -> dict[str, np.ndarray]:
         """Sums over each query's group's events with ``since <= time < until``."""
         _, a = self._stop(groups, since, inclusive=False)

@@ -171,7 +171,7 @@ def lookup(values: pd.Series, mapping: dict[str, object], default: object = None
     Factorises first, so the dictionary is consulted once per distinct value: this runs on
     millions of rows in the feature pipeline and on every step of a simulator rollout.
     """
-    codes, uniques = pd.factorize(values.astype("object"), use_na_sentinel=True)
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)
     table = np.array([mapping.get(u, default) for u in uniques] + [default], dtype=object)
     return table[codes]
 
@@ -191,9 +191,9 @@ def decline_categories(
     present = decline_code.notna().to_numpy()
     base = lookup(decline_code, _CATEGORY_BY_CODE, DeclineCategory.SOFT.value)
     hard = present & (
-        (advice_code.astype("object") == AdviceCode.DO_NOT_TRY_AGAIN.value).to_numpy()
-        | network_decline_code.astype("object").isin(VISA_CATEGORY_1_CODES).to_numpy()
-        | network_advice_code.astype("object").isin(MASTERCARD_STOP_CODES).to_numpy()
+        (advice_code == AdviceCode.DO_NOT_TRY_AGAIN.value).fillna(False).to_numpy(dtype=bool)
+        | network_decline_code.isin(list(VISA_CATEGORY_1_CODES)).to_numpy(dtype=bool)
+        | network_advice_code.isin(list(MASTERCARD_STOP_CODES)).to_numpy(dtype=bool)
     )
     out = np.where(hard, DeclineCategory.HARD.value, np.where(present, base, None))
     return pd.Series(pd.Categorical(out, dtype=DECLINE_CATEGORY_DTYPE), index=decline_code.index)

@@ -1,0 +1,150 @@
+"""What a connected account's past says at any moment, computed strictly from that past.
+
+Each aggregate counts only events that happened before the query time:
+
+- a payment counts toward volume from its first failure;
+- it counts toward the recovery rate once it is *resolved*: at its first successful attempt,
+  or when its recovery window closes unrecovered — never earlier, because before then its
+  outcome is not known;
+- a merchant retry counts toward the retry success rate from the moment it was made.
+
+Aggregates are taken as of the start of the query's UTC day — a nightly snapshot, as a
+production system would cache it — so millions of decisions need one look-up per distinct
+(account, day), and nothing from the decision's own day can leak in.
+
+Small accounts are shrunk toward the whole platform's rate at the same moment (itself computed
+from the past only), with a prior worth ``prior_strength`` payments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from reclaim import vocab
+from reclaim.timeline import Timeline
+
+PLATFORM = -1  # the timeline code of the whole platform
+UNKNOWN = -2  # the code of an account with no events
+COLUMNS = (
+    "acct_prior_payments",
+    "acct_payments_90d",
+    "acct_recovery_rate",
+    "acct_retry_success_rate",
+    "acct_hard_share",
+    "acct_prior_retries",
+)
+
+
+@dataclass
+class AccountHistory:
+    """Per-account timelines built once from contract tables, queried at any times.
+
+    Build with :meth:`from_tables`; query with :meth:`at`.
+    """
+
+    accounts: pd.Index
+    failures: Timeline
+    resolutions: Timeline
+    retries: Timeline
+    prior_strength: float
+
+    @classmethod
+    def from_tables(
+        cls,
+        payments: pd.DataFrame,
+        attempts: pd.DataFrame,
+        window_days: float = 30.0,
+        prior_strength: float = 20.0,
+    ) -> AccountHistory:
+        """Timelines of failures, resolutions and merchant retries per account.
+
+        Every event is entered twice, under its account and under the platform (code -1), so
+        the platform-wide rate used as the prior is as strictly past as the account's own.
+        Accounts are integer codes inside the timelines.
+        """
+        acct, accounts = pd.factorize(payments["account_id"])
+        failed_at = payments["failed_at"].to_numpy(dtype="datetime64[us]")
+        category = vocab.decline_categories(
+            payments["decline_code"],
+            payments["advice_code"],
+            payments["network_decline_code"],
+            payments["network_advice_code"],
+        )
+        hard = (category == vocab.DeclineCategory.HARD).to_numpy()
+
+        succeeded = attempts[attempts["outcome"] == vocab.Outcome.SUCCEEDED]
+        first_success = succeeded.groupby("payment_id")["attempted_at"].min()
+        recovered_at = first_success.reindex(payments["payment_id"].astype("object")).to_numpy(
+            dtype="datetime64[us]"
+        )
+        window_end = failed_at + np.timedelta64(int(window_days * 86400e6), "us")
+        recovered = ~np.isnat(recovered_at) & (recovered_at <= window_end)
+        resolved_at = np.where(recovered, recovered_at, window_end)
+
+        retry = attempts[
+            (attempts["initiator"] == vocab.Initiator.MERCHANT) & (attempts["attempt_number"] > 0)
+        ]
+        pos = pd.Index(payments["payment_id"]).get_indexer(retry["payment_id"])
+        retry = retry[pos >= 0]
+        retry_acct = acct[pos[pos >= 0]]
+
+        def both(groups: np.ndarray, times: np.ndarray, **values: np.ndarray) -> Timeline:
+            return Timeline(
+                np.concatenate([groups, np.full(len(groups), PLATFORM)]),
+                np.concatenate([times, times]),
+                {k: np.concatenate([v, v]) for k, v in values.items()},
+            )
+
+        ones = np.ones(len(acct))
+        return cls(
+            accounts=pd.Index(accounts),
+            failures=both(acct, failed_at, n=ones, hard=hard.astype(float)),
+            resolutions=both(acct, resolved_at, n=ones, recovered=recovered.astype(float)),
+            retries=both(
+                retry_acct,
+                retry["attempted_at"].to_numpy(dtype="datetime64[us]"),
+                n=np.ones(len(retry)),
+                ok=(retry["outcome"] == vocab.Outcome.SUCCEEDED).to_numpy().astype(float),
+            ),
+            prior_strength=prior_strength,
+        )
+
+    def at(self, account_ids: pd.Series, times: pd.Series) -> pd.DataFrame:
+        """Aggregates for each (account, time), from events before the start of its UTC day.
+
+        Returns a frame with :data:`COLUMNS`, index of ``account_ids``.
+        """
+        codes = self.accounts.get_indexer(account_ids)
+        codes[codes < 0] = UNKNOWN  # an account with no history: only the platform prior
+        day = times.to_numpy(dtype="datetime64[us]").astype("datetime64[D]")
+        pairs = codes.astype(np.int64) * 2**20 + (day.astype(np.int64) - 10**4)
+        unique_pairs, back = np.unique(pairs, return_inverse=True)
+        values = self._at_days(unique_pairs // 2**20, (unique_pairs % 2**20) + 10**4)
+        return pd.DataFrame({k: v[back] for k, v in values.items()}, index=account_ids.index)
+
+    def _at_days(self, acct: np.ndarray, day: np.ndarray) -> dict[str, np.ndarray]:
+        """Aggregates for account codes at the start of days (days since the epoch)."""
+        t = day.astype("datetime64[D]").astype("datetime64[us]")
+        platform = np.full(len(acct), PLATFORM)
+        m = self.prior_strength
+
+        def shrunk(timeline: Timeline, hits: str) -> np.ndarray:
+            own, _ = timeline.at(acct, t, inclusive=False)
+            everyone, _ = timeline.at(platform, t, inclusive=False)
+            prior = (everyone[hits] + 1.0) / (everyone["n"] + 2.0)  # Laplace on the platform
+            return (own[hits] + m * prior) / (own["n"] + m)
+
+        failures, _ = self.failures.at(acct, t, inclusive=False)
+        recent = self.failures.between(acct, t - np.timedelta64(90, "D"), t)
+        retries, _ = self.retries.at(acct, t, inclusive=False)
+        return {
+            "acct_prior_payments": failures["n"],
+            "acct_payments_90d": recent["n"],
+            "acct_recovery_rate": shrunk(self.resolutions, "recovered"),
+            "acct_retry_success_rate": shrunk(self.retries, "ok"),
+            "acct_hard_share": shrunk(self.failures, "hard"),
+            "acct_prior_retries": retries["n"],
+        }
