@@ -187,6 +187,10 @@ DECISIONS = Table(
         Column("channel", "category", nullable=True, enum=vocab.Channel, doc="Null: no message."),
         Column("sender", "category", nullable=True, enum=vocab.Sender),
         Column("propensity", "float", doc="Probability of the whole action, (0, 1]."),
+        Column("retry_propensity", "float", doc="Probability of the retry part (time or none)."),
+        Column(
+            "channel_propensity", "float", doc="Probability of the message part (channel or none)."
+        ),
     ),
     key=("payment_id", "decision_number"),
     required=False,
@@ -417,15 +421,21 @@ def _check_rows(tables: ContractTables) -> None:
             "a failed attempt needs a decline code",
             _examples(a, bad, ["payment_id", "attempt_number"]),
         )
-    for table, df in ((ATTEMPTS, a), (MESSAGES, m), (DECISIONS, d)):
-        prop = df["propensity"]
+    for table, df, col in (
+        (ATTEMPTS, a, "propensity"),
+        (MESSAGES, m, "propensity"),
+        (DECISIONS, d, "propensity"),
+        (DECISIONS, d, "retry_propensity"),
+        (DECISIONS, d, "channel_propensity"),
+    ):
+        prop = df[col]
         bad = prop.notna() & ((prop <= 0) | (prop > 1))
         if bad.any():
             raise ContractError(
                 table.file,
-                "propensity",
+                col,
                 "propensities must be in (0, 1]",
-                _examples(df, bad, ["payment_id", "propensity"]),
+                _examples(df, bad, ["payment_id", col]),
             )
 
 

@@ -196,6 +196,8 @@ def rollout(
                     "channel": action.channel.astype("object").to_numpy(),
                     "sender": action.sender.astype("object").to_numpy(),
                     "propensity": action.propensity,
+                    "retry_propensity": action.retry_propensity,
+                    "channel_propensity": action.channel_propensity,
                 }
             )
         )

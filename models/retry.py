@@ -1,0 +1,166 @@
+"""The retry-time model: the probability that a retry succeeds, given the decision row and the
+candidate retry time (``features.schema.DECISION_FEATURES`` + ``RETRY_FEATURES``).
+
+LightGBM, calibrated on a later time split: :meth:`RetryTimeModel.fit` takes rows in time
+order, fits the booster on the earlier part and the calibrator on the last
+``calibration_share`` of them — isotonic with at least ``min_isotonic_rows`` rows (isotonic
+overfits below ~1,000), sigmoid (Platt) otherwise.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.isotonic import IsotonicRegression
+from sklearn.linear_model import LogisticRegression
+from sklearn.utils.validation import check_is_fitted
+
+DEFAULT_PARAMS: dict[str, Any] = {
+    "objective": "binary",
+    "learning_rate": 0.05,
+    "num_leaves": 63,
+    "min_data_in_leaf": 100,
+    "feature_fraction": 0.9,
+    "bagging_fraction": 0.8,
+    "bagging_freq": 1,
+    "lambda_l2": 1.0,
+    "num_threads": 2,
+    "verbose": -1,
+    "seed": 0,
+}
+
+
+def as_frame(X: Any, names: list[str] | None = None) -> pd.DataFrame:
+    """``X`` as a DataFrame; arrays get ``x0, x1, …`` (or ``names``) as column names."""
+    if isinstance(X, pd.DataFrame):
+        return X
+    array = np.asarray(X)
+    if array.ndim != 2:
+        raise ValueError(f"X must be 2-dimensional, got shape {array.shape}")
+    cols = names or [f"x{i}" for i in range(array.shape[1])]
+    return pd.DataFrame(array, columns=cols)
+
+
+def _binary_target(y: Any) -> np.ndarray:
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise ValueError(f"y must be 1-dimensional, got shape {y.shape}")
+    values = set(np.unique(y).tolist())
+    if not values <= {0, 1, False, True}:
+        raise ValueError(f"y must be binary (0/1), got values {sorted(values)[:5]}")
+    return y.astype(float)
+
+
+class RetryTimeModel(ClassifierMixin, BaseEstimator):
+    """P(retry succeeds | decision, retry time), calibrated on the latest rows.
+
+    Parameters
+    ----------
+    params
+        LightGBM parameters (merged over :data:`DEFAULT_PARAMS`).
+    num_boost_round
+        Boosting rounds.
+    calibration_share
+        Share of the (time-ordered) rows, taken from the end, used only to calibrate.
+    min_isotonic_rows
+        Fewer calibration rows than this use sigmoid calibration instead of isotonic.
+    """
+
+    def __init__(
+        self,
+        params: dict[str, Any] | None = None,
+        num_boost_round: int = 300,
+        calibration_share: float = 0.2,
+        min_isotonic_rows: int = 1000,
+    ):
+        self.params = params
+        self.num_boost_round = num_boost_round
+        self.calibration_share = calibration_share
+        self.min_isotonic_rows = min_isotonic_rows
+
+    def fit(self, X: Any, y: Any) -> RetryTimeModel:
+        """Fit on rows in time order: the last ``calibration_share`` of them calibrate."""
+        if not 0.0 <= self.calibration_share < 1.0:
+            raise ValueError(f"calibration_share must be in [0, 1), got {self.calibration_share}")
+        frame = as_frame(X)
+        target = _binary_target(y)
+        if len(frame) != len(target):
+            raise ValueError(f"X has {len(frame)} rows but y has {len(target)}")
+        if len(np.unique(target)) < 2:
+            raise ValueError("y needs both outcomes (a success and a failure) to fit")
+        n_cal = int(round(len(frame) * self.calibration_share))
+        n_fit = len(frame) - n_cal
+        params = {**DEFAULT_PARAMS, **(self.params or {})}
+        if n_fit < 2 * params["min_data_in_leaf"]:
+            params["min_data_in_leaf"] = max(1, n_fit // 10)
+            params["min_data_in_bin"] = 1
+        self.booster_ = lgb.train(
+            params, lgb.Dataset(frame.iloc[:n_fit], target[:n_fit]), self.num_boost_round
+        )
+        self.feature_names_in_ = np.asarray(frame.columns, dtype=object)
+        self.n_features_in_ = frame.shape[1]
+        self.classes_ = np.array([0, 1])
+        raw = self.booster_.predict(frame.iloc[n_fit:]) if n_cal else np.zeros(0)
+        cal_y = target[n_fit:]
+        if n_cal == 0 or len(np.unique(cal_y)) < 2:
+            self.calibration_method_ = "none"
+            self.calibrator_ = None
+        elif n_cal >= self.min_isotonic_rows:
+            self.calibration_method_ = "isotonic"
+            self.calibrator_ = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0)
+            self.calibrator_.fit(raw, cal_y)
+        else:
+            self.calibration_method_ = "sigmoid"
+            self.calibrator_ = LogisticRegression().fit(_logit(raw)[:, None], cal_y)
+        return self
+
+    def _frame(self, X: Any) -> pd.DataFrame:
+        check_is_fitted(self, "booster_")
+        frame = as_frame(
+            X, list(self.feature_names_in_) if not isinstance(X, pd.DataFrame) else None
+        )
+        if frame.shape[1] != self.n_features_in_:
+            raise ValueError(
+                f"X has {frame.shape[1]} features; the model was fit with {self.n_features_in_}"
+            )
+        return frame[list(self.feature_names_in_)]
+
+    def predict_raw(self, X: Any) -> np.ndarray:
+        """The booster's uncalibrated probability of success."""
+        return self.booster_.predict(self._frame(X))
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Calibrated probabilities, shape (n, 2): failure, success."""
+        raw = self.predict_raw(X)
+        if self.calibrator_ is None:
+            p = raw
+        elif self.calibration_method_ == "isotonic":
+            p = self.calibrator_.predict(raw)
+        else:
+            p = self.calibrator_.predict_proba(_logit(raw)[:, None])[:, 1]
+        p = np.clip(p, 0.0, 1.0)
+        return np.column_stack([1.0 - p, p])
+
+    def predict(self, X: Any) -> np.ndarray:
+        """1 where success is more likely than not."""
+        return (self.predict_proba(X)[:, 1] >= 0.5).astype(int)
+
+    def contributions(self, X: Any) -> pd.DataFrame:
+        """Each feature's contribution to the raw log-odds (SHAP values), one row per row."""
+        frame = self._frame(X)
+        values = self.booster_.predict(frame, pred_contrib=True)
+        return pd.DataFrame(values[:, :-1], columns=frame.columns, index=frame.index)
+
+    def __sklearn_tags__(self):  # binary only
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_class = False
+        return tags
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
