@@ -50,7 +50,7 @@ def _binary_target(y: Any) -> np.ndarray:
     if y.ndim != 1:
         raise ValueError(f"y must be 1-dimensional, got shape {y.shape}")
     values = set(np.unique(y).tolist())
-    if not values <= {0, 1, False, True}:
+    if not values <= {0, 1}:
         raise ValueError(f"y must be binary (0/1), got values {sorted(values)[:5]}")
     return y.astype(float)
 

@@ -8,7 +8,7 @@ the hidden state. See docs/simulator.md.
 from reclaim.simulator.config import SimulatorConfig
 from reclaim.simulator.environment import Rollout, rollout
 from reclaim.simulator.evaluation import compare, reference_policies, summarize
-from reclaim.simulator.marketplace import Marketplace, generate
+from reclaim.simulator.marketplace import Marketplace, fresh_payments, generate
 from reclaim.simulator.oracle import Oracle
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "Rollout",
     "SimulatorConfig",
     "compare",
+    "fresh_payments",
     "generate",
     "reference_policies",
     "rollout",

@@ -104,12 +104,10 @@ def generate(
     n_payments: int,
     seed: int,
     config: SimulatorConfig | None = None,
-    start: str | None = None,
 ) -> Marketplace:
     """Draw a marketplace of ``n_accounts`` accounts and ``n_payments`` failed payments.
 
-    The same arguments always give the same marketplace. ``start`` overrides the config's
-    first day (fresh evaluation payments are drawn after the training period this way).
+    The same arguments always give the same marketplace.
     """
     if n_accounts < 1 or n_payments < 1:
         raise ValueError(
@@ -117,10 +115,48 @@ def generate(
         )
     config = config or SimulatorConfig()
     rng = np.random.default_rng(seed)
-    prefix = f"s{seed}x"
-    accounts = _accounts(config, n_accounts, rng, prefix)
-    n = n_payments
+    accounts = _accounts(config, n_accounts, rng, f"s{seed}x")
+    return draw_payments(config, accounts, n_payments, rng, f"s{seed}x", config.start)
 
+
+def fresh_payments(
+    market: Marketplace, n_payments: int, seed: int, start: str | pd.Timestamp | None = None
+) -> Marketplace:
+    """New failed payments of the same accounts, after ``market``'s period by default.
+
+    For evaluating a policy trained on ``market``'s history on payments it never saw: same
+    sellers (same hidden quality and customer mix), new customers, new ids, later dates.
+    """
+    if n_payments < 1:
+        raise ValueError(f"need at least one payment, got {n_payments}")
+    cfg = market.config
+    if start is None:
+        start = (market.payments["failed_at"].max() + pd.Timedelta(days=1)).normalize()
+    rng = np.random.default_rng([seed, 104729])
+    return draw_payments(
+        cfg,
+        market.accounts,
+        n_payments,
+        rng,
+        f"f{seed}x",
+        pd.Timestamp(start).strftime("%Y-%m-%d %H:%M:%S"),
+    )
+
+
+def draw_payments(
+    config: SimulatorConfig,
+    accounts: pd.DataFrame,
+    n_payments: int,
+    rng: np.random.Generator,
+    prefix: str,
+    start: str,
+) -> Marketplace:
+    """Draw ``n_payments`` failed payments of ``accounts`` from ``start`` on.
+
+    Ids start with ``prefix``; the hidden state and the world's noise are drawn with them.
+    """
+    n_accounts = len(accounts)
+    n = n_payments
     acc = rng.choice(n_accounts, size=n, p=accounts["volume_weight"].to_numpy())
     a = accounts.iloc[acc].reset_index(drop=True)
     b2b = a["b2b"].to_numpy()
@@ -185,7 +221,7 @@ def generate(
 
     billing = _choice(rng, config.billing_reason_mix, n)
     obj = np.where(billing == "manual", "payment_intent", "invoice")
-    start_ts = pd.Timestamp(start or config.start, tz="UTC")
+    start_ts = pd.Timestamp(start, tz="UTC")
     failed_at = start_ts + pd.to_timedelta(
         np.round(rng.random(n) * config.period_days * 86400), unit="s"
     )

@@ -1,0 +1,243 @@
+"""The learned recovery policy: the retry-time and channel models combined into the next action.
+
+For each decision it
+
+1. builds the decision's features (``features.decisions.decision_features``) and scores every
+   candidate retry time the network rules allow with the retry-time model;
+2. values each candidate over the rest of the window, not just the next step: a retry at
+   delay *d* is worth ``p(d)·A − c + (1 − p(d))·V(d)``, where ``V(d)`` is what the best
+   later candidate is still worth after a failure at *d* (its success chance times
+   ``continuation``, the model-estimated effect of one more failed attempt, times *A*, less
+   its cost) — so a long-shot early retry is taken only when it leaves a good later slot;
+3. retries at the best candidate if it is worth more than nothing, otherwise not at all;
+4. messages through the channel whose predicted uplift times the amount beats its cost, from
+   the merchant of record (the connected account for direct charges and ``on_behalf_of``,
+   else the platform);
+5. with probability ``exploration`` replaces each part by a uniformly random allowed option,
+   and returns the probability of what it chose, so its own logs stay usable for off-policy
+   evaluation.
+
+Hard limits are the rules' (``reclaim.rules``): candidates outside them are never scored, and
+the environment, the API and the scheduler still pass every action through
+``rules.enforce``. Money is compared in the payment's own major units; costs are given in
+USD and taken at par (they are cents, and only matter when a recovery is nearly hopeless).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from reclaim import vocab
+from reclaim.features.accounts import AccountHistory
+from reclaim.features.candidates import expand_retry_times, retry_features
+from reclaim.features.decisions import decision_features, log_amount
+from reclaim.models.channel import ChannelUpliftModel
+from reclaim.models.retry import RetryTimeModel
+from reclaim.policy import ActionBatch, DecisionBatch, Policy, merchant_of_record
+from reclaim.rules import NetworkRules, limits
+
+#: Candidate delays the learned policy scores: every 3 hours for a week.
+POLICY_DELAYS_HOURS = np.arange(3, 169, 3)
+CHANNELS = [c.value for c in vocab.Channel]
+
+
+@dataclass
+class Costs:
+    """Cost of each action, USD."""
+
+    retry: float = 0.01
+    message: dict[str, float] = field(
+        default_factory=lambda: {"email": 0.001, "sms": 0.008, "in_app": 0.0001}
+    )
+
+
+class LearnedPolicy(Policy):
+    """Retry-time model + channel model → the next action, with its probability.
+
+    Parameters
+    ----------
+    retry_model, channel_model
+        Fitted models.
+    accounts
+        Account timelines for the account features (the history known at deployment).
+    exploration
+        Probability of replacing each part of the action by a uniform random allowed option.
+    continuation
+        The retry model's estimate of how much one more failed attempt scales the next
+        retry's success chance (learned in training; used by the look-ahead).
+    network_rules, costs, delays_hours
+        Hard limits, action costs, and the candidate delay grid.
+    """
+
+    name = "learned"
+
+    def __init__(
+        self,
+        retry_model: RetryTimeModel,
+        channel_model: ChannelUpliftModel,
+        accounts: AccountHistory,
+        exploration: float = 0.0,
+        continuation: float = 0.8,
+        network_rules: NetworkRules | None = None,
+        costs: Costs | None = None,
+        delays_hours: np.ndarray = POLICY_DELAYS_HOURS,
+    ):
+        self.retry_model = retry_model
+        self.channel_model = channel_model
+        self.accounts = accounts
+        self.exploration = exploration
+        self.continuation = continuation
+        self.network_rules = network_rules
+        self.costs = costs
+        self.delays_hours = delays_hours
+
+    # --- scoring ------------------------------------------------------------------------
+    def retry_scores(
+        self, batch: DecisionBatch, features: pd.DataFrame
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Success chance and value of every candidate delay: two (n, k) arrays.
+
+        Candidates the rules do not allow have chance 0 and value -inf.
+        """
+        rules = self.network_rules or NetworkRules()
+        costs = self.costs or Costs()
+        n, k = len(batch), len(self.delays_hours)
+        lim = limits(batch, rules)
+        first = features["hours_to_earliest_retry"].to_numpy()
+        last = features["hours_to_window_end"].to_numpy()
+        allowed = (lim["blocked"].to_numpy() == "")[:, None] & (
+            (self.delays_hours[None, :] >= first[:, None] - 1e-9)
+            & (self.delays_hours[None, :] <= last[:, None])
+        )
+        p = np.zeros((n, k))
+        rows = np.flatnonzero(allowed.any(axis=1))
+        if len(rows):
+            sub = batch.take(rows)
+            grid = expand_retry_times(
+                sub, features.iloc[rows].reset_index(drop=True), self.delays_hours
+            )
+            columns = list(self.retry_model.feature_names_in_)
+            p[rows] = self.retry_model.predict_proba(grid[columns])[:, 1].reshape(len(rows), k)
+        p = np.where(allowed, p, 0.0)
+        amount = np.expm1(log_amount(batch.payments))[:, None]
+        # Best later candidate (strictly later slot) for the look-ahead.
+        later = np.maximum.accumulate(p[:, ::-1], axis=1)[:, ::-1]
+        later = np.concatenate([later[:, 1:], np.zeros((n, 1))], axis=1)
+        then = np.maximum(self.continuation * later * amount - costs.retry, 0.0)
+        value = p * amount - costs.retry + (1.0 - p) * then
+        return p, np.where(allowed, value, -np.inf)
+
+    def channel_values(self, batch: DecisionBatch, features: pd.DataFrame) -> pd.DataFrame:
+        """Expected gain of each channel (uplift × amount − cost); the ``none`` column is 0."""
+        costs = self.costs or Costs()
+        uplift = self.channel_model.predict(features[list(self.channel_model.feature_names_in_)])
+        amount = np.expm1(log_amount(batch.payments))
+        gain = pd.DataFrame(0.0, index=features.index, columns=["none", *CHANNELS])
+        for ch in CHANNELS:
+            if ch in uplift.columns:
+                gain[ch] = uplift[ch].to_numpy() * amount - costs.message[ch]
+            else:
+                gain[ch] = -np.inf
+        return gain
+
+    def greedy(self, batch: DecisionBatch, features: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """The greedy choice per decision: option index (a delay's position, or k for no
+        retry) and channel index (into ``["none", *CHANNELS]``)."""
+        _, value = self.retry_scores(batch, features)
+        k = value.shape[1]
+        allowed = np.isfinite(value)
+        best = np.argmax(np.where(allowed, value, -np.inf), axis=1)
+        retry = allowed.any(axis=1) & (value[np.arange(len(batch)), best] > 0)
+        gains = self.channel_values(batch, features).to_numpy()
+        channel = np.where(gains.max(axis=1) > 0, np.argmax(gains, axis=1), 0)
+        return np.where(retry, best, k), channel
+
+    def channel_probabilities(self, batch: DecisionBatch, features: pd.DataFrame) -> np.ndarray:
+        """Probability of each message option (none, email, sms, in_app): shape (n, 4)."""
+        _, channel = self.greedy(batch, features)
+        n_options = 1 + len(CHANNELS)
+        probs = np.full((len(batch), n_options), self.exploration / n_options)
+        probs[np.arange(len(batch)), channel] += 1 - self.exploration
+        return probs
+
+    # --- acting -------------------------------------------------------------------------
+    def act(self, batch: DecisionBatch, rng: np.random.Generator) -> ActionBatch:
+        n = len(batch)
+        if n == 0:
+            return ActionBatch.build(0)
+        features = decision_features(batch, self.accounts, self.network_rules)
+        _, value = self.retry_scores(batch, features)
+        allowed = np.isfinite(value)
+        k = value.shape[1]
+        # option index: 0..k-1 a delay, k = no retry
+        best = np.argmax(np.where(allowed, value, -np.inf), axis=1)
+        greedy_retry = allowed.any(axis=1) & (value[np.arange(n), best] > 0)
+        greedy_option = np.where(greedy_retry, best, k)
+        gains = self.channel_values(batch, features)
+        options = gains.columns.to_numpy()
+        greedy_channel = np.where(
+            gains.to_numpy().max(axis=1) > 0, np.argmax(gains.to_numpy(), axis=1), 0
+        )
+
+        eps = self.exploration
+        n_retry_options = allowed.sum(axis=1) + 1  # allowed delays, or no retry
+        explore_r = rng.random(n) < eps
+        pick = np.floor(rng.random(n) * n_retry_options).astype(int)
+        # the pick-th allowed delay, or no retry when pick == number of allowed delays
+        allowed_cum = np.cumsum(allowed, axis=1)
+        random_option = np.where(
+            pick < allowed.sum(axis=1),
+            np.argmax(allowed_cum > pick[:, None], axis=1),
+            k,
+        )
+        option = np.where(explore_r, random_option, greedy_option)
+        retry_prop = eps / n_retry_options + (1 - eps) * (option == greedy_option)
+
+        explore_c = rng.random(n) < eps
+        random_channel = np.floor(rng.random(n) * len(options)).astype(int)
+        chosen = np.where(explore_c, random_channel, greedy_channel)
+        channel_prop = eps / len(options) + (1 - eps) * (chosen == greedy_channel)
+
+        delay = self.delays_hours[np.minimum(option, k - 1)]
+        retry_at = (batch.now + pd.to_timedelta(delay, unit="h")).where(option < k)
+        channel = np.where(chosen > 0, options[chosen], None)
+        sender = np.where(chosen > 0, merchant_of_record(batch.payments).astype("object"), None)
+        return ActionBatch.build(
+            n,
+            retry_at=retry_at,
+            channel=channel,
+            sender=sender,
+            retry_propensity=retry_prop,
+            channel_propensity=channel_prop,
+            reason=np.where(option < k, "", "policy"),
+        )
+
+    def explain(self, batch: DecisionBatch, actions: ActionBatch, top: int = 3) -> list[list[str]]:
+        """The few features that moved each chosen retry's predicted success the most.
+
+        Returns, per decision, ``top`` strings like ``"days_to_payday=0 (+0.41)"`` (SHAP
+        contributions to the log-odds); empty where there is no retry.
+        """
+        features = decision_features(batch, self.accounts, self.network_rules)
+        out: list[list[str]] = [[] for _ in range(len(batch))]
+        rows = np.flatnonzero(actions.retry_at.notna().to_numpy())
+        if len(rows) == 0:
+            return out
+        sub = batch.take(rows)
+        x = retry_features(
+            sub,
+            features.iloc[rows].reset_index(drop=True),
+            actions.retry_at.iloc[rows].reset_index(drop=True),
+        )
+        x = x[list(self.retry_model.feature_names_in_)]
+        contrib = self.retry_model.contributions(x)
+        for i, row in zip(rows, range(len(rows)), strict=True):
+            c = contrib.iloc[row]
+            for name in c.abs().sort_values(ascending=False).index[:top]:
+                value = x.iloc[row][name]
+                shown = f"{value:.3g}" if isinstance(value, float) else str(value)
+                out[i].append(f"{name}={shown} ({c[name]:+.2f})")
+        return out

@@ -1,0 +1,142 @@
+"""Training data: the time split and the rows each model learns from.
+
+The split is by the time of each payment's first failure: every payment, with all its
+attempts, messages and decisions, falls on exactly one side, and every training payment failed
+before every test payment did. Models never see a test payment; evaluation never scores a
+training one (``tests/training/test_data.py`` proves both).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from reclaim import contract, vocab
+from reclaim.features.accounts import AccountHistory
+from reclaim.features.candidates import channel_or_none, retry_features
+from reclaim.features.decisions import decision_features, decision_points
+from reclaim.policy import DecisionBatch
+from reclaim.rules import NetworkRules
+
+
+@dataclass
+class TimeSplit:
+    """Tables before and from ``cutoff`` (by first failure)."""
+
+    train: contract.ContractTables
+    test: contract.ContractTables
+    cutoff: pd.Timestamp
+
+
+def subset(tables: contract.ContractTables, payment_ids: pd.Index) -> contract.ContractTables:
+    """The tables restricted to ``payment_ids``."""
+
+    def keep(df: pd.DataFrame) -> pd.DataFrame:
+        return df[df["payment_id"].isin(payment_ids)].reset_index(drop=True)
+
+    return contract.ContractTables(
+        keep(tables.payments),
+        keep(tables.attempts),
+        keep(tables.messages),
+        keep(tables.decisions),
+    )
+
+
+def time_split(tables: contract.ContractTables, test_share: float = 0.2) -> TimeSplit:
+    """Split by first-failure time: the latest ``test_share`` of payments are the test set."""
+    if not 0.0 < test_share < 1.0:
+        raise ValueError(f"test_share must be in (0, 1), got {test_share}")
+    failed = tables.payments["failed_at"]
+    cutoff = failed.sort_values().iloc[int(len(failed) * (1 - test_share))]
+    train_ids = pd.Index(tables.payments.loc[failed < cutoff, "payment_id"])
+    test_ids = pd.Index(tables.payments.loc[failed >= cutoff, "payment_id"])
+    return TimeSplit(subset(tables, train_ids), subset(tables, test_ids), cutoff)
+
+
+@dataclass
+class DecisionData:
+    """Every decision of some tables with its features."""
+
+    batch: DecisionBatch
+    keys: pd.DataFrame
+    features: pd.DataFrame
+
+    @classmethod
+    def build(
+        cls,
+        tables: contract.ContractTables,
+        accounts: AccountHistory,
+        network_rules: NetworkRules | None = None,
+    ) -> DecisionData:
+        batch, keys = decision_points(tables)
+        return cls(batch, keys, decision_features(batch, accounts, network_rules))
+
+
+def recovered_in_window(tables: contract.ContractTables, window_days: float = 30.0) -> pd.Series:
+    """Whether each payment (by id) was recovered within its window."""
+    ok = tables.attempts[tables.attempts["outcome"] == vocab.Outcome.SUCCEEDED]
+    first = ok.groupby("payment_id")["attempted_at"].min()
+    pay = tables.payments.set_index("payment_id")
+    end = pay["failed_at"] + pd.Timedelta(days=window_days)
+    return (first.reindex(pay.index) <= end).fillna(False).astype(bool)
+
+
+def retry_rows(
+    tables: contract.ContractTables, data: DecisionData
+) -> tuple[pd.DataFrame, np.ndarray, pd.Series]:
+    """One row per logged merchant retry: the features of the decision that chose it plus the
+    retry time's, whether it succeeded, and when it happened — sorted by that time."""
+    a = tables.attempts
+    retries = a[(a["initiator"] == vocab.Initiator.MERCHANT) & (a["attempt_number"] > 0)]
+    index = pd.MultiIndex.from_frame(
+        data.keys[["payment_id", "decision_number"]].astype({"payment_id": "object"})
+    )
+    wanted = pd.MultiIndex.from_arrays(
+        [retries["payment_id"].astype("object"), retries["attempt_number"] - 1]
+    )
+    pos = index.get_indexer(wanted)
+    keep = pos >= 0
+    retries, pos = retries[keep], pos[keep]
+    order = np.argsort(retries["attempted_at"].to_numpy(dtype="datetime64[us]"), kind="stable")
+    retries, pos = retries.iloc[order], pos[order]
+    x = retry_features(
+        data.batch.take(pos),
+        data.features.iloc[pos].reset_index(drop=True),
+        contract.utc(retries["attempted_at"], pd.RangeIndex(len(retries))),
+    )
+    y = (retries["outcome"] == vocab.Outcome.SUCCEEDED).to_numpy().astype(int)
+    return x, y, contract.utc(retries["attempted_at"], x.index)
+
+
+def channel_rows(
+    tables: contract.ContractTables, data: DecisionData
+) -> tuple[pd.DataFrame, pd.Series, np.ndarray, np.ndarray]:
+    """One row per logged decision: features, the arm taken (channel or ``none``), whether the
+    payment was recovered within its window, and the arm's logged probability.
+
+    Needs the ``decisions`` table (the simulator writes it; a platform export without
+    randomized message logs cannot train the channel model).
+    """
+    d = tables.decisions
+    if d.empty:
+        raise ValueError(
+            "decisions.parquet is empty: the channel model learns from randomized message "
+            "logs, with the probability of every decision (see docs/data-contract.md)"
+        )
+    key = pd.MultiIndex.from_frame(
+        data.keys[["payment_id", "decision_number"]].astype({"payment_id": "object"})
+    )
+    pos = key.get_indexer(
+        pd.MultiIndex.from_arrays([d["payment_id"].astype("object"), d["decision_number"]])
+    )
+    keep = pos >= 0
+    d, pos = d[keep], pos[keep]
+    recovered = recovered_in_window(tables).reindex(d["payment_id"].astype("object"))
+    return (
+        data.features.iloc[pos].reset_index(drop=True),
+        channel_or_none(d["channel"]).reset_index(drop=True),
+        recovered.to_numpy().astype(int),
+        d["channel_propensity"].to_numpy(dtype=float),
+    )

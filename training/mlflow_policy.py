@@ -1,0 +1,74 @@
+"""The learned policy as an MLflow pyfunc model, logged from code (models-from-code).
+
+``mlflow.pyfunc.log_model(python_model=<this file>, artifacts={"policy": <pickle>})``: MLflow
+runs this file at load time; ``load_context`` unpickles the :class:`LearnedPolicy` (its two
+models and the account history it was trained with).
+
+``predict`` takes one row per decision: the contract payment columns plus ``decided_at``
+(UTC), for payments with no retry yet; the scoring API passes full histories through
+``unwrap_python_model().policy`` instead. It returns the action per row: ``retry_at``,
+``channel``, ``sender``, ``propensity``, ``reason``.
+"""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+
+class PolicyModel(mlflow.pyfunc.PythonModel):
+    """Wraps a pickled :class:`reclaim.models.policy.LearnedPolicy`."""
+
+    def load_context(self, context: Any) -> None:
+        with open(context.artifacts["policy"], "rb") as f:
+            self.policy = pickle.load(f)
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> pd.DataFrame:
+        from reclaim import contract
+        from reclaim.policy import DecisionBatch
+        from reclaim.rules import enforce
+
+        payments = contract.conform(contract.PAYMENTS, model_input)
+        attempts = payments.assign(
+            attempt_number=0,
+            attempted_at=payments["failed_at"],
+            initiator="merchant",
+            outcome="failed",
+            policy=None,
+            propensity=np.nan,
+        )[contract.ATTEMPTS.column_names]
+        batch = DecisionBatch.from_history(
+            payments,
+            contract.conform(contract.ATTEMPTS, attempts),
+            contract.empty(contract.MESSAGES),
+            contract.utc(pd.to_datetime(model_input["decided_at"], utc=True)),
+        )
+        seed = (params or {}).get("seed", 0)
+        actions = enforce(
+            batch,
+            self.policy.act(batch, np.random.default_rng(seed)),
+            self.policy.network_rules or _rules(),
+        )
+        return pd.DataFrame(
+            {
+                "payment_id": payments["payment_id"],
+                "retry_at": actions.retry_at,
+                "channel": actions.channel.astype("object"),
+                "sender": actions.sender.astype("object"),
+                "propensity": actions.propensity,
+                "reason": actions.reason,
+            }
+        )
+
+
+def _rules():
+    from reclaim.rules import NetworkRules
+
+    return NetworkRules()
+
+
+mlflow.models.set_model(PolicyModel())
