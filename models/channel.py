@@ -64,7 +64,7 @@ class ChannelUpliftModel(BaseEstimator):
             Probability of the logged arm, n values in (0, 1]; None weighs rows equally.
         """
         frame = as_frame(X)
-        target = _binary_target(y)
+        _, target = _binary_target(y)
         arm = np.asarray(pd.Series(treatment).astype("object"))
         if not (len(frame) == len(target) == len(arm)):
             raise ValueError("X, treatment and y must have the same length")

@@ -68,6 +68,9 @@ class LearnedPolicy(Policy):
     continuation
         The retry model's estimate of how much one more failed attempt scales the next
         retry's success chance (learned in training; used by the look-ahead).
+    max_messages
+        At most this many messages per payment (a product limit: a dunning sequence is a few
+        messages, not one per retry). Per-account configuration may lower it.
     network_rules, costs, delays_hours
         Hard limits, action costs, and the candidate delay grid.
     """
@@ -81,6 +84,7 @@ class LearnedPolicy(Policy):
         accounts: AccountHistory,
         exploration: float = 0.0,
         continuation: float = 0.8,
+        max_messages: int = 3,
         network_rules: NetworkRules | None = None,
         costs: Costs | None = None,
         delays_hours: np.ndarray = POLICY_DELAYS_HOURS,
@@ -90,9 +94,23 @@ class LearnedPolicy(Policy):
         self.accounts = accounts
         self.exploration = exploration
         self.continuation = continuation
+        self.max_messages = max_messages
         self.network_rules = network_rules
         self.costs = costs
         self.delays_hours = delays_hours
+
+    def __setstate__(self, state: dict) -> None:
+        # A policy pickled by an older Reclaim lacks parameters added since: give them their
+        # defaults so registered models keep loading.
+        defaults = {
+            "max_messages": 3,
+            "exploration": 0.0,
+            "continuation": 0.8,
+            "network_rules": None,
+            "costs": None,
+            "delays_hours": POLICY_DELAYS_HOURS,
+        }
+        self.__dict__.update({**defaults, **state})
 
     # --- scoring ------------------------------------------------------------------------
     def retry_scores(
@@ -135,10 +153,13 @@ class LearnedPolicy(Policy):
         costs = self.costs or Costs()
         uplift = self.channel_model.predict(features[list(self.channel_model.feature_names_in_)])
         amount = np.expm1(log_amount(batch.payments))
+        capped = features["n_messages"].to_numpy() >= self.max_messages
         gain = pd.DataFrame(0.0, index=features.index, columns=["none", *CHANNELS])
         for ch in CHANNELS:
             if ch in uplift.columns:
-                gain[ch] = uplift[ch].to_numpy() * amount - costs.message[ch]
+                gain[ch] = np.where(
+                    capped, -np.inf, uplift[ch].to_numpy() * amount - costs.message[ch]
+                )
             else:
                 gain[ch] = -np.inf
         return gain
@@ -158,8 +179,8 @@ class LearnedPolicy(Policy):
     def channel_probabilities(self, batch: DecisionBatch, features: pd.DataFrame) -> np.ndarray:
         """Probability of each message option (none, email, sms, in_app): shape (n, 4)."""
         _, channel = self.greedy(batch, features)
-        n_options = 1 + len(CHANNELS)
-        probs = np.full((len(batch), n_options), self.exploration / n_options)
+        open_options = np.isfinite(self.channel_values(batch, features).to_numpy())
+        probs = self.exploration * open_options / open_options.sum(axis=1, keepdims=True)
         probs[np.arange(len(batch)), channel] += 1 - self.exploration
         return probs
 
@@ -196,10 +217,13 @@ class LearnedPolicy(Policy):
         option = np.where(explore_r, random_option, greedy_option)
         retry_prop = eps / n_retry_options + (1 - eps) * (option == greedy_option)
 
+        open_options = np.where(np.isfinite(gains.to_numpy()), 1, 0)  # none is always open
+        n_open = open_options.sum(axis=1)
         explore_c = rng.random(n) < eps
-        random_channel = np.floor(rng.random(n) * len(options)).astype(int)
+        pick_c = np.floor(rng.random(n) * n_open).astype(int)
+        random_channel = np.argmax(np.cumsum(open_options, axis=1) > pick_c[:, None], axis=1)
         chosen = np.where(explore_c, random_channel, greedy_channel)
-        channel_prop = eps / len(options) + (1 - eps) * (chosen == greedy_channel)
+        channel_prop = eps / n_open + (1 - eps) * (chosen == greedy_channel)
 
         delay = self.delays_hours[np.minimum(option, k - 1)]
         retry_at = (batch.now + pd.to_timedelta(delay, unit="h")).where(option < k)

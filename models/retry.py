@@ -17,6 +17,8 @@ import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
+from sklearn.utils import check_array, column_or_1d
+from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import check_is_fitted
 
 DEFAULT_PARAMS: dict[str, Any] = {
@@ -34,25 +36,44 @@ DEFAULT_PARAMS: dict[str, Any] = {
 }
 
 
-def as_frame(X: Any, names: list[str] | None = None) -> pd.DataFrame:
-    """``X`` as a DataFrame; arrays get ``x0, x1, …`` (or ``names``) as column names."""
+def as_frame(X: Any, names: list[str] | None = None, min_samples: int = 1) -> pd.DataFrame:
+    """``X`` as a DataFrame.
+
+    A DataFrame passes as is (its categorical columns matter); anything else is validated as a
+    dense, finite-or-NaN numeric 2-d array and gets ``x0, x1, …`` (or ``names``) as columns.
+    """
     if isinstance(X, pd.DataFrame):
+        if len(X) < min_samples:
+            raise ValueError(
+                f"Found array with {len(X)} sample(s) (shape={X.shape}) while a minimum of "
+                f"{min_samples} is required."
+            )
         return X
-    array = np.asarray(X)
-    if array.ndim != 2:
-        raise ValueError(f"X must be 2-dimensional, got shape {array.shape}")
+    array = check_array(
+        X, dtype="numeric", ensure_all_finite="allow-nan", ensure_min_samples=min_samples
+    )
     cols = names or [f"x{i}" for i in range(array.shape[1])]
     return pd.DataFrame(array, columns=cols)
 
 
-def _binary_target(y: Any) -> np.ndarray:
-    y = np.asarray(y)
-    if y.ndim != 1:
-        raise ValueError(f"y must be 1-dimensional, got shape {y.shape}")
-    values = set(np.unique(y).tolist())
-    if not values <= {0, 1}:
-        raise ValueError(f"y must be binary (0/1), got values {sorted(values)[:5]}")
-    return y.astype(float)
+def _binary_target(y: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(classes, target)``: the two labels of ``y`` (sorted; the second is "success") and
+    ``y`` as a float 0/1 vector, or a ValueError saying what is wrong with ``y``."""
+    if y is None:
+        raise ValueError("requires y to be passed, but the target y is None")
+    y = column_or_1d(y, warn=True)
+    kind = type_of_target(y)
+    if kind not in ("binary", "unknown"):
+        raise ValueError(
+            f"Only binary classification is supported. The type of the target is {kind}."
+        )
+    classes = np.unique(y)
+    if len(classes) < 2:
+        raise ValueError(
+            "y needs both outcomes (a success and a failure) to fit: only one "
+            f"class is present ({classes.tolist()})"
+        )
+    return classes, (y == classes[1]).astype(float)
 
 
 class RetryTimeModel(ClassifierMixin, BaseEstimator):
@@ -86,12 +107,10 @@ class RetryTimeModel(ClassifierMixin, BaseEstimator):
         """Fit on rows in time order: the last ``calibration_share`` of them calibrate."""
         if not 0.0 <= self.calibration_share < 1.0:
             raise ValueError(f"calibration_share must be in [0, 1), got {self.calibration_share}")
-        frame = as_frame(X)
-        target = _binary_target(y)
-        if len(frame) != len(target):
-            raise ValueError(f"X has {len(frame)} rows but y has {len(target)}")
-        if len(np.unique(target)) < 2:
-            raise ValueError("y needs both outcomes (a success and a failure) to fit")
+        frame = as_frame(X, min_samples=2)
+        if y is not None and len(frame) != len(np.asarray(y)):
+            raise ValueError(f"X has {len(frame)} rows but y has {len(np.asarray(y))}")
+        classes, target = _binary_target(y)
         n_cal = int(round(len(frame) * self.calibration_share))
         n_fit = len(frame) - n_cal
         params = {**DEFAULT_PARAMS, **(self.params or {})}
@@ -103,7 +122,7 @@ class RetryTimeModel(ClassifierMixin, BaseEstimator):
         )
         self.feature_names_in_ = np.asarray(frame.columns, dtype=object)
         self.n_features_in_ = frame.shape[1]
-        self.classes_ = np.array([0, 1])
+        self.classes_ = classes
         raw = self.booster_.predict(frame.iloc[n_fit:]) if n_cal else np.zeros(0)
         cal_y = target[n_fit:]
         if n_cal == 0 or len(np.unique(cal_y)) < 2:
@@ -120,18 +139,20 @@ class RetryTimeModel(ClassifierMixin, BaseEstimator):
 
     def _frame(self, X: Any) -> pd.DataFrame:
         check_is_fitted(self, "booster_")
-        frame = as_frame(
-            X, list(self.feature_names_in_) if not isinstance(X, pd.DataFrame) else None
-        )
+        frame = as_frame(X)
         if frame.shape[1] != self.n_features_in_:
             raise ValueError(
-                f"X has {frame.shape[1]} features; the model was fit with {self.n_features_in_}"
+                f"X has {frame.shape[1]} features, but {type(self).__name__} is expecting "
+                f"{self.n_features_in_} features as input."
             )
+        if not isinstance(X, pd.DataFrame):
+            frame.columns = list(self.feature_names_in_)
         return frame[list(self.feature_names_in_)]
 
     def predict_raw(self, X: Any) -> np.ndarray:
         """The booster's uncalibrated probability of success."""
-        return self.booster_.predict(self._frame(X))
+        frame = self._frame(X)  # checks fitted first
+        return self.booster_.predict(frame)
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Calibrated probabilities, shape (n, 2): failure, success."""
@@ -146,8 +167,9 @@ class RetryTimeModel(ClassifierMixin, BaseEstimator):
         return np.column_stack([1.0 - p, p])
 
     def predict(self, X: Any) -> np.ndarray:
-        """1 where success is more likely than not."""
-        return (self.predict_proba(X)[:, 1] >= 0.5).astype(int)
+        """The more likely class label."""
+        success = self.predict_proba(X)[:, 1] >= 0.5  # checks fitted first
+        return self.classes_[success.astype(int)]
 
     def contributions(self, X: Any) -> pd.DataFrame:
         """Each feature's contribution to the raw log-odds (SHAP values), one row per row."""
@@ -155,9 +177,10 @@ class RetryTimeModel(ClassifierMixin, BaseEstimator):
         values = self.booster_.predict(frame, pred_contrib=True)
         return pd.DataFrame(values[:, :-1], columns=frame.columns, index=frame.index)
 
-    def __sklearn_tags__(self):  # binary only
+    def __sklearn_tags__(self):  # binary only; LightGBM handles missing values
         tags = super().__sklearn_tags__()
         tags.classifier_tags.multi_class = False
+        tags.input_tags.allow_nan = True
         return tags
 
 

@@ -28,7 +28,7 @@ import pandas as pd
 
 from reclaim import contract
 from reclaim.features.accounts import AccountHistory
-from reclaim.features.decisions import log_amount
+from reclaim.features.decisions import decision_features, log_amount
 from reclaim.models.channel import ChannelUpliftModel
 from reclaim.models.policy import CHANNELS, LearnedPolicy
 from reclaim.models.retry import RetryTimeModel
@@ -121,7 +121,9 @@ def first_message_ope(
     y0 = recovered_in_window(tables).reindex(keys["payment_id"].astype("object")).to_numpy(float)
     batch = data.batch.take(rows)
     feats = data.features.iloc[rows].reset_index(drop=True)
-    probs = policy.channel_probabilities(batch, feats)
+    # The target probabilities are the policy's own, on the features it would compute.
+    own = decision_features(batch, policy.accounts, policy.network_rules)
+    probs = policy.channel_probabilities(batch, own)
     options = ["none", *CHANNELS]
     col = np.array([options.index(a) for a in arm0])
     target = probs[np.arange(len(rows)), col]

@@ -1,0 +1,114 @@
+"""The retry-time and channel models: estimator contract, calibration, uplift, MLflow."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.base import clone
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from reclaim.models.channel import ChannelUpliftModel
+from reclaim.models.retry import RetryTimeModel
+
+SMALL = {"num_leaves": 7, "min_data_in_leaf": 5}
+
+# The one scikit-learn check that does not apply:
+NOT_APPLICABLE = {
+    "check_sample_weight_equivalence_on_dense_data": "fit takes no sample weights",
+}
+
+
+@parametrize_with_checks(
+    [RetryTimeModel(params=SMALL, num_boost_round=10)],
+    expected_failed_checks=lambda est: NOT_APPLICABLE,
+)
+def test_retry_model_meets_the_estimator_contract(estimator, check) -> None:
+    check(estimator)
+
+
+def _synthetic(n: int, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = pd.DataFrame(
+        {
+            "hour": rng.uniform(0, 24, n),
+            "days": rng.uniform(0, 10, n),
+            "kind": pd.Categorical(rng.choice(["a", "b"], n), categories=["a", "b"]),
+        }
+    )
+    logit = -2 + 0.25 * x["days"] - 1.0 * (x["hour"] < 5) + 0.8 * (x["kind"] == "b")
+    y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)
+    return x, y.to_numpy()
+
+
+def test_calibration_is_isotonic_with_enough_rows_else_sigmoid() -> None:
+    x, y = _synthetic(20_000)
+    big = RetryTimeModel(num_boost_round=50).fit(x, y)
+    assert big.calibration_method_ == "isotonic"
+    small = RetryTimeModel(num_boost_round=20, params=SMALL).fit(x.iloc[:2000], y[:2000])
+    assert small.calibration_method_ == "sigmoid"
+    xt, yt = _synthetic(20_000, seed=1)
+    p = big.predict_proba(xt)[:, 1]
+    assert abs(p.mean() - yt.mean()) < 0.01
+    assert clone(big).get_params() == big.get_params()
+
+
+@pytest.mark.parametrize(
+    ("X", "y", "message"),
+    [
+        (np.zeros((10, 2)), np.arange(10), "Only binary classification is supported"),
+        (np.zeros((10, 2)), np.zeros(10), "needs both outcomes"),
+        (np.zeros((10, 2)), np.zeros(9), "X has 10 rows but y has 9"),
+        (np.zeros(10), np.zeros(10), "Expected 2D array"),
+        (np.zeros((10, 2)), None, "target y is None"),
+    ],
+)
+def test_retry_model_bad_input(X, y, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        RetryTimeModel().fit(X, y)
+
+
+def test_channel_model_recovers_known_uplift() -> None:
+    rng = np.random.default_rng(3)
+    n = 40_000
+    x = pd.DataFrame({"b2b": rng.integers(0, 2, n).astype(float), "z": rng.random(n)})
+    arm = rng.choice(["none", "email", "sms"], n, p=[0.5, 0.25, 0.25])
+    base = 0.3
+    effect = np.where(
+        arm == "email", 0.15 * x["b2b"], np.where(arm == "sms", 0.15 * (1 - x["b2b"]), 0)
+    )
+    y = (rng.random(n) < base + effect).astype(int)
+    prop = np.where(arm == "none", 0.5, 0.25)
+    params = {"num_leaves": 7, "min_data_in_leaf": 500, "learning_rate": 0.1}
+    model = ChannelUpliftModel(params=params, num_boost_round=100).fit(x, arm, y, prop)
+    grid = np.linspace(0.01, 0.99, 50)
+    b2b = model.predict(pd.DataFrame({"b2b": 1.0, "z": grid})).mean()
+    b2c = model.predict(pd.DataFrame({"b2b": 0.0, "z": grid})).mean()
+    assert list(b2b.index) == ["email", "sms"]
+    assert b2b["email"] == pytest.approx(0.15, abs=0.03)
+    assert b2c["email"] == pytest.approx(0.0, abs=0.03)
+    assert b2c["sms"] == pytest.approx(0.15, abs=0.03)
+    assert b2b["sms"] == pytest.approx(0.0, abs=0.03)
+
+
+def test_channel_model_needs_a_control_arm() -> None:
+    x = pd.DataFrame({"a": np.arange(10.0)})
+    with pytest.raises(ValueError, match="control arm 'none'"):
+        ChannelUpliftModel().fit(x, ["email"] * 10, [0, 1] * 5)
+    with pytest.raises(ValueError, match="propensities must be in"):
+        ChannelUpliftModel().fit(x, ["none", "email"] * 5, [0, 1] * 5, np.zeros(10))
+
+
+def test_models_survive_an_mlflow_round_trip(tmp_path) -> None:
+    import mlflow.sklearn
+
+    x, y = _synthetic(5_000)
+    model = RetryTimeModel(num_boost_round=30).fit(x, y)
+    mlflow.sklearn.save_model(model, tmp_path / "retry", serialization_format="cloudpickle")
+    loaded = mlflow.sklearn.load_model(str(tmp_path / "retry"))
+    np.testing.assert_array_equal(loaded.predict_proba(x), model.predict_proba(x))
+    arm = np.where(np.arange(5_000) % 2 == 0, "none", "email")
+    channel = ChannelUpliftModel(params=SMALL, num_boost_round=10).fit(x, arm, y)
+    mlflow.sklearn.save_model(channel, tmp_path / "channel", serialization_format="cloudpickle")
+    again = mlflow.sklearn.load_model(str(tmp_path / "channel"))
+    pd.testing.assert_frame_equal(again.predict(x), channel.predict(x))
