@@ -181,8 +181,8 @@ def train(
             result = run_training(
                 data, uri, config, on_stage=lambda s: status.update(f"training: {s}…")
             )
-        except contract.ContractError as exc:
-            console.print(f"[red]invalid data:[/red] {exc}")
+        except ValueError as exc:  # ContractError included: bad or insufficient data
+            console.print(f"[red]cannot train:[/red] {exc}")
             raise typer.Exit(code=1) from exc
     m = result.metrics
     table = Table(

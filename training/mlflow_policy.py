@@ -7,17 +7,25 @@ models and the account history it was trained with).
 ``predict`` takes one row per decision: the contract payment columns plus ``decided_at``
 (UTC), for payments with no retry yet; the scoring API passes full histories through
 ``unwrap_python_model().policy`` instead. It returns the action per row: ``retry_at``,
-``channel``, ``sender``, ``propensity``, ``reason``.
+``channel``, ``sender``, ``propensity``, ``reason``. Exploration draws from a seed derived
+from the decisions themselves, so asking twice about the same decisions gives the same answer.
 """
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 from typing import Any
 
 import mlflow
 import numpy as np
 import pandas as pd
+
+
+def decision_seed(payment_ids: pd.Series, decided_at: pd.Series) -> int:
+    """A seed that is a function of the decisions (payment ids and times) only."""
+    text = "|".join(f"{p}@{t}" for p, t in zip(payment_ids, decided_at, strict=True))
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
 
 
 class PolicyModel(mlflow.pyfunc.PythonModel):
@@ -41,18 +49,15 @@ class PolicyModel(mlflow.pyfunc.PythonModel):
             policy=None,
             propensity=np.nan,
         )[contract.ATTEMPTS.column_names]
+        decided_at = contract.utc(pd.to_datetime(model_input["decided_at"], utc=True))
         batch = DecisionBatch.from_history(
             payments,
             contract.conform(contract.ATTEMPTS, attempts),
             contract.empty(contract.MESSAGES),
-            contract.utc(pd.to_datetime(model_input["decided_at"], utc=True)),
+            decided_at,
         )
-        seed = (params or {}).get("seed", 0)
-        actions = enforce(
-            batch,
-            self.policy.act(batch, np.random.default_rng(seed)),
-            self.policy.network_rules or _rules(),
-        )
+        rng = np.random.default_rng(decision_seed(payments["payment_id"], decided_at))
+        actions = enforce(batch, self.policy.act(batch, rng), self.policy.network_rules or _rules())
         return pd.DataFrame(
             {
                 "payment_id": payments["payment_id"],

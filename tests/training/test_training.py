@@ -1,0 +1,169 @@
+"""reclaim train end to end: the split, what is fit on what, and what MLflow records."""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from reclaim import contract
+from reclaim.features.accounts import AccountHistory
+from reclaim.models.channel import ChannelUpliftModel
+from reclaim.models.retry import RetryTimeModel
+from reclaim.policy import DecisionBatch
+from reclaim.rules import enforce
+from reclaim.simulator import fresh_payments
+from reclaim.training import pipeline
+from reclaim.training.data import DecisionData, channel_rows, retry_rows, time_split
+from reclaim.training.pipeline import MODEL_NAME, TrainConfig, train
+
+
+def test_time_split_is_disjoint_and_ordered(trained) -> None:
+    tables = contract.read_tables(trained.data_dir)
+    split = time_split(tables, 0.2)
+    train_ids = set(split.train.payments["payment_id"])
+    test_ids = set(split.test.payments["payment_id"])
+    assert not train_ids & test_ids
+    assert train_ids | test_ids == set(tables.payments["payment_id"])
+    assert split.train.payments["failed_at"].max() < split.test.payments["failed_at"].min()
+    for name in ("attempts", "messages", "decisions"):
+        assert set(getattr(split.train, name)["payment_id"]) <= train_ids
+        assert set(getattr(split.test, name)["payment_id"]) <= test_ids
+    assert len(split.test.payments) == pytest.approx(0.2 * len(tables.payments), abs=1)
+
+
+def test_models_never_see_test_payments(trained, monkeypatch, tmp_path) -> None:
+    """Every row the models are fit on comes from a training payment, and the evaluation
+    rows are exactly the test payments'."""
+    seen: dict[str, int] = {}
+    real_retry_fit, real_channel_fit = RetryTimeModel.fit, ChannelUpliftModel.fit
+
+    def retry_fit(self, X, y):
+        seen["retry"] = len(X)
+        return real_retry_fit(self, X, y)
+
+    def channel_fit(self, X, treatment, y, propensity=None):
+        seen["channel"] = len(X)
+        return real_channel_fit(self, X, treatment, y, propensity)
+
+    monkeypatch.setattr(RetryTimeModel, "fit", retry_fit)
+    monkeypatch.setattr(ChannelUpliftModel, "fit", channel_fit)
+    result = train(
+        trained.data_dir,
+        f"sqlite:///{tmp_path / 'm.db'}",
+        TrainConfig(experiment="split-proof", retry_rounds=20, channel_rounds=20),
+    )
+
+    tables = contract.read_tables(trained.data_dir)
+    split = time_split(tables, 0.2)
+    train_data = DecisionData.build(
+        split.train, AccountHistory.from_tables(split.train.payments, split.train.attempts)
+    )
+    assert seen["retry"] == len(retry_rows(split.train, train_data)[0])
+    assert seen["channel"] == len(channel_rows(split.train, train_data)[0])
+    all_retries = tables.attempts[
+        (tables.attempts["initiator"] == "merchant") & (tables.attempts["attempt_number"] > 0)
+    ]
+    assert seen["retry"] < len(all_retries)
+    test_first = (split.test.decisions["decision_number"] == 0).sum()
+    assert result.metrics["ope_decisions"] == test_first
+
+
+def test_run_records_params_metrics_plots_table_and_model(trained) -> None:
+    client = MlflowClient(trained.tracking_uri)
+    run = client.get_run(trained.result.run_id)
+    assert len(run.data.params["data_digest"]) == 16
+    assert run.data.params["sim_seed"] == "5"
+    for key in (
+        "retry_auc",
+        "retry_log_loss",
+        "retry_brier",
+        "retry_ece",
+        "ope_dr",
+        "ope_dr_lo",
+        "ope_dr_hi",
+        "ope_ips",
+        "ope_snips",
+        "ope_ess",
+        "channel_email_qini",
+        "channel_sms_auuc",
+    ):
+        assert key in run.data.metrics, key
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {
+        "calibration.png",
+        "qini.png",
+        "recovery_by_day.png",
+        "per_account_uplift.json",
+    } <= artifacts
+    mlflow.set_tracking_uri(trained.tracking_uri)
+    table = mlflow.load_table("per_account_uplift.json", run_ids=[run.info.run_id])
+    assert {"account_id", "revenue_uplift", "uplift_rate_lo"} <= set(table.columns)
+    assert str(client.get_model_version_by_alias(MODEL_NAME, "champion").version) == "1"
+    assert run.data.tags["promoted"] == "True"
+
+
+def test_retry_model_is_calibrated_on_the_later_split(trained) -> None:
+    m = trained.result.metrics
+    assert m["retry_ece"] <= 0.02
+    assert m["retry_auc"] > 0.7
+
+
+def test_policy_survives_an_mlflow_round_trip(trained) -> None:
+    mlflow.set_tracking_uri(trained.tracking_uri)
+    loaded = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/1")
+    fresh = fresh_payments(trained.market, 300, seed=9).payments
+    model_input = fresh.assign(decided_at=fresh["failed_at"])
+    out = loaded.predict(model_input)
+    again = loaded.predict(model_input)
+    pd.testing.assert_frame_equal(out, again)
+
+    policy = trained.result.policy
+    attempts = fresh.assign(
+        attempt_number=0,
+        attempted_at=fresh["failed_at"],
+        initiator="merchant",
+        outcome="failed",
+        policy=None,
+        propensity=np.nan,
+    )[contract.ATTEMPTS.column_names]
+    batch = DecisionBatch.from_history(
+        fresh,
+        contract.conform(contract.ATTEMPTS, attempts),
+        contract.empty(contract.MESSAGES),
+        fresh["failed_at"],
+    )
+    from reclaim.rules import NetworkRules
+    from reclaim.training.mlflow_policy import decision_seed
+
+    rng = np.random.default_rng(decision_seed(fresh["payment_id"], fresh["failed_at"]))
+    direct = enforce(batch, policy.act(batch, rng), NetworkRules())
+    pd.testing.assert_series_equal(out["retry_at"], direct.retry_at, check_names=False)
+    assert (out["channel"].fillna("none") == direct.channel.astype("object").fillna("none")).all()
+    np.testing.assert_array_equal(out["propensity"], direct.propensity)
+    assert out["retry_at"].notna().mean() > 0.5
+
+
+def test_champion_moves_only_when_the_new_policy_is_better(trained, tmp_path) -> None:
+    worse = train(
+        trained.data_dir,
+        trained.tracking_uri,
+        TrainConfig(experiment="tests", exploration=1.0, retry_rounds=50, channel_rounds=50),
+    )
+    assert not worse.promoted
+    assert "champion kept" in worse.reason
+    client = MlflowClient(trained.tracking_uri)
+    assert str(client.get_model_version_by_alias(MODEL_NAME, "champion").version) == "1"
+    assert client.get_run(worse.run_id).data.tags["champion_decision"] == worse.reason
+
+
+def test_training_without_decision_logs_says_what_is_missing(trained, tmp_path) -> None:
+    tables = contract.read_tables(trained.data_dir)
+    folder = tmp_path / "nodecisions"
+    contract.write_tables(
+        {**tables.as_dict(), "decisions": contract.empty(contract.DECISIONS)}, folder
+    )
+    with pytest.raises(ValueError, match="decisions.parquet is empty"):
+        pipeline.train(folder, f"sqlite:///{tmp_path / 'x.db'}")
