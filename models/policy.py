@@ -164,24 +164,13 @@ class LearnedPolicy(Policy):
                 gain[ch] = -np.inf
         return gain
 
-    def greedy(self, batch: DecisionBatch, features: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        """The greedy choice per decision: option index (a delay's position, or k for no
-        retry) and channel index (into ``["none", *CHANNELS]``)."""
-        _, value = self.retry_scores(batch, features)
-        k = value.shape[1]
-        allowed = np.isfinite(value)
-        best = np.argmax(np.where(allowed, value, -np.inf), axis=1)
-        retry = allowed.any(axis=1) & (value[np.arange(len(batch)), best] > 0)
-        gains = self.channel_values(batch, features).to_numpy()
-        channel = np.where(gains.max(axis=1) > 0, np.argmax(gains, axis=1), 0)
-        return np.where(retry, best, k), channel
-
     def channel_probabilities(self, batch: DecisionBatch, features: pd.DataFrame) -> np.ndarray:
         """Probability of each message option (none, email, sms, in_app): shape (n, 4)."""
-        _, channel = self.greedy(batch, features)
-        open_options = np.isfinite(self.channel_values(batch, features).to_numpy())
+        gains = self.channel_values(batch, features).to_numpy()
+        greedy = _greedy_channel(gains)
+        open_options = np.isfinite(gains)
         probs = self.exploration * open_options / open_options.sum(axis=1, keepdims=True)
-        probs[np.arange(len(batch)), channel] += 1 - self.exploration
+        probs[np.arange(len(batch)), greedy] += 1 - self.exploration
         return probs
 
     # --- acting -------------------------------------------------------------------------
@@ -199,9 +188,7 @@ class LearnedPolicy(Policy):
         greedy_option = np.where(greedy_retry, best, k)
         gains = self.channel_values(batch, features)
         options = gains.columns.to_numpy()
-        greedy_channel = np.where(
-            gains.to_numpy().max(axis=1) > 0, np.argmax(gains.to_numpy(), axis=1), 0
-        )
+        greedy_channel = _greedy_channel(gains.to_numpy())
 
         eps = self.exploration
         n_retry_options = allowed.sum(axis=1) + 1  # allowed delays, or no retry
@@ -265,3 +252,9 @@ class LearnedPolicy(Policy):
                 shown = f"{value:.3g}" if isinstance(value, float) else str(value)
                 out[i].append(f"{name}={shown} ({c[name]:+.2f})")
         return out
+
+
+def _greedy_channel(gains: np.ndarray) -> np.ndarray:
+    """Index (into ``["none", *CHANNELS]``) of the best option per row; none unless a channel
+    gains more than nothing."""
+    return np.where(gains.max(axis=1) > 0, np.argmax(gains, axis=1), 0)
