@@ -88,10 +88,8 @@ class FirstMessageBy(Policy):
         sender = base.sender.astype("object").to_numpy().copy()
         channel[first] = options[pick]
         sender[first] = np.where(
-            options[pick] != None,
-            merchant_of_record(sub.payments)  # noqa: E711
-            .astype("object")
-            .to_numpy(),
+            pick > 0,
+            merchant_of_record(sub.payments).astype("object").to_numpy(),
             None,
         )
         return ActionBatch.build(
