@@ -19,8 +19,15 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@ $(VENV)/.installed
 
+# The main job: simulate a marketplace's history, train and register a policy, then roll it out
+# against the reference policies on fresh payments, against the simulator's truth.
+DEMO := data/demo
 demo: $(VENV)/.installed
-	$(BIN)/reclaim simulate --accounts 300 --payments 50000 --seed 7 --out data/sim --evaluate
+	rm -rf $(DEMO)
+	$(BIN)/reclaim simulate --accounts 300 --payments 50000 --seed 7 --out $(DEMO)/sim
+	$(BIN)/reclaim train --data $(DEMO)/sim --tracking-uri sqlite:///$(DEMO)/mlflow.db
+	$(BIN)/reclaim evaluate --model models:/reclaim-policy@champion --simulator \
+		--payments 20000 --seed 8 --tracking-uri sqlite:///$(DEMO)/mlflow.db
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest
