@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from reclaim import vocab
+from reclaim.features.accounts import COLUMNS as ACCOUNT_COLUMNS
 
 OTHER = "other"
 
@@ -96,12 +97,7 @@ NUMERIC: tuple[str, ...] = (
     "on_behalf_of",
     "log_amount",
     "timezone_known",
-    "acct_prior_payments",
-    "acct_payments_90d",
-    "acct_recovery_rate",
-    "acct_retry_success_rate",
-    "acct_hard_share",
-    "acct_prior_retries",
+    *ACCOUNT_COLUMNS,
     "local_hour",
     "local_dow",
     "local_dom",

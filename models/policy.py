@@ -68,6 +68,9 @@ class LearnedPolicy(Policy):
     continuation
         The retry model's estimate of how much one more failed attempt scales the next
         retry's success chance (learned in training; used by the look-ahead).
+    sender_overrides
+        Connected account id → ``"platform"`` or ``"account"``: who messages that account's
+        customers instead of the merchant of record.
     max_messages
         At most this many messages per payment (a product limit: a dunning sequence is a few
         messages, not one per retry). Per-account configuration may lower it.
@@ -85,6 +88,7 @@ class LearnedPolicy(Policy):
         exploration: float = 0.0,
         continuation: float = 0.8,
         max_messages: int = 3,
+        sender_overrides: dict[str, str] | None = None,
         network_rules: NetworkRules | None = None,
         costs: Costs | None = None,
         delays_hours: np.ndarray = POLICY_DELAYS_HOURS,
@@ -95,6 +99,7 @@ class LearnedPolicy(Policy):
         self.exploration = exploration
         self.continuation = continuation
         self.max_messages = max_messages
+        self.sender_overrides = sender_overrides
         self.network_rules = network_rules
         self.costs = costs
         self.delays_hours = delays_hours
@@ -104,6 +109,7 @@ class LearnedPolicy(Policy):
         # defaults so registered models keep loading.
         defaults = {
             "max_messages": 3,
+            "sender_overrides": None,
             "exploration": 0.0,
             "continuation": 0.8,
             "network_rules": None,
@@ -173,6 +179,15 @@ class LearnedPolicy(Policy):
         probs[np.arange(len(batch)), greedy] += 1 - self.exploration
         return probs
 
+    def senders(self, payments: pd.DataFrame) -> np.ndarray:
+        """Who messages each payment's customer: the merchant of record, unless the account
+        has an override."""
+        default = merchant_of_record(payments).astype("object").to_numpy()
+        if not self.sender_overrides:
+            return default
+        override = payments["account_id"].map(self.sender_overrides).to_numpy(dtype=object)
+        return np.where(pd.notna(override), override, default)
+
     # --- acting -------------------------------------------------------------------------
     def act(self, batch: DecisionBatch, rng: np.random.Generator) -> ActionBatch:
         n = len(batch)
@@ -215,7 +230,7 @@ class LearnedPolicy(Policy):
         delay = self.delays_hours[np.minimum(option, k - 1)]
         retry_at = (batch.now + pd.to_timedelta(delay, unit="h")).where(option < k)
         channel = np.where(chosen > 0, options[chosen], None)
-        sender = np.where(chosen > 0, merchant_of_record(batch.payments).astype("object"), None)
+        sender = np.where(chosen > 0, self.senders(batch.payments), None)
         return ActionBatch.build(
             n,
             retry_at=retry_at,

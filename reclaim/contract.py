@@ -514,6 +514,27 @@ def write_tables(
     return valid
 
 
+def first_failures(payments: pd.DataFrame) -> pd.DataFrame:
+    """The attempt-0 rows that payment rows imply: each payment's first failure, as logged by
+    nobody's policy. Contract attempt dtypes, one row per payment, index 0..n-1."""
+    rows = pd.DataFrame(
+        {
+            "payment_id": payments["payment_id"].to_numpy(),
+            "attempt_number": 0,
+            "attempted_at": payments["failed_at"].array,
+            "initiator": "merchant",
+            "outcome": "failed",
+            "decline_code": payments["decline_code"].to_numpy(),
+            "advice_code": payments["advice_code"].astype("object").to_numpy(),
+            "network_decline_code": payments["network_decline_code"].to_numpy(),
+            "network_advice_code": payments["network_advice_code"].to_numpy(),
+            "policy": None,
+            "propensity": np.nan,
+        }
+    )
+    return conform(ATTEMPTS, rows)
+
+
 def concat(frames: Iterable[pd.DataFrame], table: Table) -> pd.DataFrame:
     """Concatenate frames of one table, keeping the contract's dtypes even when empty."""
     frames = [f for f in frames if len(f)]

@@ -140,18 +140,7 @@ def rollout(
     cost_cents = np.zeros(n)
     active = np.ones(n, dtype=bool)
 
-    attempts: list[pd.DataFrame] = [
-        _attempt_rows(
-            pay,
-            np.zeros(n),
-            pay["failed_at"],
-            vocab.Initiator.MERCHANT.value,
-            vocab.Outcome.FAILED.value,
-            None,
-            None,
-            with_codes=True,
-        )
-    ]
+    attempts: list[pd.DataFrame] = [contract.first_failures(pay)]
     messages: list[pd.DataFrame] = []
     decisions: list[pd.DataFrame] = []
     attempts_so_far = _conform_all(attempts, contract.ATTEMPTS)

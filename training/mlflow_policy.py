@@ -41,18 +41,10 @@ class PolicyModel(mlflow.pyfunc.PythonModel):
         from reclaim.rules import enforce
 
         payments = contract.conform(contract.PAYMENTS, model_input)
-        attempts = payments.assign(
-            attempt_number=0,
-            attempted_at=payments["failed_at"],
-            initiator="merchant",
-            outcome="failed",
-            policy=None,
-            propensity=np.nan,
-        )[contract.ATTEMPTS.column_names]
         decided_at = contract.utc(pd.to_datetime(model_input["decided_at"], utc=True))
         batch = DecisionBatch.from_history(
             payments,
-            contract.conform(contract.ATTEMPTS, attempts),
+            contract.first_failures(payments),
             contract.empty(contract.MESSAGES),
             decided_at,
         )

@@ -121,17 +121,9 @@ def test_policy_survives_an_mlflow_round_trip(trained) -> None:
     pd.testing.assert_frame_equal(out, again)
 
     policy = trained.result.policy
-    attempts = fresh.assign(
-        attempt_number=0,
-        attempted_at=fresh["failed_at"],
-        initiator="merchant",
-        outcome="failed",
-        policy=None,
-        propensity=np.nan,
-    )[contract.ATTEMPTS.column_names]
     batch = DecisionBatch.from_history(
         fresh,
-        contract.conform(contract.ATTEMPTS, attempts),
+        contract.first_failures(fresh),
         contract.empty(contract.MESSAGES),
         fresh["failed_at"],
     )
@@ -167,3 +159,31 @@ def test_training_without_decision_logs_says_what_is_missing(trained, tmp_path) 
     )
     with pytest.raises(ValueError, match="decisions.parquet is empty"):
         pipeline.train(folder, f"sqlite:///{tmp_path / 'x.db'}")
+
+
+def test_policy_explains_its_retries_and_honours_sender_overrides(trained) -> None:
+    import copy
+
+    policy = copy.copy(trained.result.policy)
+    fresh = fresh_payments(trained.market, 400, seed=10).payments
+    batch = DecisionBatch.from_history(
+        fresh, contract.first_failures(fresh), contract.empty(contract.MESSAGES), fresh["failed_at"]
+    )
+    actions = policy.act(batch, np.random.default_rng(0))
+    reasons = policy.explain(batch, actions)
+    retried = actions.retry_at.notna().to_numpy()
+    assert all(len(r) == 3 for r, ok in zip(reasons, retried, strict=True) if ok)
+    assert all(r == [] for r, ok in zip(reasons, retried, strict=True) if not ok)
+    assert any("=" in r[0] and "(" in r[0] for r in reasons if r)
+
+    messaged = actions.channel.notna().to_numpy()
+    assert messaged.any()
+    account = fresh.loc[messaged, "account_id"].iloc[0]
+    default = actions.sender[messaged].iloc[0]
+    flipped = "platform" if default == "account" else "account"
+    policy.sender_overrides = {account: flipped}
+    again = policy.act(batch, np.random.default_rng(0))
+    mine = (fresh["account_id"] == account).to_numpy() & again.channel.notna().to_numpy()
+    assert (again.sender[mine] == flipped).all()
+    others = ~(fresh["account_id"] == account).to_numpy()
+    pd.testing.assert_series_equal(again.sender[others], actions.sender[others])
