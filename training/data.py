@@ -9,6 +9,7 @@ training one (``tests/training/test_data.py`` proves both).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -110,11 +111,19 @@ def retry_rows(
     return x, y, contract.utc(retries["attempted_at"], x.index)
 
 
-def channel_rows(
-    tables: contract.ContractTables, data: DecisionData
-) -> tuple[pd.DataFrame, pd.Series, np.ndarray, np.ndarray]:
-    """One row per logged decision: features, the arm taken (channel or ``none``), whether the
-    payment was recovered within its window, and the arm's logged probability.
+class ChannelRows(NamedTuple):
+    """The channel model's rows: one per logged decision."""
+
+    features: pd.DataFrame
+    arm: pd.Series  # the channel taken, or "none"
+    recovered: np.ndarray  # 0/1: recovered within the window
+    propensity: np.ndarray  # probability of the logged arm
+    decision: np.ndarray  # position of each row among ``DecisionData``'s decisions
+
+
+def channel_rows(tables: contract.ContractTables, data: DecisionData) -> ChannelRows:
+    """One row per logged decision: its features, the arm taken, whether the payment was
+    recovered within its window, and the arm's logged probability.
 
     Needs the ``decisions`` table (the simulator writes it; a platform export without
     randomized message logs cannot train the channel model).
@@ -134,9 +143,10 @@ def channel_rows(
     keep = pos >= 0
     d, pos = d[keep], pos[keep]
     recovered = recovered_in_window(tables).reindex(d["payment_id"].astype("object"))
-    return (
+    return ChannelRows(
         data.features.iloc[pos].reset_index(drop=True),
         channel_or_none(d["channel"]).reset_index(drop=True),
         recovered.to_numpy().astype(int),
         d["channel_propensity"].to_numpy(dtype=float),
+        pos,
     )

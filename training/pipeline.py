@@ -36,7 +36,6 @@ from reclaim.training import metrics, ope, plots
 from reclaim.training.data import (
     DecisionData,
     channel_rows,
-    recovered_in_window,
     retry_rows,
     time_split,
 )
@@ -109,23 +108,18 @@ def first_message_ope(
     reward model of the DR estimator is the channel model's per-arm outcome predictions.
     Returns the estimates and the per-decision terms (for per-account tables).
     """
-    rows = np.flatnonzero(data.keys["decision_number"].to_numpy() == 0)
-    keys = data.keys.iloc[rows].reset_index(drop=True)
-    d = tables.decisions
-    d0 = d[d["decision_number"] == 0].set_index(
-        d.loc[d["decision_number"] == 0, "payment_id"].astype("object")
-    )
-    d0 = d0.reindex(keys["payment_id"].astype("object"))
-    arm0 = d0["channel"].astype("object").where(d0["channel"].notna(), "none").to_numpy()
-    logged0 = d0["channel_propensity"].to_numpy(dtype=float)
-    y0 = recovered_in_window(tables).reindex(keys["payment_id"].astype("object")).to_numpy(float)
+    logged_rows = channel_rows(tables, data)
+    first = data.keys["decision_number"].to_numpy()[logged_rows.decision] == 0
+    rows = logged_rows.decision[first]
     batch = data.batch.take(rows)
-    feats = data.features.iloc[rows].reset_index(drop=True)
+    feats = logged_rows.features[first].reset_index(drop=True)
+    y0 = logged_rows.recovered[first].astype(float)
+    logged0 = logged_rows.propensity[first]
+    options = ["none", *CHANNELS]
+    col = pd.Categorical(logged_rows.arm[first], categories=options).codes
     # The target probabilities are the policy's own, on the features it would compute.
     own = decision_features(batch, policy.accounts, policy.network_rules)
     probs = policy.channel_probabilities(batch, own)
-    options = ["none", *CHANNELS]
-    col = np.array([options.index(a) for a in arm0])
     target = probs[np.arange(len(rows)), col]
     q = channel_model.predict_outcomes(feats[list(channel_model.feature_names_in_)])
     q = q.reindex(columns=options, fill_value=0.0).to_numpy()
@@ -135,7 +129,7 @@ def first_message_ope(
     w = ope.importance_weights(target, logged0, clip)
     terms = pd.DataFrame(
         {
-            "payment_id": keys["payment_id"].to_numpy(),
+            "payment_id": batch.payments["payment_id"].to_numpy(),
             "account_id": batch.payments["account_id"].to_numpy(),
             "amount": np.expm1(log_amount(batch.payments)),
             "logged": y0,
@@ -190,7 +184,7 @@ def train(
     train_data = DecisionData.build(split.train, train_accounts)
     test_data = DecisionData.build(split.test, all_accounts)
     x_retry, y_retry, _ = retry_rows(split.train, train_data)
-    x_chan, arm, y_chan, p_chan = channel_rows(split.train, train_data)
+    x_chan, arm, y_chan, p_chan, _ = channel_rows(split.train, train_data)
 
     stage("fitting the retry-time model")
     retry_model = RetryTimeModel(
@@ -214,7 +208,7 @@ def train(
     results: dict[str, float] = {
         f"retry_{k}": v for k, v in metrics.classifier_metrics(y_test, p_test).items()
     }
-    xc, arm_t, yc, pc = channel_rows(split.test, test_data)
+    xc, arm_t, yc, pc, _ = channel_rows(split.test, test_data)
     uplift = channel_model.predict(xc[list(channel_model.feature_names_in_)])
     qini_curves = {}
     arm_t = arm_t.to_numpy()
