@@ -397,7 +397,10 @@ def _check_rows(tables: ContractTables) -> None:
                 f"{table.name} for unknown payments (not in payments.parquet)",
                 _examples(df, ~known, ["payment_id"]),
             )
-        early = df[time_col] < df["payment_id"].map(failed_at).astype(TIMESTAMP_DTYPE)
+        first = failed_at.to_numpy(dtype="datetime64[us]")[
+            failed_at.index.get_indexer(df["payment_id"])
+        ]
+        early = df[time_col].to_numpy(dtype="datetime64[us]") < first
         if early.any():
             raise ContractError(
                 table.file,

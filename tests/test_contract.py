@@ -184,3 +184,8 @@ def test_extra_columns_are_dropped_not_fatal(history: Rollout) -> None:
     tables = _copy(history)
     tables["payments"]["internal_note"] = np.arange(len(tables["payments"]))
     assert "internal_note" not in contract.validate(tables).payments.columns
+
+
+def test_empty_tables_are_valid() -> None:
+    valid = contract.validate({t.name: contract.empty(t) for t in contract.TABLES})
+    assert all(len(df) == 0 for df in valid.as_dict().values())

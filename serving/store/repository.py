@@ -1,0 +1,133 @@
+"""Reading and writing the store.
+
+Contract rows go in validated and come out validated, with the contract's dtypes. Writes are
+idempotent: a row whose key is already stored is left as it is (the first failure of a payment
+stays its first failure; a redelivered event is counted, not stored twice).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
+
+from reclaim import contract
+from reclaim.serving.store import tables as t
+
+_CONTRACT = {"payments": t.payments, "attempts": t.attempts, "messages": t.messages}
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url``; SQLite gets WAL and a busy timeout so readers never block."""
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @sa.event.listens_for(engine, "connect")
+        def _pragmas(conn, _record) -> None:  # pragma: no cover - trivial
+            cur = conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True)
+
+
+def _insert_ignoring_duplicates(conn: sa.Connection, table: sa.Table, rows: list[dict]) -> int:
+    """Insert rows; keys already stored are skipped. Returns how many were new."""
+    if not rows:
+        return 0
+    dialect = conn.dialect.name
+    if dialect == "postgresql":
+        stmt = postgresql.insert(table).on_conflict_do_nothing()
+    elif dialect == "sqlite":
+        stmt = sqlite.insert(table).on_conflict_do_nothing()
+    else:  # pragma: no cover - only SQLite and PostgreSQL are supported
+        raise ValueError(f"unsupported database {dialect!r}: use SQLite or PostgreSQL")
+    # rowcount is unreliable for executemany (psycopg reports -1); RETURNING lists exactly
+    # the rows inserted, on SQLite and PostgreSQL alike.
+    key = list(table.primary_key.columns)[0]
+    return len(conn.execute(stmt.returning(key), rows).all())
+
+
+def _records(df: pd.DataFrame) -> list[dict]:
+    out = df.astype(object).where(df.notna(), None)
+    records = out.to_dict("records")
+    for r in records:
+        for k, v in r.items():
+            if isinstance(v, pd.Timestamp):
+                r[k] = v.to_pydatetime()
+    return records
+
+
+def save_contract(engine: Engine, tables: contract.ContractTables | dict) -> dict[str, int]:
+    """Validate and store payments, attempts and messages in one transaction.
+
+    Returns the number of new rows per table. Nothing is written if validation fails.
+    """
+    valid = contract.validate(tables)
+    with engine.begin() as conn:
+        return {
+            name: _insert_ignoring_duplicates(conn, table, _records(getattr(valid, name)))
+            for name, table in _CONTRACT.items()
+        }
+
+
+def load_contract(engine: Engine, payment_ids: list[str] | None = None) -> contract.ContractTables:
+    """The stored payments (all, or ``payment_ids``) with their attempts and messages."""
+    frames = {}
+    with engine.connect() as conn:
+        for name, table in _CONTRACT.items():
+            query = sa.select(table)
+            if payment_ids is not None:
+                query = query.where(table.c.payment_id.in_(payment_ids))
+            spec = contract.TABLES_BY_NAME[name]
+            rows = conn.execute(query).mappings().all()
+            if not rows:
+                frames[name] = contract.empty(spec)
+                continue
+            df = pd.DataFrame(rows, columns=[c.name for c in table.columns])
+            for column in spec.columns:
+                if column.kind == "timestamp":
+                    # SQLite hands back naive datetimes: they were stored as UTC.
+                    df[column.name] = contract.utc(pd.to_datetime(df[column.name]), df.index)
+            frames[name] = df
+    return contract.validate(frames)
+
+
+def record_event(
+    engine: Engine,
+    *,
+    event_id: str,
+    endpoint: str,
+    event_type: str,
+    account_id: str | None,
+    livemode: bool,
+    payload: str,
+    received_at: datetime | None = None,
+) -> bool:
+    """Store a received Stripe event once. Returns True the first time; a redelivery only
+    increments ``deliveries``."""
+    row = {
+        "event_id": event_id,
+        "endpoint": endpoint,
+        "type": event_type,
+        "account_id": account_id,
+        "livemode": livemode,
+        "payload": payload,
+        "received_at": received_at or datetime.now(UTC),
+        "deliveries": 1,
+        "status": "received",
+    }
+    with engine.begin() as conn:
+        if _insert_ignoring_duplicates(conn, t.stripe_events, [row]):
+            return True
+        conn.execute(
+            sa.update(t.stripe_events)
+            .where(t.stripe_events.c.event_id == event_id)
+            .values(deliveries=t.stripe_events.c.deliveries + 1)
+        )
+        return False

@@ -1,0 +1,105 @@
+"""The store's tables.
+
+Payments, attempts and messages are generated from the data contract's own column definitions
+(``reclaim.contract``), so the store holds exactly the contract's shape. The other tables are
+the service's own: received Stripe events, decisions with their model version and propensity,
+account configuration, and API keys.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from reclaim import contract
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "pk": "pk_%(table_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    }
+)
+
+_TYPES = {
+    "str": sa.String(255),
+    "category": sa.String(40),
+    "int": sa.BigInteger(),
+    "float": sa.Float(),
+    "bool": sa.Boolean(),
+    "timestamp": sa.DateTime(timezone=True),
+}
+
+
+def _contract_table(table: contract.Table) -> sa.Table:
+    columns = [
+        sa.Column(c.name, _TYPES[c.kind], nullable=c.nullable, primary_key=c.name in table.key)
+        for c in table.columns
+    ]
+    return sa.Table(table.name, metadata, *columns)
+
+
+payments = _contract_table(contract.PAYMENTS)
+attempts = _contract_table(contract.ATTEMPTS)
+messages = _contract_table(contract.MESSAGES)
+sa.Index("ix_attempts_payment_time", attempts.c.payment_id, attempts.c.attempted_at)
+sa.Index("ix_messages_payment", messages.c.payment_id)
+sa.Index("ix_payments_account", payments.c.account_id)
+
+stripe_events = sa.Table(
+    "stripe_events",
+    metadata,
+    sa.Column("event_id", sa.String(255), primary_key=True),
+    sa.Column("endpoint", sa.String(20), nullable=False),  # platform | connect
+    sa.Column("type", sa.String(100), nullable=False),
+    sa.Column("account_id", sa.String(255)),
+    sa.Column("livemode", sa.Boolean, nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),  # the raw body, stored before answering 2xx
+    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("deliveries", sa.Integer, nullable=False, server_default="1"),
+    sa.Column("status", sa.String(20), nullable=False),  # received | processed | ignored | failed
+    sa.Column("processed_at", sa.DateTime(timezone=True)),
+    sa.Column("error", sa.Text),
+)
+sa.Index("ix_stripe_events_status", stripe_events.c.status)
+
+decision_log = sa.Table(
+    "decision_log",
+    metadata,
+    sa.Column(
+        "decision_id",
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    sa.Column("payment_id", sa.String(255), nullable=False),
+    sa.Column("decided_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("model_version", sa.String(100), nullable=False),
+    sa.Column("policy", sa.String(100), nullable=False),
+    sa.Column("retry_at", sa.DateTime(timezone=True)),
+    sa.Column("channel", sa.String(20)),
+    sa.Column("sender", sa.String(20)),
+    sa.Column("propensity", sa.Float, nullable=False),
+    sa.Column("reason", sa.String(40), nullable=False, server_default=""),
+    sa.Column("explanation", sa.Text),
+)
+sa.Index("ix_decision_log_payment", decision_log.c.payment_id, decision_log.c.decided_at)
+
+account_config = sa.Table(
+    "account_config",
+    metadata,
+    sa.Column("account_id", sa.String(255), primary_key=True),  # "*" holds platform defaults
+    sa.Column("config", sa.Text, nullable=False),  # JSON of the overridden fields only
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("key_id", sa.String(40), primary_key=True),
+    sa.Column("key_hash", sa.String(128), nullable=False, unique=True),
+    sa.Column("role", sa.String(20), nullable=False),  # scheduler | analyst | admin
+    sa.Column("accounts", sa.Text),  # JSON list of account ids, or null for all
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("revoked_at", sa.DateTime(timezone=True)),
+)
