@@ -63,6 +63,12 @@ def _records(df: pd.DataFrame) -> list[dict]:
     return records
 
 
+def insert_rows(conn: sa.Connection, table: sa.Table, frame: pd.DataFrame) -> int:
+    """Insert a frame's rows inside ``conn``'s transaction, skipping keys already stored;
+    returns how many were new."""
+    return _insert_ignoring_duplicates(conn, table, _records(frame))
+
+
 def save_contract(engine: Engine, tables: contract.ContractTables | dict) -> dict[str, int]:
     """Validate and store payments, attempts and messages in one transaction.
 
@@ -71,7 +77,7 @@ def save_contract(engine: Engine, tables: contract.ContractTables | dict) -> dic
     valid = contract.validate(tables)
     with engine.begin() as conn:
         return {
-            name: _insert_ignoring_duplicates(conn, table, _records(getattr(valid, name)))
+            name: insert_rows(conn, table, getattr(valid, name))
             for name, table in _CONTRACT.items()
         }
 

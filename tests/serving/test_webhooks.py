@@ -1,0 +1,122 @@
+"""Webhook ingestion on SQLite and PostgreSQL: signatures, exactly-once processing, nothing
+lost when processing fails."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+import stripe
+
+from reclaim.serving import webhooks
+from reclaim.serving.store import repository as repo
+
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "stripe"
+SECRET = "whsec_test_platform"
+
+
+def _body(name: str) -> bytes:
+    return json.dumps(json.loads((FIXTURES / f"{name}.json").read_text())).encode()
+
+
+def _sign(body: bytes, secret: str = SECRET, at: int | None = None) -> str:
+    ts = int(time.time()) if at is None else at
+    return stripe.WebhookSignature.generate_signature_header(body.decode(), secret, timestamp=ts)
+
+
+def _events(engine) -> list[tuple]:
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.text("select event_id, status, deliveries from stripe_events order by event_id")
+        ).all()
+
+
+def test_a_signed_failure_is_stored_and_becomes_contract_rows(engine) -> None:
+    body = _body("destination_pi_generic_decline")
+    receipt = webhooks.receive(engine, "platform", body, _sign(body), SECRET)
+    assert receipt.first_delivery and receipt.status == "processed"
+    tables = repo.load_contract(engine)
+    assert list(tables.payments["payment_id"]) == ["pi_dest_gen"]
+    assert list(tables.payments["charge_model"]) == ["destination"]
+    assert list(tables.attempts["attempt_number"]) == [0]
+
+
+@pytest.mark.parametrize(
+    ("header", "secret", "message"),
+    [
+        (None, SECRET, "missing Stripe-Signature"),
+        ("t=1,v1=deadbeef", SECRET, "signature verification failed"),
+        ("sign-with-other-secret", SECRET, "signature verification failed"),
+        ("stale", SECRET, "signature verification failed"),
+    ],
+)
+def test_forged_unsigned_and_stale_deliveries_store_nothing(engine, header, secret, message):
+    body = _body("destination_pi_generic_decline")
+    if header == "sign-with-other-secret":
+        header = _sign(body, "whsec_attacker")
+    elif header == "stale":
+        header = _sign(body, at=int(time.time()) - 3600)
+    with pytest.raises(webhooks.InvalidWebhook, match=message):
+        webhooks.receive(engine, "platform", body, header, secret)
+    assert _events(engine) == []
+    assert len(repo.load_contract(engine).payments) == 0
+
+
+def test_duplicate_deliveries_are_processed_once(engine) -> None:
+    body = _body("direct_invoice_insufficient_funds")
+    for _ in range(3):
+        webhooks.receive(engine, "connect", body, _sign(body), SECRET)
+    assert _events(engine) == [("evt_d_if", "processed", 3)]
+    assert len(repo.load_contract(engine).attempts) == 1
+
+
+def test_the_same_failure_reported_twice_is_one_attempt(engine) -> None:
+    first = _body("separate_pi_expired_card")
+    webhooks.receive(engine, "platform", first, _sign(first), SECRET)
+    event = json.loads(first)
+    event["id"], event["type"] = "evt_sep_exp_again", "payment_intent.payment_failed"
+    event["created"] += 30
+    again = json.dumps(event).encode()
+    webhooks.receive(engine, "platform", again, _sign(again), SECRET)
+    later = _body("separate_charge_failed")  # a day later: a real second attempt
+    webhooks.receive(engine, "platform", later, _sign(later), SECRET)
+    attempts = repo.load_contract(engine).attempts
+    assert list(attempts["attempt_number"]) == [0, 1]
+
+
+def test_a_recovery_and_unknown_types(engine) -> None:
+    failed, paid = _body("direct_invoice_insufficient_funds"), _body("direct_invoice_paid")
+    webhooks.receive(engine, "connect", failed, _sign(failed), SECRET)
+    assert webhooks.receive(engine, "connect", paid, _sign(paid), SECRET).status == "processed"
+    ignored = _body("customer_created_ignored")
+    assert webhooks.receive(engine, "platform", ignored, _sign(ignored), SECRET).status == "ignored"
+    attempts = repo.load_contract(engine).attempts
+    assert list(attempts["outcome"].astype(str)) == ["failed", "succeeded"]
+
+
+def test_a_connect_event_needs_its_account(engine) -> None:
+    body = _body("destination_pi_generic_decline")  # a platform event
+    with pytest.raises(webhooks.InvalidWebhook, match="must name its account"):
+        webhooks.receive(engine, "connect", body, _sign(body), SECRET)
+
+
+def test_an_event_that_fails_processing_is_kept_and_retried(engine, monkeypatch) -> None:
+    body = _body("separate_obo_pi_authentication_required")
+    real = webhooks.sn.normalize_event
+
+    def broken(event):
+        raise RuntimeError("database hiccup")
+
+    monkeypatch.setattr(webhooks.sn, "normalize_event", broken)
+    receipt = webhooks.receive(engine, "platform", body, _sign(body), SECRET)
+    assert receipt.status == "failed"
+    assert _events(engine) == [("evt_sep_auth", "failed", 1)]
+    assert len(repo.load_contract(engine).payments) == 0
+
+    monkeypatch.setattr(webhooks.sn, "normalize_event", real)
+    assert webhooks.process_pending(engine) == {"processed": 1}
+    assert _events(engine) == [("evt_sep_auth", "processed", 1)]
+    assert list(repo.load_contract(engine).payments["payment_id"]) == ["pi_sep_auth"]
