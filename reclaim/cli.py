@@ -251,6 +251,25 @@ def evaluate(
     )
 
 
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    workers: Annotated[int, typer.Option(min=1)] = 1,
+) -> None:
+    """Run the scoring API under uvicorn (settings from RECLAIM_* variables or .env)."""
+    import uvicorn
+
+    uvicorn.run(
+        "reclaim.serving.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=get_settings().log_level.lower(),
+    )
+
+
 ingest_app = typer.Typer(
     help="Bring a platform's history into contract tables.", no_args_is_help=True
 )

@@ -29,6 +29,16 @@ class Settings(BaseSettings):
     stripe_api_key: SecretStr | None = None
     """The platform's secret key. No default: commands that call Stripe refuse to run without
     it."""
+    stripe_webhook_secret_platform: SecretStr | None = None
+    """Signing secret of the platform webhook endpoint. No default."""
+    stripe_webhook_secret_connect: SecretStr | None = None
+    """Signing secret of the Connect webhook endpoint (a separate endpoint). No default."""
+    webhook_tolerance_seconds: int = 300
+    """Deliveries signed longer ago than this are rejected as stale."""
+    policy_uri: str = "models:/reclaim-policy@champion"
+    """The policy the API serves, from the MLflow registry."""
+    policy_reload_seconds: float = 60.0
+    """How often the API checks whether the alias moved, and reloads if it did."""
     stripe_api_base: str | None = None
     """Another Stripe API address (the stand-in in tests); None means Stripe itself."""
 

@@ -1,0 +1,40 @@
+"""Liveness, readiness and metrics."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+
+from reclaim.serving.deps import EngineDep, MetricsDep, PolicyDep
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz", summary="The process is up")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get(
+    "/readyz",
+    summary="Ready: a policy is loaded and the store answers",
+    responses={503: {"description": "Not ready, with the reason"}},
+)
+def readyz(engine: EngineDep, policy: PolicyDep) -> JSONResponse:
+    problems = []
+    if policy.current is None:
+        problems.append(f"no policy loaded from {policy.uri}: {policy.error or 'loading'}")
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("select 1"))
+    except Exception as exc:
+        problems.append(f"store unavailable: {type(exc).__name__}")
+    if problems:
+        return JSONResponse({"status": "not ready", "problems": problems}, status_code=503)
+    return JSONResponse({"status": "ready", "policy_version": policy.current.version})
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+def metrics(m: MetricsDep) -> Response:
+    return Response(m.render(), media_type="text/plain; version=0.0.4")

@@ -1,0 +1,71 @@
+"""Stripe webhook endpoints: one for the platform, one for Connect, each with its own secret."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, HTTPException, Request
+
+from reclaim.serving import webhooks
+from reclaim.serving.deps import EngineDep, MetricsDep, SettingsDep
+
+router = APIRouter(prefix="/v1/webhooks/stripe", tags=["webhooks"])
+
+_SECRET_SETTING = {
+    "platform": "stripe_webhook_secret_platform",
+    "connect": "stripe_webhook_secret_connect",
+}
+
+
+async def _receive(
+    endpoint: str, request: Request, signature: str | None, settings, engine, metrics
+) -> dict[str, object]:
+    secret = getattr(settings, _SECRET_SETTING[endpoint])
+    if secret is None:
+        raise HTTPException(503, f"RECLAIM_{_SECRET_SETTING[endpoint].upper()} is not set")
+    body = await request.body()
+    try:
+        receipt = webhooks.receive(
+            engine,
+            endpoint,
+            body,
+            signature,
+            secret.get_secret_value(),
+            settings.webhook_tolerance_seconds,
+        )
+    except webhooks.InvalidWebhook as exc:
+        metrics.webhooks.labels(endpoint, "unknown", "rejected").inc()
+        raise HTTPException(400, str(exc)) from exc
+    result = receipt.status if receipt.first_delivery else "duplicate"
+    metrics.webhooks.labels(endpoint, receipt.event_type, result).inc()
+    return {"received": True, "event_id": receipt.event_id, "status": result}
+
+
+@router.post(
+    "/platform",
+    summary="Events from the platform's own account",
+    responses={400: {"description": "Forged, unsigned or stale delivery"}},
+)
+async def platform(
+    request: Request,
+    settings: SettingsDep,
+    engine: EngineDep,
+    metrics: MetricsDep,
+    stripe_signature: Annotated[str | None, Header()] = None,
+) -> dict[str, object]:
+    return await _receive("platform", request, stripe_signature, settings, engine, metrics)
+
+
+@router.post(
+    "/connect",
+    summary="Events from connected accounts",
+    responses={400: {"description": "Forged, unsigned or stale delivery"}},
+)
+async def connect(
+    request: Request,
+    settings: SettingsDep,
+    engine: EngineDep,
+    metrics: MetricsDep,
+    stripe_signature: Annotated[str | None, Header()] = None,
+) -> dict[str, object]:
+    return await _receive("connect", request, stripe_signature, settings, engine, metrics)

@@ -1,0 +1,111 @@
+"""The API app: health, readiness, metrics, webhook routes, OpenAPI."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import stripe
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+
+from reclaim.serving.app import create_app
+from reclaim.settings import Settings
+
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "stripe"
+
+
+def _settings(tmp_path: Path, **overrides) -> Settings:
+    values = dict(
+        database_url=f"sqlite:///{tmp_path / 'api.db'}",
+        mlflow_tracking_uri=f"sqlite:///{tmp_path / 'none.db'}",
+        stripe_webhook_secret_platform=SecretStr("whsec_platform"),
+        stripe_webhook_secret_connect=SecretStr("whsec_connect"),
+        policy_reload_seconds=3600,
+    )
+    return Settings(**{**values, **overrides})
+
+
+def _signed(name: str, secret: str) -> tuple[bytes, str]:
+    body = json.dumps(json.loads((FIXTURES / f"{name}.json").read_text())).encode()
+    header = stripe.WebhookSignature.generate_signature_header(
+        body.decode(), secret, timestamp=int(time.time())
+    )
+    return body, header
+
+
+def test_health_readiness_and_metrics_without_a_policy(tmp_path) -> None:
+    with TestClient(create_app(_settings(tmp_path))) as client:
+        assert client.get("/healthz").json() == {"status": "ok"}
+        ready = client.get("/readyz")
+        assert ready.status_code == 503
+        assert (
+            "no policy loaded from models:/reclaim-policy@champion" in ready.json()["problems"][0]
+        )
+        text = client.get("/metrics").text
+        assert 'reclaim_http_requests_total{method="GET",route="/readyz",status="503"} 1.0' in text
+
+
+def test_ready_once_the_champion_is_loaded(tmp_path, trained) -> None:
+    settings = _settings(tmp_path, mlflow_tracking_uri=trained.tracking_uri)
+    with TestClient(create_app(settings)) as client:
+        ready = client.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["policy_version"] == "1"
+
+
+def test_webhook_routes_verify_with_their_own_secret(tmp_path) -> None:
+    with TestClient(create_app(_settings(tmp_path))) as client:
+        body, header = _signed("destination_pi_generic_decline", "whsec_platform")
+        ok = client.post(
+            "/v1/webhooks/stripe/platform", content=body, headers={"Stripe-Signature": header}
+        )
+        assert ok.status_code == 200 and ok.json()["status"] == "processed"
+        again = client.post(
+            "/v1/webhooks/stripe/platform", content=body, headers={"Stripe-Signature": header}
+        )
+        assert again.json()["status"] == "duplicate"
+        # the Connect endpoint's secret does not verify a platform-signed delivery
+        wrong = client.post(
+            "/v1/webhooks/stripe/connect", content=body, headers={"Stripe-Signature": header}
+        )
+        assert (
+            wrong.status_code == 400 and "signature verification failed" in wrong.json()["detail"]
+        )
+        unsigned = client.post("/v1/webhooks/stripe/platform", content=body)
+        assert unsigned.status_code == 400
+        metrics = client.get("/metrics").text
+        series = (
+            'reclaim_webhook_events_total{endpoint="platform",result="processed",'
+            'type="payment_intent.payment_failed"} 1.0'
+        )
+        assert series in metrics
+
+
+def test_webhooks_refuse_to_run_without_their_secret(tmp_path) -> None:
+    settings = _settings(tmp_path, stripe_webhook_secret_connect=None)
+    with TestClient(create_app(settings)) as client:
+        body, header = _signed("direct_invoice_insufficient_funds", "whsec_connect")
+        response = client.post(
+            "/v1/webhooks/stripe/connect", content=body, headers={"Stripe-Signature": header}
+        )
+        assert response.status_code == 503
+        assert "RECLAIM_STRIPE_WEBHOOK_SECRET_CONNECT" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/v1/webhooks/stripe/platform",
+        "/v1/webhooks/stripe/connect",
+    ],
+)
+def test_openapi_describes_every_route(tmp_path, path) -> None:
+    schema = create_app(_settings(tmp_path)).openapi()
+    assert path in schema["paths"]
+    for operation in schema["paths"][path].values():
+        assert operation.get("summary")
