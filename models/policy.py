@@ -238,7 +238,6 @@ class LearnedPolicy(Policy):
             sender=sender,
             retry_propensity=retry_prop,
             channel_propensity=channel_prop,
-            reason=np.where(option < k, "", "policy"),
         )
 
     def explain(self, batch: DecisionBatch, actions: ActionBatch, top: int = 3) -> list[list[str]]:

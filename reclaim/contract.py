@@ -39,7 +39,8 @@ def utc(values: object, index: pd.Index | None = None) -> pd.Series:
     if index is not None and isinstance(values, pd.Series):
         s = pd.Series(values.array, index=index)  # .array keeps tz-aware values vectorised
     if not isinstance(s.dtype, pd.DatetimeTZDtype):
-        s = pd.to_datetime(s).dt.tz_localize("UTC")
+        # naive values are UTC; aware ones (of any tzinfo class) are converted
+        s = pd.to_datetime(s, utc=True)
     return s.dt.tz_convert("UTC").astype(TIMESTAMP_DTYPE)
 
 

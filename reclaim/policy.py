@@ -9,6 +9,7 @@ Everything is batched (one row per payment deciding now); the API decides a batc
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -272,6 +273,13 @@ class Policy(ABC):
     @abstractmethod
     def act(self, batch: DecisionBatch, rng: np.random.Generator) -> ActionBatch:
         """Return one action per row of ``batch``."""
+
+
+def decision_seed(payment_ids: pd.Series, decided_at: pd.Series) -> int:
+    """A random seed that is a function of the decisions (payment ids and times) only, so the
+    same decisions asked twice get the same answer, exploration included."""
+    text = "|".join(f"{p}@{t}" for p, t in zip(payment_ids, decided_at, strict=True))
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
 
 
 def merchant_of_record(payments: pd.DataFrame) -> pd.Series:

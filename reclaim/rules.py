@@ -135,7 +135,10 @@ def enforce(batch: DecisionBatch, actions: ActionBatch, rules: NetworkRules) -> 
     too_late = retry_at.notna() & (retry_at > lim["window_end"])
     reason[too_late] = "window_closed"
     retry_at[too_late] = pd.NaT
-    reason[~proposed & (reason == "")] = "policy"
+    # Without a retry, say which rule forbids one, if any; else it was the policy's choice.
+    quiet = ~proposed & (reason == "").to_numpy()
+    reason[quiet & (blocked != "")] = blocked[quiet & (blocked != "")]
+    reason[quiet & (blocked == "")] = "policy"
 
     channel, sender = actions.channel.copy(), actions.sender.copy()
     done = batch.state["recovered"].to_numpy()

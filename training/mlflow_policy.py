@@ -13,19 +13,12 @@ from the decisions themselves, so asking twice about the same decisions gives th
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 from typing import Any
 
 import mlflow
 import numpy as np
 import pandas as pd
-
-
-def decision_seed(payment_ids: pd.Series, decided_at: pd.Series) -> int:
-    """A seed that is a function of the decisions (payment ids and times) only."""
-    text = "|".join(f"{p}@{t}" for p, t in zip(payment_ids, decided_at, strict=True))
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
 
 
 class PolicyModel(mlflow.pyfunc.PythonModel):
@@ -48,6 +41,8 @@ class PolicyModel(mlflow.pyfunc.PythonModel):
             contract.empty(contract.MESSAGES),
             decided_at,
         )
+        from reclaim.policy import decision_seed
+
         rng = np.random.default_rng(decision_seed(payments["payment_id"], decided_at))
         actions = enforce(batch, self.policy.act(batch, rng), self.policy.network_rules or _rules())
         return pd.DataFrame(

@@ -127,8 +127,8 @@ def test_policy_survives_an_mlflow_round_trip(trained) -> None:
         contract.empty(contract.MESSAGES),
         fresh["failed_at"],
     )
+    from reclaim.policy import decision_seed
     from reclaim.rules import NetworkRules
-    from reclaim.training.mlflow_policy import decision_seed
 
     rng = np.random.default_rng(decision_seed(fresh["payment_id"], fresh["failed_at"]))
     direct = enforce(batch, policy.act(batch, rng), NetworkRules())

@@ -1,0 +1,186 @@
+"""Turn decision requests into actions: the domain code behind ``POST /v1/decisions``.
+
+Builds the decision batch from the request (or from the store, for a payment given by id),
+asks the served policy, applies the network rules (which no model output overrides), explains
+the chosen retries, logs every decision, and returns the API's answers.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+from sqlalchemy.engine import Engine
+
+from reclaim import contract, timeutil
+from reclaim.features.candidates import retry_features
+from reclaim.features.decisions import decision_features
+from reclaim.policy import DecisionBatch, decision_seed
+from reclaim.rules import NetworkRules, enforce
+from reclaim.serving.policy_holder import Loaded
+from reclaim.serving.schemas import DecisionOut, DecisionRequest, RetryOut
+from reclaim.serving.store import repository as repo
+from reclaim.serving.store import tables as t
+
+
+class UnknownPayment(LookupError):
+    """A request names a payment the store does not hold."""
+
+    def __init__(self, payment_id: str):
+        self.payment_id = payment_id
+        super().__init__(f"no payment {payment_id!r} is stored; send its context instead")
+
+
+def _context(
+    requests: list[DecisionRequest], engine: Engine, now: pd.Timestamp
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.Series]:
+    """Payments (one row per request), their attempts and messages, and decision times."""
+    inline = [r for r in requests if r.payment is not None]
+    by_id = [r.payment_id for r in requests if r.payment is None]
+    stored = repo.load_contract(engine, by_id) if by_id else None
+    if stored is not None:
+        missing = set(by_id) - set(stored.payments["payment_id"])
+        if missing:
+            raise UnknownPayment(sorted(missing)[0])
+    frames = {"payments": [], "attempts": [], "messages": []}
+    if inline:
+        pays = contract.conform(
+            contract.PAYMENTS, pd.DataFrame([r.payment.model_dump(mode="python") for r in inline])
+        )
+        frames["payments"].append(pays)
+        frames["attempts"].append(contract.first_failures(pays))
+        extra = [
+            {
+                **a.model_dump(mode="python"),
+                "payment_id": r.payment.payment_id,
+                "policy": None,
+                "propensity": np.nan,
+            }
+            for r in inline
+            for a in r.attempts
+        ]
+        if extra:
+            frames["attempts"].append(contract.conform(contract.ATTEMPTS, pd.DataFrame(extra)))
+        msgs = [
+            {
+                **m.model_dump(mode="python"),
+                "payment_id": r.payment.payment_id,
+                "policy": None,
+                "propensity": np.nan,
+            }
+            for r in inline
+            for m in r.messages
+        ]
+        if msgs:
+            frames["messages"].append(contract.conform(contract.MESSAGES, pd.DataFrame(msgs)))
+    if stored is not None:
+        frames["payments"].append(stored.payments)
+        frames["attempts"].append(stored.attempts)
+        frames["messages"].append(stored.messages)
+    tables = {
+        name: contract.concat(parts, contract.TABLES_BY_NAME[name])
+        for name, parts in frames.items()
+    }
+    index = pd.Index(tables["payments"]["payment_id"])
+    ids = [r.payment.payment_id if r.payment is not None else r.payment_id for r in requests]
+    payments = tables["payments"].iloc[index.get_indexer(ids)].reset_index(drop=True)
+    times = pd.Series([pd.Timestamp(r.now) if r.now else now for r in requests])
+    return payments, tables["attempts"], tables["messages"], contract.utc(times)
+
+
+def decide(
+    requests: list[DecisionRequest],
+    engine: Engine,
+    loaded: Loaded,
+    now: pd.Timestamp | None = None,
+    rules: NetworkRules | None = None,
+) -> list[DecisionOut]:
+    """The next action for each request, logged to the store."""
+    now = now or pd.Timestamp.now(tz="UTC")
+    rules = rules or NetworkRules()
+    payments, attempts, messages, decided_at = _context(requests, engine, now)
+    inline = [r for r in requests if r.payment is not None]
+    if inline:  # the service now holds what it was told (first write wins)
+        repo.save_contract(
+            engine,
+            {
+                "payments": payments[
+                    payments["payment_id"].isin([r.payment.payment_id for r in inline])
+                ].drop_duplicates("payment_id"),
+                "attempts": attempts,
+                "messages": messages,
+            },
+        )
+    batch = DecisionBatch.from_history(payments, attempts, messages, decided_at)
+    policy = loaded.policy
+    rng = np.random.default_rng(decision_seed(payments["payment_id"], batch.now))
+    actions = enforce(batch, policy.act(batch, rng), rules)
+
+    probability = np.zeros(len(batch))
+    has_retry = actions.retry_at.notna().to_numpy()
+    if has_retry.any():
+        rows = np.flatnonzero(has_retry)
+        sub = batch.take(rows)
+        x = retry_features(
+            sub,
+            decision_features(sub, policy.accounts, rules),
+            actions.retry_at.iloc[rows].reset_index(drop=True),
+        )
+        model = policy.retry_model
+        probability[rows] = model.predict_proba(x[list(model.feature_names_in_)])[:, 1]
+    reasons = policy.explain(batch, actions)
+    tz = payments["customer_timezone"].fillna(timeutil.DEFAULT_TIMEZONE)
+    local = timeutil.local_times(actions.retry_at.fillna(batch.now), tz)
+
+    out = []
+    for i in range(len(batch)):
+        retry = None
+        if has_retry[i]:
+            retry = RetryOut(
+                at_utc=actions.retry_at.iloc[i].to_pydatetime(),
+                at_local=local.iloc[i].to_pydatetime(),
+                local_timezone=tz.iloc[i],
+            )
+        channel = actions.channel.iloc[i]
+        out.append(
+            DecisionOut(
+                payment_id=payments["payment_id"].iloc[i],
+                decided_at=batch.now.iloc[i].to_pydatetime(),
+                retry=retry,
+                no_retry_reason=None if has_retry[i] else (actions.reason.iloc[i] or "policy"),
+                channel=None if pd.isna(channel) else channel,
+                sender=None if pd.isna(channel) else actions.sender.iloc[i],
+                expected_recovery_probability=float(probability[i]),
+                propensity=float(actions.propensity[i]),
+                model_version=loaded.version,
+                reasons=reasons[i],
+            )
+        )
+    _log(engine, out, getattr(policy, "name", "policy"))
+    return out
+
+
+def _log(engine: Engine, decisions: list[DecisionOut], policy_name: str) -> None:
+    rows = pd.DataFrame(
+        [
+            {
+                "payment_id": d.payment_id,
+                "decided_at": d.decided_at,
+                "model_version": d.model_version,
+                "policy": policy_name,
+                "retry_at": d.retry.at_utc if d.retry else None,
+                "channel": d.channel.value if d.channel else None,
+                "sender": d.sender.value if d.sender else None,
+                "propensity": d.propensity,
+                "reason": d.no_retry_reason or "",
+                "explanation": json.dumps(d.reasons),
+            }
+            for d in decisions
+        ]
+    )
+    with engine.begin() as conn:
+        conn.execute(
+            t.decision_log.insert(),
+            rows.astype(object).where(rows.notna(), None).to_dict("records"),
+        )

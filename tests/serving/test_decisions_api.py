@@ -1,0 +1,131 @@
+"""POST /v1/decisions against a trained policy served from the MLflow registry."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+
+from reclaim.serving.app import create_app
+from reclaim.settings import Settings
+
+
+@pytest.fixture
+def client(tmp_path: Path, trained):
+    settings = Settings(
+        database_url=f"sqlite:///{tmp_path / 'api.db'}",
+        mlflow_tracking_uri=trained.tracking_uri,
+        stripe_webhook_secret_platform=SecretStr("whsec_p"),
+        stripe_webhook_secret_connect=SecretStr("whsec_c"),
+        policy_reload_seconds=3600,
+    )
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+def _payment(trained, i: int = 0) -> dict:
+    p = trained.market.payments.iloc[i]
+    return {
+        "payment_id": f"in_api_{i}",
+        "object": "invoice",
+        "account_id": p["account_id"],
+        "charge_model": p["charge_model"],
+        "on_behalf_of": bool(p["on_behalf_of"]),
+        "amount": 4900,
+        "currency": "usd",
+        "customer_id": f"cus_api_{i}",
+        "customer_country": "US",
+        "customer_timezone": "America/Chicago",
+        "card_brand": "visa",
+        "card_funding": "debit",
+        "card_country": "US",
+        "billing_reason": "subscription_cycle",
+        "failed_at": "2026-05-20T14:00:00Z",
+        "decline_code": "insufficient_funds",
+        "advice_code": "try_again_later",
+        "network_decline_code": "51",
+    }
+
+
+def test_a_decision_for_an_inline_payment(client, trained) -> None:
+    body = {"payment": _payment(trained), "now": "2026-05-20T14:00:00Z"}
+    answer = client.post("/v1/decisions", json=body)
+    assert answer.status_code == 200, answer.text
+    d = answer.json()
+    assert d["payment_id"] == "in_api_0" and d["model_version"] == "1"
+    assert d["retry"] is not None and d["no_retry_reason"] is None
+    assert d["retry"]["local_timezone"] == "America/Chicago"
+    assert 0 < d["expected_recovery_probability"] < 1 and 0 < d["propensity"] <= 1
+    assert len(d["reasons"]) == 3
+    assert client.post("/v1/decisions", json=body).json() == d, "same question, same answer"
+    # the service now holds the payment: asking by id works
+    by_id = client.post(
+        "/v1/decisions", json={"payment_id": "in_api_0", "now": "2026-05-20T14:00:00Z"}
+    )
+    assert by_id.status_code == 200 and by_id.json()["retry"] == d["retry"]
+
+
+def test_hard_declines_are_never_retried(client, trained) -> None:
+    payment = {
+        **_payment(trained, 1),
+        "decline_code": "stolen_card",
+        "advice_code": "do_not_try_again",
+        "network_decline_code": "43",
+    }
+    d = client.post("/v1/decisions", json={"payment": payment}).json()
+    assert d["retry"] is None and d["no_retry_reason"] == "hard_decline"
+
+
+def test_batch_and_history(client, trained) -> None:
+    first = _payment(trained, 2)
+    later = {
+        "payment": first,
+        "now": "2026-05-22T15:00:00Z",
+        "attempts": [
+            {
+                "attempt_number": 1,
+                "attempted_at": "2026-05-22T15:00:00Z",
+                "outcome": "failed",
+                "decline_code": "insufficient_funds",
+            }
+        ],
+        "messages": [
+            {
+                "message_id": "m1",
+                "sent_at": "2026-05-20T14:00:00Z",
+                "channel": "email",
+                "sender": "account",
+            }
+        ],
+    }
+    batch = client.post(
+        "/v1/decisions/batch", json={"decisions": [{"payment": _payment(trained, 3)}, later]}
+    )
+    assert batch.status_code == 200, batch.text
+    assert [d["payment_id"] for d in batch.json()["decisions"]] == ["in_api_3", "in_api_2"]
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"amount": -1}, "amount"),
+        ({"charge_model": "on_behalf"}, "charge_model"),
+        ({"currency": "USD"}, "currency"),
+        ({"failed_at": "2026-05-20T14:00:00"}, "failed_at"),
+        ({"surprise": 1}, "surprise"),
+    ],
+)
+def test_invalid_input_gets_422_naming_the_field(client, trained, change, field) -> None:
+    response = client.post("/v1/decisions", json={"payment": {**_payment(trained), **change}})
+    assert response.status_code == 422
+    assert field in json.dumps(response.json()["detail"])
+
+
+def test_unknown_payment_and_ambiguous_requests(client) -> None:
+    assert client.post("/v1/decisions", json={"payment_id": "in_nope"}).status_code == 404
+    neither = client.post("/v1/decisions", json={})
+    assert neither.status_code == 422 and "exactly one" in neither.text
+    assert client.post("/v1/decisions/batch", json={"decisions": []}).status_code == 422
