@@ -270,6 +270,32 @@ def serve(
     )
 
 
+keys_app = typer.Typer(help="API keys of the scoring API.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("create")
+def keys_create(
+    role: Annotated[str, typer.Option(help="scheduler, analyst or admin.")],
+    account: Annotated[
+        list[str] | None, typer.Option(help="Scope to this connected account (repeatable).")
+    ] = None,
+) -> None:
+    """Create an API key in the store at RECLAIM_DATABASE_URL and print it once."""
+    from reclaim.serving.auth import Role, create_key
+    from reclaim.serving.store.migrate import upgrade
+    from reclaim.serving.store.repository import make_engine
+
+    if role not in {r.value for r in Role}:
+        console.print(f"[red]error:[/red] --role must be one of {[r.value for r in Role]}")
+        raise typer.Exit(code=2)
+    url = get_settings().database_url
+    upgrade(url)
+    key_id, key = create_key(make_engine(url), role, account)
+    console.print(f"{key_id} ({role}{', accounts ' + ', '.join(account) if account else ''}):")
+    console.print(key, highlight=False)
+
+
 ingest_app = typer.Typer(
     help="Bring a platform's history into contract tables.", no_args_is_help=True
 )

@@ -11,6 +11,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from reclaim import contract, timeutil
@@ -30,6 +31,19 @@ class UnknownPayment(LookupError):
     def __init__(self, payment_id: str):
         self.payment_id = payment_id
         super().__init__(f"no payment {payment_id!r} is stored; send its context instead")
+
+
+def accounts_of(engine: Engine, payment_ids: list[str]) -> dict[str, str]:
+    """The connected account of each stored payment among ``payment_ids``."""
+    if not payment_ids:
+        return {}
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(t.payments.c.payment_id, t.payments.c.account_id).where(
+                t.payments.c.payment_id.in_(payment_ids)
+            )
+        ).all()
+    return {pid: account for pid, account in rows}
 
 
 def _context(

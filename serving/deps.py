@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.engine import Engine
 
+from reclaim.serving.auth import Principal, Role, Unauthorized, authenticate
 from reclaim.serving.metrics import Metrics
 from reclaim.serving.policy_holder import PolicyHolder
 from reclaim.settings import Settings
@@ -33,3 +35,30 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 PolicyDep = Annotated[PolicyHolder, Depends(get_policy_holder)]
+
+
+_bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer rk_…`")
+
+
+def require(*roles: Role):
+    """A dependency admitting only keys with one of ``roles`` (admin is always admitted)."""
+
+    def check(
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> Principal:
+        try:
+            principal = authenticate(
+                request.app.state.engine, credentials.credentials if credentials else None
+            )
+        except Unauthorized as exc:
+            raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from exc
+        if principal.role is not Role.ADMIN and principal.role not in roles:
+            raise HTTPException(403, f"a {principal.role.value} key cannot do this")
+        return principal
+
+    return check
+
+
+SchedulerDep = Annotated[Principal, Depends(require(Role.SCHEDULER))]
+ReaderDep = Annotated[Principal, Depends(require(Role.SCHEDULER, Role.ANALYST))]

@@ -1,12 +1,16 @@
 """``POST /v1/decisions`` and ``POST /v1/decisions/batch``: the next action for failed
-payments."""
+payments. Scheduler (or admin) keys only; a key scoped to some accounts sees no other
+account's payments."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException
 
 from reclaim.serving import decide as domain
-from reclaim.serving.deps import EngineDep, MetricsDep, PolicyDep
+from reclaim.serving.auth import Principal
+from reclaim.serving.deps import EngineDep, MetricsDep, PolicyDep, SchedulerDep
+from reclaim.serving.metrics import Metrics
+from reclaim.serving.policy_holder import PolicyHolder
 from reclaim.serving.schemas import (
     BatchDecisionOut,
     BatchDecisionRequest,
@@ -16,8 +20,29 @@ from reclaim.serving.schemas import (
 
 router = APIRouter(prefix="/v1/decisions", tags=["decisions"])
 
+RESPONSES = {
+    401: {"description": "Missing or invalid API key"},
+    403: {"description": "This key's role cannot ask for decisions"},
+    404: {"description": "A payment not held by the service, or not visible to this key"},
+    503: {"description": "No policy loaded yet"},
+}
 
-def _run(requests: list[DecisionRequest], engine, holder, metrics) -> list[DecisionOut]:
+
+def _run(
+    requests: list[DecisionRequest],
+    engine,
+    holder: PolicyHolder,
+    metrics: Metrics,
+    principal: Principal,
+) -> list[DecisionOut]:
+    for r in requests:  # a scoped key can neither see nor decide for other accounts
+        if r.payment is not None and not principal.sees(r.payment.account_id):
+            raise HTTPException(404, f"no payment {r.payment.payment_id!r} for this key")
+    if principal.accounts is not None:
+        by_id = [r.payment_id for r in requests if r.payment is None]
+        for pid, account in domain.accounts_of(engine, by_id).items():
+            if not principal.sees(account):
+                raise HTTPException(404, f"no payment {pid!r} is stored; send its context")
     loaded = holder.current
     if loaded is None:
         raise HTTPException(503, f"no policy loaded yet from {holder.uri}")
@@ -31,29 +56,25 @@ def _run(requests: list[DecisionRequest], engine, holder, metrics) -> list[Decis
     return answers
 
 
-@router.post(
-    "",
-    summary="The next action for one failed payment",
-    responses={
-        404: {"description": "payment_id not held by the service"},
-        503: {"description": "No policy loaded yet"},
-    },
-)
+@router.post("", summary="The next action for one failed payment", responses=RESPONSES)
 def decide_one(
-    request: DecisionRequest, engine: EngineDep, policy: PolicyDep, metrics: MetricsDep
+    request: DecisionRequest,
+    engine: EngineDep,
+    policy: PolicyDep,
+    metrics: MetricsDep,
+    principal: SchedulerDep,
 ) -> DecisionOut:
-    return _run([request], engine, policy, metrics)[0]
+    return _run([request], engine, policy, metrics, principal)[0]
 
 
 @router.post(
-    "/batch",
-    summary="The next action for up to 1,000 failed payments",
-    responses={
-        404: {"description": "A payment_id not held by the service"},
-        503: {"description": "No policy loaded yet"},
-    },
+    "/batch", summary="The next action for up to 1,000 failed payments", responses=RESPONSES
 )
 def decide_batch(
-    body: BatchDecisionRequest, engine: EngineDep, policy: PolicyDep, metrics: MetricsDep
+    body: BatchDecisionRequest,
+    engine: EngineDep,
+    policy: PolicyDep,
+    metrics: MetricsDep,
+    principal: SchedulerDep,
 ) -> BatchDecisionOut:
-    return BatchDecisionOut(decisions=_run(body.decisions, engine, policy, metrics))
+    return BatchDecisionOut(decisions=_run(body.decisions, engine, policy, metrics, principal))

@@ -102,6 +102,9 @@ def test_webhooks_refuse_to_run_without_their_secret(tmp_path) -> None:
         "/metrics",
         "/v1/webhooks/stripe/platform",
         "/v1/webhooks/stripe/connect",
+        "/v1/decisions",
+        "/v1/decisions/batch",
+        "/v1/payments/{payment_id}",
     ],
 )
 def test_openapi_describes_every_route(tmp_path, path) -> None:
@@ -109,3 +112,24 @@ def test_openapi_describes_every_route(tmp_path, path) -> None:
     assert path in schema["paths"]
     for operation in schema["paths"][path].values():
         assert operation.get("summary")
+
+
+def test_keys_create_prints_a_working_key(tmp_path, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from reclaim.cli import app
+    from reclaim.serving.auth import authenticate
+    from reclaim.serving.store.repository import make_engine
+    from reclaim.settings import get_settings
+
+    url = f"sqlite:///{tmp_path / 'keys.db'}"
+    monkeypatch.setenv("RECLAIM_DATABASE_URL", url)
+    get_settings.cache_clear()
+    result = CliRunner().invoke(
+        app, ["keys", "create", "--role", "scheduler", "--account", "acct_1"]
+    )
+    get_settings.cache_clear()
+    assert result.exit_code == 0, result.output
+    key = result.output.strip().splitlines()[-1]
+    principal = authenticate(make_engine(url), key)
+    assert principal.role == "scheduler" and principal.accounts == frozenset({"acct_1"})

@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from reclaim.serving.app import create_app
+from reclaim.serving.auth import create_key
 from reclaim.settings import Settings
 
 
@@ -23,6 +24,8 @@ def client(tmp_path: Path, trained):
         policy_reload_seconds=3600,
     )
     with TestClient(create_app(settings)) as c:
+        _, key = create_key(c.app.state.engine, "scheduler")
+        c.headers["Authorization"] = f"Bearer {key}"
         yield c
 
 
@@ -129,3 +132,32 @@ def test_unknown_payment_and_ambiguous_requests(client) -> None:
     neither = client.post("/v1/decisions", json={})
     assert neither.status_code == 422 and "exactly one" in neither.text
     assert client.post("/v1/decisions/batch", json={"decisions": []}).status_code == 422
+
+
+def test_keys_roles_and_account_scope(client, trained) -> None:
+    engine = client.app.state.engine
+    mine = _payment(trained, 5)
+    theirs = {**_payment(trained, 6), "account_id": "acct_someone_else"}
+    for p in (mine, theirs):
+        assert client.post("/v1/decisions", json={"payment": p}).status_code == 200
+
+    def call(key: str | None, method: str, path: str, **kw):
+        headers = {"Authorization": f"Bearer {key}"} if key else {"Authorization": ""}
+        return client.request(method, path, headers=headers, **kw)
+
+    assert call(None, "POST", "/v1/decisions", json={"payment_id": "in_api_5"}).status_code == 401
+    assert call("rk_forged", "GET", "/v1/payments/in_api_5").status_code == 401
+    _, analyst = create_key(engine, "analyst")
+    assert (
+        call(analyst, "POST", "/v1/decisions", json={"payment_id": "in_api_5"}).status_code == 403
+    )
+    view = call(analyst, "GET", "/v1/payments/in_api_5")
+    assert view.status_code == 200 and view.json()["decisions"], view.text
+    assert view.json()["state"] == "open" and len(view.json()["attempts"]) == 1
+
+    _, scoped = create_key(engine, "scheduler", [mine["account_id"]])
+    assert call(scoped, "GET", "/v1/payments/in_api_5").status_code == 200
+    assert call(scoped, "GET", "/v1/payments/in_api_6").status_code == 404
+    assert call(scoped, "POST", "/v1/decisions", json={"payment_id": "in_api_6"}).status_code == 404
+    assert call(scoped, "POST", "/v1/decisions", json={"payment": theirs}).status_code == 404
+    assert call(scoped, "POST", "/v1/decisions", json={"payment_id": "in_api_5"}).status_code == 200

@@ -1,0 +1,82 @@
+"""API keys: created once, stored hashed, each with a role and optionally scoped to accounts.
+
+Keys are 256-bit random tokens, so a plain SHA-256 of the key is a safe verifier (a slow
+password hash defends guessable secrets, which these are not) and lets a request be checked
+with one indexed look-up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from reclaim.serving.store import tables as t
+
+PREFIX = "rk_"
+
+
+class Role(StrEnum):
+    SCHEDULER = "scheduler"  # asks for decisions, reads payments
+    ANALYST = "analyst"  # reads payments and configuration
+    ADMIN = "admin"  # everything, including configuration
+
+
+class Unauthorized(PermissionError):
+    """No key, or not a valid one."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the key's id, its role, and the accounts it may see (None: all)."""
+
+    key_id: str
+    role: Role
+    accounts: frozenset[str] | None
+
+    def sees(self, account_id: str) -> bool:
+        return self.accounts is None or account_id in self.accounts
+
+
+def _hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def create_key(
+    engine: Engine, role: Role | str, accounts: list[str] | None = None
+) -> tuple[str, str]:
+    """Store a new key; returns ``(key_id, key)``. The key itself is never stored."""
+    role = Role(role)
+    key_id = f"key_{secrets.token_hex(6)}"
+    key = PREFIX + secrets.token_urlsafe(32)
+    with engine.begin() as conn:
+        conn.execute(
+            t.api_keys.insert().values(
+                key_id=key_id,
+                key_hash=_hash(key),
+                role=role.value,
+                accounts=json.dumps(sorted(accounts)) if accounts else None,
+                created_at=datetime.now(UTC),
+            )
+        )
+    return key_id, key
+
+
+def authenticate(engine: Engine, key: str | None) -> Principal:
+    """The principal of a presented key, or :class:`Unauthorized`."""
+    if not key or not key.startswith(PREFIX):
+        raise Unauthorized("missing or malformed API key")
+    with engine.connect() as conn:
+        row = conn.execute(
+            sa.select(t.api_keys).where(t.api_keys.c.key_hash == _hash(key))
+        ).one_or_none()
+    if row is None or row.revoked_at is not None:
+        raise Unauthorized("unknown or revoked API key")
+    accounts = frozenset(json.loads(row.accounts)) if row.accounts else None
+    return Principal(row.key_id, Role(row.role), accounts)
