@@ -28,7 +28,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from reclaim import vocab
+from reclaim import timeutil, vocab
 
 TIMESTAMP_DTYPE = pd.DatetimeTZDtype(unit="us", tz="UTC")
 
@@ -383,6 +383,15 @@ def _check_rows(tables: ContractTables) -> None:
             "currency",
             "expected a lower-case ISO 4217 code",
             _examples(p, bad, ["payment_id", "currency"]),
+        )
+    zones = p["customer_timezone"].dropna().unique()
+    unknown = [z for z in zones if not timeutil.is_timezone(z)]
+    if unknown:
+        raise ContractError(
+            PAYMENTS.file,
+            "customer_timezone",
+            f"unknown IANA timezone(s) {sorted(unknown)[:5]}",
+            _examples(p, p["customer_timezone"].isin(unknown), ["payment_id", "customer_timezone"]),
         )
     failed_at = p.set_index("payment_id")["failed_at"]
     for table, df, time_col in (

@@ -117,8 +117,8 @@ def enforce(batch: DecisionBatch, actions: ActionBatch, rules: NetworkRules) -> 
 
     A retry that is not allowed at all is dropped, with the reason; one proposed before the
     earliest allowed time (advice-code wait, minimum gap) moves to that time; one after the
-    recovery window is dropped. No message is sent about a payment already recovered. The
-    propensity stays the policy's own.
+    recovery window is dropped. No message is sent about a payment already recovered or past its
+    window. The propensity stays the policy's own.
     """
     lim = limits(batch, rules)
     retry_at = actions.retry_at.copy()
@@ -141,7 +141,8 @@ def enforce(batch: DecisionBatch, actions: ActionBatch, rules: NetworkRules) -> 
     reason[quiet & (blocked == "")] = "policy"
 
     channel, sender = actions.channel.copy(), actions.sender.copy()
-    done = batch.state["recovered"].to_numpy()
+    # No message about a payment already recovered, or whose recovery window has closed.
+    done = batch.state["recovered"].to_numpy() | (batch.now > lim["window_end"]).to_numpy()
     channel[done] = np.nan
     sender[done] = np.nan
     return ActionBatch(

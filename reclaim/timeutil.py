@@ -6,11 +6,24 @@ policies, and by the feature pipeline, so that "local hour" means one thing ever
 
 from __future__ import annotations
 
+from functools import lru_cache
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
 import numpy as np
 import pandas as pd
 
 #: Fallback when a customer's timezone is unknown.
 DEFAULT_TIMEZONE = "UTC"
+
+
+@lru_cache(maxsize=4096)
+def is_timezone(name: str) -> bool:
+    """Whether ``name`` is an IANA timezone this machine knows."""
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, TypeError):
+        return False
+    return True
 
 
 def local_times(utc: pd.Series, timezone: pd.Series) -> pd.Series:

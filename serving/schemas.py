@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from reclaim import vocab
+from reclaim import timeutil, vocab
 
 
 class PaymentIn(BaseModel):
@@ -35,6 +35,13 @@ class PaymentIn(BaseModel):
     advice_code: vocab.AdviceCode | None = None
     network_decline_code: str | None = None
     network_advice_code: str | None = None
+
+    @field_validator("customer_timezone")
+    @classmethod
+    def _known_timezone(cls, value: str | None) -> str | None:
+        if value is not None and not timeutil.is_timezone(value):
+            raise ValueError(f"unknown IANA timezone {value!r}")
+        return value
 
     @model_validator(mode="after")
     def _fee_within_amount(self) -> PaymentIn:
