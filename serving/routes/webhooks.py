@@ -41,31 +41,28 @@ async def _receive(
     return {"received": True, "event_id": receipt.event_id, "status": result}
 
 
-@router.post(
-    "/platform",
-    summary="Events from the platform's own account",
-    responses={400: {"description": "Forged, unsigned or stale delivery"}},
-)
-async def platform(
-    request: Request,
-    settings: SettingsDep,
-    engine: EngineDep,
-    metrics: MetricsDep,
-    stripe_signature: Annotated[str | None, Header()] = None,
-) -> dict[str, object]:
-    return await _receive("platform", request, stripe_signature, settings, engine, metrics)
+def _route(endpoint: str, summary: str) -> None:
+    """Register ``POST /v1/webhooks/stripe/<endpoint>``, verified with that endpoint's secret."""
+
+    async def handler(
+        request: Request,
+        settings: SettingsDep,
+        engine: EngineDep,
+        metrics: MetricsDep,
+        stripe_signature: Annotated[str | None, Header()] = None,
+    ) -> dict[str, object]:
+        return await _receive(endpoint, request, stripe_signature, settings, engine, metrics)
+
+    router.post(
+        f"/{endpoint}",
+        summary=summary,
+        name=f"stripe_webhook_{endpoint}",
+        responses={
+            400: {"description": "Forged, unsigned or stale delivery"},
+            503: {"description": "This endpoint's signing secret is not configured"},
+        },
+    )(handler)
 
 
-@router.post(
-    "/connect",
-    summary="Events from connected accounts",
-    responses={400: {"description": "Forged, unsigned or stale delivery"}},
-)
-async def connect(
-    request: Request,
-    settings: SettingsDep,
-    engine: EngineDep,
-    metrics: MetricsDep,
-    stripe_signature: Annotated[str | None, Header()] = None,
-) -> dict[str, object]:
-    return await _receive("connect", request, stripe_signature, settings, engine, metrics)
+_route("platform", "Events from the platform's own account")
+_route("connect", "Events from connected accounts (each names its account)")
