@@ -240,32 +240,40 @@ class LearnedPolicy(Policy):
             channel_propensity=channel_prop,
         )
 
-    def explain(self, batch: DecisionBatch, actions: ActionBatch, top: int = 3) -> list[list[str]]:
-        """The few features that moved each chosen retry's predicted success the most.
+    def describe(
+        self, batch: DecisionBatch, actions: ActionBatch, top: int = 3
+    ) -> tuple[np.ndarray, list[list[str]]]:
+        """Each chosen retry's calibrated success chance and the features that moved it most.
 
-        Returns, per decision, ``top`` strings like ``"days_to_payday=0 (+0.41)"`` (SHAP
-        contributions to the log-odds); empty where there is no retry.
+        Returns ``(probability, reasons)``: per decision, the retry-time model's probability
+        (0 where there is no retry) and ``top`` strings like ``"days_to_payday=0 (+0.41)"``
+        (SHAP contributions to the log-odds; empty where there is no retry). The features are
+        computed once, for the decisions that retry.
         """
-        features = decision_features(batch, self.accounts, self.network_rules)
-        out: list[list[str]] = [[] for _ in range(len(batch))]
+        probability = np.zeros(len(batch))
+        reasons: list[list[str]] = [[] for _ in range(len(batch))]
         rows = np.flatnonzero(actions.retry_at.notna().to_numpy())
         if len(rows) == 0:
-            return out
+            return probability, reasons
         sub = batch.take(rows)
         x = retry_features(
             sub,
-            features.iloc[rows].reset_index(drop=True),
+            decision_features(sub, self.accounts, self.network_rules),
             actions.retry_at.iloc[rows].reset_index(drop=True),
-        )
-        x = x[list(self.retry_model.feature_names_in_)]
+        )[list(self.retry_model.feature_names_in_)]
+        probability[rows] = self.retry_model.predict_proba(x)[:, 1]
         contrib = self.retry_model.contributions(x)
         for i, row in zip(rows, range(len(rows)), strict=True):
             c = contrib.iloc[row]
             for name in c.abs().sort_values(ascending=False).index[:top]:
                 value = x.iloc[row][name]
                 shown = f"{value:.3g}" if isinstance(value, float) else str(value)
-                out[i].append(f"{name}={shown} ({c[name]:+.2f})")
-        return out
+                reasons[i].append(f"{name}={shown} ({c[name]:+.2f})")
+        return probability, reasons
+
+    def explain(self, batch: DecisionBatch, actions: ActionBatch, top: int = 3) -> list[list[str]]:
+        """The reasons half of :meth:`describe`."""
+        return self.describe(batch, actions, top)[1]
 
 
 def _greedy_channel(gains: np.ndarray) -> np.ndarray:

@@ -15,8 +15,6 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from reclaim import contract, timeutil
-from reclaim.features.candidates import retry_features
-from reclaim.features.decisions import decision_features
 from reclaim.policy import DecisionBatch, decision_seed
 from reclaim.rules import NetworkRules, enforce
 from reclaim.serving.policy_holder import Loaded
@@ -131,19 +129,8 @@ def decide(
     rng = np.random.default_rng(decision_seed(payments["payment_id"], batch.now))
     actions = enforce(batch, policy.act(batch, rng), rules)
 
-    probability = np.zeros(len(batch))
+    probability, reasons = policy.describe(batch, actions)
     has_retry = actions.retry_at.notna().to_numpy()
-    if has_retry.any():
-        rows = np.flatnonzero(has_retry)
-        sub = batch.take(rows)
-        x = retry_features(
-            sub,
-            decision_features(sub, policy.accounts, rules),
-            actions.retry_at.iloc[rows].reset_index(drop=True),
-        )
-        model = policy.retry_model
-        probability[rows] = model.predict_proba(x[list(model.feature_names_in_)])[:, 1]
-    reasons = policy.explain(batch, actions)
     tz = payments["customer_timezone"].fillna(timeutil.DEFAULT_TIMEZONE)
     local = timeutil.local_times(actions.retry_at.fillna(batch.now), tz)
 
