@@ -62,30 +62,22 @@ def _context(
         )
         frames["payments"].append(pays)
         frames["attempts"].append(contract.first_failures(pays))
-        extra = [
-            {
-                **a.model_dump(mode="python"),
-                "payment_id": r.payment.payment_id,
-                "policy": None,
-                "propensity": np.nan,
-            }
-            for r in inline
-            for a in r.attempts
-        ]
-        if extra:
-            frames["attempts"].append(contract.conform(contract.ATTEMPTS, pd.DataFrame(extra)))
-        msgs = [
-            {
-                **m.model_dump(mode="python"),
-                "payment_id": r.payment.payment_id,
-                "policy": None,
-                "propensity": np.nan,
-            }
-            for r in inline
-            for m in r.messages
-        ]
-        if msgs:
-            frames["messages"].append(contract.conform(contract.MESSAGES, pd.DataFrame(msgs)))
+        for name, table, field in (
+            ("attempts", contract.ATTEMPTS, "attempts"),
+            ("messages", contract.MESSAGES, "messages"),
+        ):
+            rows = [
+                {
+                    **item.model_dump(mode="python"),
+                    "payment_id": r.payment.payment_id,
+                    "policy": None,
+                    "propensity": np.nan,
+                }
+                for r in inline
+                for item in getattr(r, field)
+            ]
+            if rows:  # logged by no policy of Reclaim's: no propensity
+                frames[name].append(contract.conform(table, pd.DataFrame(rows)))
     if stored is not None:
         frames["payments"].append(stored.payments)
         frames["attempts"].append(stored.attempts)
