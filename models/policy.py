@@ -205,27 +205,11 @@ class LearnedPolicy(Policy):
         options = gains.columns.to_numpy()
         greedy_channel = _greedy_channel(gains.to_numpy())
 
-        eps = self.exploration
-        n_retry_options = allowed.sum(axis=1) + 1  # allowed delays, or no retry
-        explore_r = rng.random(n) < eps
-        pick = np.floor(rng.random(n) * n_retry_options).astype(int)
-        # the pick-th allowed delay, or no retry when pick == number of allowed delays
-        allowed_cum = np.cumsum(allowed, axis=1)
-        random_option = np.where(
-            pick < allowed.sum(axis=1),
-            np.argmax(allowed_cum > pick[:, None], axis=1),
-            k,
-        )
-        option = np.where(explore_r, random_option, greedy_option)
-        retry_prop = eps / n_retry_options + (1 - eps) * (option == greedy_option)
-
-        open_options = np.where(np.isfinite(gains.to_numpy()), 1, 0)  # none is always open
-        n_open = open_options.sum(axis=1)
-        explore_c = rng.random(n) < eps
-        pick_c = np.floor(rng.random(n) * n_open).astype(int)
-        random_channel = np.argmax(np.cumsum(open_options, axis=1) > pick_c[:, None], axis=1)
-        chosen = np.where(explore_c, random_channel, greedy_channel)
-        channel_prop = eps / n_open + (1 - eps) * (chosen == greedy_channel)
+        # retry options: each allowed delay, then "no retry" (always open) at index k
+        open_retry = np.concatenate([allowed, np.ones((n, 1), dtype=bool)], axis=1)
+        option, retry_prop = _epsilon_greedy(open_retry, greedy_option, self.exploration, rng)
+        open_channel = np.isfinite(gains.to_numpy())  # "none" is always open
+        chosen, channel_prop = _epsilon_greedy(open_channel, greedy_channel, self.exploration, rng)
 
         delay = self.delays_hours[np.minimum(option, k - 1)]
         retry_at = (batch.now + pd.to_timedelta(delay, unit="h")).where(option < k)
@@ -280,3 +264,20 @@ def _greedy_channel(gains: np.ndarray) -> np.ndarray:
     """Index (into ``["none", *CHANNELS]``) of the best option per row; none unless a channel
     gains more than nothing."""
     return np.where(gains.max(axis=1) > 0, np.argmax(gains, axis=1), 0)
+
+
+def _epsilon_greedy(
+    open_options: np.ndarray, greedy: np.ndarray, eps: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: the greedy option, or with probability ``eps`` a uniformly random open one.
+
+    ``open_options`` is an (n, m) boolean mask; returns the chosen option index and its exact
+    probability under this rule.
+    """
+    n = len(open_options)
+    n_open = open_options.sum(axis=1)
+    explore = rng.random(n) < eps
+    pick = np.floor(rng.random(n) * n_open).astype(int)
+    random_option = np.argmax(np.cumsum(open_options, axis=1) > pick[:, None], axis=1)
+    chosen = np.where(explore, random_option, greedy)
+    return chosen, eps / n_open + (1 - eps) * (chosen == greedy)
