@@ -14,7 +14,7 @@ import pandas as pd
 
 from reclaim import timeutil
 from reclaim.features import schema
-from reclaim.features.decisions import _calendar, _hours
+from reclaim.features.decisions import calendar_features
 from reclaim.policy import DecisionBatch
 
 #: Candidate retry delays: every whole hour for a week, fine enough to pick a local hour and
@@ -31,15 +31,15 @@ def retry_features(
     """
     p = batch.payments
     local = timeutil.local_times(retry_at, p["customer_timezone"])
-    cal = _calendar(local, "retry_")
+    cal = calendar_features(local, "retry_")
     extra = pd.DataFrame(
         {
-            "delay_hours": _hours(retry_at, batch.now),
+            "delay_hours": timeutil.hours_between(retry_at, batch.now),
             "retry_local_hour": cal["retry_local_hour"],
             "retry_local_dow": cal["retry_local_dow"],
             "retry_local_dom": cal["retry_local_dom"],
             "retry_days_to_payday": cal["retry_days_to_payday"],
-            "retry_hours_since_failure": _hours(retry_at, p["failed_at"]),
+            "retry_hours_since_failure": timeutil.hours_between(retry_at, p["failed_at"]),
             "retry_is_weekend": (cal["retry_local_dow"] >= 5).astype(float),
         },
         index=features.index,

@@ -84,12 +84,9 @@ def decision_points(tables: contract.ContractTables) -> tuple[DecisionBatch, pd.
     return batch, keys
 
 
-def _hours(later: pd.Series, earlier: pd.Series) -> np.ndarray:
-    delta = later.to_numpy(dtype="datetime64[us]") - earlier.to_numpy(dtype="datetime64[us]")
-    return delta / np.timedelta64(1, "h")
-
-
-def _calendar(local: pd.Series, prefix: str) -> dict[str, np.ndarray]:
+def calendar_features(local: pd.Series, prefix: str) -> dict[str, np.ndarray]:
+    """Local hour (with minutes), weekday, day of month and days to the likely payday of
+    naive local times, keyed ``<prefix>local_hour`` and so on."""
     ts = pd.DatetimeIndex(local.to_numpy(dtype="datetime64[us]"))
     return {
         f"{prefix}local_hour": (ts.hour + ts.minute / 60.0).to_numpy(dtype=float),
@@ -165,17 +162,17 @@ def decision_features(
         "log_amount": log_amount(p),
         "timezone_known": p["customer_timezone"].notna().to_numpy(dtype=float),
         **{c: v.to_numpy(dtype=float) for c, v in accounts.at(p["account_id"], now).items()},
-        **_calendar(local, ""),
-        "hours_since_failure": _hours(now, p["failed_at"]),
+        **calendar_features(local, ""),
+        "hours_since_failure": timeutil.hours_between(now, p["failed_at"]),
         "decision_number": s["decision_number"].to_numpy(dtype=float),
         "retries_left": np.where(lim["blocked"] == "", lim["retries_left"], 0).astype(float),
-        "hours_to_window_end": _hours(lim["window_end"], now),
-        "hours_to_earliest_retry": _hours(lim["earliest_retry_at"], now),
+        "hours_to_window_end": timeutil.hours_between(lim["window_end"], now),
+        "hours_to_earliest_retry": timeutil.hours_between(lim["earliest_retry_at"], now),
         "n_email": s["n_email"].to_numpy(dtype=float),
         "n_sms": s["n_sms"].to_numpy(dtype=float),
         "n_in_app": s["n_in_app"].to_numpy(dtype=float),
         "n_messages": n_msg.to_numpy(dtype=float),
-        "hours_since_last_message": _hours(now, s["last_message_at"]),
+        "hours_since_last_message": timeutil.hours_between(now, s["last_message_at"]),
     }
     frame = pd.DataFrame(
         {k: (v.reset_index(drop=True) if isinstance(v, pd.Series) else v) for k, v in out.items()}

@@ -26,6 +26,12 @@ def is_timezone(name: str) -> bool:
     return True
 
 
+def hours_between(later: pd.Series, earlier: pd.Series) -> np.ndarray:
+    """``later - earlier`` in hours, element-wise (NaN where either is missing)."""
+    delta = later.to_numpy(dtype="datetime64[us]") - earlier.to_numpy(dtype="datetime64[us]")
+    return delta / np.timedelta64(1, "h")
+
+
 def local_times(utc: pd.Series, timezone: pd.Series) -> pd.Series:
     """Wall-clock times in each row's own timezone, as naive timestamps.
 

@@ -17,11 +17,6 @@ _DAY = np.timedelta64(1, "D")
 _FRIDAY_EPOCH = np.datetime64("1970-01-02", "D")  # a Friday
 
 
-def _hours_between(later: pd.Series, earlier: pd.Series) -> np.ndarray:
-    delta = later.to_numpy(dtype="datetime64[us]") - earlier.to_numpy(dtype="datetime64[us]")
-    return delta / np.timedelta64(1, "h")
-
-
 def last_payday(local: np.ndarray, cycle: np.ndarray, phase: np.ndarray) -> np.ndarray:
     """The latest payday at or before each naive local time, at local midnight.
 
@@ -63,7 +58,7 @@ def retry_success_probability(
     p = market.payments.iloc[rows]
     h = market.hidden.iloc[rows]
     at = pd.Series(at.to_numpy(), index=p.index)
-    hours = _hours_between(at, p["failed_at"])
+    hours = timeutil.hours_between(at, p["failed_at"])
     days = hours / 24.0
     local = timeutil.local_times(at, h["true_timezone"]).to_numpy(dtype="datetime64[us]")
     failure_local = h["failed_local"].to_numpy(dtype="datetime64[us]")
@@ -140,7 +135,7 @@ def message_effect(
     cfg = market.config
     p = market.payments.iloc[rows]
     h = market.hidden.iloc[rows]
-    days = _hours_between(pd.Series(at.to_numpy(), index=p.index), p["failed_at"]) / 24.0
+    days = timeutil.hours_between(pd.Series(at.to_numpy(), index=p.index), p["failed_at"]) / 24.0
     segment = h["segment"].to_numpy()
     base = np.zeros(len(rows))
     for seg, by_channel in cfg.response_base.items():
