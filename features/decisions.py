@@ -21,7 +21,7 @@ from reclaim import contract, timeutil, vocab
 from reclaim.features import schema
 from reclaim.features.accounts import AccountHistory
 from reclaim.policy import DecisionBatch, summarize_history
-from reclaim.rules import NetworkRules, limits
+from reclaim.rules import NetworkRules, limits, messages_sent
 
 ZERO_DECIMAL = frozenset(
     {
@@ -137,7 +137,7 @@ def decision_features(
         s["last_decline_code"], {k: v.visa_category for k, v in vocab.DECLINE_CODES.items()}, np.nan
     )
     local = timeutil.local_times(now, p["customer_timezone"])
-    n_msg = s["n_email"] + s["n_sms"] + s["n_in_app"]
+    n_msg = messages_sent(s)
 
     out: dict[str, object] = {
         "decline_code": schema.as_category(s["last_decline_code"], schema.DECLINE_CODE),
@@ -171,7 +171,7 @@ def decision_features(
         "n_email": s["n_email"].to_numpy(dtype=float),
         "n_sms": s["n_sms"].to_numpy(dtype=float),
         "n_in_app": s["n_in_app"].to_numpy(dtype=float),
-        "n_messages": n_msg.to_numpy(dtype=float),
+        "n_messages": n_msg.astype(float),
         "hours_since_last_message": timeutil.hours_between(now, s["last_message_at"]),
     }
     frame = pd.DataFrame(

@@ -159,12 +159,17 @@ class LearnedPolicy(Policy):
         costs = self.costs or Costs()
         uplift = self.channel_model.predict(features[list(self.channel_model.feature_names_in_)])
         amount = np.expm1(log_amount(batch.payments))
-        capped = features["n_messages"].to_numpy() >= self.max_messages
+        sent = features["n_messages"].to_numpy()
+        capped = sent >= self.max_messages
+        c = batch.constraints
+        if c is not None:  # the account's limits: opted out, fewer messages, some channels
+            capped |= c["opted_out"].to_numpy() | (sent >= c["max_messages"].to_numpy())
         gain = pd.DataFrame(0.0, index=features.index, columns=["none", *CHANNELS])
         for ch in CHANNELS:
+            closed = capped if c is None else capped | ~c[f"allow_{ch}"].to_numpy()
             if ch in uplift.columns:
                 gain[ch] = np.where(
-                    capped, -np.inf, uplift[ch].to_numpy() * amount - costs.message[ch]
+                    closed, -np.inf, uplift[ch].to_numpy() * amount - costs.message[ch]
                 )
             else:
                 gain[ch] = -np.inf
@@ -179,14 +184,18 @@ class LearnedPolicy(Policy):
         probs[np.arange(len(batch)), greedy] += 1 - self.exploration
         return probs
 
-    def senders(self, payments: pd.DataFrame) -> np.ndarray:
-        """Who messages each payment's customer: the merchant of record, unless the account
-        has an override."""
-        default = merchant_of_record(payments).astype("object").to_numpy()
-        if not self.sender_overrides:
-            return default
-        override = payments["account_id"].map(self.sender_overrides).to_numpy(dtype=object)
-        return np.where(pd.notna(override), override, default)
+    def senders(self, batch: DecisionBatch) -> np.ndarray:
+        """Who messages each payment's customer: the account's configured sender, else the
+        policy's override for the account, else the merchant of record."""
+        payments = batch.payments
+        sender = merchant_of_record(payments).astype("object").to_numpy()
+        if self.sender_overrides:
+            override = payments["account_id"].map(self.sender_overrides).to_numpy(dtype=object)
+            sender = np.where(pd.notna(override), override, sender)
+        if batch.constraints is not None:
+            own = batch.constraints["sender"].to_numpy(dtype=object)
+            sender = np.where(pd.notna(own), own, sender)
+        return sender
 
     # --- acting -------------------------------------------------------------------------
     def act(self, batch: DecisionBatch, rng: np.random.Generator) -> ActionBatch:
@@ -214,7 +223,7 @@ class LearnedPolicy(Policy):
         delay = self.delays_hours[np.minimum(option, k - 1)]
         retry_at = (batch.now + pd.to_timedelta(delay, unit="h")).where(option < k)
         channel = np.where(chosen > 0, options[chosen], None)
-        sender = np.where(chosen > 0, self.senders(batch.payments), None)
+        sender = np.where(chosen > 0, self.senders(batch), None)
         return ActionBatch.build(
             n,
             retry_at=retry_at,

@@ -152,11 +152,15 @@ class DecisionBatch:
         Decision time per payment, UTC (same index).
     state
         :func:`summarize_history` of the payments' attempts and messages up to ``now``.
+    constraints
+        What each payment's account allows (:func:`reclaim.account_config.constraints`), or
+        None where no account restricts anything.
     """
 
     payments: pd.DataFrame
     now: pd.Series
     state: pd.DataFrame
+    constraints: pd.DataFrame | None = None
 
     def __len__(self) -> int:
         return len(self.payments)
@@ -168,11 +172,15 @@ class DecisionBatch:
         attempts: pd.DataFrame,
         messages: pd.DataFrame,
         now: pd.Series,
+        constraints: pd.DataFrame | None = None,
     ) -> DecisionBatch:
-        """Build a batch from contract tables; only history up to ``now`` is used."""
+        """Build a batch from contract tables; only history up to ``now`` is used.
+        ``constraints`` has one row per payment, in the same order."""
         payments = payments.reset_index(drop=True)
         now = contract.utc(now, payments.index)
-        return cls(payments, now, summarize_history(payments, attempts, messages, now))
+        if constraints is not None:
+            constraints = constraints.reset_index(drop=True)
+        return cls(payments, now, summarize_history(payments, attempts, messages, now), constraints)
 
     def subset(self, mask: np.ndarray) -> DecisionBatch:
         """The rows where ``mask`` is true, re-indexed from 0."""
@@ -184,6 +192,9 @@ class DecisionBatch:
             self.payments.iloc[rows].reset_index(drop=True),
             self.now.iloc[rows].reset_index(drop=True),
             self.state.iloc[rows].reset_index(drop=True),
+            None
+            if self.constraints is None
+            else self.constraints.iloc[rows].reset_index(drop=True),
         )
 
 

@@ -70,6 +70,8 @@ NO_RETRY_REASONS = (
     "hard_decline",
     "network_cap",
     "window_closed",
+    "opted_out",
+    "account_max_retries",
     "policy",
 )
 
@@ -98,8 +100,16 @@ def limits(batch: DecisionBatch, rules: NetworkRules) -> pd.DataFrame:
 
     blocked = np.full(len(p), "", dtype=object)
     blocked[(earliest > window_end).to_numpy()] = "window_closed"
-    blocked[retries_left <= 0] = "network_cap"
+    c = batch.constraints
+    if c is not None:  # the account's own cap, below the networks'
+        own_left = c["max_retries"].to_numpy() - s["decision_number"].to_numpy()
+        own_capped = own_left < retries_left  # NaN (no account cap) compares False
+        retries_left = np.where(own_capped, np.maximum(own_left, 0), retries_left).astype(int)
+        blocked[own_capped & (retries_left <= 0)] = "account_max_retries"
+    blocked[(retries_left <= 0) & (blocked != "account_max_retries")] = "network_cap"
     blocked[s["ever_hard"].to_numpy()] = "hard_decline"
+    if c is not None:
+        blocked[c["opted_out"].to_numpy()] = "opted_out"
     blocked[s["recovered"].to_numpy()] = "already_recovered"
     return pd.DataFrame(
         {
@@ -110,6 +120,11 @@ def limits(batch: DecisionBatch, rules: NetworkRules) -> pd.DataFrame:
         },
         index=p.index,
     )
+
+
+def messages_sent(state: pd.DataFrame) -> np.ndarray:
+    """Messages sent so far per decision, over all channels."""
+    return sum(state[f"n_{ch.value}"].to_numpy() for ch in vocab.Channel)
 
 
 def enforce(batch: DecisionBatch, actions: ActionBatch, rules: NetworkRules) -> ActionBatch:
@@ -143,6 +158,17 @@ def enforce(batch: DecisionBatch, actions: ActionBatch, rules: NetworkRules) -> 
     channel, sender = actions.channel.copy(), actions.sender.copy()
     # No message about a payment already recovered, or whose recovery window has closed.
     done = batch.state["recovered"].to_numpy() | (batch.now > lim["window_end"]).to_numpy()
+    c = batch.constraints
+    if c is not None:  # nor one its account does not allow; and its account's sender
+        sent = messages_sent(batch.state)
+        chosen = channel.astype("object").to_numpy()
+        allowed = np.zeros(len(chosen), dtype=bool)
+        for ch in vocab.Channel:
+            allowed |= (chosen == ch.value) & c[f"allow_{ch.value}"].to_numpy()
+        done |= c["opted_out"].to_numpy() | (sent >= c["max_messages"].to_numpy()) | ~allowed
+        own = c["sender"].to_numpy(dtype=object)
+        override = pd.notna(own) & pd.notna(chosen)
+        sender[override] = own[override]
     channel[done] = np.nan
     sender[done] = np.nan
     return ActionBatch(

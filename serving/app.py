@@ -14,7 +14,7 @@ from fastapi import FastAPI, Request
 
 from reclaim.serving.metrics import Metrics
 from reclaim.serving.policy_holder import PolicyHolder
-from reclaim.serving.routes import decisions, health, payments, webhooks
+from reclaim.serving.routes import accounts, decisions, health, payments, webhooks
 from reclaim.serving.store.migrate import upgrade
 from reclaim.serving.store.repository import make_engine
 from reclaim.settings import Settings, get_settings
@@ -61,4 +61,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(webhooks.router)
     app.include_router(decisions.router)
     app.include_router(payments.router)
+    app.include_router(accounts.router)
     return app

@@ -1,8 +1,9 @@
 """Turn decision requests into actions: the domain code behind ``POST /v1/decisions``.
 
 Builds the decision batch from the request (or from the store, for a payment given by id),
-asks the served policy, applies the network rules (which no model output overrides), explains
-the chosen retries, logs every decision, and returns the API's answers.
+asks the served policy within what each account's configuration allows, applies the network
+rules (which no model output overrides), explains the chosen retries, logs every decision,
+and returns the API's answers.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from reclaim import contract, timeutil
+from reclaim.account_config import constraints
 from reclaim.policy import DecisionBatch, decision_seed
 from reclaim.rules import NetworkRules, enforce
 from reclaim.serving.policy_holder import Loaded
 from reclaim.serving.schemas import DecisionOut, DecisionRequest, RetryOut
+from reclaim.serving.store import configs
 from reclaim.serving.store import repository as repo
 from reclaim.serving.store import tables as t
 
@@ -116,7 +119,10 @@ def decide(
                 "messages": messages,
             },
         )
-    batch = DecisionBatch.from_history(payments, attempts, messages, decided_at)
+    configured = configs.effective_configs(engine, payments["account_id"].unique())
+    batch = DecisionBatch.from_history(
+        payments, attempts, messages, decided_at, constraints(payments["account_id"], configured)
+    )
     policy = loaded.policy
     rng = np.random.default_rng(decision_seed(payments["payment_id"], batch.now))
     actions = enforce(batch, policy.act(batch, rng), rules)

@@ -62,3 +62,4 @@ def require(*roles: Role):
 
 SchedulerDep = Annotated[Principal, Depends(require(Role.SCHEDULER))]
 ReaderDep = Annotated[Principal, Depends(require(Role.SCHEDULER, Role.ANALYST))]
+AdminDep = Annotated[Principal, Depends(require())]

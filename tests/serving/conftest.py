@@ -9,9 +9,14 @@ from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
+from reclaim.serving.app import create_app
+from reclaim.serving.auth import create_key
 from reclaim.serving.store.migrate import upgrade
 from reclaim.serving.store.repository import make_engine
+from reclaim.settings import Settings
 
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
@@ -51,3 +56,50 @@ def engine(store_url: str):
     engine = make_engine(store_url)
     yield engine
     engine.dispose()
+
+
+@pytest.fixture
+def client(tmp_path, trained):
+    """The API on SQLite serving the trained policy, called with a scheduler key."""
+    settings = Settings(
+        database_url=f"sqlite:///{tmp_path / 'api.db'}",
+        mlflow_tracking_uri=trained.tracking_uri,
+        stripe_webhook_secret_platform=SecretStr("whsec_p"),
+        stripe_webhook_secret_connect=SecretStr("whsec_c"),
+        policy_reload_seconds=3600,
+    )
+    with TestClient(create_app(settings)) as c:
+        _, key = create_key(c.app.state.engine, "scheduler")
+        c.headers["Authorization"] = f"Bearer {key}"
+        yield c
+
+
+@pytest.fixture
+def inline_payment(trained):
+    """``inline_payment(i)``: a decision request's payment context, on the account of the
+    trained marketplace's ``i``-th payment."""
+
+    def make(i: int = 0) -> dict:
+        p = trained.market.payments.iloc[i]
+        return {
+            "payment_id": f"in_api_{i}",
+            "object": "invoice",
+            "account_id": p["account_id"],
+            "charge_model": p["charge_model"],
+            "on_behalf_of": bool(p["on_behalf_of"]),
+            "amount": 4900,
+            "currency": "usd",
+            "customer_id": f"cus_api_{i}",
+            "customer_country": "US",
+            "customer_timezone": "America/Chicago",
+            "card_brand": "visa",
+            "card_funding": "debit",
+            "card_country": "US",
+            "billing_reason": "subscription_cycle",
+            "failed_at": "2026-05-20T14:00:00Z",
+            "decline_code": "insufficient_funds",
+            "advice_code": "try_again_later",
+            "network_decline_code": "51",
+        }
+
+    return make

@@ -3,58 +3,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
-from pydantic import SecretStr
 
-from reclaim.serving.app import create_app
 from reclaim.serving.auth import create_key
-from reclaim.settings import Settings
 
 
-@pytest.fixture
-def client(tmp_path: Path, trained):
-    settings = Settings(
-        database_url=f"sqlite:///{tmp_path / 'api.db'}",
-        mlflow_tracking_uri=trained.tracking_uri,
-        stripe_webhook_secret_platform=SecretStr("whsec_p"),
-        stripe_webhook_secret_connect=SecretStr("whsec_c"),
-        policy_reload_seconds=3600,
-    )
-    with TestClient(create_app(settings)) as c:
-        _, key = create_key(c.app.state.engine, "scheduler")
-        c.headers["Authorization"] = f"Bearer {key}"
-        yield c
-
-
-def _payment(trained, i: int = 0) -> dict:
-    p = trained.market.payments.iloc[i]
-    return {
-        "payment_id": f"in_api_{i}",
-        "object": "invoice",
-        "account_id": p["account_id"],
-        "charge_model": p["charge_model"],
-        "on_behalf_of": bool(p["on_behalf_of"]),
-        "amount": 4900,
-        "currency": "usd",
-        "customer_id": f"cus_api_{i}",
-        "customer_country": "US",
-        "customer_timezone": "America/Chicago",
-        "card_brand": "visa",
-        "card_funding": "debit",
-        "card_country": "US",
-        "billing_reason": "subscription_cycle",
-        "failed_at": "2026-05-20T14:00:00Z",
-        "decline_code": "insufficient_funds",
-        "advice_code": "try_again_later",
-        "network_decline_code": "51",
-    }
-
-
-def test_a_decision_for_an_inline_payment(client, trained) -> None:
-    body = {"payment": _payment(trained), "now": "2026-05-20T14:00:00Z"}
+def test_a_decision_for_an_inline_payment(client, inline_payment) -> None:
+    body = {"payment": inline_payment(), "now": "2026-05-20T14:00:00Z"}
     answer = client.post("/v1/decisions", json=body)
     assert answer.status_code == 200, answer.text
     d = answer.json()
@@ -71,9 +27,9 @@ def test_a_decision_for_an_inline_payment(client, trained) -> None:
     assert by_id.status_code == 200 and by_id.json()["retry"] == d["retry"]
 
 
-def test_hard_declines_are_never_retried(client, trained) -> None:
+def test_hard_declines_are_never_retried(client, inline_payment) -> None:
     payment = {
-        **_payment(trained, 1),
+        **inline_payment(1),
         "decline_code": "stolen_card",
         "advice_code": "do_not_try_again",
         "network_decline_code": "43",
@@ -82,8 +38,8 @@ def test_hard_declines_are_never_retried(client, trained) -> None:
     assert d["retry"] is None and d["no_retry_reason"] == "hard_decline"
 
 
-def test_batch_and_history(client, trained) -> None:
-    first = _payment(trained, 2)
+def test_batch_and_history(client, inline_payment) -> None:
+    first = inline_payment(2)
     later = {
         "payment": first,
         "now": "2026-05-22T15:00:00Z",
@@ -105,7 +61,7 @@ def test_batch_and_history(client, trained) -> None:
         ],
     }
     batch = client.post(
-        "/v1/decisions/batch", json={"decisions": [{"payment": _payment(trained, 3)}, later]}
+        "/v1/decisions/batch", json={"decisions": [{"payment": inline_payment(3)}, later]}
     )
     assert batch.status_code == 200, batch.text
     assert [d["payment_id"] for d in batch.json()["decisions"]] == ["in_api_3", "in_api_2"]
@@ -121,8 +77,8 @@ def test_batch_and_history(client, trained) -> None:
         ({"surprise": 1}, "surprise"),
     ],
 )
-def test_invalid_input_gets_422_naming_the_field(client, trained, change, field) -> None:
-    response = client.post("/v1/decisions", json={"payment": {**_payment(trained), **change}})
+def test_invalid_input_gets_422_naming_the_field(client, change, field, inline_payment) -> None:
+    response = client.post("/v1/decisions", json={"payment": {**inline_payment(), **change}})
     assert response.status_code == 422
     assert field in json.dumps(response.json()["detail"])
 
@@ -134,10 +90,10 @@ def test_unknown_payment_and_ambiguous_requests(client) -> None:
     assert client.post("/v1/decisions/batch", json={"decisions": []}).status_code == 422
 
 
-def test_keys_roles_and_account_scope(client, trained) -> None:
+def test_keys_roles_and_account_scope(client, inline_payment) -> None:
     engine = client.app.state.engine
-    mine = _payment(trained, 5)
-    theirs = {**_payment(trained, 6), "account_id": "acct_someone_else"}
+    mine = inline_payment(5)
+    theirs = {**inline_payment(6), "account_id": "acct_someone_else"}
     for p in (mine, theirs):
         assert client.post("/v1/decisions", json={"payment": p}).status_code == 200
 

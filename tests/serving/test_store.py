@@ -90,3 +90,19 @@ def test_an_event_is_stored_once_however_often_it_arrives(engine) -> None:
     with engine.connect() as conn:
         rows = conn.execute(sa.text("select deliveries, status from stripe_events")).all()
     assert rows == [(3, "received")]
+
+
+def test_account_configuration_is_upserted_and_validated(engine) -> None:
+    from pydantic import ValidationError
+
+    from reclaim.serving.store import configs
+
+    configs.replace_overrides(engine, "*", {"max_messages": 1})
+    configs.replace_overrides(engine, "acct_1", {"opted_out": True})
+    configs.replace_overrides(engine, "acct_1", {"max_retries": 2})  # replaces, not merges
+    with pytest.raises(ValidationError, match="max_retries"):
+        configs.replace_overrides(engine, "acct_1", {"max_retries": "many"})
+    got = configs.effective_configs(engine, ["acct_1", "acct_2"])
+    assert got["acct_1"].max_retries == 2 and not got["acct_1"].opted_out
+    assert got["acct_1"].max_messages == got["acct_2"].max_messages == 1
+    assert got["acct_2"].max_retries is None

@@ -13,7 +13,7 @@ from reclaim.features.accounts import AccountHistory
 from reclaim.models.channel import ChannelUpliftModel
 from reclaim.models.retry import RetryTimeModel
 from reclaim.policy import DecisionBatch
-from reclaim.rules import enforce
+from reclaim.rules import NetworkRules, enforce
 from reclaim.simulator import fresh_payments
 from reclaim.training import pipeline
 from reclaim.training.data import DecisionData, channel_rows, retry_rows, time_split
@@ -187,3 +187,36 @@ def test_policy_explains_its_retries_and_honours_sender_overrides(trained) -> No
     assert (again.sender[mine] == flipped).all()
     others = ~(fresh["account_id"] == account).to_numpy()
     pd.testing.assert_series_equal(again.sender[others], actions.sender[others])
+
+
+def test_exploring_policy_stays_inside_each_accounts_configuration(trained) -> None:
+    import copy
+
+    from reclaim.account_config import AccountConfig, constraints
+
+    policy = copy.copy(trained.result.policy)
+    policy.exploration = 0.5
+    fresh = fresh_payments(trained.market, 400, seed=11).payments
+    accounts = fresh["account_id"].unique()
+    configs = {a: AccountConfig(allowed_channels=["sms"]) for a in accounts[::2]}
+    configs |= {a: AccountConfig(max_retries=0) for a in accounts[1::4]}
+    batch = DecisionBatch.from_history(
+        fresh,
+        contract.first_failures(fresh),
+        contract.empty(contract.MESSAGES),
+        fresh["failed_at"],
+        constraints(fresh["account_id"], configs),
+    )
+    actions = policy.act(batch, np.random.default_rng(3))
+    sms_only = fresh["account_id"].isin(list(accounts[::2])).to_numpy()
+    channel = actions.channel.astype("object").to_numpy()
+    assert set(channel[sms_only & actions.channel.notna().to_numpy()]) == {"sms"}
+    # exploration spreads over the two open options (none, sms) and says so exactly
+    explored = sms_only & (actions.channel_propensity < 1)
+    assert explored.any()
+    assert np.allclose(np.sort(np.unique(actions.channel_propensity[explored])), [0.25, 0.75])
+    no_retries = fresh["account_id"].isin(list(accounts[1::4])).to_numpy()
+    assert actions.retry_at[no_retries].isna().all()
+    assert np.allclose(actions.retry_propensity[no_retries], 1.0)
+    enforced = enforce(batch, actions, policy.network_rules or NetworkRules())
+    pd.testing.assert_series_equal(enforced.channel, actions.channel)  # nothing left to drop

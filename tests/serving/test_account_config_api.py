@@ -1,0 +1,138 @@
+"""GET/PUT /v1/accounts/{id}/config: validated, scoped, and changing the decisions made."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from reclaim.serving.auth import create_key
+
+
+@pytest.fixture
+def admin(client) -> dict:
+    _, key = create_key(client.app.state.engine, "admin")
+    return {"Authorization": f"Bearer {key}"}
+
+
+def test_defaults_overrides_and_the_effective_configuration(client, admin) -> None:
+    fresh = client.get("/v1/accounts/acct_new/config")
+    assert fresh.status_code == 200, fresh.text
+    assert fresh.json()["overrides"] == {} and fresh.json()["updated_at"] is None
+    assert fresh.json()["effective"]["max_messages"] == 3  # nobody set anything up
+
+    put = client.put(
+        "/v1/accounts/*/config",
+        json={"max_messages": 2, "branding": {"display_name": "Market", "accent_color": "#0a0b0c"}},
+        headers=admin,
+    )
+    assert put.status_code == 200, put.text
+    own = client.put(
+        "/v1/accounts/acct_new/config",
+        json={"opted_out": True, "branding": {"display_name": "Shop"}},
+        headers=admin,
+    )
+    assert own.status_code == 200, own.text
+    view = client.get("/v1/accounts/acct_new/config").json()
+    assert view["overrides"] == {"opted_out": True, "branding": {"display_name": "Shop"}}
+    assert view["platform_defaults"]["max_messages"] == 2
+    eff = view["effective"]
+    assert eff["opted_out"] and eff["max_messages"] == 2
+    assert (
+        eff["branding"]["display_name"] == "Shop" and eff["branding"]["accent_color"] == "#0a0b0c"
+    )
+    assert view["updated_at"] is not None
+    # a later default reaches the account where it did not override the field
+    client.put("/v1/accounts/*/config", json={"max_messages": 1}, headers=admin)
+    assert client.get("/v1/accounts/acct_new/config").json()["effective"]["max_messages"] == 1
+    # an empty body removes every override
+    client.put("/v1/accounts/acct_new/config", json={}, headers=admin)
+    assert not client.get("/v1/accounts/acct_new/config").json()["effective"]["opted_out"]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"max_retries": -1}, "max_retries"),
+        ({"allowed_channels": ["pigeon"]}, "allowed_channels"),
+        ({"branding": {"logo_url": "not a url"}}, "logo_url"),
+        ({"opt_out": True}, "opt_out"),
+    ],
+)
+def test_invalid_configuration_gets_422_and_stores_nothing(client, admin, body, field) -> None:
+    client.put("/v1/accounts/acct_a/config", json={"max_retries": 3}, headers=admin)
+    bad = client.put("/v1/accounts/acct_a/config", json=body, headers=admin)
+    assert bad.status_code == 422 and field in json.dumps(bad.json()["detail"])
+    assert client.get("/v1/accounts/acct_a/config").json()["overrides"] == {"max_retries": 3}
+    assert client.put("/v1/accounts/acct%20a/config", json={}, headers=admin).status_code == 422
+
+
+def test_who_may_read_and_change_configuration(client, admin) -> None:
+    engine = client.app.state.engine
+    _, scoped_admin = create_key(engine, "admin", ["acct_mine"])
+    _, scoped_reader = create_key(engine, "analyst", ["acct_mine"])
+
+    def put(key: str, account: str):
+        return client.put(
+            f"/v1/accounts/{account}/config",
+            json={"max_retries": 2},
+            headers={"Authorization": f"Bearer {key}"},
+        )
+
+    # the client's own key is a scheduler's: it reads, it does not write
+    assert client.put("/v1/accounts/acct_mine/config", json={}).status_code == 403
+    assert put(scoped_admin, "acct_mine").status_code == 200
+    assert put(scoped_admin, "acct_theirs").status_code == 404
+    assert put(scoped_admin, "*").status_code == 403
+    assert put(scoped_reader, "acct_mine").status_code == 403
+    reader = {"Authorization": f"Bearer {scoped_reader}"}
+    assert client.get("/v1/accounts/acct_mine/config", headers=reader).status_code == 200
+    assert client.get("/v1/accounts/acct_theirs/config", headers=reader).status_code == 404
+    assert client.get("/v1/accounts/acct_theirs/config").json()["overrides"] == {}
+
+
+def _decide(client, inline_payment, n: int = 40) -> list[dict]:
+    body = {
+        "decisions": [
+            {"payment": inline_payment(i), "now": "2026-05-20T14:00:00Z"} for i in range(n)
+        ]
+    }
+    answer = client.post("/v1/decisions/batch", json=body)
+    assert answer.status_code == 200, answer.text
+    return answer.json()["decisions"]
+
+
+def test_configuration_changes_the_decisions(client, admin, inline_payment) -> None:
+    base = _decide(client, inline_payment)
+    assert all(d["retry"] for d in base), "soft declines on day 0 are retried by default"
+    used = {d["channel"] for d in base} - {None}
+    assert used, "the default policy messages some customers"
+    assert {d["sender"] for d in base if d["channel"]} >= {"account"}
+
+    # the platform allows only in-app messages, sent by the platform
+    client.put(
+        "/v1/accounts/*/config",
+        json={"allowed_channels": ["in_app"], "sender": "platform"},
+        headers=admin,
+    )
+    narrowed = _decide(client, inline_payment)
+    assert {d["channel"] for d in narrowed} <= {"in_app", None}
+    assert {d["sender"] for d in narrowed if d["channel"]} <= {"platform"}
+    assert all(d["propensity"] > 0 for d in narrowed)
+
+    # one account opts out; another allows no retries at all
+    accounts = [_account(inline_payment, d) for d in base]
+    out_acct, capped = accounts[0], next(a for a in accounts if a != accounts[0])
+    client.put(f"/v1/accounts/{out_acct}/config", json={"opted_out": True}, headers=admin)
+    client.put(f"/v1/accounts/{capped}/config", json={"max_retries": 0}, headers=admin)
+    for d, account in zip(_decide(client, inline_payment), accounts, strict=True):
+        if account == out_acct:
+            assert d["retry"] is None and d["no_retry_reason"] == "opted_out" and not d["channel"]
+        elif account == capped:
+            assert d["retry"] is None and d["no_retry_reason"] == "account_max_retries"
+        else:
+            assert d["retry"] is not None
+
+
+def _account(inline_payment, decision: dict) -> str:
+    return inline_payment(int(decision["payment_id"].removeprefix("in_api_")))["account_id"]
