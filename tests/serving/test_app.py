@@ -133,3 +133,56 @@ def test_keys_create_prints_a_working_key(tmp_path, monkeypatch) -> None:
     key = result.output.strip().splitlines()[-1]
     principal = authenticate(make_engine(url), key)
     assert principal.role == "scheduler" and principal.accounts == frozenset({"acct_1"})
+
+
+def test_the_policy_reloads_when_the_alias_moves_without_dropping_a_request(
+    tmp_path, trained, inline_payment
+) -> None:
+    """A second version is registered and made champion while requests keep coming: every
+    request is answered, and the answers switch to the new version."""
+    import shutil
+    import threading
+
+    from mlflow import MlflowClient
+
+    from reclaim.serving.auth import create_key
+    from reclaim.training.pipeline import MODEL_NAME
+
+    # a copy of the registry, so the session's champion stays version 1 for other tests
+    db = tmp_path / "mlflow.db"
+    shutil.copy(trained.tracking_uri.removeprefix("sqlite:///"), db)
+    uri = f"sqlite:///{db}"
+    settings = _settings(tmp_path, mlflow_tracking_uri=uri, policy_reload_seconds=0.2)
+    statuses: list[int] = []
+    versions: set[str] = set()
+    stop = threading.Event()
+    with TestClient(create_app(settings)) as client:
+        _, key = create_key(client.app.state.engine, "scheduler")
+        body = {"payment": inline_payment(0), "now": "2026-05-20T14:00:00Z"}
+
+        def hammer() -> None:
+            while not stop.is_set():
+                r = client.post(
+                    "/v1/decisions", json=body, headers={"Authorization": f"Bearer {key}"}
+                )
+                statuses.append(r.status_code)
+                if r.status_code == 200:
+                    versions.add(r.json()["model_version"])
+
+        thread = threading.Thread(target=hammer)
+        thread.start()
+        try:
+            registry = MlflowClient(uri, registry_uri=uri)
+            v1 = registry.get_model_version_by_alias(MODEL_NAME, "champion")
+            v2 = registry.create_model_version(MODEL_NAME, v1.source, run_id=v1.run_id)
+            registry.set_registered_model_alias(MODEL_NAME, "champion", v2.version)
+            deadline = time.monotonic() + 60
+            while "2" not in versions and time.monotonic() < deadline:
+                time.sleep(0.1)
+            time.sleep(0.5)  # some requests after the swap too
+        finally:
+            stop.set()
+            thread.join()
+        assert client.get("/readyz").json()["policy_version"] == "2"
+    assert versions == {"1", "2"}, versions
+    assert statuses and set(statuses) == {200}, set(statuses)
