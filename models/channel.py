@@ -18,6 +18,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
+from reclaim.models import lgbm
 from reclaim.models.retry import DEFAULT_PARAMS, _binary_target, as_frame
 
 CONTROL = "none"
@@ -93,7 +94,7 @@ class ChannelUpliftModel(BaseEstimator):
         check_is_fitted(self, "boosters_")
         frame = as_frame(X)[list(self.feature_names_in_)]
         return pd.DataFrame(
-            {name: booster.predict(frame) for name, booster in self.boosters_.items()},
+            lgbm.predict_each(self.boosters_, frame),
             index=frame.index,
         )
 

@@ -21,6 +21,8 @@ from sklearn.utils import check_array, column_or_1d
 from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import check_is_fitted
 
+from reclaim.models import lgbm
+
 DEFAULT_PARAMS: dict[str, Any] = {
     "objective": "binary",
     "learning_rate": 0.05,
@@ -152,7 +154,7 @@ class RetryTimeModel(ClassifierMixin, BaseEstimator):
     def predict_raw(self, X: Any) -> np.ndarray:
         """The booster's uncalibrated probability of success."""
         frame = self._frame(X)  # checks fitted first
-        return self.booster_.predict(frame)
+        return lgbm.predict(self.booster_, frame)
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Calibrated probabilities, shape (n, 2): failure, success."""
@@ -174,7 +176,7 @@ class RetryTimeModel(ClassifierMixin, BaseEstimator):
     def contributions(self, X: Any) -> pd.DataFrame:
         """Each feature's contribution to the raw log-odds (SHAP values), one row per row."""
         frame = self._frame(X)
-        values = self.booster_.predict(frame, pred_contrib=True)
+        values = lgbm.predict(self.booster_, frame, pred_contrib=True)
         return pd.DataFrame(values[:, :-1], columns=frame.columns, index=frame.index)
 
     def __sklearn_tags__(self):  # binary only; LightGBM handles missing values
