@@ -21,6 +21,7 @@ import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +59,7 @@ class Column:
     enum: type[StrEnum] | None = None
     doc: str = ""
 
-    @property
+    @cached_property
     def dtype(self) -> object:
         """The pandas dtype this column has after loading."""
         if self.kind == "category":
@@ -255,6 +256,8 @@ def _coerce(table: Table, col: Column, s: pd.Series) -> pd.Series:
             "null values in a required column",
             _examples(s.to_frame(), s.isna(), [col.name]),
         )
+    if s.dtype == col.dtype:  # already conformed: the dtype guarantees the values
+        return s
     if col.kind == "category":
         allowed = {m.value for m in col.enum or ()}
         values = s.astype("object")

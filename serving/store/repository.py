@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -54,13 +55,17 @@ def _insert_ignoring_duplicates(conn: sa.Connection, table: sa.Table, rows: list
 
 
 def _records(df: pd.DataFrame) -> list[dict]:
-    out = df.astype(object).where(df.notna(), None)
-    records = out.to_dict("records")
-    for r in records:
-        for k, v in r.items():
-            if isinstance(v, pd.Timestamp):
-                r[k] = v.to_pydatetime()
-    return records
+    """The frame's rows as dicts of plain Python values, missing values as None."""
+    columns = {}
+    for name in df.columns:
+        s = df[name]
+        if isinstance(s.dtype, pd.DatetimeTZDtype):
+            values = np.array(s.dt.to_pydatetime(), dtype=object)
+        else:
+            values = s.to_numpy(dtype=object, copy=True)
+        values[pd.isna(values)] = None
+        columns[name] = values
+    return [dict(zip(columns, row, strict=True)) for row in zip(*columns.values(), strict=True)]
 
 
 def insert_rows(conn: sa.Connection, table: sa.Table, frame: pd.DataFrame) -> int:
