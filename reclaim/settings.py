@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     """The policy the API serves, from the MLflow registry."""
     policy_reload_seconds: float = 60.0
     """How often the API checks whether the alias moved, and reloads if it did."""
+    decision_concurrency: int = Field(default=1, ge=1, le=64)
+    """Decisions computed at once per API process. Scoring is CPU-bound Python: more threads
+    than cores only contend (and SQLite writers queue), so scale with ``--workers``."""
     stripe_api_base: str | None = None
     """Another Stripe API address (the stand-in in tests); None means Stripe itself."""
 

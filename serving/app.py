@@ -6,6 +6,7 @@ up in the app's lifespan from the settings given (or read from the environment).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -46,6 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = Metrics()
+    app.state.decision_slots = threading.BoundedSemaphore(settings.decision_concurrency)
 
     @app.middleware("http")
     async def count(request: Request, call_next):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
@@ -31,10 +32,15 @@ def get_policy_holder(request: Request) -> PolicyHolder:
     return request.app.state.policy
 
 
+def get_decision_slots(request: Request) -> threading.BoundedSemaphore:
+    return request.app.state.decision_slots
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 PolicyDep = Annotated[PolicyHolder, Depends(get_policy_holder)]
+DecisionSlotsDep = Annotated[threading.BoundedSemaphore, Depends(get_decision_slots)]
 
 
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer rk_…`")

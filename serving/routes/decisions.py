@@ -4,11 +4,19 @@ account's payments."""
 
 from __future__ import annotations
 
+import threading
+
 from fastapi import APIRouter, HTTPException
 
 from reclaim.serving import decide as domain
 from reclaim.serving.auth import Principal
-from reclaim.serving.deps import EngineDep, MetricsDep, PolicyDep, SchedulerDep
+from reclaim.serving.deps import (
+    DecisionSlotsDep,
+    EngineDep,
+    MetricsDep,
+    PolicyDep,
+    SchedulerDep,
+)
 from reclaim.serving.metrics import Metrics
 from reclaim.serving.policy_holder import PolicyHolder
 from reclaim.serving.schemas import (
@@ -34,6 +42,7 @@ def _run(
     holder: PolicyHolder,
     metrics: Metrics,
     principal: Principal,
+    slots: threading.BoundedSemaphore,
 ) -> list[DecisionOut]:
     for r in requests:  # a scoped key can neither see nor decide for other accounts
         if r.payment is not None and not principal.sees(r.payment.account_id):
@@ -47,7 +56,8 @@ def _run(
     if loaded is None:
         raise HTTPException(503, f"no policy loaded yet from {holder.uri}")
     try:
-        answers = domain.decide(requests, engine, loaded)
+        with slots:  # CPU-bound: queue here rather than contend for the GIL and the store
+            answers = domain.decide(requests, engine, loaded)
     except domain.UnknownPayment as exc:
         raise HTTPException(404, str(exc)) from exc
     for a in answers:
@@ -63,8 +73,9 @@ def decide_one(
     policy: PolicyDep,
     metrics: MetricsDep,
     principal: SchedulerDep,
+    slots: DecisionSlotsDep,
 ) -> DecisionOut:
-    return _run([request], engine, policy, metrics, principal)[0]
+    return _run([request], engine, policy, metrics, principal, slots)[0]
 
 
 @router.post(
@@ -76,5 +87,8 @@ def decide_batch(
     policy: PolicyDep,
     metrics: MetricsDep,
     principal: SchedulerDep,
+    slots: DecisionSlotsDep,
 ) -> BatchDecisionOut:
-    return BatchDecisionOut(decisions=_run(body.decisions, engine, policy, metrics, principal))
+    return BatchDecisionOut(
+        decisions=_run(body.decisions, engine, policy, metrics, principal, slots)
+    )
