@@ -196,6 +196,7 @@ def to_stripe_objects(tables: contract.ContractTables) -> dict[Scope, dict[str, 
                 "id": p.customer_id,
                 "object": "customer",
                 "created": _ts(p.failed_at),
+                "email": f"{p.customer_id}@customers.invalid",
                 "address": address,
                 "metadata": {},
             }
