@@ -37,7 +37,7 @@ def make_engine(url: str) -> Engine:
     return sa.create_engine(url, pool_pre_ping=True)
 
 
-def _insert_ignoring_duplicates(conn: sa.Connection, table: sa.Table, rows: list[dict]) -> int:
+def insert_rows_ignoring(conn: sa.Connection, table: sa.Table, rows: list[dict]) -> int:
     """Insert rows; keys already stored are skipped. Returns how many were new."""
     if not rows:
         return 0
@@ -71,7 +71,7 @@ def _records(df: pd.DataFrame) -> list[dict]:
 def insert_rows(conn: sa.Connection, table: sa.Table, frame: pd.DataFrame) -> int:
     """Insert a frame's rows inside ``conn``'s transaction, skipping keys already stored;
     returns how many were new."""
-    return _insert_ignoring_duplicates(conn, table, _records(frame))
+    return insert_rows_ignoring(conn, table, _records(frame))
 
 
 def save_contract(engine: Engine, tables: contract.ContractTables | dict) -> dict[str, int]:
@@ -134,7 +134,7 @@ def record_event(
         "status": "received",
     }
     with engine.begin() as conn:
-        if _insert_ignoring_duplicates(conn, t.stripe_events, [row]):
+        if insert_rows_ignoring(conn, t.stripe_events, [row]):
             return True
         conn.execute(
             sa.update(t.stripe_events)

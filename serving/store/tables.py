@@ -103,3 +103,76 @@ api_keys = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("revoked_at", sa.DateTime(timezone=True)),
 )
+
+# --- the scheduler's tables (issue 6) -------------------------------------------------------
+
+scheduled_actions = sa.Table(
+    "scheduled_actions",
+    metadata,
+    # "<payment>:<after_attempt>:<n>": one planned action per decision point, so a decision
+    # point planned twice (two planners, a crash between deciding and scheduling) is one row.
+    sa.Column("action_id", sa.String(300), primary_key=True),
+    sa.Column("payment_id", sa.String(255), nullable=False),
+    sa.Column("account_id", sa.String(255), nullable=False),
+    sa.Column("after_attempt", sa.Integer, nullable=False),
+    sa.Column("decided_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("model_version", sa.String(100)),
+    sa.Column("propensity", sa.Float),
+    sa.Column("retry_at", sa.DateTime(timezone=True)),
+    # scheduled | in_flight | done | cancelled | replan
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("attempt_number", sa.Integer),
+    sa.Column("idempotency_key", sa.String(300)),
+    sa.Column("outcome", sa.String(60)),
+    sa.Column("tries", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+sa.Index(
+    "ix_scheduled_actions_status_due", scheduled_actions.c.status, scheduled_actions.c.retry_at
+)
+sa.Index("ix_scheduled_actions_payment", scheduled_actions.c.payment_id)
+
+outbox = sa.Table(
+    "outbox",
+    metadata,
+    # one message per decision point: the same key as the action that asked for it
+    sa.Column("message_key", sa.String(300), primary_key=True),
+    sa.Column("payment_id", sa.String(255), nullable=False),
+    sa.Column("account_id", sa.String(255), nullable=False),
+    sa.Column("channel", sa.String(20), nullable=False),
+    sa.Column("sender", sa.String(20), nullable=False),
+    sa.Column("propensity", sa.Float),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),  # pending | sent | failed
+    sa.Column("tries", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("sent_at", sa.DateTime(timezone=True)),
+    sa.Column("error", sa.Text),
+)
+sa.Index("ix_outbox_status", outbox.c.status)
+
+card_updates = sa.Table(
+    "card_updates",
+    metadata,
+    sa.Column("event_id", sa.String(255), primary_key=True),
+    sa.Column("customer_id", sa.String(255), nullable=False),
+    sa.Column("account_id", sa.String(255)),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+sa.Index("ix_card_updates_customer", card_updates.c.customer_id)
+
+account_status = sa.Table(
+    "account_status",
+    metadata,
+    sa.Column("account_id", sa.String(255), primary_key=True),
+    sa.Column("blocked_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("reason", sa.String(100), nullable=False),  # deauthorized | authentication_error
+)
+
+scheduler_leader = sa.Table(
+    "scheduler_leader",
+    metadata,
+    sa.Column("name", sa.String(40), primary_key=True),
+    sa.Column("holder", sa.String(100), nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+)
