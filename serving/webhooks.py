@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -115,7 +116,7 @@ def process_event(engine: Engine, event_id: str) -> str:
         return row.status
     try:
         with engine.begin() as conn:
-            status, note = _apply(conn, json.loads(row.payload))
+            status, note = _apply(conn, json.loads(row.payload), event_id)
             _set_status(conn, event_id, status, note)
         return status
     except Exception as exc:  # kept and retried, never lost
@@ -152,7 +153,11 @@ def _set_status(conn: sa.Connection, event_id: str, status: str, note: str | Non
     )
 
 
-def _apply(conn: sa.Connection, event: dict[str, Any]) -> tuple[str, str | None]:
+#: The idempotency key of Reclaim's own retries (``serving.stripe_actions.idempotency_key``).
+OWN_RETRY = re.compile(r"^reclaim-retry-.+-(\d+)$")
+
+
+def _apply(conn: sa.Connection, event: dict[str, Any], event_id: str) -> tuple[str, str | None]:
     """Write one event's rows inside ``conn``'s transaction; returns (status, note)."""
     try:
         rows = sn.normalize_event(event)
@@ -160,16 +165,28 @@ def _apply(conn: sa.Connection, event: dict[str, Any]) -> tuple[str, str | None]
         return "ignored", exc.reason
     if rows.kind == "ignored":
         return "ignored", "event type not used"
-    if rows.kind in ("card_update", "deauthorized"):
-        # Acted on by the scheduler (issue 6); stored here as the raw event only.
+    if rows.kind == "card_update":
+        update = rows.card_update or {}
+        if not update.get("customer_id"):
+            return "ignored", "card update without a customer"
+        row = {
+            "event_id": event_id,
+            "customer_id": update["customer_id"],
+            "account_id": update.get("account_id"),
+            "updated_at": _utc(update["updated_at"]).to_pydatetime(),
+        }
+        repo.insert_rows_ignoring(conn, t.card_updates, [row])
+        return "processed", rows.kind
+    if rows.kind == "deauthorized":
+        block_account(conn, str(rows.deauthorized_account), "deauthorized", event_id)
         return "processed", rows.kind
     attempt = rows.attempt
     assert attempt is not None  # failures and recoveries always carry an attempt
     pid = attempt["payment_id"]
     stored = conn.execute(
-        sa.select(t.attempts.c.attempt_number, t.attempts.c.attempted_at).where(
-            t.attempts.c.payment_id == pid
-        )
+        sa.select(
+            t.attempts.c.attempt_number, t.attempts.c.attempted_at, t.attempts.c.outcome
+        ).where(t.attempts.c.payment_id == pid)
     ).all()
     known = conn.execute(
         sa.select(sa.func.count()).select_from(t.payments).where(t.payments.c.payment_id == pid)
@@ -179,14 +196,39 @@ def _apply(conn: sa.Connection, event: dict[str, Any]) -> tuple[str, str | None]
             return "ignored", "payment not known yet"
         _insert(conn, contract.PAYMENTS, t.payments, rows.payment)
         stored = []
+    own = OWN_RETRY.match(str((event.get("request") or {}).get("idempotency_key") or ""))
+    if own:  # Reclaim's own retry: its number is in the key, and the scheduler records it too
+        attempt["attempt_number"] = int(own.group(1))
+        attempt["initiator"] = "merchant"
+        _insert(conn, contract.ATTEMPTS, t.attempts, attempt)
+        return "processed", "reclaim's own retry"
     at = _utc(attempt["attempted_at"])
-    if attempt["outcome"] == "failed" and any(
-        abs(_utc(when) - at) <= SAME_ATTEMPT_WINDOW for _, when in stored
+    if any(
+        outcome == attempt["outcome"] and abs(_utc(when) - at) <= SAME_ATTEMPT_WINDOW
+        for _, when, outcome in stored
     ):
+        # Stripe reports one attempt through several events (invoice, intent, charge)
         return "processed", "same attempt as one already stored"
-    attempt["attempt_number"] = 1 + max((n for n, _ in stored), default=-1)
+    attempt["attempt_number"] = 1 + max((n for n, _, _ in stored), default=-1)
     _insert(conn, contract.ATTEMPTS, t.attempts, attempt)
     return "processed", None
+
+
+def block_account(conn: sa.Connection, account_id: str, reason: str, detail: str) -> None:
+    """Stop acting for an account: mark it blocked and cancel its scheduled actions."""
+    now = datetime.now(UTC)
+    repo.insert_rows_ignoring(
+        conn, t.account_status, [{"account_id": account_id, "blocked_at": now, "reason": reason}]
+    )
+    conn.execute(
+        sa.update(t.scheduled_actions)
+        .where(t.scheduled_actions.c.account_id == account_id)
+        .where(t.scheduled_actions.c.status == "scheduled")
+        .values(status="cancelled", outcome=f"account_{reason}", updated_at=now)
+    )
+    log.error(
+        "ALERT account %s blocked (%s: %s): its actions are stopped", account_id, reason, detail
+    )
 
 
 def _utc(value: Any) -> pd.Timestamp:
