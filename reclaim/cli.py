@@ -270,6 +270,29 @@ def serve(
     )
 
 
+@app.command()
+def scheduler() -> None:
+    """Carry out decisions: retries through Stripe, messages through the outbox.
+
+    Only one scheduler acts at a time; start a second one as a standby. Settings come from
+    RECLAIM_* variables (database, Stripe key, scoring API URL and key, SMTP, message webhook).
+    """
+    import signal
+    import threading
+
+    from reclaim.serving.scheduler import from_settings
+
+    try:
+        runner = from_settings(get_settings())
+    except ValueError as exc:
+        console.print(f"[red]cannot start the scheduler:[/red] {exc}")
+        raise typer.Exit(code=2) from exc
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    runner.run(stop)
+
+
 keys_app = typer.Typer(help="API keys of the scoring API.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 

@@ -6,6 +6,7 @@ defaults; everything here has an embedded default that needs no set-up.
 
 from __future__ import annotations
 
+from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 
@@ -45,6 +46,34 @@ class Settings(BaseSettings):
     stripe_api_base: str | None = None
     """Another Stripe API address (the stand-in in tests); None means Stripe itself."""
 
+    stripe_timeout_seconds: float = 30.0
+    """How long a Stripe call may take before it counts as a timeout (and is retried under
+    the same idempotency key)."""
+
+    scoring_url: str = "http://127.0.0.1:8000"
+    """Where the scheduler asks for decisions."""
+    scoring_api_key: SecretStr | None = None
+    """The scheduler's API key (role ``scheduler``). No default."""
+    scheduler_workers: int = Field(default=8, ge=1, le=64)
+    """Actions the scheduler carries out at once."""
+    scheduler_lease_seconds: float = Field(default=15.0, gt=0)
+    """How long a scheduler's leadership lasts unrenewed: a crashed leader's standby takes
+    over after at most this long."""
+    clock_speed: float = Field(default=1.0, gt=0)
+    """Simulated time runs this many times faster than the wall clock (demo and tests)."""
+    clock_origin: datetime | None = None
+    """The simulated time at ``clock_wall_origin``; unset means real time."""
+    clock_wall_origin: datetime | None = None
+
+    smtp_host: str = "localhost"
+    smtp_port: int = 25
+    email_from: str = "billing@platform.invalid"
+    """From address of recovery emails where the branding names none."""
+    message_webhook_url: str | None = None
+    """Where SMS and in-app messages are posted for the platform to deliver."""
+    message_webhook_secret: SecretStr | None = None
+    """Signs those posts. No default."""
+
     def stripe_client(self, max_network_retries: int = 0):  # -> stripe.StripeClient
         """A ``StripeClient`` for these settings; raises ValueError naming the missing key."""
         import stripe
@@ -53,7 +82,10 @@ class Settings(BaseSettings):
             raise ValueError("RECLAIM_STRIPE_API_KEY is not set: the platform's secret key")
         base = {"base_addresses": {"api": self.stripe_api_base}} if self.stripe_api_base else {}
         return stripe.StripeClient(
-            self.stripe_api_key.get_secret_value(), max_network_retries=max_network_retries, **base
+            self.stripe_api_key.get_secret_value(),
+            max_network_retries=max_network_retries,
+            http_client=stripe.RequestsClient(timeout=self.stripe_timeout_seconds),
+            **base,
         )
 
 

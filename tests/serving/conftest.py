@@ -4,19 +4,38 @@ no server answers."""
 
 from __future__ import annotations
 
+import hashlib
+import os
+import socket
+import threading
+import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
+import httpx
+import pandas as pd
 import pytest
 import sqlalchemy as sa
+import stripe
+import uvicorn
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
+from reclaim import contract
+from reclaim.features import stripe_normalize as sn
 from reclaim.serving.app import create_app
 from reclaim.serving.auth import create_key
+from reclaim.serving.clock import Clock
+from reclaim.serving.leader import Lease, holder_id
+from reclaim.serving.scheduler import Scheduler, ScoringClient
+from reclaim.serving.store import tables as t
 from reclaim.serving.store.migrate import upgrade
 from reclaim.serving.store.repository import make_engine
 from reclaim.settings import Settings
+from reclaim.simulator.stripe_export import to_stripe_objects
+from reclaim.simulator.stripe_standin import Faults, StripeStandIn
 
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
@@ -103,3 +122,232 @@ def inline_payment(trained):
         }
 
     return make
+
+
+# --- the whole loop: API under uvicorn, the Stripe stand-in, a scheduler ----------------------
+
+
+@dataclass
+class Loop:
+    """A running API and Stripe stand-in around one SQLite store, ready for a scheduler."""
+
+    api_url: str
+    scheduler_key: str
+    admin_key: str
+    database_url: str
+    engine: sa.Engine
+    standin: StripeStandIn
+    clock: Clock
+    payments: pd.DataFrame  # the failed payments sent in as webhooks
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """The environment of a ``reclaim scheduler`` process for this loop."""
+        return {
+            **os.environ,
+            "RECLAIM_DATABASE_URL": self.database_url,
+            "RECLAIM_STRIPE_API_KEY": self.standin.api_key,
+            "RECLAIM_STRIPE_API_BASE": self.standin.url,
+            "RECLAIM_STRIPE_TIMEOUT_SECONDS": "1",
+            "RECLAIM_SCORING_URL": self.api_url,
+            "RECLAIM_SCORING_API_KEY": self.scheduler_key,
+            "RECLAIM_CLOCK_SPEED": str(self.clock.speed),
+            "RECLAIM_CLOCK_ORIGIN": self.clock.origin.isoformat(),
+            "RECLAIM_CLOCK_WALL_ORIGIN": self.clock.wall_origin.isoformat(),
+            "RECLAIM_SCHEDULER_LEASE_SECONDS": "2",
+            "RECLAIM_LOG_LEVEL": "WARNING",
+            **extra,
+        }
+
+    def scheduler(self, channels: dict | None = None, lease_seconds: float = 2.0) -> Scheduler:
+        """An in-process scheduler for this loop."""
+        client = stripe.StripeClient(
+            self.standin.api_key,
+            base_addresses={"api": self.standin.url},
+            http_client=stripe.RequestsClient(timeout=1),
+        )
+        return Scheduler(
+            self.engine,
+            client,
+            ScoringClient(self.api_url, self.scheduler_key),
+            channels or {},
+            self.clock,
+            Lease(self.engine, holder_id(), ttl=lease_seconds),
+            poll_seconds=0.2,
+        )
+
+    def open_work(self, runner: Scheduler | None = None) -> int:
+        """Actions still open plus payments still waiting for a decision."""
+        runner = runner or self.scheduler()
+        with self.engine.connect() as conn:
+            open_actions = conn.execute(
+                sa.select(sa.func.count())
+                .select_from(t.scheduled_actions)
+                .where(t.scheduled_actions.c.status.in_(["scheduled", "in_flight"]))
+            ).scalar()
+        return int(open_actions) + len(runner.pending_decisions())
+
+    def wait_until_done(self, timeout: float = 120.0) -> None:
+        """Until every payment is settled: stored, decided, acted on, nothing open."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.stored_payments() == len(self.payments) and self.open_work() == 0:
+                return
+            time.sleep(0.5)
+        with self.engine.connect() as conn:
+            events = conn.execute(
+                sa.select(t.stripe_events.c.type, t.stripe_events.c.status, t.stripe_events.c.error)
+            ).all()
+        raise AssertionError(
+            f"not settled after {timeout:.0f} s: {self.stored_payments()} of "
+            f"{len(self.payments)} payments stored, {self.open_work()} open; events: {events}"
+        )
+
+    def stored_payments(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(t.payments)).scalar())
+
+    def actions(self) -> pd.DataFrame:
+        with self.engine.connect() as conn:
+            return pd.read_sql(sa.select(t.scheduled_actions), conn)
+
+
+def _failure_events(objects: dict, at: datetime) -> list[dict]:
+    """The failure event of each payment: its invoice's, or a standalone intent's."""
+    events = []
+    for scope, by_resource in objects.items():
+        of_invoices = {
+            pay["payment"]["payment_intent"]
+            for inv in by_resource.get("invoices", [])
+            for pay in inv["payments"]["data"]
+        }
+        for resource, kind in (("invoices", "invoice"), ("payment_intents", "payment_intent")):
+            for obj in by_resource.get(resource, []):
+                if obj["id"] in of_invoices:
+                    continue  # the invoice's event reports it
+                events.append(
+                    {
+                        "id": f"evt_fail_{obj['id']}",
+                        "object": "event",
+                        "type": f"{kind}.payment_failed",
+                        "created": int(at.timestamp()),
+                        "livemode": False,
+                        "data": {"object": obj},
+                        **({"account": scope} if scope else {}),
+                    }
+                )
+    return events
+
+
+def _deliverable(payments: pd.DataFrame, n: int) -> pd.DataFrame:
+    """The first ``n`` payments whose failure event names its connected account (an invoice
+    of a destination charge does not: Stripe puts ``transfer_data`` on its intent)."""
+    keep = []
+    for i in range(len(payments)):
+        one = payments.iloc[[i]]
+        tables = contract.ContractTables(
+            payments=one,
+            attempts=contract.first_failures(one),
+            messages=contract.empty(contract.MESSAGES),
+        )
+        try:
+            sn.normalize_event(_failure_events(to_stripe_objects(tables), datetime.now(UTC))[0])
+        except sn.Unsupported:
+            continue
+        keep.append(i)
+        if len(keep) == n:
+            break
+    return payments.iloc[keep].reset_index(drop=True)
+
+
+def _outcome_by_hash(success_share: float):
+    """A charge outcome that is the same for the same object and attempt, like truth."""
+
+    def outcome(scope, resource, obj, at) -> str | None:
+        tries = obj.setdefault("_standin_tries", 0) + 1
+        obj["_standin_tries"] = tries
+        digest = hashlib.sha256(f"{obj['id']}:{tries}".encode()).digest()
+        return None if digest[0] / 256 < success_share else "insufficient_funds"
+
+    return outcome
+
+
+def _serve(app, port: int) -> uvicorn.Server:
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    )
+    threading.Thread(target=server.run, daemon=True).start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("the API did not become ready")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def make_loop(tmp_path, trained):
+    """``make_loop(n_payments, faults=Faults(), max_retries=2)`` → a running :class:`Loop`
+    whose ``n_payments`` failures (a mix of invoices and payment intents, direct and platform
+    charges) have been delivered as signed webhooks."""
+    started: list[tuple[uvicorn.Server, StripeStandIn]] = []
+
+    def make(n: int = 12, faults: Faults | None = None, max_retries: int = 2) -> Loop:
+        database = f"sqlite:///{tmp_path / 'loop.db'}"
+        port = _free_port()
+        api_url = f"http://127.0.0.1:{port}"
+        secrets_ = {"platform": "whsec_loop_p", "connect": "whsec_loop_c"}
+        settings = Settings(
+            database_url=database,
+            mlflow_tracking_uri=trained.tracking_uri,
+            stripe_webhook_secret_platform=SecretStr(secrets_["platform"]),
+            stripe_webhook_secret_connect=SecretStr(secrets_["connect"]),
+            policy_reload_seconds=3600,
+        )
+        upgrade(database)
+        engine = make_engine(database)
+        _, scheduler_key = create_key(engine, "scheduler")
+        _, admin_key = create_key(engine, "admin")
+        server = _serve(create_app(settings), port)
+        # a week of simulated time passes in about 8 seconds
+        origin = datetime(2026, 6, 1, 12, tzinfo=UTC)
+        clock = Clock(speed=72_000.0, origin=origin, wall_origin=datetime.now(UTC))
+        standin = StripeStandIn(
+            faults=faults or Faults(),
+            outcome=_outcome_by_hash(0.3),
+            webhooks={k: (f"{api_url}/v1/webhooks/stripe/{k}", v) for k, v in secrets_.items()},
+            now=clock.now,
+        )
+        standin.__enter__()
+        started.append((server, standin))
+        httpx.put(
+            f"{api_url}/v1/accounts/*/config",
+            json={"max_retries": max_retries},
+            headers={"Authorization": f"Bearer {admin_key}"},
+        ).raise_for_status()
+
+        payments = _deliverable(trained.market.payments, n).copy()
+        payments["failed_at"] = pd.Timestamp(clock.now())
+        tables = contract.ContractTables(
+            payments=payments,
+            attempts=contract.first_failures(payments),
+            messages=contract.empty(contract.MESSAGES),
+        )
+        objects = to_stripe_objects(tables)
+        standin.load(objects)
+        for event in _failure_events(objects, clock.now()):
+            standin.send_event(event)
+        return Loop(api_url, scheduler_key, admin_key, database, engine, standin, clock, payments)
+
+    yield make
+    for server, standin in started:
+        standin.__exit__(None, None, None)
+        server.should_exit = True

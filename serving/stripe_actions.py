@@ -1,0 +1,131 @@
+"""Retries through the official ``stripe`` SDK, on the right account, exactly once.
+
+A retry pays an invoice (``invoices.pay``) or confirms a standalone payment intent
+(``payment_intents.confirm``), off-session, on the connected account for direct charges
+(``stripe_account``) and on the platform otherwise. Every call that moves money carries an
+idempotency key derived from the account, the payment and the attempt number, so a call
+repeated after a timeout, a crash or a second scheduler is answered by Stripe from its record
+of the first, never charged again.
+
+Outcomes: a ``CardError`` is a decline, recorded like any other; rate limits, connection
+errors and 5xx are retried with backoff under the same key and, if they persist, surface as
+:class:`Transient` for the scheduler to try again later (same key again); an authentication or
+permission error means the platform may no longer act for the account (:class:`AccountBlocked`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import stripe
+
+from reclaim import vocab
+from reclaim.features.stripe_backfill import Backoff
+
+
+@dataclass(frozen=True)
+class ChargeResult:
+    """What one retry did: ``succeeded``, ``declined`` (with Stripe's codes) or ``already_paid``
+    (the object was paid by other means before the retry reached it)."""
+
+    outcome: str
+    decline_code: str | None = None
+    advice_code: str | None = None
+    network_decline_code: str | None = None
+    network_advice_code: str | None = None
+
+
+class Transient(RuntimeError):
+    """Stripe did not answer after every backoff try; try again later under the same key."""
+
+
+class AccountBlocked(RuntimeError):
+    """The platform may not act for this account (deauthorized, or its key was rejected)."""
+
+    def __init__(self, account_id: str, reason: str, detail: str):
+        self.account_id, self.reason = account_id, reason
+        super().__init__(f"account {account_id}: {reason} ({detail})")
+
+
+def idempotency_key(account_id: str, payment_id: str, attempt_number: int) -> str:
+    """The one key for the ``attempt_number``-th attempt at a payment."""
+    return f"reclaim-retry-{account_id}-{payment_id}-{attempt_number}"
+
+
+def scope(payment: Mapping[str, Any]) -> str | None:
+    """The account a payment's objects live on: the connected account for direct charges."""
+    if payment["charge_model"] == vocab.ChargeModel.DIRECT.value:
+        return str(payment["account_id"])
+    return None
+
+
+def _decline(error: Mapping[str, Any]) -> ChargeResult:
+    return ChargeResult(
+        "declined",
+        decline_code=error.get("decline_code") or error.get("code") or "generic_decline",
+        advice_code=error.get("advice_code"),
+        network_decline_code=error.get("network_decline_code"),
+        network_advice_code=error.get("network_advice_code"),
+    )
+
+
+def _payment_method(intent: Any) -> str | None:
+    """The card the intent last tried, to confirm it again off-session."""
+    error = intent.get("last_payment_error") or {}
+    method = error.get("payment_method") or intent.get("payment_method")
+    return method.get("id") if isinstance(method, Mapping) else method
+
+
+def retry_payment(
+    client: stripe.StripeClient,
+    payment: Mapping[str, Any],
+    attempt_number: int,
+    backoff: Backoff | None = None,
+) -> ChargeResult:
+    """Try to collect ``payment`` once more, as its ``attempt_number``-th attempt.
+
+    ``payment`` is a contract payment row (``payment_id``, ``object``, ``account_id``,
+    ``charge_model``). Raises :class:`Transient` or :class:`AccountBlocked`.
+    """
+    backoff = backoff or Backoff(base_seconds=0.2, max_seconds=5.0, max_tries=6)
+    pid, account = str(payment["payment_id"]), str(payment["account_id"])
+    key = idempotency_key(account, pid, attempt_number)
+    on = scope(payment)
+    read: dict[str, Any] = {"stripe_account": on} if on else {}
+    write: dict[str, Any] = {**read, "idempotency_key": key}
+    what = f"retry {pid} (attempt {attempt_number})"
+    try:
+        if payment["object"] == vocab.PaymentObject.INVOICE.value:
+            obj = backoff.call(
+                lambda: client.v1.invoices.pay(pid, {"off_session": True}, write), what
+            ).to_dict()
+            paid = obj.get("status") == "paid"
+        else:
+            intent = backoff.call(
+                lambda: client.v1.payment_intents.retrieve(pid, None, read), what
+            ).to_dict()
+            if intent.get("status") == "succeeded":
+                return ChargeResult("already_paid")
+            params: dict[str, Any] = {"off_session": True}
+            method = _payment_method(intent)
+            if method:
+                params["payment_method"] = method
+            obj = backoff.call(
+                lambda: client.v1.payment_intents.confirm(pid, params, write), what
+            ).to_dict()
+            paid = obj.get("status") == "succeeded"
+    except stripe.CardError as exc:
+        return _decline((exc.json_body or {}).get("error", {}))
+    except (stripe.AuthenticationError, stripe.PermissionError) as exc:
+        raise AccountBlocked(account, "authentication_error", str(exc)) from exc
+    except stripe.InvalidRequestError as exc:
+        if exc.code in ("invoice_already_paid", "payment_intent_unexpected_state"):
+            return ChargeResult("already_paid")
+        if exc.code == "account_invalid":
+            raise AccountBlocked(account, "deauthorized", str(exc)) from exc
+        raise
+    except (stripe.RateLimitError, stripe.APIConnectionError, stripe.APIError) as exc:
+        raise Transient(f"{what}: {type(exc).__name__}: {exc}") from exc
+    return ChargeResult("succeeded") if paid else _decline({"code": "not_paid"})
