@@ -145,15 +145,20 @@ class Scheduler:
         """Lead (or wait to lead) until ``stop`` is set."""
         global _ACTIVE
         _ACTIVE = self
+        standing_by = False
         try:
             while not stop.is_set():
                 if self.lease.acquire():
                     if self._jobs is None:
+                        log.warning("leading as %s", self.lease.holder)
                         self._start_jobs()
                     self.tick()
                 elif self._jobs is not None:
                     log.warning("lost the scheduler lease; standing by")
                     self._stop_jobs()
+                elif not standing_by:
+                    log.warning("standing by: another scheduler leads")
+                    standing_by = True
                 stop.wait(self.poll_seconds)
         finally:
             self._stop_jobs()
