@@ -287,6 +287,11 @@ def scheduler() -> None:
     except ValueError as exc:
         console.print(f"[red]cannot start the scheduler:[/red] {exc}")
         raise typer.Exit(code=2) from exc
+    port = get_settings().scheduler_metrics_port
+    if port:
+        from prometheus_client import start_http_server
+
+        start_http_server(port, addr="127.0.0.1", registry=runner.metrics.registry)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

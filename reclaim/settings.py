@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     scheduler_lease_seconds: float = Field(default=15.0, gt=0)
     """How long a scheduler's leadership lasts unrenewed: a crashed leader's standby takes
     over after at most this long."""
+    scheduler_metrics_port: int | None = None
+    """Serve the scheduler's Prometheus metrics on 127.0.0.1 at this port (unset: off)."""
     clock_speed: float = Field(default=1.0, gt=0)
     """Simulated time runs this many times faster than the wall clock (demo and tests)."""
     clock_origin: datetime | None = None

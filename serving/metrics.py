@@ -35,3 +35,34 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class SchedulerMetrics:
+    """The scheduler's actions by outcome, its delay behind due times, messages, and alerts."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.actions = Counter(
+            "reclaim_scheduler_actions_total",
+            "Due actions by what became of them",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.delay = Histogram(
+            "reclaim_scheduler_delay_seconds",
+            "Wall seconds from an action's due time to its execution",
+            registry=self.registry,
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
+        )
+        self.messages = Counter(
+            "reclaim_scheduler_messages_total",
+            "Outbox messages by result",
+            ["result"],
+            registry=self.registry,
+        )
+        self.alerts = Counter(
+            "reclaim_scheduler_alerts_total",
+            "Conditions that need a person: accounts Reclaim may no longer act for",
+            ["kind"],
+            registry=self.registry,
+        )

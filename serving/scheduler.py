@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -45,6 +45,7 @@ from reclaim.serving import outbox, stripe_actions
 from reclaim.serving.channels import Channel
 from reclaim.serving.clock import Clock
 from reclaim.serving.leader import Lease
+from reclaim.serving.metrics import SchedulerMetrics
 from reclaim.serving.store import configs
 from reclaim.serving.store import repository as repo
 from reclaim.serving.store import tables as t
@@ -130,13 +131,13 @@ class Scheduler:
         network_rules: rules.NetworkRules | None = None,
         workers: int = 8,
         poll_seconds: float = 0.5,
-        on_event: Callable[[str], None] | None = None,
+        metrics: SchedulerMetrics | None = None,
     ):
         self.engine, self.stripe, self.decider = engine, stripe_client, decider
         self.channels, self.clock, self.lease = channels, clock, lease
         self.rules = network_rules or rules.NetworkRules()
         self.workers, self.poll_seconds = workers, poll_seconds
-        self.on_event = on_event or (lambda name: None)
+        self.metrics = metrics or SchedulerMetrics()
         self.stats = SchedulerStats()
         self._jobs: Any = None  # the APScheduler BackgroundScheduler, while leading
 
@@ -180,7 +181,6 @@ class Scheduler:
         self._jobs.start()
         n = self.reconcile()
         log.info("leading: %d open action(s) scheduled", n)
-        self.on_event("leading")
 
     def _stop_jobs(self) -> None:
         if self._jobs is not None:
@@ -211,7 +211,11 @@ class Scheduler:
     def tick(self) -> None:
         """One round of planning and sending."""
         self.plan()
-        outbox.dispatch(self.engine, self.channels, self.clock.now, recipient=self._recipient)
+        sent = outbox.dispatch(
+            self.engine, self.channels, self.clock.now, recipient=self._recipient
+        )
+        for result, n in sent.items():
+            self.metrics.messages.labels(result).inc(n)
 
     # --- planning ------------------------------------------------------------------------
     def pending_decisions(self, limit: int = 1000) -> list[tuple[str, int, int]]:
@@ -358,6 +362,11 @@ class Scheduler:
 
     def execute(self, action_id: str) -> str:
         """Carry out one due action; returns what became of it."""
+        outcome = self._execute(action_id)
+        self.metrics.actions.labels(outcome).inc()
+        return outcome
+
+    def _execute(self, action_id: str) -> str:
         if not self.lease.held():
             return "not_leader"  # the next leader reconciles it
         a = t.scheduled_actions.c
@@ -370,6 +379,9 @@ class Scheduler:
         if action is None or action["status"] not in OPEN:
             return "gone"
         now = self.clock.now()
+        if action["retry_at"] is not None:
+            due = self.clock.wall(_aware(action["retry_at"]))
+            self.metrics.delay.observe(max((datetime.now(UTC) - due).total_seconds(), 0.0))
         verdict = self.recheck(action, now)
         if verdict is not None:
             kind, detail = verdict
@@ -395,11 +407,10 @@ class Scheduler:
                 block_account(conn, exc.account_id, exc.reason, str(exc))
             self._set(action_id, status="cancelled", outcome=f"account_{exc.reason}")
             self.stats.blocked_accounts += 1
-            self.on_event("account_blocked")
+            self.metrics.alerts.labels(f"account_{exc.reason}").inc()
             return "blocked"
         self._record(action, payment, result, now)
         self.stats.retries += 1
-        self.on_event(f"retry_{result.outcome}")
         return result.outcome
 
     def _record(

@@ -3,18 +3,26 @@ decision carried out once, under the network rules, surviving crashes and faults
 
 from __future__ import annotations
 
+import email
+import json
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import sqlalchemy as sa
+import stripe
 
+from reclaim.serving import stripe_actions
+from reclaim.serving.channels import SignedWebhook, SmtpEmail, signature
 from reclaim.serving.store import tables as t
-from reclaim.simulator.stripe_standin import Faults
+from reclaim.simulator.stripe_standin import Faults, StripeStandIn
 
 
 def _attempts(loop) -> pd.DataFrame:
@@ -160,3 +168,137 @@ def test_with_stripe_failing_a_fifth_of_calls_and_webhooks_doubled_and_shuffled(
         deliveries = conn.execute(sa.select(sa.func.sum(t.stripe_events.c.deliveries))).scalar()
         events = conn.execute(sa.select(sa.func.count()).select_from(t.stripe_events)).scalar()
     assert deliveries > events  # duplicates arrived, and were processed once
+
+
+class _Inbox:
+    """An SMTP server (aiosmtpd) and a webhook receiver on 127.0.0.1, keeping what arrives."""
+
+    def __init__(self) -> None:
+        from aiosmtpd.controller import Controller
+
+        self.emails: list[email.message.Message] = []
+        self.posts: list[tuple[dict, dict]] = []
+        inbox = self
+
+        class Handler:
+            async def handle_DATA(self, server, session, envelope):
+                inbox.emails.append(email.message_from_bytes(envelope.content))
+                return "250 OK"
+
+        class Hook(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                inbox.posts.append((dict(self.headers), json.loads(body), body))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args):
+                return
+
+        with socket.socket() as probe:  # aiosmtpd checks its own port, so name one
+            probe.bind(("127.0.0.1", 0))
+            self.smtp_port = probe.getsockname()[1]
+        self.smtp = Controller(Handler(), hostname="127.0.0.1", port=self.smtp_port)
+        self.smtp.start()
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+
+    @property
+    def hook_url(self) -> str:
+        return f"http://127.0.0.1:{self.http.server_address[1]}/messages"
+
+    def close(self) -> None:
+        self.smtp.stop()
+        self.http.shutdown()
+
+
+def test_messages_go_out_once_through_smtp_and_signed_webhooks(make_loop):
+    branding = {"display_name": "Yoga Marketplace", "email_from": "billing@yoga.example"}
+    loop = make_loop(16, max_retries=2, config={"branding": branding})
+    inbox = _Inbox()
+    secret = "whsec_messages"
+    hook = SignedWebhook(inbox.hook_url, secret)
+    channels = {
+        "email": SmtpEmail("127.0.0.1", inbox.smtp_port, "fallback@platform.invalid"),
+        "sms": hook,
+        "in_app": hook,
+    }
+    runner = loop.scheduler(channels)
+    stop = threading.Event()
+    thread = threading.Thread(target=runner.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        loop.wait_until_done(timeout=120)
+        deadline = time.monotonic() + 20  # the last messages leave on the next ticks
+        while time.monotonic() < deadline:
+            with loop.engine.connect() as conn:
+                outbox = pd.read_sql(sa.select(t.outbox), conn)
+            if not outbox["status"].isin(["pending", "sending"]).any():
+                break
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        thread.join(30)
+        inbox.close()
+    assert len(outbox) > 0, "the policy sent no message at all"
+    assert (outbox["status"] == "sent").all(), outbox[["channel", "status"]]
+    emails = outbox[outbox["channel"] == "email"]
+    assert len(inbox.emails) == len(emails)
+    assert len({m["Message-ID"] for m in inbox.emails}) == len(inbox.emails)
+    assert all(m["From"] == "Yoga Marketplace <billing@yoga.example>" for m in inbox.emails)
+    assert {m["To"] for m in inbox.emails} <= {
+        f"{c}@customers.invalid" for c in loop.payments["customer_id"]
+    }
+    hooks = outbox[outbox["channel"] != "email"]
+    assert len(inbox.posts) == len(hooks)
+    for headers, body, raw in inbox.posts:
+        t_, v1 = (part.split("=", 1)[1] for part in headers["Reclaim-Signature"].split(","))
+        assert v1 == signature(raw, secret, int(t_)).split("v1=")[1]
+        assert headers["Idempotency-Key"] == body["key"]
+    with loop.engine.connect() as conn:
+        logged = pd.read_sql(sa.select(t.messages), conn)
+    assert sorted(logged["message_id"]) == sorted(outbox["message_key"])
+    assert (outbox.groupby("payment_id")["sender"].nunique() == 1).all()
+
+
+def test_a_deauthorized_account_gets_no_more_retries(make_loop):
+    loop = make_loop(12, max_retries=2)
+    account = loop.payments["account_id"].iloc[0]
+    loop.standin.send_event(
+        {
+            "id": "evt_deauth_1",
+            "object": "event",
+            "type": "account.application.deauthorized",
+            "created": int(loop.clock.now().timestamp()),
+            "livemode": False,
+            "account": account,
+            "data": {"object": {"id": "ca_reclaim", "object": "application"}},
+        }
+    )
+    runner = loop.scheduler()
+    stop = threading.Event()
+    thread = threading.Thread(target=runner.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        loop.wait_until_done(timeout=120)
+    finally:
+        stop.set()
+        thread.join(30)
+    check_exactly_once(loop, max_retries=2)
+    assert not [k for k in loop.standin.executed if f"-{account}-" in k]
+    others = loop.payments[loop.payments["account_id"] != account]
+    assert any(f"-{a}-" in k for a in others["account_id"] for k in loop.standin.executed)
+
+
+def test_a_rejected_key_blocks_the_account_and_raises_an_alert():
+    payment = {
+        "payment_id": "pi_direct_1",
+        "object": "payment_intent",
+        "account_id": "acct_gone",
+        "charge_model": "direct",
+    }
+    with StripeStandIn(blocked_accounts={"acct_gone"}) as standin:
+        client = stripe.StripeClient(standin.api_key, base_addresses={"api": standin.url})
+        with pytest.raises(stripe_actions.AccountBlocked, match="acct_gone"):
+            stripe_actions.retry_payment(client, payment, 1)
+        assert standin.executed == {}
