@@ -230,6 +230,22 @@ class ActionBatch:
     def propensity(self) -> np.ndarray:
         return self.retry_propensity * self.channel_propensity
 
+    def where(self, mask: np.ndarray, other: ActionBatch) -> ActionBatch:
+        """These actions, with ``other``'s in the rows where ``mask`` is true."""
+        mask = np.asarray(mask, dtype=bool)
+
+        def pick(mine: pd.Series, theirs: pd.Series) -> pd.Series:
+            return theirs.where(mask, mine)
+
+        return ActionBatch(
+            retry_at=pick(self.retry_at, other.retry_at),
+            channel=pick(self.channel, other.channel),
+            sender=pick(self.sender, other.sender),
+            retry_propensity=np.where(mask, other.retry_propensity, self.retry_propensity),
+            channel_propensity=np.where(mask, other.channel_propensity, self.channel_propensity),
+            reason=pick(self.reason, other.reason),
+        )
+
     @classmethod
     def build(
         cls,

@@ -43,6 +43,11 @@ class Settings(BaseSettings):
     decision_concurrency: int = Field(default=1, ge=1, le=64)
     """Decisions computed at once per API process. Scoring is CPU-bound Python: more threads
     than cores only contend (and SQLite writers queue), so scale with ``--workers``."""
+    experiment_control: str | None = None
+    """Run an A/B test: this reference policy (e.g. ``stripe_like``) decides for the control
+    arm, the served policy for the rest; unset means no experiment."""
+    experiment_control_share: float = Field(default=0.5, ge=0.0, le=1.0)
+    """Share of customers in the control arm (assigned by a hash of the customer id)."""
     stripe_api_base: str | None = None
     """Another Stripe API address (the stand-in in tests); None means Stripe itself."""
 

@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 
+from reclaim.serving.decide import Experiment
 from reclaim.serving.metrics import Metrics
 from reclaim.serving.policy_holder import PolicyHolder
 from reclaim.serving.routes import accounts, decisions, health, payments, webhooks
@@ -48,6 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = Metrics()
     app.state.decision_slots = threading.BoundedSemaphore(settings.decision_concurrency)
+    app.state.experiment = Experiment.from_settings(settings)
 
     @app.middleware("http")
     async def count(request: Request, call_next):

@@ -9,6 +9,7 @@ and returns the API's answers.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -17,13 +18,37 @@ from sqlalchemy.engine import Engine
 
 from reclaim import contract, timeutil
 from reclaim.account_config import constraints
-from reclaim.policy import DecisionBatch, decision_seed
+from reclaim.experiment import in_control
+from reclaim.policy import DecisionBatch, Policy, decision_seed
+from reclaim.reference import REFERENCE_POLICIES
 from reclaim.rules import NetworkRules, enforce
 from reclaim.serving.policy_holder import Loaded
 from reclaim.serving.schemas import DecisionOut, DecisionRequest, RetryOut
 from reclaim.serving.store import configs
 from reclaim.serving.store import repository as repo
 from reclaim.serving.store import tables as t
+from reclaim.settings import Settings
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """An A/B test: ``control`` decides for about ``share`` of customers (by hash)."""
+
+    control: Policy
+    share: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Experiment | None:
+        """The experiment the settings ask for, or None; ValueError names an unknown policy."""
+        name = settings.experiment_control
+        if not name:
+            return None
+        if name not in REFERENCE_POLICIES:
+            raise ValueError(
+                f"RECLAIM_EXPERIMENT_CONTROL={name!r} is not a reference policy; "
+                f"choose one of {sorted(REFERENCE_POLICIES)}"
+            )
+        return cls(REFERENCE_POLICIES[name](), settings.experiment_control_share)
 
 
 class UnknownPayment(LookupError):
@@ -102,8 +127,10 @@ def decide(
     loaded: Loaded,
     now: pd.Timestamp | None = None,
     rules: NetworkRules | None = None,
+    experiment: Experiment | None = None,
 ) -> list[DecisionOut]:
-    """The next action for each request, logged to the store."""
+    """The next action for each request, logged to the store. With an ``experiment``, the
+    control arm's customers get the control policy's action instead of the served one's."""
     now = now or pd.Timestamp.now(tz="UTC")
     rules = rules or NetworkRules()
     payments, attempts, messages, decided_at = _context(requests, engine, now)
@@ -125,7 +152,14 @@ def decide(
     )
     policy = loaded.policy
     rng = np.random.default_rng(decision_seed(payments["payment_id"], batch.now))
-    actions = enforce(batch, policy.act(batch, rng), rules)
+    chosen = policy.act(batch, rng)
+    names = np.full(len(batch), getattr(policy, "name", "policy"), dtype=object)
+    if experiment is not None:
+        control = in_control(payments["customer_id"].astype(str), experiment.share)
+        if control.any():
+            chosen = chosen.where(control, experiment.control.act(batch, rng))
+            names[control] = experiment.control.name
+    actions = enforce(batch, chosen, rules)
 
     probability, reasons = policy.describe(batch, actions)
     has_retry = actions.retry_at.notna().to_numpy()
@@ -153,21 +187,22 @@ def decide(
                 expected_recovery_probability=float(probability[i]),
                 propensity=float(actions.propensity[i]),
                 model_version=loaded.version,
+                policy=names[i],
                 reasons=reasons[i],
             )
         )
-    _log(engine, out, getattr(policy, "name", "policy"))
+    _log(engine, out)
     return out
 
 
-def _log(engine: Engine, decisions: list[DecisionOut], policy_name: str) -> None:
+def _log(engine: Engine, decisions: list[DecisionOut]) -> None:
     rows = pd.DataFrame(
         [
             {
                 "payment_id": d.payment_id,
                 "decided_at": d.decided_at,
                 "model_version": d.model_version,
-                "policy": policy_name,
+                "policy": d.policy,
                 "retry_at": d.retry.at_utc if d.retry else None,
                 "channel": d.channel.value if d.channel else None,
                 "sender": d.sender.value if d.sender else None,

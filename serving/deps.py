@@ -11,6 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.engine import Engine
 
 from reclaim.serving.auth import Principal, Role, Unauthorized, authenticate
+from reclaim.serving.decide import Experiment
 from reclaim.serving.metrics import Metrics
 from reclaim.serving.policy_holder import PolicyHolder
 from reclaim.settings import Settings
@@ -41,6 +42,13 @@ EngineDep = Annotated[Engine, Depends(get_engine)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 PolicyDep = Annotated[PolicyHolder, Depends(get_policy_holder)]
 DecisionSlotsDep = Annotated[threading.BoundedSemaphore, Depends(get_decision_slots)]
+
+
+def get_experiment(request: Request) -> Experiment | None:
+    return request.app.state.experiment
+
+
+ExperimentDep = Annotated[Experiment | None, Depends(get_experiment)]
 
 
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer rk_…`")

@@ -130,6 +130,10 @@ class DecisionOut(BaseModel):
     )
     propensity: float = Field(description="Probability of this action under the policy.")
     model_version: str
+    policy: str = Field(
+        description="Which policy decided: the served model, or the control arm's reference "
+        "policy when an A/B test runs (RECLAIM_EXPERIMENT_CONTROL)."
+    )
     reasons: list[str] = Field(description="Features that moved the chosen retry the most.")
 
 

@@ -13,6 +13,7 @@ from reclaim.serving.auth import Principal
 from reclaim.serving.deps import (
     DecisionSlotsDep,
     EngineDep,
+    ExperimentDep,
     MetricsDep,
     PolicyDep,
     SchedulerDep,
@@ -43,6 +44,7 @@ def _run(
     metrics: Metrics,
     principal: Principal,
     slots: threading.BoundedSemaphore,
+    experiment: domain.Experiment | None,
 ) -> list[DecisionOut]:
     for r in requests:  # a scoped key can neither see nor decide for other accounts
         if r.payment is not None and not principal.sees(r.payment.account_id):
@@ -57,7 +59,7 @@ def _run(
         raise HTTPException(503, f"no policy loaded yet from {holder.uri}")
     try:
         with slots:  # CPU-bound: queue here rather than contend for the GIL and the store
-            answers = domain.decide(requests, engine, loaded)
+            answers = domain.decide(requests, engine, loaded, experiment=experiment)
     except domain.UnknownPayment as exc:
         raise HTTPException(404, str(exc)) from exc
     for a in answers:
@@ -74,8 +76,9 @@ def decide_one(
     metrics: MetricsDep,
     principal: SchedulerDep,
     slots: DecisionSlotsDep,
+    experiment: ExperimentDep,
 ) -> DecisionOut:
-    return _run([request], engine, policy, metrics, principal, slots)[0]
+    return _run([request], engine, policy, metrics, principal, slots, experiment)[0]
 
 
 @router.post(
@@ -88,7 +91,8 @@ def decide_batch(
     metrics: MetricsDep,
     principal: SchedulerDep,
     slots: DecisionSlotsDep,
+    experiment: ExperimentDep,
 ) -> BatchDecisionOut:
     return BatchDecisionOut(
-        decisions=_run(body.decisions, engine, policy, metrics, principal, slots)
+        decisions=_run(body.decisions, engine, policy, metrics, principal, slots, experiment)
     )
