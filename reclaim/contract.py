@@ -21,7 +21,7 @@ import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from functools import cached_property
+from functools import cache, cached_property
 from pathlib import Path
 
 import numpy as np
@@ -234,7 +234,12 @@ class ContractTables:
 
 
 def empty(table: Table) -> pd.DataFrame:
-    """An empty frame with the table's columns and dtypes."""
+    """An empty frame with the table's columns and dtypes (a new copy each call)."""
+    return _empty_template(table).copy()
+
+
+@cache
+def _empty_template(table: Table) -> pd.DataFrame:
     return pd.DataFrame({c.name: pd.Series([], dtype=c.dtype) for c in table.columns})
 
 

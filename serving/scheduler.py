@@ -321,11 +321,11 @@ class Scheduler:
                 .values(**values, updated_at=datetime.now(UTC))
             )
 
-    def recheck(self, action: Mapping[str, Any], now: datetime) -> tuple[str, Any] | None:
+    def recheck(
+        self, action: Mapping[str, Any], history: contract.ContractTables, now: datetime
+    ) -> tuple[str, Any] | None:
         """Why the action must not run now: ``("cancelled", reason)``, ``("replan", reason)``
-        or ``("wait", until)``; None when it may."""
-        pid = action["payment_id"]
-        history = repo.load_contract(self.engine, [pid])
+        or ``("wait", until)``; None when it may. ``history`` is the payment's stored rows."""
         if history.payments.empty:
             return "cancelled", "unknown_payment"
         with self.engine.connect() as conn:
@@ -382,7 +382,8 @@ class Scheduler:
         if action["retry_at"] is not None:
             due = self.clock.wall(_aware(action["retry_at"]))
             self.metrics.delay.observe(max((datetime.now(UTC) - due).total_seconds(), 0.0))
-        verdict = self.recheck(action, now)
+        history = repo.load_contract(self.engine, [action["payment_id"]])
+        verdict = self.recheck(action, history, now)
         if verdict is not None:
             kind, detail = verdict
             if kind == "wait":
@@ -392,7 +393,7 @@ class Scheduler:
             self.stats.skipped += 1
             return kind
         self._set(action_id, status="in_flight", tries=action["tries"] + 1)
-        payment = repo.load_contract(self.engine, [action["payment_id"]]).payments.iloc[0]
+        payment = history.payments.iloc[0]
         try:
             result = stripe_actions.retry_payment(self.stripe, payment, action["attempt_number"])
         except stripe_actions.Transient as exc:
