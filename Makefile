@@ -19,15 +19,19 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@ $(VENV)/.installed
 
-# The main job: simulate a marketplace's history, train and register a policy, then roll it out
-# against the reference policies on fresh payments, against the simulator's truth.
+# The main job: simulate a marketplace's history, train and register a policy, then replay a
+# month of new failures through the API, the scheduler and the Stripe stand-in in accelerated
+# time as an A/B test (learned vs stripe_like), and compare the policies offline against the
+# simulator's truth.
 DEMO := data/demo
 demo: $(VENV)/.installed
 	rm -rf $(DEMO)
 	$(BIN)/reclaim simulate --accounts 300 --payments 50000 --seed 7 --out $(DEMO)/sim
 	$(BIN)/reclaim train --data $(DEMO)/sim --tracking-uri sqlite:///$(DEMO)/mlflow.db
+	$(BIN)/reclaim replay --model models:/reclaim-policy@champion --payments 300 \
+		--wall-seconds 240 --tracking-uri sqlite:///$(DEMO)/mlflow.db --out $(DEMO)/replay
 	$(BIN)/reclaim evaluate --model models:/reclaim-policy@champion --simulator \
-		--payments 20000 --seed 8 --tracking-uri sqlite:///$(DEMO)/mlflow.db
+		--payments 10000 --seed 8 --tracking-uri sqlite:///$(DEMO)/mlflow.db
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest

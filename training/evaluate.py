@@ -9,10 +9,34 @@ marketplace and draws new payments after its history, which no model has seen.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pandas as pd
 
-from reclaim.simulator import compare, fresh_payments, generate, reference_policies
+from reclaim.simulator import (
+    Marketplace,
+    compare,
+    fresh_payments,
+    generate,
+    reference_policies,
+)
+
+
+def simulated_market(model: Any, model_uri: str) -> Marketplace:
+    """The marketplace a loaded pyfunc ``model`` was trained on, re-created from its run's
+    ``sim_*`` parameters; ValueError if it was not trained on simulated data."""
+    from mlflow import MlflowClient
+
+    params = MlflowClient().get_run(model.metadata.run_id).data.params
+    missing = [k for k in ("sim_accounts", "sim_payments", "sim_seed") if k not in params]
+    if missing:
+        raise ValueError(
+            f"{model_uri} was not trained on simulated data (its run has no {missing}): "
+            "it needs a model trained on `reclaim simulate` output"
+        )
+    return generate(
+        int(params["sim_accounts"]), int(params["sim_payments"]), int(params["sim_seed"])
+    )
 
 
 def evaluate_in_simulator(
@@ -30,16 +54,7 @@ def evaluate_in_simulator(
     mlflow.set_tracking_uri(tracking_uri)
     model = mlflow.pyfunc.load_model(model_uri)
     policy = model.unwrap_python_model().policy
-    params = MlflowClient().get_run(model.metadata.run_id).data.params
-    missing = [k for k in ("sim_accounts", "sim_payments", "sim_seed") if k not in params]
-    if missing:
-        raise ValueError(
-            f"{model_uri} was not trained on simulated data (its run has no {missing}): "
-            "--simulator needs a model trained on `reclaim simulate` output"
-        )
-    market = generate(
-        int(params["sim_accounts"]), int(params["sim_payments"]), int(params["sim_seed"])
-    )
+    market = simulated_market(model, model_uri)
     fresh = fresh_payments(market, n_payments, seed)
     policies = reference_policies(fresh)
     policies["learned"] = policy
