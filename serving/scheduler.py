@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -54,6 +55,8 @@ from reclaim.serving.webhooks import block_account
 log = logging.getLogger(__name__)
 
 OPEN = ("scheduled", "in_flight")
+PLAN_BATCH = 200  # decisions asked per tick: keeps a tick well inside the lease
+RECONCILE_SECONDS = 5.0
 
 # APScheduler stores a job's function by name, so jobs call this module-level function, which
 # hands them to the scheduler of this process.
@@ -139,6 +142,9 @@ class Scheduler:
         self.workers, self.poll_seconds = workers, poll_seconds
         self.metrics = metrics or SchedulerMetrics()
         self.stats = SchedulerStats()
+        self._running: set[str] = set()
+        self._running_lock = threading.Lock()
+        self._reconciled = 0.0
         self._jobs: Any = None  # the APScheduler BackgroundScheduler, while leading
 
     # --- leading -------------------------------------------------------------------------
@@ -154,6 +160,10 @@ class Scheduler:
                         log.warning("leading as %s", self.lease.holder)
                         self._start_jobs()
                     self.tick()
+                    if time.monotonic() - self._reconciled > RECONCILE_SECONDS:
+                        added = self.reconcile(missing_only=True)
+                        if added:
+                            log.warning("re-added %d dropped job(s)", added)
                 elif self._jobs is not None:
                     log.warning("lost the scheduler lease; standing by")
                     self._stop_jobs()
@@ -187,14 +197,28 @@ class Scheduler:
             self._jobs.shutdown(wait=True)
             self._jobs = None
 
-    def reconcile(self) -> int:
-        """A job for every open action (after a crash, or a new leader)."""
+    def reconcile(self, missing_only: bool = False) -> int:
+        """A job for every open action: all of them when leadership starts (after a crash, or
+        for a new leader); with ``missing_only``, those whose job is gone (a job that came due
+        while the lease had lapsed is dropped by APScheduler without running). Actions running
+        in this process are left alone. Returns how many jobs were added."""
+        if self._jobs is None:
+            return 0
         a = t.scheduled_actions.c
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(a.action_id, a.retry_at).where(a.status.in_(OPEN))).all()
+        with self._running_lock:
+            running = set(self._running)
+        added = 0
         for action_id, due in rows:
+            if action_id in running:
+                continue
+            if missing_only and self._jobs.get_job(action_id) is not None:
+                continue
             self._schedule(action_id, _aware(due))
-        return len(rows)
+            added += 1
+        self._reconciled = time.monotonic()
+        return added
 
     def _schedule(self, action_id: str, due: datetime) -> None:
         if self._jobs is None:
@@ -253,7 +277,7 @@ class Scheduler:
 
     def plan(self) -> int:
         """Ask for and record decisions for every payment waiting for one."""
-        waiting = self.pending_decisions()
+        waiting = self.pending_decisions(PLAN_BATCH)
         if not waiting:
             return 0
         now = self.clock.now()
@@ -362,7 +386,15 @@ class Scheduler:
 
     def execute(self, action_id: str) -> str:
         """Carry out one due action; returns what became of it."""
-        outcome = self._execute(action_id)
+        with self._running_lock:
+            if action_id in self._running:
+                return "already_running"
+            self._running.add(action_id)
+        try:
+            outcome = self._execute(action_id)
+        finally:
+            with self._running_lock:
+                self._running.discard(action_id)
         self.metrics.actions.labels(outcome).inc()
         return outcome
 

@@ -302,3 +302,28 @@ def test_a_rejected_key_blocks_the_account_and_raises_an_alert():
         with pytest.raises(stripe_actions.AccountBlocked, match="acct_gone"):
             stripe_actions.retry_payment(client, payment, 1)
         assert standin.executed == {}
+
+
+def test_jobs_that_came_due_while_the_lease_lapsed_are_run_later(make_loop):
+    loop = make_loop(8, max_retries=2)
+    runner = loop.scheduler()
+    refusals = {"left": 6}
+    real_held = runner.lease.held
+
+    def flaky_held() -> bool:  # the first due jobs find the lease lapsed, and are dropped
+        if refusals["left"] > 0:
+            refusals["left"] -= 1
+            return False
+        return real_held()
+
+    runner.lease.held = flaky_held
+    stop = threading.Event()
+    thread = threading.Thread(target=runner.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        loop.wait_until_done(timeout=90)
+    finally:
+        stop.set()
+        thread.join(30)
+    assert refusals["left"] == 0
+    check_exactly_once(loop, max_retries=2)
