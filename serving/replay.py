@@ -5,8 +5,9 @@ the scoring API (``reclaim serve``) and the scheduler (``reclaim scheduler``) ru
 processes on one SQLite store, and the Stripe stand-in answers them from the simulator's ground
 truth. Each payment's failure reaches Reclaim as a signed webhook at its simulated time; the
 scheduler asks the API for decisions and retries through the official SDK; customers who pay
-on their own (the simulator's hidden ``self_cure_hours``) do so through the stand-in, which
-tells Reclaim by webhook. The API runs an A/B test — the served policy against a reference
+on their own (the simulator's hidden ``self_cure_hours``) do so through the stand-in, and cards
+the networks refresh (``card_update_hours``) arrive as ``payment_method.automatically_updated``,
+each told to Reclaim by webhook. The API runs an A/B test — the served policy against a reference
 policy (``stripe_like``), assigned by a hash of the customer — and the report gives recovered
 revenue per arm with 95% intervals, from what the stand-in was actually paid.
 
@@ -97,6 +98,26 @@ def _failure_event(kind: str, obj: dict[str, Any], scope: Any, at: datetime) -> 
         "created": int(at.timestamp()),
         "livemode": False,
         "data": {"object": obj},
+        **({"account": scope} if scope else {}),
+    }
+
+
+def _card_update_event(obj: dict[str, Any], scope: Any, at: datetime) -> dict[str, Any]:
+    customer = obj["customer"]
+    return {
+        "id": f"evt_card_{obj['id']}",
+        "object": "event",
+        "type": "payment_method.automatically_updated",
+        "created": int(at.timestamp()),
+        "livemode": False,
+        "data": {
+            "object": {
+                "id": f"pm_{customer}",
+                "object": "payment_method",
+                "customer": customer,
+                "card": {"brand": "visa", "funding": "credit", "country": "US"},
+            }
+        },
         **({"account": scope} if scope else {}),
     }
 
@@ -238,8 +259,11 @@ def _play(
 ) -> None:
     """Send each failure, and each customer's own payment, at its simulated time."""
     market = world.market
-    cure = market.hidden["self_cure_hours"].to_numpy()
-    window = timedelta(days=market.config.rules.window_days)
+    later = {  # what happens to the customer, hours after the failure
+        "cure": market.hidden["self_cure_hours"].to_numpy(),  # pays unprompted
+        "card": market.hidden["card_update_hours"].to_numpy(),  # card refreshed by the network
+    }
+    window = timedelta(days=market.config.rules.window_days).total_seconds()
     events: list[tuple[datetime, str, str, Any]] = []
     for scope, by_resource in objects.items():
         of_invoices = {
@@ -254,15 +278,10 @@ def _play(
                 i = world.row[obj["id"]]
                 failed = market.payments["failed_at"].iloc[i].to_pydatetime()
                 events.append((failed, "fail", resource, (scope, obj["id"])))
-                if np.isfinite(cure[i]) and cure[i] * 3600 <= window.total_seconds():
-                    events.append(
-                        (
-                            failed + timedelta(hours=float(cure[i])),
-                            "cure",
-                            resource,
-                            (scope, obj["id"]),
-                        )
-                    )
+                for kind, hours in later.items():
+                    if np.isfinite(hours[i]) and hours[i] * 3600 <= window:
+                        at = failed + timedelta(hours=float(hours[i]))
+                        events.append((at, kind, resource, (scope, obj["id"])))
     events.sort(key=lambda e: e[0])
     start = clock.origin
     total = (horizon - start).total_seconds()
@@ -273,6 +292,8 @@ def _play(
         obj = standin.objects[scope][resource][oid]
         if kind == "fail":
             standin.send_event(_failure_event("payment_failed", obj, scope, at))
+        elif kind == "card":
+            standin.send_event(_card_update_event(obj, scope, at))
         elif obj.get("status") not in ("paid", "succeeded"):
             obj["status"] = "paid" if resource == "invoices" else "succeeded"
             world.paid_by[oid] = "customer"

@@ -365,7 +365,7 @@ class Scheduler:
                     t.card_updates.c.customer_id == customer
                 )
             ).scalar()
-        if updated is not None and _aware(updated) > _aware(action["decided_at"]):
+        if updated is not None and _aware(action["decided_at"]) < _aware(updated) <= now:
             return "replan", "card_updated"
         config = configs.effective_configs(self.engine, [action["account_id"]])
         batch = DecisionBatch.from_history(

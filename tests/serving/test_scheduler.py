@@ -327,3 +327,45 @@ def test_jobs_that_came_due_while_the_lease_lapsed_are_run_later(make_loop):
         thread.join(30)
     assert refusals["left"] == 0
     check_exactly_once(loop, max_retries=2)
+
+
+def test_a_card_updated_after_the_decision_gets_a_new_decision(make_loop):
+    loop = make_loop(6, max_retries=2)
+    runner = loop.scheduler()
+    assert runner.lease.acquire()
+    deadline = time.monotonic() + 30
+    while loop.stored_payments() < 6 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert runner.plan() == 6  # decided, not yet carried out: no job runner is started
+    actions = loop.actions().set_index("payment_id")
+    pid = actions.index[actions["status"] == "scheduled"][0]
+    customer = loop.payments.set_index("payment_id").loc[pid, "customer_id"]
+    loop.standin.send_event(
+        {
+            "id": "evt_card_1",
+            "object": "event",
+            "type": "payment_method.automatically_updated",
+            "created": int(loop.clock.now().timestamp()),
+            "livemode": False,
+            "data": {
+                "object": {
+                    "id": "pm_1",
+                    "object": "payment_method",
+                    "customer": customer,
+                    "card": {"brand": "visa", "funding": "debit", "country": "US"},
+                }
+            },
+        }
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with loop.engine.connect() as conn:
+            if conn.execute(sa.select(sa.func.count()).select_from(t.card_updates)).scalar():
+                break
+        time.sleep(0.1)
+    action_id = actions.loc[pid, "action_id"]
+    assert runner.execute(action_id) == "replan"
+    assert loop.standin.executed == {}  # nothing charged on the old decision
+    assert runner.pending_decisions() == [(pid, 0, 1)]  # the same failure, decided again
+    runner.plan()
+    assert f"{pid}:0:1" in set(loop.actions()["action_id"])
