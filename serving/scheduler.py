@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 
 OPEN = ("scheduled", "in_flight")
 PLAN_BATCH = 200  # decisions asked per tick: keeps a tick well inside the lease
-RECONCILE_SECONDS = 5.0
+RECONCILE_SECONDS = 15.0
 
 # APScheduler stores a job's function by name, so jobs call this module-level function, which
 # hands them to the scheduler of this process.
@@ -182,8 +182,10 @@ class Scheduler:
         from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
         from apscheduler.schedulers.background import BackgroundScheduler
 
+        store = SQLAlchemyJobStore(engine=self.engine)
+        self._job_table = store.jobs_t
         self._jobs = BackgroundScheduler(
-            jobstores={"default": SQLAlchemyJobStore(engine=self.engine)},
+            jobstores={"default": store},
             executors={"default": ThreadPoolExecutor(self.workers)},
             job_defaults={"misfire_grace_time": None, "coalesce": True, "max_instances": 1},
             timezone=UTC,
@@ -209,11 +211,13 @@ class Scheduler:
             rows = conn.execute(sa.select(a.action_id, a.retry_at).where(a.status.in_(OPEN))).all()
         with self._running_lock:
             running = set(self._running)
+        have: set[str] = set()
+        if missing_only:  # one query for the ids, rather than loading every job
+            with self.engine.connect() as conn:
+                have = set(conn.execute(sa.select(self._job_table.c.id)).scalars())
         added = 0
         for action_id, due in rows:
-            if action_id in running:
-                continue
-            if missing_only and self._jobs.get_job(action_id) is not None:
+            if action_id in running or action_id in have:
                 continue
             self._schedule(action_id, _aware(due))
             added += 1
