@@ -300,7 +300,9 @@ def make_loop(tmp_path, trained):
     charges) have been delivered as signed webhooks."""
     started: list[tuple[uvicorn.Server, StripeStandIn]] = []
 
-    def make(n: int = 12, faults: Faults | None = None, max_retries: int = 2) -> Loop:
+    def make(
+        n: int = 12, faults: Faults | None = None, max_retries: int = 2, config: dict | None = None
+    ) -> Loop:
         database = f"sqlite:///{tmp_path / 'loop.db'}"
         port = _free_port()
         api_url = f"http://127.0.0.1:{port}"
@@ -330,7 +332,7 @@ def make_loop(tmp_path, trained):
         started.append((server, standin))
         httpx.put(
             f"{api_url}/v1/accounts/*/config",
-            json={"max_retries": max_retries},
+            json={"max_retries": max_retries, **(config or {})},
             headers={"Authorization": f"Bearer {admin_key}"},
         ).raise_for_status()
 

@@ -115,7 +115,7 @@ def test_the_generator_reaches_the_policy(client) -> None:
     """Guard against a vacuous property: some generated bodies must be valid decisions."""
     statuses = []
 
-    @settings(max_examples=150, deadline=None, database=None)
+    @settings(max_examples=150, deadline=None, database=None, derandomize=True)
     @given(body=bodies)
     def collect(body) -> None:
         statuses.append(client.post("/v1/decisions", json=body).status_code)

@@ -133,8 +133,14 @@ def test_two_schedulers_started_at_once_never_both_act(make_loop):
     both = [_scheduler_process(loop), _scheduler_process(loop)]
     try:
         loop.wait_until_done(timeout=120)
+        with loop.engine.connect() as conn:
+            holder = conn.execute(sa.select(t.scheduler_leader.c.holder)).scalar()
     finally:
-        outputs = [_stop(p) for p in both]
+        # the standby first: stopping the leader first would hand it the lease (a failover)
+        leader = [p for p in both if f":{p.pid}:" in str(holder)]
+        order = [p for p in both if p not in leader] + leader
+        outputs = {p.pid: _stop(p) for p in order}
+    outputs = [outputs[p.pid] for p in both]
     leaders = [o for o in outputs if "leading as" in o]
     assert len(leaders) == 1, outputs
     assert any("standing by" in o for o in outputs), outputs
