@@ -43,7 +43,7 @@ from reclaim.serving.clock import Clock
 from reclaim.serving.store.migrate import upgrade
 from reclaim.serving.store.repository import make_engine
 from reclaim.simulator import Marketplace, fresh_payments, truth
-from reclaim.simulator.stripe_export import to_stripe_objects
+from reclaim.simulator.stripe_export import payment_event, payment_objects, to_stripe_objects
 from reclaim.simulator.stripe_standin import StripeStandIn
 
 
@@ -88,18 +88,6 @@ class World:
             self.paid_by[pid] = "retry"
             return None
         return str(self.market.payments["decline_code"].iloc[i])
-
-
-def _failure_event(kind: str, obj: dict[str, Any], scope: Any, at: datetime) -> dict[str, Any]:
-    return {
-        "id": f"evt_{kind}_{obj['id']}",
-        "object": "event",
-        "type": f"{'invoice' if obj['object'] == 'invoice' else 'payment_intent'}.{kind}",
-        "created": int(at.timestamp()),
-        "livemode": False,
-        "data": {"object": obj},
-        **({"account": scope} if scope else {}),
-    }
 
 
 def _card_update_event(obj: dict[str, Any], scope: Any, at: datetime) -> dict[str, Any]:
@@ -265,23 +253,14 @@ def _play(
     }
     window = timedelta(days=market.config.rules.window_days).total_seconds()
     events: list[tuple[datetime, str, str, Any]] = []
-    for scope, by_resource in objects.items():
-        of_invoices = {
-            pay["payment"]["payment_intent"]
-            for inv in by_resource.get("invoices", [])
-            for pay in inv["payments"]["data"]
-        }
-        for resource in ("invoices", "payment_intents"):
-            for obj in by_resource.get(resource, []):
-                if obj["id"] in of_invoices:
-                    continue
-                i = world.row[obj["id"]]
-                failed = market.payments["failed_at"].iloc[i].to_pydatetime()
-                events.append((failed, "fail", resource, (scope, obj["id"])))
-                for kind, hours in later.items():
-                    if np.isfinite(hours[i]) and hours[i] * 3600 <= window:
-                        at = failed + timedelta(hours=float(hours[i]))
-                        events.append((at, kind, resource, (scope, obj["id"])))
+    for scope, resource, obj in payment_objects(objects):
+        i = world.row[obj["id"]]
+        failed = market.payments["failed_at"].iloc[i].to_pydatetime()
+        events.append((failed, "fail", resource, (scope, obj["id"])))
+        for kind, hours in later.items():
+            if np.isfinite(hours[i]) and hours[i] * 3600 <= window:
+                at = failed + timedelta(hours=float(hours[i]))
+                events.append((at, kind, resource, (scope, obj["id"])))
     events.sort(key=lambda e: e[0])
     start = clock.origin
     total = (horizon - start).total_seconds()
@@ -291,14 +270,14 @@ def _play(
         _sleep_until(clock, at, progress, start, total)
         obj = standin.objects[scope][resource][oid]
         if kind == "fail":
-            standin.send_event(_failure_event("payment_failed", obj, scope, at))
+            standin.send_event(payment_event("payment_failed", obj, scope, at))
         elif kind == "card":
             standin.send_event(_card_update_event(obj, scope, at))
         elif obj.get("status") not in ("paid", "succeeded"):
             obj["status"] = "paid" if resource == "invoices" else "succeeded"
             world.paid_by[oid] = "customer"
             ok = "paid" if resource == "invoices" else "succeeded"
-            standin.send_event(_failure_event(ok, obj, scope, at))
+            standin.send_event(payment_event(ok, obj, scope, at))
     _sleep_until(clock, horizon, progress, start, total)
 
 

@@ -8,6 +8,7 @@ Stripe objects → the official SDK → contract rows again.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pandas as pd
@@ -202,3 +203,35 @@ def to_stripe_objects(tables: contract.ContractTables) -> dict[Scope, dict[str, 
             }
         )
     return out
+
+
+def payment_objects(
+    objects: dict[Scope, dict[str, list[dict]]],
+) -> Iterator[tuple[Scope, str, dict[str, Any]]]:
+    """``(scope, resource, object)`` for each payment's own object: its invoice, or its
+    payment intent when it is a standalone one (an invoice's intent is reported through the
+    invoice)."""
+    for scope, by_resource in objects.items():
+        of_invoices = {
+            pay["payment"]["payment_intent"]
+            for inv in by_resource.get("invoices", [])
+            for pay in inv["payments"]["data"]
+        }
+        for resource in ("invoices", "payment_intents"):
+            for obj in by_resource.get(resource, []):
+                if obj["id"] not in of_invoices:
+                    yield scope, resource, obj
+
+
+def payment_event(kind: str, obj: dict[str, Any], scope: Scope, at: Any) -> dict[str, Any]:
+    """The webhook event Stripe sends when ``obj`` (an invoice or payment intent) had
+    ``kind`` happen (``payment_failed``, ``paid``, ``succeeded``) at ``at``."""
+    return {
+        "id": f"evt_{kind}_{obj['id']}",
+        "object": "event",
+        "type": f"{'invoice' if obj['object'] == 'invoice' else 'payment_intent'}.{kind}",
+        "created": int(at.timestamp()),
+        "livemode": False,
+        "data": {"object": obj},
+        **({"account": scope} if scope else {}),
+    }

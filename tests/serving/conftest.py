@@ -34,7 +34,7 @@ from reclaim.serving.store import tables as t
 from reclaim.serving.store.migrate import upgrade
 from reclaim.serving.store.repository import make_engine
 from reclaim.settings import Settings
-from reclaim.simulator.stripe_export import to_stripe_objects
+from reclaim.simulator.stripe_export import payment_event, payment_objects, to_stripe_objects
 from reclaim.simulator.stripe_standin import Faults, StripeStandIn
 
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -202,6 +202,17 @@ class Loop:
             f"{len(self.payments)} payments stored, {self.open_work()} open; events: {events}"
         )
 
+    def run_until_done(self, runner: Scheduler, timeout: float = 120.0) -> None:
+        """Run ``runner`` in a thread until every payment is settled, then stop it."""
+        stop = threading.Event()
+        thread = threading.Thread(target=runner.run, args=(stop,), daemon=True)
+        thread.start()
+        try:
+            self.wait_until_done(timeout)
+        finally:
+            stop.set()
+            thread.join(30)
+
     def stored_payments(self) -> int:
         with self.engine.connect() as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(t.payments)).scalar())
@@ -212,30 +223,11 @@ class Loop:
 
 
 def _failure_events(objects: dict, at: datetime) -> list[dict]:
-    """The failure event of each payment: its invoice's, or a standalone intent's."""
-    events = []
-    for scope, by_resource in objects.items():
-        of_invoices = {
-            pay["payment"]["payment_intent"]
-            for inv in by_resource.get("invoices", [])
-            for pay in inv["payments"]["data"]
-        }
-        for resource, kind in (("invoices", "invoice"), ("payment_intents", "payment_intent")):
-            for obj in by_resource.get(resource, []):
-                if obj["id"] in of_invoices:
-                    continue  # the invoice's event reports it
-                events.append(
-                    {
-                        "id": f"evt_fail_{obj['id']}",
-                        "object": "event",
-                        "type": f"{kind}.payment_failed",
-                        "created": int(at.timestamp()),
-                        "livemode": False,
-                        "data": {"object": obj},
-                        **({"account": scope} if scope else {}),
-                    }
-                )
-    return events
+    """The failure event of each payment."""
+    return [
+        payment_event("payment_failed", obj, scope, at)
+        for scope, _, obj in payment_objects(objects)
+    ]
 
 
 def _deliverable(payments: pd.DataFrame, n: int) -> pd.DataFrame:

@@ -63,14 +63,7 @@ def check_exactly_once(loop, max_retries: int) -> pd.DataFrame:
 def test_failures_from_webhooks_are_decided_retried_and_recorded_once(make_loop):
     loop = make_loop(10, max_retries=2)
     runner = loop.scheduler()
-    stop = threading.Event()
-    thread = threading.Thread(target=runner.run, args=(stop,), daemon=True)
-    thread.start()
-    try:
-        loop.wait_until_done(timeout=60)
-    finally:
-        stop.set()
-        thread.join(30)
+    loop.run_until_done(runner, timeout=60)
     actions = check_exactly_once(loop, max_retries=2)
     assert loop.stored_payments() == 10
     assert runner.stats.retries >= 10  # each payment retried at least once under a 2 cap
@@ -159,14 +152,7 @@ def test_with_stripe_failing_a_fifth_of_calls_and_webhooks_doubled_and_shuffled(
     )
     loop = make_loop(12, faults=faults, max_retries=3)
     runner = loop.scheduler()
-    stop = threading.Event()
-    thread = threading.Thread(target=runner.run, args=(stop,), daemon=True)
-    thread.start()
-    try:
-        loop.wait_until_done(timeout=150)
-    finally:
-        stop.set()
-        thread.join(30)
+    loop.run_until_done(runner, timeout=150)
     failed = [r for r in loop.standin.requests if r.status in (429, 500)]
     assert failed, "no fault was injected"
     check_exactly_once(loop, max_retries=3)
@@ -282,14 +268,7 @@ def test_a_deauthorized_account_gets_no_more_retries(make_loop):
         }
     )
     runner = loop.scheduler()
-    stop = threading.Event()
-    thread = threading.Thread(target=runner.run, args=(stop,), daemon=True)
-    thread.start()
-    try:
-        loop.wait_until_done(timeout=120)
-    finally:
-        stop.set()
-        thread.join(30)
+    loop.run_until_done(runner, timeout=120)
     check_exactly_once(loop, max_retries=2)
     assert not [k for k in loop.standin.executed if f"-{account}-" in k]
     others = loop.payments[loop.payments["account_id"] != account]
@@ -323,14 +302,7 @@ def test_jobs_that_came_due_while_the_lease_lapsed_are_run_later(make_loop):
         return real_held()
 
     runner.lease.held = flaky_held
-    stop = threading.Event()
-    thread = threading.Thread(target=runner.run, args=(stop,), daemon=True)
-    thread.start()
-    try:
-        loop.wait_until_done(timeout=90)
-    finally:
-        stop.set()
-        thread.join(30)
+    loop.run_until_done(runner, timeout=90)
     assert refusals["left"] == 0
     check_exactly_once(loop, max_retries=2)
 
