@@ -25,7 +25,6 @@ import time
 import zlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -37,31 +36,13 @@ from reclaim import contract
 from reclaim.serving import stripe_actions
 from reclaim.serving.clock import Clock
 from reclaim.serving.leader import Lease, holder_id
-from reclaim.serving.scheduler import Scheduler
+from reclaim.serving.scheduler import NoRetry, Scheduler
 from reclaim.serving.store import repository as repo
 from reclaim.serving.store import tables as t
 from reclaim.serving.store.migrate import upgrade
 from reclaim.simulator import generate
 from reclaim.simulator.stripe_export import to_stripe_objects
 from reclaim.simulator.stripe_standin import StripeStandIn
-
-
-class NoRetry:
-    """Every decision: no retry, no message (decisions are not what this measures)."""
-
-    def decide(self, payment_ids: list[str], now: datetime) -> list[dict[str, Any]]:
-        return [
-            {
-                "payment_id": p,
-                "decided_at": now.isoformat(),
-                "retry": None,
-                "no_retry_reason": "policy",
-                "channel": None,
-                "propensity": 1.0,
-                "model_version": "bench",
-            }
-            for p in payment_ids
-        ]
 
 
 def _prepare(engine: sa.Engine, n: int, start: datetime, spread: float) -> pd.DataFrame:

@@ -28,6 +28,7 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -56,6 +57,7 @@ log = logging.getLogger(__name__)
 
 OPEN = ("scheduled", "in_flight")
 PLAN_BATCH = 200  # decisions asked per tick: keeps a tick well inside the lease
+ACT_BATCH = 200  # due actions re-checked and recorded together
 RECONCILE_SECONDS = 15.0
 
 # APScheduler stores a job's function by name, so jobs call this module-level function, which
@@ -64,11 +66,11 @@ _ACTIVE: Scheduler | None = None
 
 
 def run_action(action_id: str) -> None:
-    """APScheduler's entry point for a due action."""
+    """APScheduler's entry point for a due action: hands it to this process's batches."""
     if _ACTIVE is None:  # pragma: no cover - only when a job outlives its scheduler
         log.warning("action %s came due with no scheduler running", action_id)
         return
-    _ACTIVE.execute(action_id)
+    _ACTIVE.submit(action_id)
 
 
 class Decider(Protocol):
@@ -89,6 +91,29 @@ class ScoringClient:
         response = self.http.post("/v1/decisions/batch", json=body)
         response.raise_for_status()
         return response.json()["decisions"]
+
+
+class NoRetry:
+    """A decider that answers "no retry, no message" at once for every payment: for measuring
+    the scheduler without the scoring API, and in tests. ``asked`` lists the payments asked."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    def decide(self, payment_ids: list[str], now: datetime) -> list[dict[str, Any]]:
+        self.asked += payment_ids
+        return [
+            {
+                "payment_id": p,
+                "decided_at": now.isoformat(),
+                "retry": None,
+                "no_retry_reason": "policy",
+                "channel": None,
+                "propensity": 1.0,
+                "model_version": "no-retry",
+            }
+            for p in payment_ids
+        ]
 
 
 @dataclass
@@ -142,8 +167,12 @@ class Scheduler:
         self.workers, self.poll_seconds = workers, poll_seconds
         self.metrics = metrics or SchedulerMetrics()
         self.stats = SchedulerStats()
-        self._running: set[str] = set()
-        self._running_lock = threading.Lock()
+        # actions queued or being carried out in this process, and the queue of due ones
+        self._claimed: set[str] = set()
+        self._due: list[str] = []
+        self._due_ready = threading.Condition()
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="reclaim-stripe")
+        self._draining: tuple[threading.Thread, threading.Event] | None = None
         self._reconciled = 0.0
         self._jobs: Any = None  # the APScheduler BackgroundScheduler, while leading
 
@@ -153,9 +182,16 @@ class Scheduler:
         global _ACTIVE
         _ACTIVE = self
         standing_by = False
+        leading = threading.Event()
+        # The lease is renewed on its own thread, so that no long piece of work (a reconcile
+        # of thousands of jobs, a slow planning tick) lets it lapse under a working leader.
+        beat = threading.Thread(
+            target=self._keep_lease, args=(stop, leading), name="reclaim-lease", daemon=True
+        )
+        beat.start()
         try:
             while not stop.is_set():
-                if self.lease.acquire():
+                if leading.is_set():
                     if self._jobs is None:
                         log.warning("leading as %s", self.lease.holder)
                         self._start_jobs()
@@ -172,13 +208,30 @@ class Scheduler:
                     standing_by = True
                 stop.wait(self.poll_seconds)
         finally:
+            stop.set()
+            beat.join()
             self._stop_jobs()
             if self.lease.held():
                 self.lease.release()
             _ACTIVE = None
 
+    def _keep_lease(self, stop: threading.Event, leading: threading.Event) -> None:
+        """Take or renew the lease every quarter of its length; ``leading`` says who won.
+        Actions themselves check :meth:`Lease.held`, which lapses on its own if this stalls."""
+        while not stop.is_set():
+            try:
+                won = self.lease.acquire()
+            except Exception:  # a database blip: try again; the lease lapses meanwhile
+                log.exception("the scheduler lease could not be renewed")
+                won = False
+            if won:
+                leading.set()
+            else:
+                leading.clear()
+            stop.wait(self.lease.ttl / 4)
+
     def _start_jobs(self) -> None:
-        from apscheduler.executors.pool import ThreadPoolExecutor
+        from apscheduler.executors.pool import ThreadPoolExecutor as JobExecutor
         from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
         from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -186,11 +239,15 @@ class Scheduler:
         self._job_table = store.jobs_t
         self._jobs = BackgroundScheduler(
             jobstores={"default": store},
-            executors={"default": ThreadPoolExecutor(self.workers)},
+            executors={"default": JobExecutor(2)},  # jobs only queue their action
             job_defaults={"misfire_grace_time": None, "coalesce": True, "max_instances": 1},
             timezone=UTC,
         )
         self._jobs.start()
+        stop = threading.Event()
+        drain = threading.Thread(target=self._drain, args=(stop,), name="reclaim-act", daemon=True)
+        drain.start()
+        self._draining = drain, stop
         n = self.reconcile()
         log.info("leading: %d open action(s) scheduled", n)
 
@@ -198,6 +255,11 @@ class Scheduler:
         if self._jobs is not None:
             self._jobs.shutdown(wait=True)
             self._jobs = None
+        if self._draining is not None:
+            drain, stop = self._draining
+            stop.set()
+            drain.join()
+            self._draining = None
 
     def reconcile(self, missing_only: bool = False) -> int:
         """A job for every open action: all of them when leadership starts (after a crash, or
@@ -209,8 +271,8 @@ class Scheduler:
         a = t.scheduled_actions.c
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(a.action_id, a.retry_at).where(a.status.in_(OPEN))).all()
-        with self._running_lock:
-            running = set(self._running)
+        with self._due_ready:
+            running = set(self._claimed)
         have: set[str] = set()
         if missing_only:  # one query for the ids, rather than loading every job
             with self.engine.connect() as conn:
@@ -248,36 +310,35 @@ class Scheduler:
     # --- planning ------------------------------------------------------------------------
     def pending_decisions(self, limit: int = 1000) -> list[tuple[str, int, int]]:
         """``(payment_id, after_attempt, n)`` for payments whose last attempt failed and that
-        have no action for it (``n`` numbers re-plans of the same failure)."""
-        at, a = t.attempts.c, t.scheduled_actions.c
+        have no action for it (``n`` numbers re-plans of the same failure). One query: the
+        database finds them, so a tick costs the same with a thousand stored payments or a
+        million."""
+        at, a, p = t.attempts.c, t.scheduled_actions.c, t.payments.c
         last = (
             sa.select(at.payment_id, sa.func.max(at.attempt_number).label("n"))
             .group_by(at.payment_id)
             .subquery()
         )
-        recovered = sa.select(at.payment_id).where(at.outcome == "succeeded")
-        blocked = sa.select(t.account_status.c.account_id)
+        recovered = sa.exists().where(at.payment_id == last.c.payment_id, at.outcome == "succeeded")
+        acted = sa.exists().where(
+            a.payment_id == last.c.payment_id,
+            sa.or_(a.status.in_(OPEN), sa.and_(a.after_attempt == last.c.n, a.status != "replan")),
+        )
+        replans = (
+            sa.select(sa.func.count())
+            .where(a.payment_id == last.c.payment_id, a.after_attempt == last.c.n)
+            .scalar_subquery()
+        )
+        query = (
+            sa.select(last.c.payment_id, last.c.n, replans)
+            .join(t.payments, p.payment_id == last.c.payment_id)
+            .where(~recovered, ~acted)
+            .where(p.account_id.not_in(sa.select(t.account_status.c.account_id)))
+            .order_by(last.c.payment_id)
+            .limit(limit)
+        )
         with self.engine.connect() as conn:
-            candidates = conn.execute(
-                sa.select(last.c.payment_id, last.c.n)
-                .join(t.payments, t.payments.c.payment_id == last.c.payment_id)
-                .where(last.c.payment_id.not_in(recovered))
-                .where(t.payments.c.account_id.not_in(blocked))
-            ).all()
-            actions = conn.execute(sa.select(a.payment_id, a.after_attempt, a.status)).all()
-        open_payments = {p for p, _, s in actions if s in OPEN}
-        planned: dict[tuple[str, int], list[str]] = {}
-        for p, n, s in actions:
-            planned.setdefault((p, n), []).append(s)
-        out = []
-        for pid, n in candidates:
-            statuses = planned.get((pid, n), [])
-            if pid in open_payments or any(s != "replan" for s in statuses):
-                continue
-            out.append((pid, n, len(statuses)))
-            if len(out) >= limit:
-                break
-        return out
+            return [(pid, int(n), int(k)) for pid, n, k in conn.execute(query)]
 
     def plan(self) -> int:
         """Ask for and record decisions for every payment waiting for one."""
@@ -341,97 +402,134 @@ class Scheduler:
         return len(waiting)
 
     # --- acting --------------------------------------------------------------------------
-    def _set(self, action_id: str, **values: Any) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(
-                sa.update(t.scheduled_actions)
-                .where(t.scheduled_actions.c.action_id == action_id)
-                .values(**values, updated_at=datetime.now(UTC))
-            )
+    def submit(self, action_id: str) -> None:
+        """Queue a due action for the next batch (APScheduler's jobs call this)."""
+        with self._due_ready:
+            if action_id in self._claimed:
+                return
+            self._claimed.add(action_id)
+            self._due.append(action_id)
+            self._due_ready.notify()
 
-    def recheck(
-        self, action: Mapping[str, Any], history: contract.ContractTables, now: datetime
-    ) -> tuple[str, Any] | None:
-        """Why the action must not run now: ``("cancelled", reason)``, ``("replan", reason)``
-        or ``("wait", until)``; None when it may. ``history`` is the payment's stored rows."""
-        if history.payments.empty:
-            return "cancelled", "unknown_payment"
-        with self.engine.connect() as conn:
-            if conn.execute(
-                sa.select(t.account_status.c.reason).where(
-                    t.account_status.c.account_id == action["account_id"]
-                )
-            ).scalar():
-                return "cancelled", "account_blocked"
-            customer = history.payments["customer_id"].iloc[0]
-            updated = conn.execute(
-                sa.select(sa.func.max(t.card_updates.c.updated_at)).where(
-                    t.card_updates.c.customer_id == customer
-                )
-            ).scalar()
-        if updated is not None and _aware(action["decided_at"]) < _aware(updated) <= now:
-            return "replan", "card_updated"
-        config = configs.effective_configs(self.engine, [action["account_id"]])
-        batch = DecisionBatch.from_history(
-            history.payments,
-            history.attempts,
-            history.messages,
-            pd.Series([pd.Timestamp(now)]),
-            constraints(history.payments["account_id"], config),
-        )
-        lim = rules.limits(batch, self.rules).iloc[0]
-        if lim["blocked"]:
-            return "cancelled", lim["blocked"]
-        if int(history.attempts["attempt_number"].max()) != action["after_attempt"]:
-            return "cancelled", "superseded"  # a newer attempt is stored: plan from it
-        if lim["earliest_retry_at"] > pd.Timestamp(now) + pd.Timedelta(seconds=1):
-            return "wait", lim["earliest_retry_at"].to_pydatetime()
-        return None
+    def _drain(self, stop: threading.Event) -> None:
+        """Carry out queued actions in batches until ``stop``: the re-check and the recording
+        cost the same for one payment as for hundreds, so a backlog clears in a few batches."""
+        while not stop.is_set():
+            with self._due_ready:
+                if not self._due:
+                    self._due_ready.wait(0.2)
+                batch, self._due = self._due[:ACT_BATCH], self._due[ACT_BATCH:]
+            if not batch:
+                continue
+            try:
+                self._act(batch)
+            except Exception:  # the actions stay open; reconcile gives them new jobs
+                log.exception("a batch of %d action(s) failed", len(batch))
+            finally:
+                with self._due_ready:
+                    self._claimed.difference_update(batch)
+        with self._due_ready:  # not leading any more: the next leader reconciles these
+            self._claimed.difference_update(self._due)
+            self._due = []
 
     def execute(self, action_id: str) -> str:
-        """Carry out one due action; returns what became of it."""
-        with self._running_lock:
-            if action_id in self._running:
-                return "already_running"
-            self._running.add(action_id)
-        try:
-            outcome = self._execute(action_id)
-        finally:
-            with self._running_lock:
-                self._running.discard(action_id)
-        self.metrics.actions.labels(outcome).inc()
-        return outcome
+        """Carry out one due action now; returns what became of it."""
+        return self.execute_many([action_id])[action_id]
 
-    def _execute(self, action_id: str) -> str:
+    def execute_many(self, action_ids: list[str]) -> dict[str, str]:
+        """Carry out due actions now, as one batch; returns what became of each."""
+        with self._due_ready:
+            mine = [a for a in dict.fromkeys(action_ids) if a not in self._claimed]
+            self._claimed.update(mine)
+        try:
+            outcomes = self._act(mine)
+        finally:
+            with self._due_ready:
+                self._claimed.difference_update(mine)
+        return {a: outcomes.get(a, "already_running") for a in action_ids}
+
+    def _act(self, action_ids: list[str]) -> dict[str, str]:
+        outcomes = self._act_unmetered(action_ids)
+        for outcome in outcomes.values():
+            self.metrics.actions.labels(outcome).inc()
+        return outcomes
+
+    def _act_unmetered(self, action_ids: list[str]) -> dict[str, str]:
         if not self.lease.held():
-            return "not_leader"  # the next leader reconciles it
+            return dict.fromkeys(action_ids, "not_leader")  # the next leader reconciles them
         a = t.scheduled_actions.c
         with self.engine.connect() as conn:
-            action = (
-                conn.execute(sa.select(t.scheduled_actions).where(a.action_id == action_id))
+            rows = (
+                conn.execute(sa.select(t.scheduled_actions).where(a.action_id.in_(action_ids)))
                 .mappings()
-                .one_or_none()
+                .all()
             )
-        if action is None or action["status"] not in OPEN:
-            return "gone"
-        now = self.clock.now()
-        if action["retry_at"] is not None:
-            due = self.clock.wall(_aware(action["retry_at"]))
-            self.metrics.delay.observe(max((datetime.now(UTC) - due).total_seconds(), 0.0))
-        history = repo.load_contract(self.engine, [action["payment_id"]])
-        verdict = self.recheck(action, history, now)
-        if verdict is not None:
+        actions = [dict(r) for r in rows if r["status"] in OPEN]
+        outcomes = dict.fromkeys(action_ids, "gone")
+        if not actions:
+            return outcomes
+        now, wall = self.clock.now(), datetime.now(UTC)
+        for action in actions:
+            if action["retry_at"] is not None:
+                due = self.clock.wall(_aware(action["retry_at"]))
+                self.metrics.delay.observe(max((wall - due).total_seconds(), 0.0))
+        history = repo.load_contract(self.engine, [x["payment_id"] for x in actions])
+        go = []
+        verdicts = self.recheck(actions, history, now)
+        for action, verdict in zip(actions, verdicts, strict=True):
+            if verdict is None:
+                go.append(action)
+                continue
             kind, detail = verdict
+            outcomes[action["action_id"]] = kind
             if kind == "wait":
-                self._schedule(action_id, detail)
-                return "wait"
-            self._set(action_id, status=kind, outcome=detail)
+                self._schedule(action["action_id"], detail)
+                continue
+            self._set(action["action_id"], status=kind, outcome=detail)
             self.stats.skipped += 1
-            return kind
-        self._set(action_id, status="in_flight", tries=action["tries"] + 1)
-        payment = history.payments.iloc[0]
+        if not go:
+            return outcomes
+        with self.engine.begin() as conn:  # in flight before Stripe hears of it: see the module
+            conn.execute(
+                sa.update(t.scheduled_actions)
+                .where(a.action_id == sa.bindparam("id"))
+                .values(status="in_flight", tries=sa.bindparam("tries"), updated_at=wall),
+                [{"id": x["action_id"], "tries": x["tries"] + 1} for x in go],
+            )
+        payments = history.payments.set_index("payment_id", drop=False)
+        calls = {
+            self._pool.submit(
+                stripe_actions.retry_payment,
+                self.stripe,
+                payments.loc[x["payment_id"]],
+                x["attempt_number"],
+            ): x
+            for x in go
+        }
+        finished: list[tuple[dict[str, Any], stripe_actions.ChargeResult]] = []
+        flushed = time.monotonic()
+        for call in as_completed(calls):
+            action = calls[call]
+            outcomes[action["action_id"]] = self._charged(action, call, now, finished)
+            if finished and (len(finished) >= ACT_BATCH // 4 or time.monotonic() - flushed > 0.5):
+                self._record(finished, now)
+                finished, flushed = [], time.monotonic()
+        if finished:
+            self._record(finished, now)
+        return outcomes
+
+    def _charged(
+        self,
+        action: dict[str, Any],
+        call: Future[stripe_actions.ChargeResult],
+        now: datetime,
+        finished: list[tuple[dict[str, Any], stripe_actions.ChargeResult]],
+    ) -> str:
+        """What became of one Stripe call: a result to record (added to ``finished``), a
+        transient failure to try again later under the same key, or a blocked account."""
+        action_id = action["action_id"]
         try:
-            result = stripe_actions.retry_payment(self.stripe, payment, action["attempt_number"])
+            result = call.result()
         except stripe_actions.Transient as exc:
             later = now + timedelta(minutes=15)
             log.warning("%s; trying again at %s under the same key", exc, later)
@@ -446,51 +544,136 @@ class Scheduler:
             self.stats.blocked_accounts += 1
             self.metrics.alerts.labels(f"account_{exc.reason}").inc()
             return "blocked"
-        self._record(action, payment, result, now)
+        finished.append((action, result))
         self.stats.retries += 1
         return result.outcome
 
+    def _set(self, action_id: str, **values: Any) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.update(t.scheduled_actions)
+                .where(t.scheduled_actions.c.action_id == action_id)
+                .values(**values, updated_at=datetime.now(UTC))
+            )
+
+    def recheck(
+        self, actions: list[Mapping[str, Any]], history: contract.ContractTables, now: datetime
+    ) -> list[tuple[str, Any] | None]:
+        """Per action, why it must not run now: ``("cancelled", reason)``, ``("replan",
+        reason)`` or ``("wait", until)``; None when it may. ``history`` holds the payments'
+        stored rows; each payment has at most one open action."""
+        account_ids = list({x["account_id"] for x in actions})
+        by_payment = history.payments.set_index("payment_id")
+        customers = by_payment["customer_id"].astype("object")
+        with self.engine.connect() as conn:
+            blocked = set(
+                conn.execute(
+                    sa.select(t.account_status.c.account_id).where(
+                        t.account_status.c.account_id.in_(account_ids)
+                    )
+                ).scalars()
+            )
+            c = t.card_updates.c
+            card_updated = dict(
+                conn.execute(
+                    sa.select(c.customer_id, sa.func.max(c.updated_at))
+                    .where(c.customer_id.in_(list(set(customers))))
+                    .group_by(c.customer_id)
+                ).all()
+            )
+        verdicts: list[tuple[str, Any] | None] = [None] * len(actions)
+        checked = []
+        for i, action in enumerate(actions):
+            pid = action["payment_id"]
+            if pid not in by_payment.index:
+                verdicts[i] = ("cancelled", "unknown_payment")
+            elif action["account_id"] in blocked:
+                verdicts[i] = ("cancelled", "account_blocked")
+            else:
+                updated = card_updated.get(customers[pid])
+                if updated is not None and _aware(action["decided_at"]) < _aware(updated) <= now:
+                    verdicts[i] = ("replan", "card_updated")
+                else:
+                    checked.append(i)
+        if not checked:
+            return verdicts
+        payments = by_payment.loc[[actions[i]["payment_id"] for i in checked]].reset_index()
+        config = configs.effective_configs(self.engine, account_ids)
+        batch = DecisionBatch.from_history(
+            payments,
+            history.attempts,
+            history.messages,
+            pd.Series([pd.Timestamp(now)] * len(payments)),
+            constraints(payments["account_id"], config),
+        )
+        lim = rules.limits(batch, self.rules)
+        last = history.attempts.groupby("payment_id", observed=True)["attempt_number"].max()
+        later = pd.Timestamp(now) + pd.Timedelta(seconds=1)
+        for row, i in enumerate(checked):
+            action = actions[i]
+            if lim["blocked"].iat[row]:
+                verdicts[i] = ("cancelled", lim["blocked"].iat[row])
+            elif int(last[action["payment_id"]]) != action["after_attempt"]:
+                verdicts[i] = ("cancelled", "superseded")  # a newer attempt: plan from it
+            elif lim["earliest_retry_at"].iat[row] > later:
+                verdicts[i] = ("wait", lim["earliest_retry_at"].iat[row].to_pydatetime())
+        return verdicts
+
     def _record(
         self,
-        action: Mapping[str, Any],
-        payment: Mapping[str, Any],
-        result: stripe_actions.ChargeResult,
+        finished: list[tuple[dict[str, Any], stripe_actions.ChargeResult]],
         at: datetime,
     ) -> None:
-        """The attempt as a contract row, and the action done, in one transaction."""
-        succeeded = result.outcome in ("succeeded", "already_paid")
-        row = pd.DataFrame(
+        """The attempts as contract rows, and their actions done, in one transaction."""
+        charged = [(x, r) for x, r in finished if r.outcome != "already_paid"]
+        ok = [r.outcome == "succeeded" for _, r in charged]
+        rows = pd.DataFrame(
             {
-                "payment_id": [action["payment_id"]],
-                "attempt_number": [action["attempt_number"]],
-                "attempted_at": [pd.Timestamp(at).tz_convert(UTC)],
-                "initiator": ["merchant"],
-                "outcome": ["succeeded" if succeeded else "failed"],
-                "decline_code": [None if succeeded else result.decline_code],
-                "advice_code": [None],
-                "network_decline_code": [result.network_decline_code],
-                "network_advice_code": [result.network_advice_code],
-                "policy": [f"reclaim@{action['model_version']}"],
+                "payment_id": [x["payment_id"] for x, _ in charged],
+                "attempt_number": [x["attempt_number"] for x, _ in charged],
+                "attempted_at": pd.Series(
+                    [pd.Timestamp(at).tz_convert(UTC)] * len(charged), dtype="datetime64[ns, UTC]"
+                ),
+                "initiator": ["merchant"] * len(charged),
+                "outcome": ["succeeded" if s else "failed" for s in ok],
+                "decline_code": [
+                    None if s else r.decline_code for s, (_, r) in zip(ok, charged, strict=True)
+                ],
+                "advice_code": [None] * len(charged),
+                "network_decline_code": [r.network_decline_code for _, r in charged],
+                "network_advice_code": [r.network_advice_code for _, r in charged],
+                "policy": [f"reclaim@{x['model_version']}" for x, _ in charged],
                 "propensity": [
-                    np.nan if action["propensity"] is None else float(action["propensity"])
+                    np.nan if x["propensity"] is None else float(x["propensity"])
+                    for x, _ in charged
                 ],
             }
         )
-        a = t.scheduled_actions.c
+        a, at_ = t.scheduled_actions.c, t.attempts.c
         with self.engine.begin() as conn:
-            if result.outcome != "already_paid":
-                repo.insert_rows(conn, t.attempts, contract.conform(contract.ATTEMPTS, row))
-                # The webhook may have recorded this attempt first: keep the decision's fields.
+            if charged:
+                repo.insert_rows(conn, t.attempts, contract.conform(contract.ATTEMPTS, rows))
+                # The webhook may have recorded these attempts first: keep the decision's fields.
                 conn.execute(
                     sa.update(t.attempts)
-                    .where(t.attempts.c.payment_id == action["payment_id"])
-                    .where(t.attempts.c.attempt_number == action["attempt_number"])
-                    .values(policy=row["policy"][0], propensity=action["propensity"])
+                    .where(at_.payment_id == sa.bindparam("pid"))
+                    .where(at_.attempt_number == sa.bindparam("n"))
+                    .values(policy=sa.bindparam("pol"), propensity=sa.bindparam("prop")),
+                    [
+                        {
+                            "pid": x["payment_id"],
+                            "n": x["attempt_number"],
+                            "pol": f"reclaim@{x['model_version']}",
+                            "prop": x["propensity"],
+                        }
+                        for x, _ in charged
+                    ],
                 )
             conn.execute(
                 sa.update(t.scheduled_actions)
-                .where(a.action_id == action["action_id"])
-                .values(status="done", outcome=result.outcome, updated_at=datetime.now(UTC))
+                .where(a.action_id == sa.bindparam("id"))
+                .values(status="done", outcome=sa.bindparam("out"), updated_at=datetime.now(UTC)),
+                [{"id": x["action_id"], "out": r.outcome} for x, r in finished],
             )
 
     # --- messages ------------------------------------------------------------------------
