@@ -1,0 +1,146 @@
+"""Estimators for A/B tests of recovery: the difference between arms with a 95% interval.
+
+One function, :func:`difference`, is what every table of the experiment report uses, so the
+coverage test (``tests/training/test_ab_coverage.py``) checks the intervals people read:
+
+- every randomization unit holds one row → a two-proportion z-test for 0/1 outcomes
+  (unpooled standard error for the interval, pooled for the p-value) and Welch's t for
+  continuous ones (revenue per failed payment);
+- units hold several rows (a customer with several failed payments, or assignment by
+  connected account) → the difference of means with a cluster-robust (CR1) standard error
+  and t with G − 1 degrees of freedom, G the number of clusters.
+
+:func:`cuped` adjusts an outcome with a pre-period covariate (Deng et al., 2013): the same
+difference, a narrower interval when the covariate predicts the outcome.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+LEVEL = 0.95
+
+
+@dataclass(frozen=True)
+class Difference:
+    """Treatment minus control, with its 95% interval and two-sided p-value."""
+
+    control: float
+    treatment: float
+    diff: float
+    se: float
+    lo: float
+    hi: float
+    p_value: float
+    n_control: int
+    n_treatment: int
+    method: str
+
+    @property
+    def significant(self) -> bool:
+        return bool(self.p_value < 1 - LEVEL)
+
+    def as_dict(self) -> dict[str, float | int | str]:
+        return asdict(self)
+
+
+def _empty(method: str, n0: int, n1: int) -> Difference:
+    nan = float("nan")
+    return Difference(nan, nan, nan, nan, nan, nan, nan, n0, n1, method)
+
+
+def difference(
+    y: np.ndarray, treated: np.ndarray, clusters: np.ndarray | None = None
+) -> Difference:
+    """Mean of ``y`` in treatment minus control.
+
+    Parameters
+    ----------
+    y
+        Outcome per row (0/1 for a recovery, an amount for revenue).
+    treated
+        Boolean per row.
+    clusters
+        The randomization unit (or a coarser grouping) per row; None when rows are units.
+    """
+    y = np.asarray(y, dtype=float)
+    t = np.asarray(treated, dtype=bool)
+    n1, n0 = int(t.sum()), int((~t).sum())
+    if clusters is not None:
+        codes = pd.factorize(np.asarray(clusters))[0]
+        if len(np.unique(codes)) < len(codes):
+            return _clustered(y, t, codes)
+    binary = bool(np.isin(y, (0.0, 1.0)).all())
+    if n0 < 2 or n1 < 2:
+        return _empty("two_proportion" if binary else "welch", n0, n1)
+    m1, m0 = y[t].mean(), y[~t].mean()
+    if binary:
+        se = float(np.sqrt(m1 * (1 - m1) / n1 + m0 * (1 - m0) / n0))
+        pooled = y.mean()
+        se0 = float(np.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n0)))
+        z = stats.norm.ppf(0.5 + LEVEL / 2)
+        p = 2 * stats.norm.sf(abs(m1 - m0) / se0) if se0 > 0 else 1.0
+        return Difference(m0, m1, m1 - m0, se, m1 - m0 - z * se, m1 - m0 + z * se, float(p),
+                          n0, n1, "two_proportion")  # fmt: skip
+    v1, v0 = y[t].var(ddof=1) / n1, y[~t].var(ddof=1) / n0
+    se = float(np.sqrt(v1 + v0))
+    df = (v1 + v0) ** 2 / (v1**2 / (n1 - 1) + v0**2 / (n0 - 1)) if se > 0 else 1.0
+    q = stats.t.ppf(0.5 + LEVEL / 2, df)
+    p = 2 * stats.t.sf(abs(m1 - m0) / se, df) if se > 0 else 1.0
+    return Difference(m0, m1, m1 - m0, se, m1 - m0 - q * se, m1 - m0 + q * se, float(p),
+                      n0, n1, "welch")  # fmt: skip
+
+
+def _clustered(y: np.ndarray, t: np.ndarray, codes: np.ndarray) -> Difference:
+    """OLS of y on [1, t] with CR1 cluster-robust errors; the slope is the difference."""
+    n1, n0 = int(t.sum()), int((~t).sum())
+    g = int(codes.max()) + 1
+    if n0 < 2 or n1 < 2 or g < 3:
+        return _empty("clustered", n0, n1)
+    m1, m0 = y[t].mean(), y[~t].mean()
+    resid = y - np.where(t, m1, m0)
+    x = np.column_stack([np.ones_like(y), t.astype(float)])
+    bread = np.linalg.inv(x.T @ x)
+    size = np.bincount(codes, minlength=g)
+    arm_of = np.zeros(g)
+    np.add.at(arm_of, codes, t)
+    if ((arm_of == 0) | (arm_of == size)).all():
+        # Each cluster wholly in one arm (the unit of randomization): CR2 (Bell & McCaffrey,
+        # 2002). A cluster's rows share one leverage, 1/N of its arm, so the adjustment
+        # (I − H_gg)^(-1/2) scales its residual sum by 1 / sqrt(1 − n_g / N_arm).
+        arm_n = np.where(arm_of > 0, n1, n0)
+        scale = 1 / np.sqrt(np.clip(1 - size / arm_n, 1e-9, None))
+        method, df = "clustered_cr2", min(int((arm_of > 0).sum()), int((arm_of == 0).sum())) - 1
+    else:
+        n = len(y)
+        scale = np.full(g, np.sqrt(g / (g - 1) * (n - 1) / (n - 2)))  # CR1
+        method, df = "clustered", g - 1
+    scores = np.zeros((g, 2))
+    np.add.at(scores, codes, x * resid[:, None])
+    scores *= scale[:, None]
+    cov = bread @ (scores.T @ scores) @ bread
+    se = float(np.sqrt(cov[1, 1]))
+    df = max(df, 1)
+    q = stats.t.ppf(0.5 + LEVEL / 2, df)
+    p = 2 * stats.t.sf(abs(m1 - m0) / se, df) if se > 0 else 1.0
+    return Difference(m0, m1, m1 - m0, se, m1 - m0 - q * se, m1 - m0 + q * se, float(p),
+                      n0, n1, method)  # fmt: skip
+
+
+def cuped(y: np.ndarray, covariate: np.ndarray) -> np.ndarray:
+    """``y − θ (x − x̄)`` with θ = cov(y, x) / var(x), pooled over both arms.
+
+    The covariate must not depend on the arm (a pre-period figure), so the adjustment keeps
+    the difference's expectation and removes the part of its variance the covariate explains.
+    """
+    y = np.asarray(y, dtype=float)
+    x = np.asarray(covariate, dtype=float)
+    var = x.var()
+    if var == 0:
+        return y.copy()
+    theta = np.cov(y, x, ddof=0)[0, 1] / var
+    return y - theta * (x - x.mean())
