@@ -9,9 +9,12 @@ from __future__ import annotations
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from reclaim.experiment import ExperimentDesign, Segment
 
 
 class Settings(BaseSettings):
@@ -47,7 +50,29 @@ class Settings(BaseSettings):
     """Run an A/B test: this reference policy (e.g. ``stripe_like``) decides for the control
     arm, the served policy for the rest; unset means no experiment."""
     experiment_control_share: float = Field(default=0.5, ge=0.0, le=1.0)
-    """Share of customers in the control arm (assigned by a hash of the customer id)."""
+    """Share of units in the control arm when no rollout is set."""
+    experiment_name: str = "reclaim-ab"
+    """The experiment's name: its assignments are stored under it and it salts the hash."""
+    experiment_unit: Literal["customer", "account"] = "customer"
+    """What is randomized: each customer, or each connected account as a whole."""
+    experiment_rollout: list[Segment] | None = None
+    """Treatment share per account size segment, as JSON, e.g.
+    ``[{"name": "small", "max_failed_payments": 100, "treatment_share": 0.1},
+    {"name": "large", "treatment_share": 0.5}]``; unset: one segment, 1 − control share."""
+    report_currency: str = "usd"
+    """The currency ``reclaim report`` states revenue in."""
+    report_fx: dict[str, float] = {"usd": 1.0}
+    """Amount of the report currency per major unit of each currency, as JSON."""
+
+    def experiment_design(self) -> ExperimentDesign:
+        """The experiment these settings describe."""
+        segments = self.experiment_rollout or [
+            Segment(name="all", treatment_share=1 - self.experiment_control_share)
+        ]
+        return ExperimentDesign(
+            name=self.experiment_name, unit=self.experiment_unit, segments=segments
+        )
+
     stripe_api_base: str | None = None
     """Another Stripe API address (the stand-in in tests); None means Stripe itself."""
 

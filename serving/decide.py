@@ -18,13 +18,13 @@ from sqlalchemy.engine import Engine
 
 from reclaim import contract, timeutil
 from reclaim.account_config import constraints
-from reclaim.experiment import in_control
+from reclaim.experiment import ExperimentDesign
 from reclaim.policy import DecisionBatch, Policy, decision_seed
 from reclaim.reference import REFERENCE_POLICIES
 from reclaim.rules import NetworkRules, enforce
 from reclaim.serving.policy_holder import Loaded
 from reclaim.serving.schemas import DecisionOut, DecisionRequest, RetryOut
-from reclaim.serving.store import configs
+from reclaim.serving.store import configs, experiments
 from reclaim.serving.store import repository as repo
 from reclaim.serving.store import tables as t
 from reclaim.settings import Settings
@@ -32,10 +32,10 @@ from reclaim.settings import Settings
 
 @dataclass(frozen=True)
 class Experiment:
-    """An A/B test: ``control`` decides for about ``share`` of customers (by hash)."""
+    """An A/B test: ``control`` decides for the units ``design`` puts in the control arm."""
 
     control: Policy
-    share: float
+    design: ExperimentDesign
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Experiment | None:
@@ -48,7 +48,7 @@ class Experiment:
                 f"RECLAIM_EXPERIMENT_CONTROL={name!r} is not a reference policy; "
                 f"choose one of {sorted(REFERENCE_POLICIES)}"
             )
-        return cls(REFERENCE_POLICIES[name](), settings.experiment_control_share)
+        return cls(REFERENCE_POLICIES[name](), settings.experiment_design())
 
 
 class UnknownPayment(LookupError):
@@ -155,7 +155,9 @@ def decide(
     chosen = policy.act(batch, rng)
     names = np.full(len(batch), getattr(policy, "name", "policy"), dtype=object)
     if experiment is not None:
-        control = in_control(payments["customer_id"].astype(str), experiment.share)
+        at = batch.now.max().to_pydatetime()
+        arms = experiments.assign(engine, experiment.design, payments, at)
+        control = payments["payment_id"].map(arms).eq("control").to_numpy()
         if control.any():
             chosen = chosen.where(control, experiment.control.act(batch, rng))
             names[control] = experiment.control.name

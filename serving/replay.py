@@ -35,11 +35,12 @@ from typing import Any
 import httpx
 import numpy as np
 import pandas as pd
+import sqlalchemy as sa
 
 from reclaim import contract
-from reclaim.experiment import in_control
 from reclaim.serving.auth import create_key
 from reclaim.serving.clock import Clock
+from reclaim.serving.store.experiments import load_assignments
 from reclaim.serving.store.migrate import upgrade
 from reclaim.serving.store.repository import make_engine
 from reclaim.simulator import Marketplace, fresh_payments, truth
@@ -59,6 +60,8 @@ class ReplayConfig:
     """How long the replay takes on the wall clock (sets the clock's speed)."""
     control: str = "stripe_like"
     control_share: float = 0.5
+    experiment: str = "replay"
+    """The experiment's name in the store (``reclaim report --experiment``)."""
     seed: int = 8
 
 
@@ -190,6 +193,7 @@ def run_replay(
             "RECLAIM_STRIPE_WEBHOOK_SECRET_CONNECT": secret["connect"],
             "RECLAIM_EXPERIMENT_CONTROL": config.control,
             "RECLAIM_EXPERIMENT_CONTROL_SHARE": str(config.control_share),
+            "RECLAIM_EXPERIMENT_NAME": config.experiment,
             "RECLAIM_POLICY_RELOAD_SECONDS": "3600",
         },
     )
@@ -229,7 +233,7 @@ def run_replay(
             )
             _play(world, standin, objects, clock, horizon, progress)
             _stop(scheduler)
-            return _report(world, standin, objects, config)
+            return _report(world, standin, engine, config)
     finally:
         if scheduler is not None:
             _stop(scheduler)
@@ -298,15 +302,19 @@ def _sleep_until(
 
 
 def _report(
-    world: World, standin: StripeStandIn, objects: dict, config: ReplayConfig
+    world: World, standin: StripeStandIn, engine: sa.Engine, config: ReplayConfig
 ) -> pd.DataFrame:
-    """Recovered revenue per arm, from what the stand-in was paid, with 95% intervals."""
+    """Recovered revenue per arm, from what the stand-in was paid, with 95% intervals; arms
+    as the API stored them (a payment never decided for is in neither)."""
     p = world.market.payments
     usd = p["amount"].to_numpy() * world.market.hidden["usd_per_minor"].to_numpy()
     paid_by = p["payment_id"].map(world.paid_by)
-    control = in_control(p["customer_id"].astype(str), config.control_share)
+    stored = load_assignments(engine, config.experiment).set_index("payment_id")["arm"]
+    arm_of = p["payment_id"].map(stored)
+    control = arm_of.eq("control").to_numpy()
+    treated = arm_of.eq("treatment").to_numpy()
     rows = []
-    for arm, mask in ((config.control, control), ("learned", ~control)):
+    for arm, mask in ((config.control, control), ("learned", treated)):
         recovered = paid_by[mask].notna().to_numpy()
         value = np.where(recovered, usd[mask], 0.0)
         n = int(mask.sum())

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from reclaim import contract, experiment
+from reclaim import contract
+from reclaim.experiment import ExperimentDesign, Segment
 from reclaim.simulator.config import SimulatorConfig
 from reclaim.simulator.marketplace import generate
 
@@ -74,7 +75,12 @@ def synthetic_experiment(
     units = (payments["customer_id"] if unit == "customer" else payments["account_id"]).astype(
         "object"
     )
-    treated = in_experiment & ~experiment.in_control(units, 1 - treatment_share, f"synth-{seed}")
+    design = ExperimentDesign(
+        name=f"synthetic-{seed}",
+        unit=unit,
+        segments=[Segment(name="all", treatment_share=treatment_share)],
+    )
+    treated = in_experiment & (design.assign(units, np.zeros(len(units)))[1] == "treatment")
     p1 = np.minimum(p0 + uplift, 0.98)
     recovered = rng.random(len(payments)) < np.where(treated, p1, p0)
 

@@ -69,3 +69,53 @@ def recovery_by_day(tables: contract.ContractTables, window_days: int = 30) -> F
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+def recovered_over_time(frame: pd.DataFrame, currency: str) -> Figure:
+    """Cumulative recovered revenue per failed payment of each arm, by recovery date
+    (``frame``: :func:`reclaim.training.ab_report.experiment_frame`)."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for arm, g in frame.groupby("arm", sort=True):
+        rec = g[g["recovered"]].sort_values("recovered_at")
+        ax.step(
+            pd.to_datetime(rec["recovered_at"], utc=True),
+            rec["revenue"].cumsum() / len(g),
+            where="post",
+            label=f"{arm} ({len(g):,} failed payments)",
+        )
+    ax.set(
+        xlabel="recovered on",
+        ylabel=f"recovered {currency.upper()} per failed payment (cumulative)",
+        title="Recovered revenue over time, per arm",
+    )
+    ax.legend()
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    return fig
+
+
+def account_uplift(accounts: pd.DataFrame, currency: str, top: int = 40) -> Figure:
+    """Per connected account: the treatment's uplift in recovered revenue per failed payment
+    with its 95% interval, for the ``top`` accounts by payments."""
+    shown = accounts.nlargest(top, "payments").sort_values("revenue_diff")
+    fig, ax = plt.subplots(figsize=(7, 0.25 * len(shown) + 1.5))
+    y = np.arange(len(shown))
+    ax.errorbar(
+        shown["revenue_diff"],
+        y,
+        xerr=[
+            shown["revenue_diff"] - shown["revenue_lo"],
+            shown["revenue_hi"] - shown["revenue_diff"],
+        ],
+        fmt="o",
+        ms=3,
+        capsize=2,
+    )
+    ax.axvline(0, color="grey", lw=1, ls="--")
+    ax.set_yticks(y, shown.index, fontsize=7)
+    ax.set(
+        xlabel=f"uplift, {currency.upper()} per failed payment (95% interval)",
+        title="Per-account uplift",
+    )
+    fig.tight_layout()
+    return fig

@@ -176,3 +176,18 @@ scheduler_leader = sa.Table(
     sa.Column("holder", sa.String(100), nullable=False),
     sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
 )
+
+# --- experiments (issue 7) -------------------------------------------------------------------
+
+experiment_assignments = sa.Table(
+    "experiment_assignments",
+    metadata,
+    # A payment's arm, written the first time the API decides for it and never changed.
+    sa.Column("experiment", sa.String(100), primary_key=True),
+    sa.Column("payment_id", sa.String(255), primary_key=True),
+    sa.Column("unit_id", sa.String(255), nullable=False),
+    sa.Column("account_id", sa.String(255), nullable=False),
+    sa.Column("segment", sa.String(40), nullable=False),
+    sa.Column("arm", sa.String(20), nullable=False),
+    sa.Column("assigned_at", sa.DateTime(timezone=True), nullable=False),
+)

@@ -11,14 +11,17 @@ import pytest
 from reclaim.simulator.experiments import synthetic_experiment
 from reclaim.training.ab_report import build_report
 
-N_EXPERIMENTS = 60
+N_EXPERIMENTS = 100
+N_BY_ACCOUNT = 50
 N_AA = 100
 
 
-def _run(seeds: range, uplift: float) -> pd.DataFrame:
+def _run(seeds: range, uplift: float, unit: str = "customer", accounts: int = 40) -> pd.DataFrame:
     rows = []
     for seed in seeds:
-        e = synthetic_experiment(n_accounts=40, n_payments=3000, uplift=uplift, seed=seed)
+        e = synthetic_experiment(
+            n_accounts=accounts, n_payments=3000, uplift=uplift, seed=seed, unit=unit
+        )
         effects = build_report("coverage", e.tables, e.assignments, e.fx).effects
         for name, row in effects.iterrows():
             truth = e.true_rate_uplift if name.startswith("recovery") else e.true_revenue_uplift
@@ -36,7 +39,7 @@ def _run(seeds: range, uplift: float) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def with_uplift() -> pd.DataFrame:
-    return _run(range(100, 100 + N_EXPERIMENTS), uplift=0.04)
+    return _run(range(1000, 1000 + N_EXPERIMENTS), uplift=0.04)
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +50,13 @@ def a_a() -> pd.DataFrame:
 def test_the_95_percent_intervals_cover_the_true_uplift(with_uplift):
     coverage = with_uplift.groupby("effect")["covered"].mean()
     print(f"\ncoverage over {N_EXPERIMENTS} experiments with a 4-point uplift:\n{coverage}")
+    assert (coverage >= 0.90).all(), coverage
+
+
+def test_the_intervals_cover_the_truth_when_whole_accounts_are_randomized():
+    runs = _run(range(2000, 2000 + N_BY_ACCOUNT), uplift=0.04, unit="account", accounts=100)
+    coverage = runs.groupby("effect")["covered"].mean()
+    print(f"\ncoverage over {N_BY_ACCOUNT} account-randomized experiments:\n{coverage}")
     assert (coverage >= 0.90).all(), coverage
 
 

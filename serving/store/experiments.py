@@ -1,0 +1,100 @@
+"""Experiment assignments in the store: each payment's arm, decided once.
+
+:func:`assign` returns the stored arm of every payment already assigned and assigns the rest
+by :meth:`reclaim.experiment.ExperimentDesign.assign`, sizing each account by its failed
+payments stored in the 90 days before ``now``. Inserts skip rows already there, so two API
+processes assigning the same payment at once keep the first one's arm.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from reclaim.experiment import ExperimentDesign
+from reclaim.serving.store import repository as repo
+from reclaim.serving.store import tables as t
+
+SIZE_DAYS = 90
+
+
+def account_sizes(engine: Engine, account_ids: list[str], now: datetime) -> dict[str, int]:
+    """Failed payments stored per account in the ``SIZE_DAYS`` before ``now``."""
+    p = t.payments.c
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(p.account_id, sa.func.count())
+            .where(p.account_id.in_(account_ids))
+            .where(p.failed_at >= now - timedelta(days=SIZE_DAYS))
+            .where(p.failed_at <= now)
+            .group_by(p.account_id)
+        ).all()
+    return {a: int(n) for a, n in rows}
+
+
+def assign(
+    engine: Engine, design: ExperimentDesign, payments: pd.DataFrame, now: datetime
+) -> dict[str, str]:
+    """The arm of each of ``payments`` (contract rows, stored), by payment id."""
+    ids = list(dict.fromkeys(payments["payment_id"].astype("object")))
+    stored = _stored(engine, design.name, ids)
+    new = payments.drop_duplicates("payment_id")
+    new = new[~new["payment_id"].isin(list(stored))]
+    if not new.empty:
+        accounts = new["account_id"].astype("object")
+        sizes = account_sizes(engine, list(set(accounts)), now)
+        units = (new["customer_id"] if design.unit == "customer" else new["account_id"]).astype(
+            "object"
+        )
+        segments, arms = design.assign(units, accounts.map(sizes).fillna(0).to_numpy())
+        rows = [
+            {
+                "experiment": design.name,
+                "payment_id": pid,
+                "unit_id": unit,
+                "account_id": account,
+                "segment": segment,
+                "arm": arm,
+                "assigned_at": now,
+            }
+            for pid, unit, account, segment, arm in zip(
+                new["payment_id"], units, accounts, segments, arms, strict=True
+            )
+        ]
+        with engine.begin() as conn:
+            repo.insert_rows_ignoring(conn, t.experiment_assignments, rows)
+        stored |= _stored(engine, design.name, [r["payment_id"] for r in rows])
+    return {pid: stored[pid] for pid in ids}
+
+
+def _stored(engine: Engine, experiment: str, payment_ids: list[str]) -> dict[str, str]:
+    e = t.experiment_assignments.c
+    with engine.connect() as conn:
+        return dict(
+            conn.execute(
+                sa.select(e.payment_id, e.arm)
+                .where(e.experiment == experiment)
+                .where(e.payment_id.in_(payment_ids))
+            ).all()
+        )
+
+
+def load_assignments(engine: Engine, experiment: str) -> pd.DataFrame:
+    """Every stored assignment of ``experiment``: ``payment_id``, ``unit_id``,
+    ``account_id``, ``segment``, ``arm``, ``assigned_at``."""
+    e = t.experiment_assignments
+    with engine.connect() as conn:
+        return pd.read_sql(
+            sa.select(e).where(e.c.experiment == experiment).order_by(e.c.payment_id), conn
+        ).drop(columns="experiment")
+
+
+def experiments(engine: Engine) -> dict[str, int]:
+    """Stored experiments and how many payments each has assigned."""
+    e = t.experiment_assignments.c
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(e.experiment, sa.func.count()).group_by(e.experiment)).all()
+    return {name: int(n) for name, n in rows}
