@@ -360,6 +360,89 @@ def scheduler() -> None:
     runner.run(stop)
 
 
+def _parse_fx(value: str | None) -> dict[str, float]:
+    """``--fx``: ``simulator`` (the simulator's fixed rates), ``eur=1.08,gbp=1.27``, or unset
+    (``RECLAIM_REPORT_FX``)."""
+    if value is None:
+        return dict(get_settings().report_fx)
+    if value == "simulator":
+        from reclaim.simulator.config import SimulatorConfig
+
+        return dict(SimulatorConfig().usd_per_unit)
+    try:
+        pairs = [item.split("=", 1) for item in value.split(",") if item]
+        return {k.strip().lower(): float(v) for k, v in pairs}
+    except ValueError as exc:
+        raise typer.BadParameter(
+            f"expected CUR=RATE,CUR=RATE or 'simulator', got {value!r}"
+        ) from exc
+
+
+@app.command()
+def report(
+    experiment: Annotated[str, typer.Option(help="The experiment's name.")],
+    tables: Annotated[
+        Path | None,
+        typer.Option(
+            help="A folder of contract tables with assignments.parquet or .csv; "
+            "default: the operational store (RECLAIM_DATABASE_URL)."
+        ),
+    ] = None,
+    fx: Annotated[
+        str | None,
+        typer.Option(help="Rates to the report currency: CUR=RATE,… or 'simulator'."),
+    ] = None,
+    currency: Annotated[str | None, typer.Option(help="The report currency.")] = None,
+    html: Annotated[Path | None, typer.Option(help="Write the HTML report here.")] = None,
+    mlflow: Annotated[bool, typer.Option(help="Log the report to MLflow.")] = True,
+    tracking_uri: Annotated[str | None, typer.Option()] = None,
+) -> None:
+    """An experiment's report: recovery and recovered revenue per arm with 95% intervals,
+    CUPED, per-account uplift, breakdowns, guardrails and attribution."""
+    from reclaim.training import ab_publish
+    from reclaim.training.ab_report import ReportError, build_report, read_assignments
+
+    settings = get_settings()
+    rates = _parse_fx(fx)
+    try:
+        with console.status("reading the experiment ..."):
+            if tables is not None:
+                data, assignments, opted_out = (
+                    contract.read_tables(tables),
+                    read_assignments(tables),
+                    set(),
+                )
+            else:
+                from reclaim.serving.store.experiments import report_inputs
+                from reclaim.serving.store.repository import make_engine
+
+                data, assignments, opted_out = report_inputs(
+                    make_engine(settings.database_url), experiment
+                )
+        with console.status("computing the report ..."):
+            result = build_report(
+                experiment,
+                data,
+                assignments,
+                rates,
+                currency or settings.report_currency,
+                opted_out=opted_out,
+            )
+    except (ReportError, LookupError, contract.ContractError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(code=2) from exc
+    console.print(ab_publish.to_text(result))
+    if html is not None:
+        html.parent.mkdir(parents=True, exist_ok=True)
+        html.write_text(ab_publish.to_html(result))
+        console.print(f"HTML report: {html}")
+    if mlflow:
+        run_id = ab_publish.log_to_mlflow(
+            result, tracking_uri or settings.mlflow_tracking_uri, f"ab-{experiment}"
+        )
+        console.print(f"logged to MLflow as run {run_id}")
+
+
 keys_app = typer.Typer(help="API keys of the scoring API.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 

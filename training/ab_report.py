@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -326,3 +327,16 @@ def build_report(
         attribution=attribution(frame),
         notes=notes,
     )
+
+
+def read_assignments(folder: Path) -> pd.DataFrame:
+    """An experiment's assignments beside contract tables: ``assignments.parquet`` or
+    ``assignments.csv`` in ``folder``. Raises :class:`ReportError` naming the files sought."""
+    for name, reader in (
+        ("assignments.parquet", pd.read_parquet),
+        ("assignments.csv", pd.read_csv),
+    ):
+        path = folder / name
+        if path.exists():
+            return reader(path)
+    raise ReportError(f"no assignments.parquet or assignments.csv in {folder}")

@@ -14,7 +14,9 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from reclaim import contract
 from reclaim.experiment import ExperimentDesign
+from reclaim.serving.store import configs
 from reclaim.serving.store import repository as repo
 from reclaim.serving.store import tables as t
 
@@ -98,3 +100,22 @@ def experiments(engine: Engine) -> dict[str, int]:
     with engine.connect() as conn:
         rows = conn.execute(sa.select(e.experiment, sa.func.count()).group_by(e.experiment)).all()
     return {name: int(n) for name, n in rows}
+
+
+def report_inputs(
+    engine: Engine, experiment: str
+) -> tuple[contract.ContractTables, pd.DataFrame, set[str]]:
+    """What :func:`reclaim.training.ab_report.build_report` needs from the store: the contract
+    tables, the experiment's assignments, and the accounts whose configuration opts out.
+    Raises LookupError naming the stored experiments when ``experiment`` has none."""
+    assignments = load_assignments(engine, experiment)
+    if assignments.empty:
+        known = experiments(engine)
+        raise LookupError(
+            f"no payments are assigned to experiment {experiment!r}; stored experiments: "
+            f"{known or 'none'}"
+        )
+    tables = repo.load_contract(engine)
+    accounts = list(set(tables.payments["account_id"].astype("object")))
+    opted_out = {a for a, c in configs.effective_configs(engine, accounts).items() if c.opted_out}
+    return tables, assignments, opted_out
