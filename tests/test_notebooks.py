@@ -1,0 +1,37 @@
+"""The notebooks run from top to bottom on small simulated data, in a fresh kernel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+NOTEBOOKS = sorted((Path(__file__).parents[1] / "notebooks").glob("*.ipynb"))
+
+
+def test_there_are_the_three_notebooks():
+    assert [n.name for n in NOTEBOOKS] == [
+        "1.0-explore-failed-payments.ipynb",
+        "2.0-train-and-compare-policies.ipynb",
+        "3.0-ab-analysis.ipynb",
+    ]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs_without_error(path, tmp_path, monkeypatch):
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    book = nbformat.read(path, as_version=4)
+    NotebookClient(
+        book, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
+    errors = [
+        o for c in book.cells if c.cell_type == "code" for o in c.get("outputs", [])
+        if o.get("output_type") == "error"
+    ]  # fmt: skip
+    assert not errors
+    # no notebook defines a function or class worth reusing: those belong in the package
+    for cell in book.cells:
+        if cell.cell_type == "code":
+            assert "def " not in cell.source and "class " not in cell.source, cell.source
