@@ -21,8 +21,8 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 
 # The main job: simulate a marketplace's history, train and register a policy, then replay a
 # month of new failures through the API, the scheduler and the Stripe stand-in in accelerated
-# time as an A/B test (learned vs stripe_like), and compare the policies offline against the
-# simulator's truth.
+# time as an A/B test (learned vs stripe_like), report the experiment (HTML and MLflow), and
+# compare the policies offline against the simulator's truth.
 DEMO := data/demo
 demo: $(VENV)/.installed
 	rm -rf $(DEMO)
@@ -30,6 +30,9 @@ demo: $(VENV)/.installed
 	$(BIN)/reclaim train --data $(DEMO)/sim --tracking-uri sqlite:///$(DEMO)/mlflow.db
 	$(BIN)/reclaim replay --model models:/reclaim-policy@champion --payments 300 \
 		--wall-seconds 240 --tracking-uri sqlite:///$(DEMO)/mlflow.db --out $(DEMO)/replay
+	RECLAIM_DATABASE_URL=sqlite:///$(DEMO)/replay/reclaim.db $(BIN)/reclaim report \
+		--experiment replay --fx simulator --html $(DEMO)/ab_report.html \
+		--tracking-uri sqlite:///$(DEMO)/mlflow.db
 	$(BIN)/reclaim evaluate --model models:/reclaim-policy@champion --simulator \
 		--payments 10000 --seed 8 --tracking-uri sqlite:///$(DEMO)/mlflow.db
 
