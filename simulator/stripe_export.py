@@ -175,8 +175,11 @@ def to_stripe_objects(tables: contract.ContractTables) -> dict[Scope, dict[str, 
                     "billing_reason": p.billing_reason,
                     "status": "paid" if paid else "open",
                     "created": _ts(p.failed_at),
+                    # an invoice carries its own Connect fields, as Stripe's does: a webhook
+                    # about it names the connected account without the payment intent
                     "on_behalf_of": connect["on_behalf_of"],
-                    "metadata": {},
+                    "transfer_data": connect["transfer_data"],
+                    "metadata": dict(connect["metadata"]),
                     "livemode": False,
                     "payments": {
                         "object": "list",

@@ -24,7 +24,6 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from reclaim import contract
-from reclaim.features import stripe_normalize as sn
 from reclaim.serving.app import create_app
 from reclaim.serving.auth import create_key
 from reclaim.serving.clock import Clock
@@ -230,27 +229,6 @@ def _failure_events(objects: dict, at: datetime) -> list[dict]:
     ]
 
 
-def _deliverable(payments: pd.DataFrame, n: int) -> pd.DataFrame:
-    """The first ``n`` payments whose failure event names its connected account (an invoice
-    of a destination charge does not: Stripe puts ``transfer_data`` on its intent)."""
-    keep = []
-    for i in range(len(payments)):
-        one = payments.iloc[[i]]
-        tables = contract.ContractTables(
-            payments=one,
-            attempts=contract.first_failures(one),
-            messages=contract.empty(contract.MESSAGES),
-        )
-        try:
-            sn.normalize_event(_failure_events(to_stripe_objects(tables), datetime.now(UTC))[0])
-        except sn.Unsupported:
-            continue
-        keep.append(i)
-        if len(keep) == n:
-            break
-    return payments.iloc[keep].reset_index(drop=True)
-
-
 def _outcome_by_hash(success_share: float):
     """A charge outcome that is the same for the same object and attempt, like truth."""
 
@@ -328,7 +306,7 @@ def make_loop(tmp_path, trained):
             headers={"Authorization": f"Bearer {admin_key}"},
         ).raise_for_status()
 
-        payments = _deliverable(trained.market.payments, n).copy()
+        payments = trained.market.payments.head(n).copy()
         payments["failed_at"] = pd.Timestamp(clock.now())
         tables = contract.ContractTables(
             payments=payments,
