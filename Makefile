@@ -36,8 +36,9 @@ demo: $(VENV)/.installed
 	$(BIN)/reclaim evaluate --model models:/reclaim-policy@champion --simulator \
 		--payments 10000 --seed 8 --tracking-uri sqlite:///$(DEMO)/mlflow.db
 
+# Two workers, one per core; a test file stays on one worker (its module fixtures are built once).
 test: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy reclaim simulator

@@ -330,6 +330,11 @@ def replay(
         f"charges executed by the Stripe stand-in: {table.attrs['charges']:,}; "
         f"most for one idempotency key: {table.attrs['most_per_key']}"
     )
+    if table.attrs["undecided"]:
+        console.print(
+            f"{table.attrs['undecided']} payment(s) were paid by their customers before any "
+            "decision and are in neither arm"
+        )
 
 
 @app.command()

@@ -338,4 +338,7 @@ def _report(
     charged = sum(standin.executed.values())
     table.attrs["charges"] = charged
     table.attrs["most_per_key"] = max(standin.executed.values(), default=0)
+    undecided = arm_of.isna().to_numpy()
+    table.attrs["undecided"] = int(undecided.sum())
+    table.attrs["undecided_paid_by_customer"] = int((paid_by[undecided] == "customer").sum())
     return table
