@@ -293,6 +293,8 @@ def payment_row(
         if is_invoice
         else obj.get("application_fee_amount")
     )
+    if fee is None and is_invoice:  # an invoice carries its own fee (webhooks: no intent)
+        fee = obj.get("application_fee_amount")
     if fee is None and charge is not None:
         fee = charge.get("application_fee_amount")
     return {

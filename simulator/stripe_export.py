@@ -179,6 +179,7 @@ def to_stripe_objects(tables: contract.ContractTables) -> dict[Scope, dict[str, 
                     # about it names the connected account without the payment intent
                     "on_behalf_of": connect["on_behalf_of"],
                     "transfer_data": connect["transfer_data"],
+                    "application_fee_amount": _none(p.application_fee_amount),
                     "metadata": dict(connect["metadata"]),
                     "livemode": False,
                     "payments": {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,8 @@ import pytest
 from reclaim import contract
 from reclaim.features import stripe_normalize as sn
 from reclaim.features.geo import timezone_for
+from reclaim.simulator import generate
+from reclaim.simulator.stripe_export import payment_event, payment_objects, to_stripe_objects
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "stripe"
 
@@ -194,3 +197,25 @@ def test_a_batch_skips_and_counts_bad_objects_without_stopping(caplog) -> None:
 )
 def test_timezone_from_country_and_region(country, region, zone) -> None:
     assert timezone_for(country, region) == zone
+
+
+@pytest.mark.parametrize("model", ["destination", "separate_charges"])
+def test_a_platform_invoices_failure_webhook_names_its_account_and_fee(model: str) -> None:
+    """A webhook carries the invoice alone (its payment intent is not expanded): the invoice's
+    own ``transfer_data`` / metadata and ``application_fee_amount`` must be enough."""
+    payments = generate(30, 2000, seed=3).payments
+    one = payments[
+        (payments["charge_model"] == model)
+        & payments["payment_id"].str.startswith("in_")
+        & payments["application_fee_amount"].notna()
+    ].head(1)
+    tables = contract.ContractTables(
+        one, contract.first_failures(one), contract.empty(contract.MESSAGES)
+    )
+    [(scope, _, invoice)] = list(payment_objects(to_stripe_objects(tables)))
+    assert scope is None  # a platform object: the event names no account
+    rows = sn.normalize_event(payment_event("payment_failed", invoice, scope, datetime.now(UTC)))
+    payment = rows.payment
+    assert payment["account_id"] == one["account_id"].iloc[0]
+    assert payment["charge_model"] == model
+    assert payment["application_fee_amount"] == int(one["application_fee_amount"].iloc[0])
