@@ -127,7 +127,7 @@ def experiment_frame(
     n_msgs = msgs.groupby("payment_id").size().reindex(ids, fill_value=0).to_numpy()
     first_channel = msgs.groupby("payment_id")["channel"].first().reindex(ids).fillna("none")
     rec_at = first_ok.reindex(ids).where(recovered_all.reindex(ids))
-    before = msgs.merge(rec_at.rename("rec_at"), left_on="payment_id", right_index=True)
+    before = msgs.assign(rec_at=msgs["payment_id"].map(rec_at))
     before = before[before["rec_at"].notna() & (before["sent_at"] <= before["rec_at"])]
     last_channel = before.groupby("payment_id")["channel"].last().reindex(ids).fillna("none")
 

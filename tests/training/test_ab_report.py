@@ -89,3 +89,15 @@ def test_report_command_on_contract_tables_writes_html_and_logs_to_mlflow(experi
         app, ["report", "--experiment", "x", "--tables", str(folder), "--fx", "usd=1"]
     )
     assert bad.exit_code == 2 and "no exchange rate" in bad.output
+
+
+def test_a_report_on_payments_never_messaged(experiment):
+    tables = contract.ContractTables(
+        experiment.tables.payments,
+        experiment.tables.attempts,
+        contract.empty(contract.MESSAGES),
+    )
+    report = build_report("silent", tables, experiment.assignments, experiment.fx)
+    assert set(report.frame["channel"]) == {"none"}
+    assert list(report.breakdowns["channel"].index) == ["none"]
+    assert (report.arms["messages_per_payment"] == 0).all()
