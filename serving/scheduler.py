@@ -183,6 +183,7 @@ class Scheduler:
         _ACTIVE = self
         standing_by = False
         leading = threading.Event()
+        self._renew(leading)  # know at once whether this process leads
         # The lease is renewed on its own thread, so that no long piece of work (a reconcile
         # of thousands of jobs, a slow planning tick) lets it lapse under a working leader.
         beat = threading.Thread(
@@ -216,19 +217,22 @@ class Scheduler:
             _ACTIVE = None
 
     def _keep_lease(self, stop: threading.Event, leading: threading.Event) -> None:
-        """Take or renew the lease every quarter of its length; ``leading`` says who won.
-        Actions themselves check :meth:`Lease.held`, which lapses on its own if this stalls."""
-        while not stop.is_set():
-            try:
-                won = self.lease.acquire()
-            except Exception:  # a database blip: try again; the lease lapses meanwhile
-                log.exception("the scheduler lease could not be renewed")
-                won = False
-            if won:
-                leading.set()
-            else:
-                leading.clear()
-            stop.wait(self.lease.ttl / 4)
+        """Renew the lease every quarter of its length until ``stop``."""
+        while not stop.wait(self.lease.ttl / 4):
+            self._renew(leading)
+
+    def _renew(self, leading: threading.Event) -> None:
+        """Take or renew the lease once; ``leading`` says who won. Actions themselves check
+        :meth:`Lease.held`, which lapses on its own if renewal stalls."""
+        try:
+            won = self.lease.acquire()
+        except Exception:  # a database blip: try again; the lease lapses meanwhile
+            log.exception("the scheduler lease could not be renewed")
+            won = False
+        if won:
+            leading.set()
+        else:
+            leading.clear()
 
     def _start_jobs(self) -> None:
         from apscheduler.executors.pool import ThreadPoolExecutor as JobExecutor
