@@ -53,8 +53,8 @@ class ExperimentDesign(BaseModel):
         bounds = [s.max_failed_payments for s in self.segments]
         if bounds[-1] is not None:
             raise ValueError("the last segment must have no max_failed_payments")
-        finite = bounds[:-1]
-        if None in finite or finite != sorted(finite):
+        finite = [b for b in bounds[:-1] if b is not None]
+        if len(finite) < len(bounds) - 1 or finite != sorted(finite):
             raise ValueError("segments must be ordered by max_failed_payments, ascending")
         return self
 

@@ -561,7 +561,7 @@ class Scheduler:
             )
 
     def recheck(
-        self, actions: list[Mapping[str, Any]], history: contract.ContractTables, now: datetime
+        self, actions: list[dict[str, Any]], history: contract.ContractTables, now: datetime
     ) -> list[tuple[str, Any] | None]:
         """Per action, why it must not run now: ``("cancelled", reason)``, ``("replan",
         reason)`` or ``("wait", until)``; None when it may. ``history`` holds the payments'
@@ -578,7 +578,7 @@ class Scheduler:
                 ).scalars()
             )
             c = t.card_updates.c
-            card_updated = dict(
+            card_updated: dict[str, datetime] = dict(
                 conn.execute(
                     sa.select(c.customer_id, sa.func.max(c.updated_at))
                     .where(c.customer_id.in_(list(set(customers))))

@@ -13,6 +13,7 @@ lands 2 hours to 20 days after the failure, half the payments get one message.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -57,7 +58,7 @@ def synthetic_experiment(
     n_payments: int = 4000,
     uplift: float = 0.03,
     seed: int = 0,
-    unit: str = "customer",
+    unit: Literal["customer", "account"] = "customer",
     treatment_share: float = 0.5,
 ) -> SyntheticExperiment:
     """Draw one experiment; the first half of the payments (by failure time) is the
