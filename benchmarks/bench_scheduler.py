@@ -33,10 +33,9 @@ import stripe
 from rich.progress import Progress
 
 from reclaim import contract
-from reclaim.serving import stripe_actions
 from reclaim.serving.clock import Clock
 from reclaim.serving.leader import Lease, holder_id
-from reclaim.serving.scheduler import NoRetry, Scheduler
+from reclaim.serving.scheduler import NoRetry, Scheduler, action_row
 from reclaim.serving.store import repository as repo
 from reclaim.serving.store import tables as t
 from reclaim.serving.store.migrate import upgrade
@@ -56,23 +55,9 @@ def _prepare(engine: sa.Engine, n: int, start: datetime, spread: float) -> pd.Da
     )
     repo.save_contract(engine, tables)
     due = [start + timedelta(seconds=spread * i / n) for i in range(n)]
+    decided = start - timedelta(hours=1)
     rows = [
-        {
-            "action_id": f"{p.payment_id}:0:0",
-            "payment_id": p.payment_id,
-            "account_id": p.account_id,
-            "after_attempt": 0,
-            "decided_at": start - timedelta(hours=1),
-            "model_version": "bench",
-            "propensity": 1.0,
-            "retry_at": at,
-            "status": "scheduled",
-            "attempt_number": 1,
-            "idempotency_key": stripe_actions.idempotency_key(p.account_id, p.payment_id, 1),
-            "outcome": None,
-            "tries": 0,
-            "updated_at": start,
-        }
+        action_row(p.payment_id, p.account_id, 0, 0, decided, at, "bench", 1.0)
         for p, at in zip(payments.itertuples(), due, strict=True)
     ]
     with engine.begin() as conn:

@@ -96,11 +96,16 @@ def calendar_features(local: pd.Series, prefix: str) -> dict[str, np.ndarray]:
     }
 
 
+def major_units(amount: np.ndarray, currency: np.ndarray) -> np.ndarray:
+    """Amounts in minor units (Stripe's) as major units of their currencies."""
+    minor = np.where(np.isin(currency, list(ZERO_DECIMAL)), 1.0, 100.0)
+    return np.asarray(amount, dtype=float) / minor
+
+
 def log_amount(payments: pd.DataFrame) -> np.ndarray:
     """log(1 + amount in major units of its currency)."""
     currency = payments["currency"].astype("object").to_numpy()
-    minor = np.where(np.isin(currency, list(ZERO_DECIMAL)), 1.0, 100.0)
-    return np.log1p(payments["amount"].to_numpy(dtype=float) / minor)
+    return np.log1p(major_units(payments["amount"].to_numpy(), currency))
 
 
 def decision_features(

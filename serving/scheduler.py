@@ -73,6 +73,41 @@ def run_action(action_id: str) -> None:
     _ACTIVE.submit(action_id)
 
 
+def action_row(
+    payment_id: str,
+    account_id: str,
+    after_attempt: int,
+    n: int,
+    decided_at: datetime,
+    retry_at: datetime | None,
+    model_version: str | None,
+    propensity: float | None,
+    no_retry_reason: str | None = None,
+) -> dict[str, Any]:
+    """A ``scheduled_actions`` row: the ``n``-th plan of a payment's decision point after
+    attempt ``after_attempt`` — a retry due at ``retry_at`` under its idempotency key, or, with
+    no ``retry_at``, done at once as "no retry"."""
+    attempt = after_attempt + 1
+    return {
+        "action_id": f"{payment_id}:{after_attempt}:{n}",
+        "payment_id": payment_id,
+        "account_id": account_id,
+        "after_attempt": after_attempt,
+        "decided_at": decided_at,
+        "model_version": model_version,
+        "propensity": propensity,
+        "retry_at": retry_at,
+        "status": "scheduled" if retry_at else "done",
+        "attempt_number": attempt if retry_at else None,
+        "idempotency_key": stripe_actions.idempotency_key(account_id, payment_id, attempt)
+        if retry_at
+        else None,
+        "outcome": None if retry_at else f"no_retry:{no_retry_reason}",
+        "tries": 0,
+        "updated_at": datetime.now(UTC),
+    }
+
+
 class Decider(Protocol):
     def decide(self, payment_ids: list[str], now: datetime) -> list[dict[str, Any]]:
         """The scoring API's decisions for stored payments, at ``now``."""
@@ -358,30 +393,20 @@ class Scheduler:
         with self.engine.begin() as conn:
             for (pid, after, n), d in zip(waiting, decisions, strict=True):
                 payment = by_id.loc[pid]
-                action_id = f"{pid}:{after}:{n}"
                 retry_at = (d.get("retry") or {}).get("at_utc")
                 retry_at = pd.Timestamp(retry_at).to_pydatetime() if retry_at else None
-                attempt = after + 1
-                row = {
-                    "action_id": action_id,
-                    "payment_id": pid,
-                    "account_id": payment["account_id"],
-                    "after_attempt": after,
-                    "decided_at": pd.Timestamp(d["decided_at"]).to_pydatetime(),
-                    "model_version": d.get("model_version"),
-                    "propensity": d.get("propensity"),
-                    "retry_at": retry_at,
-                    "status": "scheduled" if retry_at else "done",
-                    "attempt_number": attempt if retry_at else None,
-                    "idempotency_key": stripe_actions.idempotency_key(
-                        payment["account_id"], pid, attempt
-                    )
-                    if retry_at
-                    else None,
-                    "outcome": None if retry_at else f"no_retry:{d.get('no_retry_reason')}",
-                    "tries": 0,
-                    "updated_at": datetime.now(UTC),
-                }
+                row = action_row(
+                    pid,
+                    payment["account_id"],
+                    after,
+                    n,
+                    pd.Timestamp(d["decided_at"]).to_pydatetime(),
+                    retry_at,
+                    d.get("model_version"),
+                    d.get("propensity"),
+                    d.get("no_retry_reason"),
+                )
+                action_id = row["action_id"]
                 if not repo.insert_rows_ignoring(conn, t.scheduled_actions, [row]):
                     continue
                 if d.get("channel"):
@@ -631,6 +656,7 @@ class Scheduler:
         """The attempts as contract rows, and their actions done, in one transaction."""
         charged = [(x, r) for x, r in finished if r.outcome != "already_paid"]
         ok = [r.outcome == "succeeded" for _, r in charged]
+        policies = [f"reclaim@{x['model_version']}" for x, _ in charged]
         rows = pd.DataFrame(
             {
                 "payment_id": [x["payment_id"] for x, _ in charged],
@@ -646,7 +672,7 @@ class Scheduler:
                 "advice_code": [None] * len(charged),
                 "network_decline_code": [r.network_decline_code for _, r in charged],
                 "network_advice_code": [r.network_advice_code for _, r in charged],
-                "policy": [f"reclaim@{x['model_version']}" for x, _ in charged],
+                "policy": policies,
                 "propensity": [
                     np.nan if x["propensity"] is None else float(x["propensity"])
                     for x, _ in charged
@@ -667,10 +693,10 @@ class Scheduler:
                         {
                             "pid": x["payment_id"],
                             "n": x["attempt_number"],
-                            "pol": f"reclaim@{x['model_version']}",
+                            "pol": policy,
                             "prop": x["propensity"],
                         }
-                        for x, _ in charged
+                        for (x, _), policy in zip(charged, policies, strict=True)
                     ],
                 )
             conn.execute(

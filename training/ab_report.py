@@ -21,9 +21,10 @@ import numpy as np
 import pandas as pd
 
 from reclaim import contract, vocab
-from reclaim.features.decisions import ZERO_DECIMAL
+from reclaim.features.decisions import major_units
 from reclaim.rules import NetworkRules
 from reclaim.training.ab_stats import Difference, cuped, difference
+from reclaim.training.data import recovered_in_window
 
 ARMS = ("control", "treatment")
 BREAKDOWNS = ("charge_model", "decline_category", "channel")
@@ -64,17 +65,10 @@ class ExperimentReport:
         return out
 
 
-def _major(amount: np.ndarray, currency: np.ndarray) -> np.ndarray:
-    minor = np.where(np.isin(currency, list(ZERO_DECIMAL)), 1.0, 100.0)
-    return amount / minor
-
-
 def experiment_frame(
     tables: contract.ContractTables,
     assignments: pd.DataFrame,
     fx: Mapping[str, float],
-    as_of: pd.Timestamp | None = None,
-    window_days: float = 30.0,
     rules: NetworkRules | None = None,
 ) -> pd.DataFrame:
     """One row per assigned payment with what every table of the report needs.
@@ -108,12 +102,9 @@ def experiment_frame(
         raise ReportError(f"no exchange rate for {sorted(no_rate)}: pass them in fx")
 
     attempts = tables.attempts.astype({"payment_id": "object"})
-    end = pay["failed_at"] + pd.Timedelta(days=window_days)
-    if as_of is None:
-        as_of = max(attempts["attempted_at"].max(), pay["failed_at"].max())
+    recovered_all = recovered_in_window(tables, rules.window_days).reindex(pay.index)
     ok = attempts[attempts["outcome"] == vocab.Outcome.SUCCEEDED]
     first_ok = ok.groupby("payment_id")["attempted_at"].min().reindex(pay.index)
-    recovered_all = (first_ok <= end) & (first_ok <= as_of)
 
     a = assignments.astype({"payment_id": "object"}).set_index("payment_id")
     p = pay.loc[a.index]
@@ -166,7 +157,7 @@ def experiment_frame(
             "fee_known": fee_raw.notna().to_numpy(),
             "recovered": recovered,
             "recovered_at": rec_at.to_numpy(),
-            "revenue": np.where(recovered, _major(amount, currency) * rate_fx, 0.0),
+            "revenue": np.where(recovered, major_units(amount, currency) * rate_fx, 0.0),
             "retries": retries,
             "messages": n_msgs,
             "cap_hit": retries >= rules.max_retries(p["card_brand"]),
@@ -280,12 +271,11 @@ def build_report(
     assignments: pd.DataFrame,
     fx: Mapping[str, float],
     currency: str = "usd",
-    as_of: pd.Timestamp | None = None,
     opted_out: set[str] | None = None,
     min_per_arm: int = 20,
 ) -> ExperimentReport:
     """Everything the report shows, from contract tables and assignments (see the module)."""
-    frame = experiment_frame(tables, assignments, fx, as_of)
+    frame = experiment_frame(tables, assignments, fx)
     cluster = "unit_id"
     arms = (
         frame.groupby("arm")
@@ -312,12 +302,11 @@ def build_report(
             f"Randomized by unit with up to {int(units_per.max())} payments each: intervals "
             "are clustered by unit."
         )
-    as_of_ts = pd.Timestamp(as_of) if as_of is not None else pd.Timestamp(frame["failed_at"].max())
     return ExperimentReport(
         name=name,
         currency=currency,
         start=pd.Timestamp(frame["failed_at"].min()),
-        as_of=as_of_ts,
+        as_of=pd.Timestamp(frame["failed_at"].max()),
         frame=frame,
         arms=arms,
         effects=_table(_effect_rows(frame, cluster), "effect"),

@@ -14,10 +14,9 @@ import sqlalchemy as sa
 import stripe
 
 from reclaim import contract, vocab
-from reclaim.serving import stripe_actions
 from reclaim.serving.clock import Clock
 from reclaim.serving.leader import Lease
-from reclaim.serving.scheduler import NoRetry, Scheduler
+from reclaim.serving.scheduler import NoRetry, Scheduler, action_row
 from reclaim.serving.store import repository as repo
 from reclaim.serving.store import tables as t
 from reclaim.serving.webhooks import block_account
@@ -43,21 +42,7 @@ def batch(engine):
     )
     repo.save_contract(engine, tables)
     rows = [
-        {
-            "action_id": f"{p.payment_id}:0:0",
-            "payment_id": p.payment_id,
-            "account_id": p.account_id,
-            "after_attempt": 0,
-            "decided_at": now - timedelta(hours=1),
-            "model_version": "test",
-            "propensity": 0.5,
-            "retry_at": now,
-            "status": "scheduled",
-            "attempt_number": 1,
-            "idempotency_key": stripe_actions.idempotency_key(p.account_id, p.payment_id, 1),
-            "tries": 0,
-            "updated_at": now,
-        }
+        action_row(p.payment_id, p.account_id, 0, 0, now - timedelta(hours=1), now, "test", 0.5)
         for p in payments.itertuples()
     ]
     with engine.begin() as conn:
