@@ -29,7 +29,7 @@ demo: $(VENV)/.installed
 	$(BIN)/reclaim simulate --accounts 300 --payments 50000 --seed 7 --out $(DEMO)/sim
 	$(BIN)/reclaim train --data $(DEMO)/sim --tracking-uri sqlite:///$(DEMO)/mlflow.db
 	$(BIN)/reclaim replay --model models:/reclaim-policy@champion --payments 300 \
-		--wall-seconds 240 --tracking-uri sqlite:///$(DEMO)/mlflow.db --out $(DEMO)/replay
+		--tracking-uri sqlite:///$(DEMO)/mlflow.db --out $(DEMO)/replay
 	RECLAIM_DATABASE_URL=sqlite:///$(DEMO)/replay/reclaim.db $(BIN)/reclaim report \
 		--experiment replay --fx simulator --html $(DEMO)/ab_report.html \
 		--tracking-uri sqlite:///$(DEMO)/mlflow.db

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -274,22 +275,26 @@ def serve(
 @app.command()
 def replay(
     model: Annotated[str, typer.Option(help="Model URI.")] = "models:/reclaim-policy@champion",
-    tracking_uri: Annotated[str | None, typer.Option()] = None,
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="MLflow tracking URI; default RECLAIM_MLFLOW_TRACKING_URI.")
+    ] = None,
     payments: Annotated[int, typer.Option(min=10, help="New failed payments.")] = 300,
-    wall_seconds: Annotated[
-        float, typer.Option(min=30, help="Wall-clock length of the simulated month.")
-    ] = 300.0,
+    messages: Annotated[
+        bool,
+        typer.Option(help="Let the policies message customers (the simulated customer answers)."),
+    ] = True,
     control: Annotated[str, typer.Option(help="The control arm's reference policy.")] = (
         "stripe_like"
     ),
-    seed: Annotated[int, typer.Option()] = 8,
+    seed: Annotated[int, typer.Option(help="Seed of the replayed payments and their truth.")] = 8,
     out: Annotated[Path | None, typer.Option(help="Folder for the replay's store.")] = None,
 ) -> None:
     """Replay a month of new failures through the API, the scheduler and the Stripe stand-in,
-    in accelerated time, as an A/B test; print recovered revenue per arm."""
+    in simulated time, as an A/B test; print recovered revenue per arm and the verdict."""
     import mlflow
 
     from reclaim.serving.replay import ReplayConfig, run_replay
+    from reclaim.training.ab_stats import difference
     from reclaim.training.evaluate import simulated_market
 
     tracking_uri = tracking_uri or get_settings().mlflow_tracking_uri
@@ -299,7 +304,7 @@ def replay(
     except (ValueError, mlflow.exceptions.MlflowException) as exc:
         console.print(f"[red]cannot replay:[/red] {exc}")
         raise typer.Exit(code=2) from exc
-    config = ReplayConfig(payments=payments, wall_seconds=wall_seconds, control=control, seed=seed)
+    config = ReplayConfig(payments=payments, messages=messages, control=control, seed=seed)
     with _progress() as progress:
         task = progress.add_task("replaying a month", total=100)
 
@@ -311,30 +316,69 @@ def replay(
         )
     shown = table.copy()
     shown["recovery_rate"] = [
-        f"{r:.1%} ± {c:.1%}"
+        f"{r:.1%} ({r - c:.1%} to {r + c:.1%})"
         for r, c in zip(table["recovery_rate"], table["rate_ci95"], strict=True)
     ]
     shown["usd_per_payment"] = [
-        f"{v:.2f} ± {c:.2f}"
+        f"${v:,.2f} (${v - c:,.2f} to ${v + c:,.2f})"
         for v, c in zip(table["usd_per_payment"], table["usd_per_payment_ci95"], strict=True)
     ]
     shown["recovered_usd"] = table["recovered_usd"].map(_money)
     shown = shown.drop(columns=["rate_ci95", "usd_per_payment_ci95"]).reset_index()
-    out_table = Table(title="A/B replay: recovered revenue per arm (95% intervals)")
+    out_table = Table(title="A/B replay: recovered revenue per arm (95% CI in brackets)")
     for column in shown.columns:
         out_table.add_column(str(column))
     for row in shown.itertuples(index=False):
         out_table.add_row(*(str(v) for v in row))
     console.print(out_table)
+    per = table.attrs["per_payment"]
+    rate = difference(per["recovered"].to_numpy(), per["treated"].to_numpy())
+    usd = difference(per["usd"].to_numpy(), per["treated"].to_numpy())
+    console.print(
+        f"learned − {control}: recovery {rate.diff * 100:+.1f} pts "
+        f"(95% CI {rate.lo * 100:+.1f} to {rate.hi * 100:+.1f}); recovered revenue per failed "
+        f"payment {_signed_usd(usd.diff)} (95% CI {_signed_usd(usd.lo)} to {_signed_usd(usd.hi)})"
+    )
+    console.print(replay_verdict(usd, control))
     console.print(
         f"charges executed by the Stripe stand-in: {table.attrs['charges']:,}; "
-        f"most for one idempotency key: {table.attrs['most_per_key']}"
+        f"most for one idempotency key: {table.attrs['most_per_key']}; messages sent: "
+        f"{table.attrs['messages']:,}; customers who cancelled: {table.attrs['cancelled']:,}"
     )
     if table.attrs["undecided"]:
         console.print(
             f"{table.attrs['undecided']} payment(s) were paid by their customers before any "
             "decision and are in neither arm"
         )
+
+
+def _signed_usd(value: float) -> str:
+    return f"{'+' if value >= 0 else '−'}${abs(value):,.2f}"
+
+
+def replay_verdict(usd, control: str) -> str:
+    """The replay's verdict on recovered revenue per failed payment, in plain words."""
+    if usd.lo > 0:
+        return (
+            f"Verdict: the learned policy recovered more revenue per failed payment than "
+            f"{control} (the 95% interval lies above zero; p = {usd.p_value:.3f})."
+        )
+    if usd.hi < 0:
+        return (
+            f"Verdict: the learned policy recovered less revenue per failed payment than "
+            f"{control} (the 95% interval lies below zero; p = {usd.p_value:.3f})."
+        )
+    # the size at which the same difference would be significant (two arms, same variance)
+    need = (
+        int(math.ceil((usd.n_control + usd.n_treatment) * (1.96 * usd.se / abs(usd.diff)) ** 2))
+        if usd.diff
+        else None
+    )
+    more = f" at about {need:,} payments" if need else ""
+    return (
+        f"Verdict: no significant difference in revenue per failed payment at this size "
+        f"(p = {usd.p_value:.3f}); a difference this large would show{more}."
+    )
 
 
 @app.command()

@@ -1,23 +1,29 @@
-"""The whole loop, end to end, in accelerated time: the main job of ``make demo``.
+"""The whole loop, end to end, in simulated time: the main job of ``make demo``.
 
 A month of new failed payments of a simulated marketplace is replayed against the real stack:
-the scoring API (``reclaim serve``) and the scheduler (``reclaim scheduler``) run as their own
-processes on one SQLite store, and the Stripe stand-in answers them from the simulator's ground
-truth. Each payment's failure reaches Reclaim as a signed webhook at its simulated time; the
-scheduler asks the API for decisions and retries through the official SDK; customers who pay
-on their own (the simulator's hidden ``self_cure_hours``) do so through the stand-in, and cards
-the networks refresh (``card_update_hours``) arrive as ``payment_method.automatically_updated``,
-each told to Reclaim by webhook. The API runs an A/B test — the served policy against a reference
-policy (``stripe_like``), assigned by a hash of the customer — and the report gives recovered
-revenue per arm with 95% intervals, from what the stand-in was actually paid.
+the scoring API (``reclaim serve``) runs as its own process on a SQLite store, the scheduler
+runs in this process on the same store, and the Stripe stand-in answers them from the
+simulator's ground truth. Each payment's failure reaches Reclaim as a signed webhook at its
+simulated time; the scheduler asks the API for decisions over HTTP and retries through the
+official SDK; customers who pay on their own (the simulator's hidden ``self_cure_hours``) do so
+through the stand-in, and cards the networks refresh (``card_update_hours``) arrive as
+``payment_method.automatically_updated``, each told to Reclaim by webhook. Messages go through
+the scheduler's outbox to a channel that plays the customer: whether and when they pay, or
+cancel, comes from the simulator's truth (``truth.message_effect``). The API runs an A/B test
+— the served policy against a reference policy (``stripe_like``), assigned by a hash of the
+customer — and the report gives recovered revenue per arm with 95% intervals, from what the
+stand-in was actually paid.
 
-Messages are off in the replay (every account's ``allowed_channels`` is empty): their effect
-lives in the simulated customer, who is not on the receiving end of the SMTP or webhook
-channels here. ``reclaim evaluate --simulator`` compares policies with messages.
+Time is a :class:`~reclaim.serving.clock.SimulatedClock`. The driver does everything due at the
+current moment — delivers the customers' and networks' events, lets the scheduler plan, act and
+send until nothing more is due, and waits until every webhook that caused is delivered and
+processed — and only then moves the clock to the next thing due. So a replay's outcome depends
+on its seed alone, never on how fast or how busy the machine is.
 """
 
 from __future__ import annotations
 
+import heapq
 import os
 import secrets
 import signal
@@ -28,7 +34,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +42,14 @@ import httpx
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
+import stripe
 
 from reclaim import contract
 from reclaim.serving.auth import create_key
-from reclaim.serving.clock import Clock
+from reclaim.serving.channels import OutgoingMessage
+from reclaim.serving.clock import SimulatedClock
+from reclaim.serving.leader import Lease
+from reclaim.serving.scheduler import Scheduler, ScoringClient
 from reclaim.serving.store.experiments import load_assignments
 from reclaim.serving.store.migrate import upgrade
 from reclaim.serving.store.repository import make_engine
@@ -50,14 +60,15 @@ from reclaim.simulator.stripe_standin import StripeStandIn
 
 @dataclass(frozen=True)
 class ReplayConfig:
-    """What to replay and how fast."""
+    """What to replay."""
 
     payments: int = 300
     failure_days: int = 20
     """Failures arrive over this many days; the replay runs ``horizon_days`` in all."""
     horizon_days: int = 30
-    wall_seconds: float = 300.0
-    """How long the replay takes on the wall clock (sets the clock's speed)."""
+    messages: bool = True
+    """Let the policies message customers (the simulated customer answers); False turns every
+    channel off through the platform's account configuration."""
     control: str = "stripe_like"
     control_share: float = 0.5
     experiment: str = "replay"
@@ -66,23 +77,44 @@ class ReplayConfig:
 
 
 class World:
-    """The simulator's truth behind the stand-in: retry outcomes and customers who pay."""
+    """The simulator's truth behind the stand-in: retry outcomes, customers who pay on their
+    own or after a message, customers who cancel, and the events still to come."""
 
     def __init__(self, market: Marketplace):
         self.market = market
         self.row = {pid: i for i, pid in enumerate(market.payments["payment_id"])}
         self.retries: Counter[str] = Counter()
+        self.messages: Counter[str] = Counter()
         self.paid_by: dict[str, str] = {}
+        self.cancelled: set[str] = set()
+        self._events: list[tuple[datetime, int, str, str]] = []  # (at, seq, kind, payment)
+        self._seq = 0
 
-    def payment_of(self, obj: dict[str, Any]) -> str:
-        return obj["id"]  # invoices and standalone intents carry the payment's id
+    def schedule(self, at: datetime, kind: str, payment_id: str) -> None:
+        """Something happens to a payment's customer at ``at``: ``fail``, ``cure`` (pays),
+        ``card`` (the network refreshes the card)."""
+        self._seq += 1
+        heapq.heappush(self._events, (at, self._seq, kind, payment_id))
+
+    def next_event(self) -> datetime | None:
+        return self._events[0][0] if self._events else None
+
+    def pop_due(self, now: datetime) -> list[tuple[datetime, str, str]]:
+        out = []
+        while self._events and self._events[0][0] <= now:
+            at, _, kind, pid = heapq.heappop(self._events)
+            out.append((at, kind, pid))
+        return out
 
     def outcome(self, scope: Any, resource: str, obj: dict[str, Any], at: datetime) -> str | None:
         """A merchant retry at ``at``: None if it succeeds, else the decline code."""
-        pid = self.payment_of(obj)
+        pid = obj["id"]  # invoices and standalone intents carry the payment's id
         i = self.row[pid]
         n = self.retries[pid]
         self.retries[pid] += 1
+        code = str(self.market.payments["decline_code"].iloc[i])
+        if pid in self.cancelled:  # the customer cancelled: no card will pay any more
+            return code
         p = truth.retry_success_probability(
             self.market, np.array([i]), pd.Series([pd.Timestamp(at)]), np.array([n + 1])
         )[0]
@@ -90,7 +122,40 @@ class World:
         if noise[i, min(n, noise.shape[1] - 1)] < p:
             self.paid_by[pid] = "retry"
             return None
-        return str(self.market.payments["decline_code"].iloc[i])
+        return code
+
+    def message(self, message: OutgoingMessage, at: datetime) -> None:
+        """A message reaches the customer at ``at``: from the truth, they pay some hours
+        later, cancel, or do nothing (the same draws as the simulator's rollout)."""
+        pid = message.payment_id
+        i = self.row[pid]
+        k = min(self.messages[pid], self.market.noise["respond"].shape[1] - 1)
+        respond, cancel = truth.message_effect(
+            self.market,
+            np.array([i]),
+            pd.Series([pd.Timestamp(at)]),
+            np.array([message.channel]),
+            np.array([message.sender]),
+            np.array([self.messages[pid]]),
+        )
+        self.messages[pid] += 1
+        noise = self.market.noise
+        if noise["cancel"][i, k] < cancel[0]:
+            self.cancelled.add(pid)
+            return
+        if noise["respond"][i, k] < respond[0]:
+            hours = -self.market.config.response_delay_mean_hours * np.log1p(-noise["delay"][i, k])
+            self.schedule(at + timedelta(hours=float(hours)), "cure", pid)
+
+
+class SimulatedCustomer:
+    """A message channel whose far end is the simulated customer (:meth:`World.message`)."""
+
+    def __init__(self, world: World, clock: SimulatedClock):
+        self.world, self.clock = world, clock
+
+    def send(self, message: OutgoingMessage) -> None:
+        self.world.message(message, self.clock.now())
 
 
 def _card_update_event(obj: dict[str, Any], scope: Any, at: datetime) -> dict[str, Any]:
@@ -119,7 +184,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_ready(url: str, process: subprocess.Popen, timeout: float = 120.0) -> None:
+def _wait_ready(url: str, process: subprocess.Popen, timeout: float = 300.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -149,7 +214,8 @@ def run_replay(
     config: ReplayConfig | None = None,
     on_progress: Callable[[float, str], None] | None = None,
 ) -> pd.DataFrame:
-    """Replay fresh payments of ``market`` through the whole stack; returns one row per arm.
+    """Replay fresh payments of ``market`` through the whole stack; returns one row per arm
+    (``attrs`` hold the charges, the undecided payments and the verdict).
 
     ``on_progress(share_done, note)`` is called as simulated time passes.
     """
@@ -161,13 +227,12 @@ def run_replay(
     payments = fresh.payments
     origin = payments["failed_at"].min().to_pydatetime() - timedelta(hours=1)
     horizon = origin + timedelta(days=config.horizon_days)
-    speed = (horizon - origin).total_seconds() / config.wall_seconds
-    clock = Clock(speed=speed, origin=origin, wall_origin=datetime.now(UTC) + timedelta(seconds=5))
+    clock = SimulatedClock(origin)
 
     folder.mkdir(parents=True, exist_ok=True)
     database = f"sqlite:///{folder / 'reclaim.db'}"
-    if (folder / "reclaim.db").exists():
-        (folder / "reclaim.db").unlink()
+    for stale in folder.glob("reclaim.db*"):
+        stale.unlink()
     upgrade(database)
     engine = make_engine(database)
     _, scheduler_key = create_key(engine, "scheduler")
@@ -179,15 +244,12 @@ def run_replay(
     port = _free_port()
     api_url = f"http://127.0.0.1:{port}"
     reclaim = str(Path(sys.executable).with_name("reclaim"))
-    base_env = {
-        **os.environ,
-        "RECLAIM_DATABASE_URL": database,
-        "RECLAIM_LOG_LEVEL": "WARNING",
-    }
     api = subprocess.Popen(
         [reclaim, "serve", "--port", str(port)],
         env={
-            **base_env,
+            **os.environ,
+            "RECLAIM_DATABASE_URL": database,
+            "RECLAIM_LOG_LEVEL": "WARNING",
             "RECLAIM_MLFLOW_TRACKING_URI": tracking_uri,
             "RECLAIM_STRIPE_WEBHOOK_SECRET_PLATFORM": secret["platform"],
             "RECLAIM_STRIPE_WEBHOOK_SECRET_CONNECT": secret["connect"],
@@ -197,14 +259,14 @@ def run_replay(
             "RECLAIM_POLICY_RELOAD_SECONDS": "3600",
         },
     )
-    scheduler: subprocess.Popen | None = None
     try:
         _wait_ready(api_url, api)
-        httpx.put(
-            f"{api_url}/v1/accounts/*/config",
-            json={"allowed_channels": []},
-            headers={"Authorization": f"Bearer {admin_key}"},
-        ).raise_for_status()
+        if not config.messages:
+            httpx.put(
+                f"{api_url}/v1/accounts/*/config",
+                json={"allowed_channels": []},
+                headers={"Authorization": f"Bearer {admin_key}"},
+            ).raise_for_status()
         with StripeStandIn(
             outcome=world.outcome,
             webhooks={k: (f"{api_url}/v1/webhooks/stripe/{k}", v) for k, v in secret.items()},
@@ -217,26 +279,24 @@ def run_replay(
             )
             objects = to_stripe_objects(tables)
             standin.load(objects)
-            scheduler = subprocess.Popen(
-                [reclaim, "scheduler"],
-                env={
-                    **base_env,
-                    "RECLAIM_STRIPE_API_KEY": standin.api_key,
-                    "RECLAIM_STRIPE_API_BASE": standin.url,
-                    "RECLAIM_STRIPE_TIMEOUT_SECONDS": "5",
-                    "RECLAIM_SCORING_URL": api_url,
-                    "RECLAIM_SCORING_API_KEY": scheduler_key,
-                    "RECLAIM_CLOCK_SPEED": repr(speed),
-                    "RECLAIM_CLOCK_ORIGIN": origin.isoformat(),
-                    "RECLAIM_CLOCK_WALL_ORIGIN": clock.wall_origin.isoformat(),
-                },
+            customer = SimulatedCustomer(world, clock)
+            scheduler = Scheduler(
+                engine,
+                stripe.StripeClient(
+                    standin.api_key,
+                    base_addresses={"api": standin.url},
+                    http_client=stripe.RequestsClient(timeout=60),
+                ),
+                ScoringClient(api_url, scheduler_key, timeout=600),
+                {"email": customer, "sms": customer, "in_app": customer},
+                clock,
+                Lease(engine, "replay", ttl=365 * 86400.0),
             )
-            _play(world, standin, objects, clock, horizon, progress)
-            _stop(scheduler)
+            if not scheduler.lease.acquire():
+                raise RuntimeError("another scheduler holds this replay store's lease")
+            _play(world, standin, objects, scheduler, clock, horizon, progress)
             return _report(world, standin, engine, config)
     finally:
-        if scheduler is not None:
-            _stop(scheduler)
         _stop(api)
         engine.dispose()
 
@@ -245,60 +305,52 @@ def _play(
     world: World,
     standin: StripeStandIn,
     objects: dict[Any, dict[str, list[dict]]],
-    clock: Clock,
+    scheduler: Scheduler,
+    clock: SimulatedClock,
     horizon: datetime,
     progress: Callable[[float, str], None],
 ) -> None:
-    """Send each failure, and each customer's own payment, at its simulated time."""
+    """Run the month: at each moment something is due, do all of it, then move the clock."""
     market = world.market
     later = {  # what happens to the customer, hours after the failure
         "cure": market.hidden["self_cure_hours"].to_numpy(),  # pays unprompted
         "card": market.hidden["card_update_hours"].to_numpy(),  # card refreshed by the network
     }
     window = timedelta(days=market.config.rules.window_days).total_seconds()
-    events: list[tuple[datetime, str, str, Any]] = []
+    where: dict[str, tuple[Any, str]] = {}
     for scope, resource, obj in payment_objects(objects):
         i = world.row[obj["id"]]
+        where[obj["id"]] = (scope, resource)
         failed = market.payments["failed_at"].iloc[i].to_pydatetime()
-        events.append((failed, "fail", resource, (scope, obj["id"])))
+        world.schedule(failed, "fail", obj["id"])
         for kind, hours in later.items():
             if np.isfinite(hours[i]) and hours[i] * 3600 <= window:
-                at = failed + timedelta(hours=float(hours[i]))
-                events.append((at, kind, resource, (scope, obj["id"])))
-    events.sort(key=lambda e: e[0])
-    start = clock.origin
+                world.schedule(failed + timedelta(hours=float(hours[i])), kind, obj["id"])
+    start = clock.now()
     total = (horizon - start).total_seconds()
-    for at, kind, resource, (scope, oid) in events:
-        if at >= horizon:
-            break
-        _sleep_until(clock, at, progress, start, total)
-        obj = standin.objects[scope][resource][oid]
-        if kind == "fail":
-            standin.send_event(payment_event("payment_failed", obj, scope, at))
-        elif kind == "card":
-            standin.send_event(_card_update_event(obj, scope, at))
-        elif obj.get("status") not in ("paid", "succeeded"):
-            obj["status"] = "paid" if resource == "invoices" else "succeeded"
-            world.paid_by[oid] = "customer"
-            ok = "paid" if resource == "invoices" else "succeeded"
-            standin.send_event(payment_event(ok, obj, scope, at))
-    _sleep_until(clock, horizon, progress, start, total)
-
-
-def _sleep_until(
-    clock: Clock,
-    at: datetime,
-    progress: Callable[[float, str], None],
-    start: datetime,
-    total: float,
-) -> None:
     while True:
         now = clock.now()
         progress(min((now - start).total_seconds() / total, 1.0), f"{now:%Y-%m-%d %H:%M}")
-        wait = (clock.wall(at) - datetime.now(UTC)).total_seconds()
-        if wait <= 0:
-            return
-        time.sleep(min(wait, 0.5))
+        for at, kind, pid in world.pop_due(now):
+            scope, resource = where[pid]
+            obj = standin.objects[scope][resource][pid]
+            if kind == "fail":
+                standin.send_event(payment_event("payment_failed", obj, scope, at))
+            elif kind == "card":
+                standin.send_event(_card_update_event(obj, scope, at))
+            elif pid not in world.cancelled and obj.get("status") not in ("paid", "succeeded"):
+                obj["status"] = "paid" if resource == "invoices" else "succeeded"
+                world.paid_by[pid] = "customer"
+                ok = "paid" if resource == "invoices" else "succeeded"
+                standin.send_event(payment_event(ok, obj, scope, at))
+        standin.wait_delivered()
+        scheduler.work_due(settle=standin.wait_delivered)
+        due = [t for t in (world.next_event(), scheduler.next_due()) if t is not None]
+        if not due or min(due) >= horizon:
+            break
+        clock.advance_to(max(min(due), now))
+    clock.advance_to(horizon)
+    progress(1.0, f"{horizon:%Y-%m-%d %H:%M}")
 
 
 def _report(
@@ -332,9 +384,21 @@ def _report(
                 "usd_per_payment": value.mean() if n else np.nan,
                 "usd_per_payment_ci95": 1.96 * value.std(ddof=1) / np.sqrt(n) if n > 1 else np.nan,
                 "retries": int(sum(world.retries[pid] for pid in p["payment_id"][mask])),
+                "messages": int(sum(world.messages[pid] for pid in p["payment_id"][mask])),
             }
         )
     table = pd.DataFrame(rows).set_index("arm")
+    decided = control | treated
+    table.attrs["per_payment"] = pd.DataFrame(
+        {
+            "payment_id": p["payment_id"].to_numpy()[decided],
+            "treated": treated[decided],
+            "recovered": paid_by.notna().to_numpy()[decided].astype(float),
+            "usd": np.where(paid_by.notna().to_numpy(), usd, 0.0)[decided],
+        }
+    )
+    table.attrs["messages"] = int(sum(world.messages.values()))
+    table.attrs["cancelled"] = len(world.cancelled)
     charged = sum(standin.executed.values())
     table.attrs["charges"] = charged
     table.attrs["most_per_key"] = max(standin.executed.values(), default=0)

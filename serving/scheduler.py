@@ -45,7 +45,7 @@ from reclaim.account_config import constraints
 from reclaim.policy import DecisionBatch
 from reclaim.serving import outbox, stripe_actions
 from reclaim.serving.channels import Channel
-from reclaim.serving.clock import Clock
+from reclaim.serving.clock import Clock, SimulatedClock
 from reclaim.serving.leader import Lease
 from reclaim.serving.metrics import SchedulerMetrics
 from reclaim.serving.store import configs
@@ -174,7 +174,8 @@ class Scheduler:
     channels
         Message channels by name (``email``, ``sms``, ``in_app``).
     clock
-        Real or accelerated time (:class:`~reclaim.serving.clock.Clock`).
+        Real or accelerated time (:class:`~reclaim.serving.clock.Clock`), or simulated time
+        (:class:`~reclaim.serving.clock.SimulatedClock`) driven through :meth:`work_due`.
     lease
         The leader lease.
     network_rules
@@ -189,7 +190,7 @@ class Scheduler:
         stripe_client: stripe.StripeClient,
         decider: Decider,
         channels: Mapping[str, Channel],
-        clock: Clock,
+        clock: Clock | SimulatedClock,
         lease: Lease,
         network_rules: rules.NetworkRules | None = None,
         workers: int = 8,
@@ -430,6 +431,50 @@ class Scheduler:
         self.stats.planned += len(waiting)
         return len(waiting)
 
+    # --- driving in simulated time ---------------------------------------------------------
+    def due_actions(self, now: datetime, limit: int = ACT_BATCH) -> list[str]:
+        """Scheduled actions due at or before ``now``, earliest first."""
+        a = t.scheduled_actions.c
+        with self.engine.connect() as conn:
+            return list(
+                conn.execute(
+                    sa.select(a.action_id)
+                    .where(a.status == "scheduled", a.retry_at <= now)
+                    .order_by(a.retry_at, a.action_id)
+                    .limit(limit)
+                ).scalars()
+            )
+
+    def next_due(self) -> datetime | None:
+        """When the earliest scheduled action is due, or None."""
+        a = t.scheduled_actions.c
+        with self.engine.connect() as conn:
+            at = conn.execute(
+                sa.select(sa.func.min(a.retry_at)).where(a.status == "scheduled")
+            ).scalar()
+        return None if at is None else _aware(at)
+
+    def work_due(self, settle: Any = None) -> int:
+        """Plan, act and send until nothing more is due at the clock's current time, without
+        APScheduler: how a driver of simulated time runs the scheduler. ``settle()`` is called
+        after each round (e.g. to wait until every webhook of it is delivered). Returns the
+        number of rounds that did something."""
+        rounds = 0
+        while True:
+            now = self.clock.now()
+            planned = self.plan()
+            due = self.due_actions(now)
+            if due:
+                self.execute_many(due)
+            if settle is not None:
+                settle()
+            sent = outbox.dispatch(self.engine, self.channels, self.clock.now, self._recipient)
+            for result, n in sent.items():
+                self.metrics.messages.labels(result).inc(n)
+            if not (planned or due or sum(sent.values())):
+                return rounds
+            rounds += 1
+
     # --- acting --------------------------------------------------------------------------
     def submit(self, action_id: str) -> None:
         """Queue a due action for the next batch (APScheduler's jobs call this)."""
@@ -511,7 +556,8 @@ class Scheduler:
                 continue
             kind, detail = verdict
             outcomes[action["action_id"]] = kind
-            if kind == "wait":
+            if kind == "wait":  # the record says when, so a reconcile or a driver finds it
+                self._set(action["action_id"], retry_at=detail)
                 self._schedule(action["action_id"], detail)
                 continue
             self._set(action["action_id"], status=kind, outcome=detail)

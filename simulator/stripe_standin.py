@@ -321,10 +321,19 @@ class StripeStandIn:
                 with self._lock:
                     order = self._rng.permutation(len(batch))
                 batch = [batch[i] for i in order]
-            for event in batch:
-                if event is None:
-                    return
-                self._post_event(event)
+            try:
+                for event in batch:
+                    if event is None:
+                        return
+                    self._post_event(event)
+            finally:
+                for _ in batch:
+                    self._events.task_done()
+
+    def wait_delivered(self) -> None:
+        """Block until every event queued so far has been delivered (or given up on): the
+        barrier a driver of simulated time waits on before it moves the clock."""
+        self._events.join()
 
     def _post_event(self, event: dict[str, Any]) -> None:
         endpoint = "connect" if event.get("account") else "platform"
