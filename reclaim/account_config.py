@@ -21,6 +21,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
 from reclaim import vocab
+from reclaim.fields import Text
 
 PLATFORM = "*"  # the account id under which the platform's defaults are stored
 CHANNELS = tuple(c.value for c in vocab.Channel)
@@ -31,14 +32,14 @@ class Branding(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    display_name: str | None = Field(default=None, min_length=1, max_length=100)
+    display_name: Text | None = Field(default=None, min_length=1, max_length=100)
     email_from: str | None = Field(
         default=None,
-        pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$",
+        pattern=r"^[^@\s\x00]+@[^@\s\x00]+\.[^@\s\x00]+$",
         max_length=254,
         description="From address of recovery emails.",
     )
-    reply_to: str | None = Field(default=None, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+    reply_to: str | None = Field(default=None, pattern=r"^[^@\s\x00]+@[^@\s\x00]+\.[^@\s\x00]+$")
     logo_url: HttpUrl | None = None
     accent_color: str | None = Field(default=None, pattern=r"^#[0-9a-fA-F]{6}$")
     update_payment_url: HttpUrl | None = Field(

@@ -38,7 +38,17 @@ class Settings(BaseSettings):
     stripe_webhook_secret_connect: SecretStr | None = None
     """Signing secret of the Connect webhook endpoint (a separate endpoint). No default."""
     webhook_tolerance_seconds: int = 300
-    """Deliveries signed longer ago than this are rejected as stale."""
+    """Deliveries signed longer ago than this are rejected as stale; signed further ahead of
+    this server's clock than this, as forged or from a broken clock."""
+    webhook_max_bytes: int = Field(default=1_048_576, ge=1024)
+    """Largest webhook body taken (Stripe's events are a few kB; 1 MiB leaves room)."""
+    webhook_retry_seconds: float = Field(default=30.0, gt=0)
+    """How often ``reclaim serve`` retries stored events that failed to process (each event
+    backs off exponentially from this, up to an hour)."""
+    webhook_stuck_seconds: float = Field(default=3600.0, gt=0)
+    """An event still unprocessed this long after it arrived counts as stuck (metric, alert)."""
+    max_body_bytes: int = Field(default=4_194_304, ge=1024)
+    """Largest request body the API reads (a 1,000-decision batch is about 1.5 MB)."""
     policy_uri: str = "models:/reclaim-policy@champion"
     """The policy the API serves, from the MLflow registry."""
     policy_reload_seconds: float = 60.0

@@ -10,9 +10,13 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 
+from reclaim.serving import guards
+from reclaim.serving import webhooks as events
 from reclaim.serving.decide import Experiment
 from reclaim.serving.metrics import Metrics
 from reclaim.serving.policy_holder import PolicyHolder
@@ -34,9 +38,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         holder.refresh()
         holder.watch(settings.policy_reload_seconds)
         app.state.policy = holder
+        metrics = app.state.metrics
+
+        def counted(counts: dict[str, int], stuck: int) -> None:
+            for result, n in counts.items():
+                metrics.webhook_retries.labels(result).inc(n)
+            metrics.webhooks_stuck.set(stuck)
+
+        retrier, stop_retrying = events.retry_in_background(
+            app.state.engine,
+            settings.webhook_retry_seconds,
+            timedelta(seconds=settings.webhook_stuck_seconds),
+            counted,
+        )
         try:
             yield
         finally:
+            stop_retrying.set()
+            retrier.join(10)
             holder.stop()
             app.state.engine.dispose()
 
@@ -60,6 +79,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.metrics.requests.labels(request.method, path, str(response.status_code)).inc()
         app.state.metrics.latency.labels(path).observe(time.perf_counter() - start)
         return response
+
+    app.add_exception_handler(RequestValidationError, guards.validation_error)
+    app.add_exception_handler(Exception, guards.internal_error)
+    app.add_middleware(
+        guards.BodyLimit,
+        limit=lambda path: (
+            settings.webhook_max_bytes
+            if path.startswith("/v1/webhooks/")
+            else settings.max_body_bytes
+        ),
+    )
 
     app.include_router(health.router)
     app.include_router(webhooks.router)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 
 class Metrics:
@@ -30,6 +30,17 @@ class Metrics:
             "reclaim_webhook_events_total",
             "Webhook deliveries",
             ["endpoint", "type", "result"],
+            registry=self.registry,
+        )
+        self.webhook_retries = Counter(
+            "reclaim_webhook_retries_total",
+            "Stored events the background worker processed again, by result",
+            ["result"],
+            registry=self.registry,
+        )
+        self.webhooks_stuck = Gauge(
+            "reclaim_webhook_events_stuck",
+            "Events still unprocessed past RECLAIM_WEBHOOK_STUCK_SECONDS (alert when above 0)",
             registry=self.registry,
         )
 

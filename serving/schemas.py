@@ -3,11 +3,13 @@ invalid enum, amount or time gets a 422 that names the field."""
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import datetime
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from reclaim import timeutil, vocab
+from reclaim.fields import Identifier, PastTime, Text, max_amount
 
 
 class PaymentIn(BaseModel):
@@ -15,26 +17,30 @@ class PaymentIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    payment_id: str = Field(min_length=1, max_length=255)
+    payment_id: Identifier
     object: vocab.PaymentObject
-    account_id: str = Field(min_length=1, max_length=255)
+    account_id: Identifier
     charge_model: vocab.ChargeModel
     on_behalf_of: bool = False
-    amount: int = Field(gt=0, description="Minor units of the currency.")
+    amount: int = Field(
+        gt=0,
+        description="Minor units of the currency; at most Stripe's maximum charge for it "
+        "(99,999,999 in most currencies).",
+    )
     currency: str = Field(pattern=r"^[a-z]{3}$")
     application_fee_amount: int | None = Field(default=None, ge=0)
-    customer_id: str = Field(min_length=1, max_length=255)
+    customer_id: Identifier
     customer_country: str | None = Field(default=None, pattern=r"^[A-Z]{2}$")
-    customer_timezone: str | None = None
+    customer_timezone: Text | None = Field(default=None, max_length=64)
     card_brand: vocab.CardBrand = vocab.CardBrand.OTHER
     card_funding: vocab.Funding = vocab.Funding.UNKNOWN
     card_country: str | None = Field(default=None, pattern=r"^[A-Z]{2}$")
     billing_reason: vocab.BillingReason = vocab.BillingReason.MANUAL
-    failed_at: AwareDatetime
-    decline_code: str = Field(min_length=1, max_length=100)
+    failed_at: PastTime
+    decline_code: Text = Field(min_length=1, max_length=100)
     advice_code: vocab.AdviceCode | None = None
-    network_decline_code: str | None = None
-    network_advice_code: str | None = None
+    network_decline_code: Text | None = Field(default=None, max_length=40)
+    network_advice_code: Text | None = Field(default=None, max_length=40)
 
     @field_validator("customer_timezone")
     @classmethod
@@ -45,6 +51,11 @@ class PaymentIn(BaseModel):
 
     @model_validator(mode="after")
     def _fee_within_amount(self) -> PaymentIn:
+        if self.amount > max_amount(self.currency):
+            raise ValueError(
+                f"amount {self.amount} is above the largest charge Stripe takes in "
+                f"{self.currency} ({max_amount(self.currency):,} minor units)"
+            )
         if self.application_fee_amount is not None and self.application_fee_amount > self.amount:
             raise ValueError("application_fee_amount cannot exceed amount")
         return self
@@ -55,14 +66,14 @@ class AttemptIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    attempt_number: int = Field(ge=1)
-    attempted_at: AwareDatetime
+    attempt_number: int = Field(ge=1, le=1000)
+    attempted_at: PastTime
     initiator: vocab.Initiator = vocab.Initiator.MERCHANT
     outcome: vocab.Outcome
-    decline_code: str | None = None
+    decline_code: Text | None = Field(default=None, max_length=100)
     advice_code: vocab.AdviceCode | None = None
-    network_decline_code: str | None = None
-    network_advice_code: str | None = None
+    network_decline_code: Text | None = Field(default=None, max_length=40)
+    network_advice_code: Text | None = Field(default=None, max_length=40)
 
     @model_validator(mode="after")
     def _failed_needs_code(self) -> AttemptIn:
@@ -76,8 +87,8 @@ class MessageIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    message_id: str = Field(min_length=1, max_length=255)
-    sent_at: AwareDatetime
+    message_id: Identifier
+    sent_at: PastTime
     channel: vocab.Channel
     sender: vocab.Sender
 
@@ -88,26 +99,57 @@ class DecisionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     payment: PaymentIn | None = None
-    payment_id: str | None = Field(default=None, min_length=1, max_length=255)
+    payment_id: Identifier | None = None
     attempts: list[AttemptIn] = Field(default_factory=list, max_length=100)
     messages: list[MessageIn] = Field(default_factory=list, max_length=100)
-    now: AwareDatetime | None = Field(default=None, description="Decision time; default now.")
+    now: PastTime | None = Field(
+        default=None, description="Decision time (not before the failure); default now."
+    )
+
+    @property
+    def id(self) -> str:
+        """The payment's id, however it was given."""
+        return self.payment.payment_id if self.payment is not None else str(self.payment_id)
 
     @model_validator(mode="after")
     def _one_way_to_name_the_payment(self) -> DecisionRequest:
         if (self.payment is None) == (self.payment_id is None):
             raise ValueError("give exactly one of payment (the context) or payment_id")
-        if self.payment is not None:
-            for a in self.attempts:
-                if a.attempted_at < self.payment.failed_at:
-                    raise ValueError(f"attempt {a.attempt_number} is before the payment failed")
+        if self.payment is None and (self.attempts or self.messages):
+            raise ValueError("attempts and messages come with an inline payment, not a payment_id")
+        if self.payment is None:
+            return self
+        failed = self.payment.failed_at
+        for a in self.attempts:
+            if a.attempted_at < failed:
+                raise ValueError(
+                    f"attempts: attempt {a.attempt_number} is before the payment failed"
+                )
+        for m in self.messages:
+            if m.sent_at < failed:
+                raise ValueError(f"messages: message {m.message_id!r} is before the payment failed")
+        if self.now is not None and self.now < failed:
+            raise ValueError("now is before the payment failed (failed_at)")
+        _no_repeats("attempts", "attempt_number", [a.attempt_number for a in self.attempts])
+        _no_repeats("messages", "message_id", [m.message_id for m in self.messages])
         return self
+
+
+def _no_repeats(where: str, field: str, values: list) -> None:
+    repeated = [v for v, n in Counter(values).items() if n > 1]
+    if repeated:
+        raise ValueError(f"{where}: {field} {repeated[0]!r} appears more than once")
 
 
 class BatchDecisionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     decisions: list[DecisionRequest] = Field(min_length=1, max_length=1000)
+
+    @model_validator(mode="after")
+    def _each_payment_once(self) -> BatchDecisionRequest:
+        _no_repeats("decisions", "payment", [d.id for d in self.decisions])
+        return self
 
 
 class RetryOut(BaseModel):

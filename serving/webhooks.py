@@ -3,9 +3,11 @@
 :func:`receive` is what the platform and Connect endpoints call. It verifies the signature with
 the endpoint's own secret through the official SDK (a forged, unsigned or stale delivery raises
 :class:`InvalidWebhook` and stores nothing), stores the raw event before the caller answers 2xx,
-and processes it unless it was already received. Processing turns failures, recoveries and card
+and processes it unless it was already processed. Processing turns failures, recoveries and card
 updates into contract rows through the feature pipeline's normalizer; an event that fails to
-process stays stored as ``failed`` and :func:`process_pending` retries it, so nothing is lost.
+process stays stored as ``failed``, the delivery is answered non-2xx so Stripe sends it again,
+and :func:`process_pending` (run by ``reclaim serve`` in the background, with backoff) retries
+it meanwhile, so nothing is lost.
 
 Stripe reports one failure through up to three events (``invoice.payment_failed``,
 ``payment_intent.payment_failed``, ``charge.failed``): a failure within
@@ -18,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -29,6 +32,7 @@ from sqlalchemy.engine import Engine
 
 from reclaim import contract
 from reclaim.features import stripe_normalize as sn
+from reclaim.fields import storable
 from reclaim.serving.store import repository as repo
 from reclaim.serving.store import tables as t
 
@@ -52,22 +56,65 @@ class Receipt:
     status: str  # processed | ignored | failed | received (already stored earlier)
 
 
+MAX_ID = 255  # the columns' sizes: longer values are refused, not truncated
+MAX_TYPE = 100
+RETRY_BASE = timedelta(seconds=30)
+RETRY_CAP = timedelta(hours=1)
+
+
 def verify(
-    payload: bytes, sig_header: str | None, secret: str, tolerance: int = 300
+    payload: bytes,
+    sig_header: str | None,
+    secret: str,
+    tolerance: int = 300,
+    now: datetime | None = None,
 ) -> dict[str, Any]:
     """The event as a dict, if ``sig_header`` is a valid, fresh Stripe signature of
-    ``payload`` under ``secret``; else :class:`InvalidWebhook` naming what is wrong."""
+    ``payload`` under ``secret`` and the payload is an event the store can hold; else
+    :class:`InvalidWebhook` naming what is wrong.
+
+    Fresh means signed at most ``tolerance`` seconds ago (the SDK's check) and at most
+    ``tolerance`` seconds ahead of this server's clock (a signature from the future is forged
+    or from a broken clock).
+    """
     if not sig_header:
         raise InvalidWebhook("missing Stripe-Signature header")
     try:
-        stripe.Webhook.construct_event(payload, sig_header, secret, tolerance)
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidWebhook(f"payload is not UTF-8: {exc.reason} at byte {exc.start}") from exc
+    try:
+        stripe.WebhookSignature.verify_header(text, sig_header, secret, tolerance)
     except stripe.SignatureVerificationError as exc:
         raise InvalidWebhook(f"signature verification failed: {exc.user_message or exc}") from exc
+    signed = [p.split("=", 1)[1] for p in sig_header.split(",") if p.strip().startswith("t=")]
+    now = now or datetime.now(UTC)
+    if signed and signed[0].strip().isdigit():
+        ahead = int(signed[0]) - now.timestamp()
+        if ahead > tolerance:
+            raise InvalidWebhook(f"signature timestamp is {ahead:.0f} s in the future")
+    try:
+        event = json.loads(text)
     except ValueError as exc:
-        raise InvalidWebhook(f"payload is not a JSON event: {exc}") from exc
-    event = json.loads(payload)
-    if not isinstance(event, dict) or not isinstance(event.get("id"), str):
-        raise InvalidWebhook("payload has no event id")
+        raise InvalidWebhook(f"payload is not JSON: {exc}") from exc
+    if not isinstance(event, dict):
+        raise InvalidWebhook("payload is not a JSON object (a Stripe event)")
+    for field, longest, required in (
+        ("id", MAX_ID, True),
+        ("type", MAX_TYPE, True),
+        ("account", MAX_ID, False),
+    ):
+        value = event.get(field)
+        if value is None and not required:
+            continue
+        if not isinstance(value, str) or not value:
+            raise InvalidWebhook(f"event {field} must be a non-empty string")
+        if len(value) > longest:
+            raise InvalidWebhook(f"event {field} is longer than {longest} characters")
+        try:
+            storable(value)
+        except ValueError as exc:
+            raise InvalidWebhook(f"event {field} {exc}") from exc
     return event
 
 
@@ -79,7 +126,13 @@ def receive(
     secret: str,
     tolerance: int = 300,
 ) -> Receipt:
-    """Verify, store and (on first delivery) process one webhook delivery."""
+    """Verify, store and process one webhook delivery.
+
+    A first delivery is processed; a repeat of an event that is stored but not yet processed
+    (it failed before) is processed again, so Stripe's own redelivery is a retry too. The
+    receipt's status is ``failed`` when processing failed: the caller answers non-2xx so that
+    Stripe delivers it again.
+    """
     if endpoint not in ENDPOINTS:
         raise ValueError(f"unknown endpoint {endpoint!r}; expected one of {ENDPOINTS}")
     event = verify(payload, sig_header, secret, tolerance)
@@ -94,7 +147,7 @@ def receive(
         livemode=bool(event.get("livemode")),
         payload=payload.decode(),
     )
-    status = process_event(engine, event["id"]) if first else "received"
+    status = process_event(engine, event["id"])
     return Receipt(event["id"], str(event.get("type")), first, status)
 
 
@@ -102,13 +155,15 @@ def process_event(engine: Engine, event_id: str) -> str:
     """Process a stored event once; returns its status afterwards.
 
     Already processed or ignored events are left alone. An error while processing marks the
-    event ``failed`` with the error, for :func:`process_pending` to retry.
+    event ``failed`` with the error and the time of its next try (backing off from
+    :data:`RETRY_BASE`, doubling per try, up to :data:`RETRY_CAP`), for
+    :func:`process_pending` to retry.
     """
     with engine.begin() as conn:
         row = conn.execute(
-            sa.select(t.stripe_events.c.payload, t.stripe_events.c.status).where(
-                t.stripe_events.c.event_id == event_id
-            )
+            sa.select(
+                t.stripe_events.c.payload, t.stripe_events.c.status, t.stripe_events.c.tries
+            ).where(t.stripe_events.c.event_id == event_id)
         ).one_or_none()
     if row is None:
         raise KeyError(f"no stored event {event_id}")
@@ -117,23 +172,35 @@ def process_event(engine: Engine, event_id: str) -> str:
     try:
         with engine.begin() as conn:
             status, note = _apply(conn, json.loads(row.payload), event_id)
-            _set_status(conn, event_id, status, note)
+            _set_status(conn, event_id, status, note, tries=row.tries + 1)
         return status
     except Exception as exc:  # kept and retried, never lost
         log.exception("processing event %s failed", event_id)
+        wait = min(RETRY_BASE * 2**row.tries, RETRY_CAP)
         with engine.begin() as conn:
-            _set_status(conn, event_id, "failed", f"{type(exc).__name__}: {exc}")
+            _set_status(
+                conn,
+                event_id,
+                "failed",
+                f"{type(exc).__name__}: {exc}",
+                tries=row.tries + 1,
+                next_try_at=datetime.now(UTC) + wait,
+            )
         return "failed"
 
 
-def process_pending(engine: Engine) -> dict[str, int]:
-    """Retry every stored event not yet processed; returns the count per resulting status."""
+def process_pending(engine: Engine, now: datetime | None = None) -> dict[str, int]:
+    """Retry every stored event not yet processed whose next try is due (all of them with
+    ``now`` far enough ahead); returns the count per resulting status."""
+    e = t.stripe_events.c
+    now = now or datetime.now(UTC)
     with engine.connect() as conn:
         ids = (
             conn.execute(
-                sa.select(t.stripe_events.c.event_id)
-                .where(t.stripe_events.c.status.in_(["received", "failed"]))
-                .order_by(t.stripe_events.c.received_at)
+                sa.select(e.event_id)
+                .where(e.status.in_(["received", "failed"]))
+                .where(sa.or_(e.next_try_at.is_(None), e.next_try_at <= now))
+                .order_by(e.received_at)
             )
             .scalars()
             .all()
@@ -145,11 +212,71 @@ def process_pending(engine: Engine) -> dict[str, int]:
     return counts
 
 
-def _set_status(conn: sa.Connection, event_id: str, status: str, note: str | None) -> None:
+def stuck_events(engine: Engine, older_than: timedelta, now: datetime | None = None) -> int:
+    """How many events arrived more than ``older_than`` ago and are still not processed."""
+    e = t.stripe_events.c
+    since = (now or datetime.now(UTC)) - older_than
+    with engine.connect() as conn:
+        return int(
+            conn.execute(
+                sa.select(sa.func.count())
+                .select_from(t.stripe_events)
+                .where(e.status.in_(["received", "failed"]), e.received_at < since)
+            ).scalar()
+            or 0
+        )
+
+
+def retry_in_background(
+    engine: Engine,
+    every_seconds: float,
+    stuck_after: timedelta,
+    on_round: Any = None,
+) -> tuple[threading.Thread, threading.Event]:
+    """Start a thread that retries due events (:func:`process_pending`) every
+    ``every_seconds`` and counts the stuck ones, until the returned event is set.
+
+    ``on_round(counts, stuck)`` is called after each round (metrics); a round with stuck
+    events logs an ALERT.
+    """
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(every_seconds):
+            try:
+                counts = process_pending(engine)
+                stuck = stuck_events(engine, stuck_after)
+            except Exception:  # the store is down: try again next round
+                log.exception("retrying stored webhook events failed")
+                continue
+            if stuck:
+                log.error("ALERT %d webhook event(s) unprocessed for over %s", stuck, stuck_after)
+            if on_round is not None:
+                on_round(counts, stuck)
+
+    thread = threading.Thread(target=loop, name="reclaim-webhook-retry", daemon=True)
+    thread.start()
+    return thread, stop
+
+
+def _set_status(
+    conn: sa.Connection,
+    event_id: str,
+    status: str,
+    note: str | None,
+    tries: int,
+    next_try_at: datetime | None = None,
+) -> None:
     conn.execute(
         sa.update(t.stripe_events)
         .where(t.stripe_events.c.event_id == event_id)
-        .values(status=status, error=note, processed_at=datetime.now(UTC))
+        .values(
+            status=status,
+            error=note,
+            processed_at=datetime.now(UTC),
+            tries=tries,
+            next_try_at=next_try_at,
+        )
     )
 
 

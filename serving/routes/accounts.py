@@ -7,11 +7,11 @@ admin key only for its own accounts, and the platform defaults only with an unsc
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path
-from pydantic import BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, Field
 
 from reclaim.account_config import PLATFORM, AccountConfig, effective, overrides
 from reclaim.serving.auth import Principal
@@ -34,12 +34,17 @@ class ConfigView(BaseModel):
     overrides: dict[str, Any] = Field(description="The fields this account sets itself.")
     platform_defaults: dict[str, Any] = Field(description="The fields the platform sets.")
     effective: AccountConfig = Field(description="What Reclaim applies to this account.")
-    updated_at: datetime | None = Field(description="When the overrides last changed.")
+    updated_at: AwareDatetime | None = Field(description="When the overrides last changed.")
 
 
 def _visible(principal: Principal, account_id: str) -> None:
     if account_id != PLATFORM and not principal.sees(account_id):
         raise HTTPException(404, f"no account {account_id!r} for this key")
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes: they were stored as UTC."""
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
 
 def _view(engine, account_id: str) -> ConfigView:
@@ -51,7 +56,7 @@ def _view(engine, account_id: str) -> ConfigView:
         overrides=own,
         platform_defaults=defaults,
         effective=effective(defaults, own),
-        updated_at=configs.updated_at(engine, account_id),
+        updated_at=_utc(configs.updated_at(engine, account_id)),
     )
 
 

@@ -37,6 +37,27 @@ RESPONSES = {
 }
 
 
+def _check_owners(requests: list[DecisionRequest], engine, principal: Principal) -> None:
+    """Every payment a request names must be this key's to decide for, judged by its stored
+    owner where it is stored: another account's payment is a 404 worded exactly as one that
+    is not stored, and an inline context may not re-assign a stored payment to another
+    account (409)."""
+    owners = domain.accounts_of(engine, [r.id for r in requests])
+    for r in requests:
+        stored = owners.get(r.id)
+        claimed = r.payment.account_id if r.payment is not None else None
+        if stored is not None and not principal.sees(stored):
+            raise HTTPException(404, domain.UnknownPayment(r.id).args[0])
+        if claimed is not None and not principal.sees(claimed):
+            raise HTTPException(404, domain.UnknownPayment(r.id).args[0])
+        if stored is not None and claimed is not None and stored != claimed:
+            raise HTTPException(
+                409,
+                f"payment.account_id: payment {r.id!r} is stored under another connected "
+                "account; a payment's account cannot change",
+            )
+
+
 def _run(
     requests: list[DecisionRequest],
     engine,
@@ -46,14 +67,7 @@ def _run(
     slots: threading.BoundedSemaphore,
     experiment: domain.Experiment | None,
 ) -> list[DecisionOut]:
-    for r in requests:  # a scoped key can neither see nor decide for other accounts
-        if r.payment is not None and not principal.sees(r.payment.account_id):
-            raise HTTPException(404, f"no payment {r.payment.payment_id!r} for this key")
-    if principal.accounts is not None:
-        by_id = [r.payment_id for r in requests if r.payment is None]
-        for pid, account in domain.accounts_of(engine, by_id).items():
-            if not principal.sees(account):
-                raise HTTPException(404, f"no payment {pid!r} is stored; send its context")
+    _check_owners(requests, engine, principal)
     loaded = holder.current
     if loaded is None:
         raise HTTPException(503, f"no policy loaded yet from {holder.uri}")

@@ -12,7 +12,9 @@ router = APIRouter(tags=["operations"])
 
 
 @router.get("/healthz", summary="The process is up")
-def healthz() -> dict[str, str]:
+async def healthz() -> dict[str, str]:
+    # async on purpose: it runs on the event loop, never waiting for a threadpool slot that
+    # database work (a locked store) may hold
     return {"status": "ok"}
 
 

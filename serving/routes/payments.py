@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import sqlalchemy as sa
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Path
 from pydantic import BaseModel
 
+from reclaim.fields import Identifier
 from reclaim.serving.deps import EngineDep, ReaderDep
 from reclaim.serving.store import repository as repo
 from reclaim.serving.store import tables as t
 
 router = APIRouter(prefix="/v1/payments", tags=["payments"])
+
+PaymentId = Annotated[Identifier, Path(description="The payment's id (`in_…` or `pi_…`).")]
 
 
 class PaymentView(BaseModel):
@@ -40,7 +43,7 @@ def _rows(df) -> list[dict[str, Any]]:
         404: {"description": "Not held, or not visible to this key"},
     },
 )
-def get_payment(payment_id: str, engine: EngineDep, principal: ReaderDep) -> PaymentView:
+def get_payment(payment_id: PaymentId, engine: EngineDep, principal: ReaderDep) -> PaymentView:
     tables = repo.load_contract(engine, [payment_id])
     if tables.payments.empty or not principal.sees(tables.payments["account_id"].iloc[0]):
         raise HTTPException(404, f"no payment {payment_id!r}")

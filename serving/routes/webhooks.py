@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Request
+from starlette.concurrency import run_in_threadpool
 
 from reclaim.serving import webhooks
 from reclaim.serving.deps import EngineDep, MetricsDep, SettingsDep
@@ -24,8 +25,9 @@ async def _receive(
     if secret is None:
         raise HTTPException(503, f"RECLAIM_{_SECRET_SETTING[endpoint].upper()} is not set")
     body = await request.body()
-    try:
-        receipt = webhooks.receive(
+    try:  # database work off the event loop: a locked store must not stall other routes
+        receipt = await run_in_threadpool(
+            webhooks.receive,
             engine,
             endpoint,
             body,
@@ -38,6 +40,13 @@ async def _receive(
         raise HTTPException(400, str(exc)) from exc
     result = receipt.status if receipt.first_delivery else "duplicate"
     metrics.webhooks.labels(endpoint, receipt.event_type, result).inc()
+    if receipt.status == "failed":  # stored; a non-2xx makes Stripe deliver it again
+        raise HTTPException(
+            503,
+            f"event {receipt.event_id} is stored but could not be processed yet; "
+            "it is retried in the background and on redelivery",
+            headers={"Retry-After": "60"},
+        )
     return {"received": True, "event_id": receipt.event_id, "status": result}
 
 
@@ -58,8 +67,12 @@ def _route(endpoint: str, summary: str) -> None:
         summary=summary,
         name=f"stripe_webhook_{endpoint}",
         responses={
-            400: {"description": "Forged, unsigned or stale delivery"},
-            503: {"description": "This endpoint's signing secret is not configured"},
+            400: {"description": "Forged, unsigned, stale or malformed delivery"},
+            413: {"description": "Body larger than RECLAIM_WEBHOOK_MAX_BYTES"},
+            503: {
+                "description": "This endpoint's signing secret is not configured, or the "
+                "event is stored but failed to process (Stripe redelivers it)"
+            },
         },
     )(handler)
 

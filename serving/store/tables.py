@@ -60,6 +60,8 @@ stripe_events = sa.Table(
     sa.Column("status", sa.String(20), nullable=False),  # received | processed | ignored | failed
     sa.Column("processed_at", sa.DateTime(timezone=True)),
     sa.Column("error", sa.Text),
+    sa.Column("tries", sa.Integer, nullable=False, server_default="0"),  # processing attempts
+    sa.Column("next_try_at", sa.DateTime(timezone=True)),  # when a failed one is tried again
 )
 sa.Index("ix_stripe_events_status", stripe_events.c.status)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -117,6 +118,8 @@ def test_an_event_that_fails_processing_is_kept_and_retried(engine, monkeypatch)
     assert len(repo.load_contract(engine).payments) == 0
 
     monkeypatch.setattr(webhooks.sn, "normalize_event", real)
-    assert webhooks.process_pending(engine) == {"processed": 1}
+    assert webhooks.process_pending(engine) == {}  # it backs off before the next try
+    later = datetime.now(UTC) + webhooks.RETRY_BASE + timedelta(seconds=1)
+    assert webhooks.process_pending(engine, now=later) == {"processed": 1}
     assert _events(engine) == [("evt_sep_auth", "processed", 1)]
     assert list(repo.load_contract(engine).payments["payment_id"]) == ["pi_sep_auth"]

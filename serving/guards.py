@@ -1,0 +1,108 @@
+"""What stands between a request and the routes: a cap on body size, and error answers that
+can always be written.
+
+- :class:`BodyLimit` refuses a body over its limit with 413 before a route reads it (by its
+  ``Content-Length``, or while it streams in), so a huge body costs neither memory nor a
+  database write.
+- :func:`validation_error` is FastAPI's 422 answer, made safe for inputs that cannot be
+  encoded as UTF-8 (a lone surrogate echoed back in the error would otherwise fail the
+  handler itself, turning a 422 into a 500).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+log = logging.getLogger(__name__)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """ASGI middleware: bodies over ``limit(path)`` bytes get 413 naming the limit."""
+
+    def __init__(self, app: ASGIApp, limit: Callable[[str], int]):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit(scope["path"])
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _too_large(send, limit)
+            return
+        seen = 0
+        started = False
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise _TooLarge
+            return message
+
+        async def tracking(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited, tracking)
+        except _TooLarge:
+            if not started:
+                await _too_large(send, limit)
+
+
+async def _too_large(send: Send, limit: int) -> None:
+    body = json.dumps({"detail": f"request body is larger than {limit:,} bytes"}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def _printable(value: Any) -> Any:
+    """``value`` with every string made encodable (lone surrogates shown as escapes)."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, list | tuple):
+        return [_printable(v) for v in value]
+    if isinstance(value, dict):
+        return {_printable(k): _printable(v) for k, v in value.items()}
+    return value
+
+
+async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 with the fields at fault, whatever characters the input held."""
+    return JSONResponse(
+        status_code=422, content={"detail": _printable(jsonable_encoder(exc.errors()))}
+    )
+
+
+async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+    """A bug, not bad input: logged with its traceback; the caller learns nothing more."""
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return JSONResponse(status_code=500, content={"detail": "internal error; it has been logged"})
