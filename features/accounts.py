@@ -26,6 +26,7 @@ import pandas as pd
 from reclaim import vocab
 from reclaim.timeline import Timeline
 
+CACHED_QUERY = 64  # queries this small go through the (account, day) cache
 PLATFORM = -1  # the timeline code of the whole platform
 UNKNOWN = -2  # the code of an account with no events
 COLUMNS = (
@@ -117,13 +118,49 @@ class AccountHistory:
 
         Returns a frame with :data:`COLUMNS`, index of ``account_ids``.
         """
-        codes = self.accounts.get_indexer(account_ids)
+        values = self.at_arrays(account_ids, times.to_numpy(dtype="datetime64[us]"))
+        return pd.DataFrame(values, index=account_ids.index)
+
+    def at_arrays(self, account_ids: object, times: np.ndarray) -> dict[str, np.ndarray]:
+        """:meth:`at` on plain arrays (account ids, ``datetime64[us]`` UTC times): each of
+        :data:`COLUMNS` as an array.
+
+        A query of at most :data:`CACHED_QUERY` decisions (the API's) looks each (account,
+        day) up in a cache first: the history does not change once built, and a day's
+        aggregates are the same for every decision of that day.
+        """
+        ids = np.asarray(account_ids, dtype=object)
+        day = np.asarray(times, dtype="datetime64[us]").astype("datetime64[D]").astype(np.int64)
+        if len(ids) <= CACHED_QUERY:
+            return self._at_cached(ids, day)
+        codes = self.accounts.get_indexer(pd.Index(ids))
         codes[codes < 0] = UNKNOWN  # an account with no history: only the platform prior
-        day = times.to_numpy(dtype="datetime64[us]").astype("datetime64[D]")
-        pairs = codes.astype(np.int64) * 2**20 + (day.astype(np.int64) - 10**4)
+        pairs = codes.astype(np.int64) * 2**20 + (day - 10**4)
         unique_pairs, back = np.unique(pairs, return_inverse=True)
         values = self._at_days(unique_pairs // 2**20, (unique_pairs % 2**20) + 10**4)
-        return pd.DataFrame({k: v[back] for k, v in values.items()}, index=account_ids.index)
+        return {k: v[back] for k, v in values.items()}
+
+    def _at_cached(self, ids: np.ndarray, day: np.ndarray) -> dict[str, np.ndarray]:
+        cache: dict[tuple[int, int], tuple[float, ...]] = self.__dict__.setdefault("_cache", {})
+        index: dict[object, int] = self.__dict__.get("_index") or self.__dict__.setdefault(
+            "_index", {a: i for i, a in enumerate(self.accounts)}
+        )
+        keys = [(index.get(a, UNKNOWN), int(d)) for a, d in zip(ids, day, strict=True)]
+        missing = sorted({k for k in keys if k not in cache})
+        if missing:
+            found = self._at_days(
+                np.array([k[0] for k in missing], dtype=np.int64),
+                np.array([k[1] for k in missing], dtype=np.int64),
+            )
+            if len(cache) > 100_000:  # a long-running server sees new days: start afresh
+                cache.clear()
+            for j, k in enumerate(missing):
+                cache[k] = tuple(float(found[c][j]) for c in COLUMNS)
+        rows = [cache[k] for k in keys]
+        return {c: np.array([r[j] for r in rows], dtype=float) for j, c in enumerate(COLUMNS)}
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k not in ("_cache", "_index")}
 
     def _at_days(self, acct: np.ndarray, day: np.ndarray) -> dict[str, np.ndarray]:
         """Aggregates for account codes at the start of days (days since the epoch)."""

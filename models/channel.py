@@ -102,3 +102,13 @@ class ChannelUpliftModel(BaseEstimator):
         """Uplift of each treatment arm over the control: n rows, one column per channel."""
         outcomes = self.predict_outcomes(X)
         return outcomes[self.arms_[1:]].sub(outcomes[self.control], axis=0)
+
+    def predict_matrix(self, matrix: np.ndarray) -> dict[str, np.ndarray]:
+        """:meth:`predict` of LightGBM's own float matrix (columns in ``feature_names_in_``
+        order, categoricals as codes): each channel's uplift, with no DataFrame."""
+        check_is_fitted(self, "boosters_")
+        control = lgbm.predict_matrix(self.boosters_[self.control], matrix)
+        return {
+            arm: lgbm.predict_matrix(self.boosters_[arm], matrix) - control
+            for arm in self.arms_[1:]
+        }

@@ -10,11 +10,14 @@ own path.
 
 from __future__ import annotations
 
+import weakref
+from dataclasses import dataclass
 from typing import Any
 
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
+from scipy import sparse
 
 
 def as_matrix(frame: pd.DataFrame, trained: list[list[Any]] | None) -> np.ndarray | None:
@@ -45,6 +48,17 @@ def predict(booster: lgb.Booster, frame: pd.DataFrame, **kwargs: Any) -> np.ndar
     return booster.predict(frame if matrix is None else matrix, **kwargs)
 
 
+SMALL = 8
+"""Matrices with at most this many rows are predicted on one thread: for the API's few rows,
+waking LightGBM's thread pool costs more than the prediction."""
+
+
+def predict_matrix(booster: lgb.Booster, matrix: np.ndarray) -> np.ndarray:
+    """``booster.predict`` of LightGBM's own float matrix, on one thread when it is small."""
+    x = np.asarray(matrix, dtype=np.float64)
+    return booster.predict(x, num_threads=1) if len(x) <= SMALL else booster.predict(x)
+
+
 def predict_each(boosters: dict[str, lgb.Booster], frame: pd.DataFrame) -> dict[str, np.ndarray]:
     """Each booster's prediction for ``frame``, converting the frame once where they agree."""
     out: dict[str, np.ndarray] = {}
@@ -56,3 +70,88 @@ def predict_each(boosters: dict[str, lgb.Booster], frame: pd.DataFrame) -> dict[
         matrix = converted[key]
         out[name] = booster.predict(frame if matrix is None else matrix)
     return out
+
+
+@dataclass(frozen=True)
+class LeafPaths:
+    """Each leaf's path contributions, from a booster's dump: along the path from its tree's
+    root, the change in node value at every split, credited to that split's feature (Saabas).
+    A node's value is LightGBM's ``internal_value`` (the training-weighted mean of the leaves
+    below it), a leaf's its ``leaf_value``; so for any row, the bias (the roots' values) plus
+    the contributions of the leaves it reaches is its raw score (tested).
+
+    With the leaves from ``Booster.predict(pred_leaf=True)``, LightGBM's native walk, a row's
+    contributions are one sparse product: microseconds, where SHAP takes milliseconds.
+    """
+
+    first_leaf: np.ndarray  # per tree: the id of its leaf 0 among all leaves
+    by_leaf: sparse.csr_matrix  # (leaves, features): each leaf's path contributions
+    bias: float
+
+    @classmethod
+    def from_booster(cls, booster: lgb.Booster) -> LeafPaths:
+        dump = booster.dump_model()
+        n_features = int(dump["max_feature_idx"]) + 1
+        first: list[int] = []
+        rows: list[int] = []
+        cols: list[int] = []
+        vals: list[float] = []
+        bias, n_leaves = 0.0, 0
+        for tree in dump["tree_info"]:
+            root = tree["tree_structure"]
+            first.append(n_leaves)
+            if "leaf_value" in root:  # a tree of one leaf
+                bias += float(root["leaf_value"])
+                n_leaves += 1
+                continue
+            bias += float(root["internal_value"])
+            stack: list[tuple[dict[str, Any], list[tuple[int, float]]]] = [(root, [])]
+            count = 0
+            while stack:
+                node, path = stack.pop()
+                for side in ("left_child", "right_child"):
+                    child = node[side]
+                    value = child.get("leaf_value", child.get("internal_value"))
+                    step = [*path, (int(node["split_feature"]),
+                                    float(value) - float(node["internal_value"]))]  # fmt: skip
+                    if "leaf_value" in child:
+                        count += 1
+                        for feature, change in step:
+                            rows.append(n_leaves + int(child["leaf_index"]))
+                            cols.append(feature)
+                            vals.append(change)
+                    else:
+                        stack.append((child, step))
+            n_leaves += count
+        by_leaf = sparse.csr_matrix((vals, (rows, cols)), shape=(n_leaves, n_features))
+        return cls(np.array(first, dtype=np.int64), by_leaf, bias)
+
+    def contributions(self, leaves: np.ndarray) -> np.ndarray:
+        """Per row, each feature's share of the raw score, from the leaf index each row
+        reaches in each tree (``pred_leaf``, shape (rows, trees)); the last column is the
+        bias. Shape (rows, features + 1)."""
+        leaves = np.asarray(leaves, dtype=np.int64).reshape(len(leaves), -1)
+        n, trees = leaves.shape
+        reached = sparse.csr_matrix(
+            (np.ones(n * trees), (leaves + self.first_leaf[None, :]).ravel(),
+             np.arange(0, n * trees + 1, trees)),
+            shape=(n, self.by_leaf.shape[0]),
+        )  # fmt: skip
+        out = np.empty((n, self.by_leaf.shape[1] + 1))
+        out[:, :-1] = (reached @ self.by_leaf).toarray()
+        out[:, -1] = self.bias
+        return out
+
+
+_PATHS: weakref.WeakKeyDictionary[lgb.Booster, LeafPaths] = weakref.WeakKeyDictionary()
+
+
+def path_contributions(booster: lgb.Booster, matrix: np.ndarray) -> np.ndarray:
+    """Each feature's share of the raw score for rows of LightGBM's float matrix
+    (:class:`LeafPaths`, built once per booster); the last column is the bias."""
+    paths = _PATHS.get(booster)
+    if paths is None:
+        paths = _PATHS[booster] = LeafPaths.from_booster(booster)
+    x = np.asarray(matrix, dtype=np.float64)
+    leaves = booster.predict(x, pred_leaf=True, **({"num_threads": 1} if len(x) <= SMALL else {}))
+    return paths.contributions(leaves)

@@ -26,14 +26,18 @@ USD and taken at par (they are cents, and only matter when a recovery is nearly 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from reclaim import vocab
+from reclaim.features import schema
 from reclaim.features.accounts import AccountHistory
 from reclaim.features.candidates import expand_retry_times, retry_features
 from reclaim.features.decisions import decision_features, log_amount
+from reclaim.features.single import Decisions
 from reclaim.models.channel import ChannelUpliftModel
 from reclaim.models.retry import RetryTimeModel
 from reclaim.policy import ActionBatch, DecisionBatch, Policy, merchant_of_record
@@ -118,7 +122,95 @@ class LearnedPolicy(Policy):
         }
         self.__dict__.update({**defaults, **state})
 
+    def decides_on_rows(self) -> bool:
+        """Whether :meth:`act_rows` applies: both models were trained on the feature schema's
+        fixed categories, so their codes are what ``features.single`` computes. Checked once
+        per loaded policy."""
+        known = self.__dict__.get("_decides_on_rows")
+        if known is None:
+            known = self.__dict__["_decides_on_rows"] = self._trained_on_schema()
+        return known
+
+    def _trained_on_schema(self) -> bool:
+        boosters = [self.retry_model.booster_, *self.channel_model.boosters_.values()]
+        names = [list(self.retry_model.feature_names_in_)] + [
+            list(self.channel_model.feature_names_in_)
+        ] * len(self.channel_model.boosters_)
+        for booster, columns in zip(boosters, names, strict=True):
+            expected = [
+                [str(c) for c in schema.CATEGORICAL[c].categories]
+                for c in columns
+                if c in schema.CATEGORICAL
+            ]
+            trained = [[str(c) for c in cats] for cats in (booster.pandas_categorical or [])]
+            if trained != expected:
+                return False
+        return True
+
     # --- scoring ------------------------------------------------------------------------
+    def _allowed(self, blocked: np.ndarray, first: np.ndarray, last: np.ndarray) -> np.ndarray:
+        """(n, k): which candidate delays the rules allow (not blocked, from the earliest
+        allowed retry to the end of the window)."""
+        d = self.delays_hours[None, :]
+        return (np.asarray(blocked) == "")[:, None] & (
+            (d >= np.asarray(first)[:, None] - 1e-9) & (d <= np.asarray(last)[:, None])
+        )
+
+    def _values(self, p: np.ndarray, allowed: np.ndarray, amount: np.ndarray) -> np.ndarray:
+        """Each candidate's value over the rest of the window (see the module); -inf where
+        not allowed."""
+        costs = self.costs or Costs()
+        n = len(p)
+        amount = amount[:, None]
+        # Best later candidate (strictly later slot) for the look-ahead.
+        later = np.maximum.accumulate(p[:, ::-1], axis=1)[:, ::-1]
+        later = np.concatenate([later[:, 1:], np.zeros((n, 1))], axis=1)
+        then = np.maximum(self.continuation * later * amount - costs.retry, 0.0)
+        value = p * amount - costs.retry + (1.0 - p) * then
+        return np.where(allowed, value, -np.inf)
+
+    def _gains(
+        self,
+        uplift: dict[str, np.ndarray],
+        amount: np.ndarray,
+        sent: np.ndarray,
+        c: dict[str, np.ndarray] | None,
+    ) -> np.ndarray:
+        """(n, 4): expected gain of none, email, sms, in_app (uplift × amount − cost; -inf
+        where the channel is closed)."""
+        costs = self.costs or Costs()
+        capped = sent >= self.max_messages
+        if c is not None:  # the account's limits: opted out, fewer messages, some channels
+            capped = capped | c["opted_out"] | (sent >= c["max_messages"])
+        gain = np.zeros((len(amount), 1 + len(CHANNELS)))
+        for j, ch in enumerate(CHANNELS, start=1):
+            closed = capped if c is None else capped | ~c[f"allow_{ch}"]
+            if ch in uplift:
+                gain[:, j] = np.where(closed, -np.inf, uplift[ch] * amount - costs.message[ch])
+            else:
+                gain[:, j] = -np.inf
+        return gain
+
+    def _choose(
+        self, value: np.ndarray, gains: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The option per decision (a delay index, or k for no retry; a message option index)
+        and their propensities: greedy, or with probability ``exploration`` a uniformly
+        random allowed option."""
+        n, k = value.shape
+        allowed = np.isfinite(value)
+        best = np.argmax(value, axis=1)
+        greedy_retry = allowed.any(axis=1) & (value[np.arange(n), best] > 0)
+        greedy_option = np.where(greedy_retry, best, k)
+        # retry options: each allowed delay, then "no retry" (always open) at index k
+        open_retry = np.concatenate([allowed, np.ones((n, 1), dtype=bool)], axis=1)
+        option, retry_prop = _epsilon_greedy(open_retry, greedy_option, self.exploration, rng)
+        open_channel = np.isfinite(gains)  # "none" is always open
+        chosen, channel_prop = _epsilon_greedy(
+            open_channel, _greedy_channel(gains), self.exploration, rng
+        )
+        return option, retry_prop, chosen, channel_prop
+
     def retry_scores(
         self, batch: DecisionBatch, features: pd.DataFrame
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -126,15 +218,12 @@ class LearnedPolicy(Policy):
 
         Candidates the rules do not allow have chance 0 and value -inf.
         """
-        rules = self.network_rules or NetworkRules()
-        costs = self.costs or Costs()
         n, k = len(batch), len(self.delays_hours)
-        lim = limits(batch, rules)
-        first = features["hours_to_earliest_retry"].to_numpy()
-        last = features["hours_to_window_end"].to_numpy()
-        allowed = (lim["blocked"].to_numpy() == "")[:, None] & (
-            (self.delays_hours[None, :] >= first[:, None] - 1e-9)
-            & (self.delays_hours[None, :] <= last[:, None])
+        lim = limits(batch, self.network_rules or NetworkRules())
+        allowed = self._allowed(
+            lim["blocked"].to_numpy(),
+            features["hours_to_earliest_retry"].to_numpy(),
+            features["hours_to_window_end"].to_numpy(),
         )
         p = np.zeros((n, k))
         rows = np.flatnonzero(allowed.any(axis=1))
@@ -146,34 +235,20 @@ class LearnedPolicy(Policy):
             columns = list(self.retry_model.feature_names_in_)
             p[rows] = self.retry_model.predict_proba(grid[columns])[:, 1].reshape(len(rows), k)
         p = np.where(allowed, p, 0.0)
-        amount = np.expm1(log_amount(batch.payments))[:, None]
-        # Best later candidate (strictly later slot) for the look-ahead.
-        later = np.maximum.accumulate(p[:, ::-1], axis=1)[:, ::-1]
-        later = np.concatenate([later[:, 1:], np.zeros((n, 1))], axis=1)
-        then = np.maximum(self.continuation * later * amount - costs.retry, 0.0)
-        value = p * amount - costs.retry + (1.0 - p) * then
-        return p, np.where(allowed, value, -np.inf)
+        return p, self._values(p, allowed, np.expm1(log_amount(batch.payments)))
 
     def channel_values(self, batch: DecisionBatch, features: pd.DataFrame) -> pd.DataFrame:
         """Expected gain of each channel (uplift × amount − cost); the ``none`` column is 0."""
-        costs = self.costs or Costs()
         uplift = self.channel_model.predict(features[list(self.channel_model.feature_names_in_)])
-        amount = np.expm1(log_amount(batch.payments))
-        sent = features["n_messages"].to_numpy()
-        capped = sent >= self.max_messages
         c = batch.constraints
-        if c is not None:  # the account's limits: opted out, fewer messages, some channels
-            capped |= c["opted_out"].to_numpy() | (sent >= c["max_messages"].to_numpy())
-        gain = pd.DataFrame(0.0, index=features.index, columns=["none", *CHANNELS])
-        for ch in CHANNELS:
-            closed = capped if c is None else capped | ~c[f"allow_{ch}"].to_numpy()
-            if ch in uplift.columns:
-                gain[ch] = np.where(
-                    closed, -np.inf, uplift[ch].to_numpy() * amount - costs.message[ch]
-                )
-            else:
-                gain[ch] = -np.inf
-        return gain
+        arrays = None if c is None else {name: c[name].to_numpy() for name in c.columns}
+        gains = self._gains(
+            {ch: uplift[ch].to_numpy() for ch in uplift.columns},
+            np.expm1(log_amount(batch.payments)),
+            features["n_messages"].to_numpy(),
+            arrays,
+        )
+        return pd.DataFrame(gains, index=features.index, columns=["none", *CHANNELS])
 
     def channel_probabilities(self, batch: DecisionBatch, features: pd.DataFrame) -> np.ndarray:
         """Probability of each message option (none, email, sms, in_app): shape (n, 4)."""
@@ -204,24 +279,12 @@ class LearnedPolicy(Policy):
             return ActionBatch.build(0)
         features = decision_features(batch, self.accounts, self.network_rules)
         _, value = self.retry_scores(batch, features)
-        allowed = np.isfinite(value)
-        k = value.shape[1]
-        # option index: 0..k-1 a delay, k = no retry
-        best = np.argmax(np.where(allowed, value, -np.inf), axis=1)
-        greedy_retry = allowed.any(axis=1) & (value[np.arange(n), best] > 0)
-        greedy_option = np.where(greedy_retry, best, k)
         gains = self.channel_values(batch, features)
-        options = gains.columns.to_numpy()
-        greedy_channel = _greedy_channel(gains.to_numpy())
-
-        # retry options: each allowed delay, then "no retry" (always open) at index k
-        open_retry = np.concatenate([allowed, np.ones((n, 1), dtype=bool)], axis=1)
-        option, retry_prop = _epsilon_greedy(open_retry, greedy_option, self.exploration, rng)
-        open_channel = np.isfinite(gains.to_numpy())  # "none" is always open
-        chosen, channel_prop = _epsilon_greedy(open_channel, greedy_channel, self.exploration, rng)
-
+        option, retry_prop, chosen, channel_prop = self._choose(value, gains.to_numpy(), rng)
+        k = value.shape[1]
         delay = self.delays_hours[np.minimum(option, k - 1)]
         retry_at = (batch.now + pd.to_timedelta(delay, unit="h")).where(option < k)
+        options = gains.columns.to_numpy()
         channel = np.where(chosen > 0, options[chosen], None)
         sender = np.where(chosen > 0, self.senders(batch), None)
         return ActionBatch.build(
@@ -233,6 +296,66 @@ class LearnedPolicy(Policy):
             channel_propensity=channel_prop,
         )
 
+    def act_rows(self, decisions: Decisions, rng: np.random.Generator) -> list[dict[str, Any]]:
+        """:meth:`act` for decisions given as plain rows (``features.single``), with no
+        pandas: the same scores, rules and choices (``tests/test_single_decision.py``).
+
+        Returns per decision a dict with ``retry_at`` (aware datetime or None), ``channel``,
+        ``sender`` (str or None), ``retry_propensity`` and ``channel_propensity``.
+        """
+        n, k = len(decisions), len(self.delays_hours)
+        if n == 0:
+            return []
+        f = decisions.features
+        allowed = self._allowed(
+            np.array([lim["blocked"] for lim in decisions.limits], dtype=object),
+            np.array([x["hours_to_earliest_retry"] for x in f]),
+            np.array([x["hours_to_window_end"] for x in f]),
+        )
+        p = np.zeros((n, k))
+        rows = np.flatnonzero(allowed.any(axis=1))
+        if len(rows):
+            names = list(self.retry_model.feature_names_in_)
+            grid = decisions.retry_grid(rows, self.delays_hours, names)
+            p[rows] = self.retry_model.predict_proba_matrix(grid)[:, 1].reshape(len(rows), k)
+        p = np.where(allowed, p, 0.0)
+        amount = np.expm1(np.array([x["log_amount"] for x in f]))
+        value = self._values(p, allowed, amount)
+        uplift = self.channel_model.predict_matrix(
+            decisions.matrix(list(self.channel_model.feature_names_in_))
+        )
+        c = _constraint_arrays(decisions.constraints)
+        gains = self._gains(uplift, amount, np.array([x["n_messages"] for x in f]), c)
+        option, retry_prop, chosen, channel_prop = self._choose(value, gains, rng)
+        options = ["none", *CHANNELS]
+        out = []
+        for i in range(n):
+            retry_at = None
+            if option[i] < k:
+                retry_at = decisions.now[i] + timedelta(hours=float(self.delays_hours[option[i]]))
+            channel = options[chosen[i]] if chosen[i] > 0 else None
+            out.append(
+                {
+                    "retry_at": retry_at,
+                    "channel": channel,
+                    "sender": self._sender_row(decisions, i) if channel else None,
+                    "retry_propensity": float(retry_prop[i]),
+                    "channel_propensity": float(channel_prop[i]),
+                    "reason": "",
+                }
+            )
+        return out
+
+    def _sender_row(self, decisions: Decisions, i: int) -> str:
+        """:meth:`senders` for one decision."""
+        p, c = decisions.payments[i], decisions.constraints[i]
+        if c is not None and c["sender"] is not None:
+            return str(c["sender"])
+        if self.sender_overrides and p["account_id"] in self.sender_overrides:
+            return str(self.sender_overrides[p["account_id"]])
+        own = p["charge_model"] == vocab.ChargeModel.DIRECT.value or bool(p["on_behalf_of"])
+        return vocab.Sender.ACCOUNT.value if own else vocab.Sender.PLATFORM.value
+
     def describe(
         self, batch: DecisionBatch, actions: ActionBatch, top: int = 3
     ) -> tuple[np.ndarray, list[list[str]]]:
@@ -240,8 +363,8 @@ class LearnedPolicy(Policy):
 
         Returns ``(probability, reasons)``: per decision, the retry-time model's probability
         (0 where there is no retry) and ``top`` strings like ``"days_to_payday=0 (+0.41)"``
-        (SHAP contributions to the log-odds; empty where there is no retry). The features are
-        computed once, for the decisions that retry.
+        (each feature's share of the log-odds along the trees' paths; empty where there is no
+        retry). The features are computed once, for the decisions that retry.
         """
         probability = np.zeros(len(batch))
         reasons: list[list[str]] = [[] for _ in range(len(batch))]
@@ -255,18 +378,65 @@ class LearnedPolicy(Policy):
             actions.retry_at.iloc[rows].reset_index(drop=True),
         )[list(self.retry_model.feature_names_in_)]
         probability[rows] = self.retry_model.predict_proba(x)[:, 1]
-        contrib = self.retry_model.contributions(x)
-        for i, row in zip(rows, range(len(rows)), strict=True):
-            c = contrib.iloc[row]
-            for name in c.abs().sort_values(ascending=False).index[:top]:
-                value = x.iloc[row][name]
-                shown = f"{value:.3g}" if isinstance(value, float) else str(value)
-                reasons[i].append(f"{name}={shown} ({c[name]:+.2f})")
+        contrib = self.retry_model.contributions(x).to_numpy()
+        shown = x.astype(object).to_numpy()
+        for j, i in enumerate(rows):
+            reasons[i] = _reasons(contrib[j], list(x.columns), shown[j], top)
+        return probability, reasons
+
+    def describe_rows(
+        self, decisions: Decisions, retry_at: list[datetime | None], top: int = 3
+    ) -> tuple[np.ndarray, list[list[str]]]:
+        """:meth:`describe` for decisions given as plain rows."""
+        probability = np.zeros(len(decisions))
+        reasons: list[list[str]] = [[] for _ in range(len(decisions))]
+        rows = [i for i, t in enumerate(retry_at) if t is not None]
+        if not rows:
+            return probability, reasons
+        names = list(self.retry_model.feature_names_in_)
+        built = decisions.retry_rows(rows, [retry_at[i] for i in rows])
+        x = np.array([[codes[nm] for nm in names] for codes, _ in built], dtype=np.float64)
+        probability[rows] = self.retry_model.predict_proba_matrix(x)[:, 1]
+        contrib = self.retry_model.contributions_matrix(x)
+        for j, i in enumerate(rows):
+            shown = [built[j][1][nm] for nm in names]
+            reasons[i] = _reasons(contrib[j], names, shown, top)
         return probability, reasons
 
     def explain(self, batch: DecisionBatch, actions: ActionBatch, top: int = 3) -> list[list[str]]:
         """The reasons half of :meth:`describe`."""
         return self.describe(batch, actions, top)[1]
+
+
+def _show(value: Any) -> str:
+    """A feature value as a reason shows it: numbers to 3 significant digits (a missing
+    value, numeric or categorical, as ``nan``), category names as they are."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "nan"
+    return f"{value:.3g}" if isinstance(value, float | np.floating) else str(value)
+
+
+def _reasons(contrib: np.ndarray, names: list[str], shown: Any, top: int) -> list[str]:
+    """The ``top`` features by the size of their contribution, as ``name=value (+c.cc)``;
+    ties keep the model's column order."""
+    order = np.argsort(-np.abs(contrib), kind="stable")[:top]
+    return [f"{names[j]}={_show(shown[j])} ({contrib[j]:+.2f})" for j in order]
+
+
+def _constraint_arrays(rows: list[Any]) -> dict[str, np.ndarray] | None:
+    """Per-decision constraint dicts as the arrays :meth:`LearnedPolicy._gains` reads; None
+    when no decision has any."""
+    if all(r is None for r in rows):
+        return None
+    if any(r is None for r in rows):
+        raise ValueError("give constraints for every decision or for none")
+    return {
+        "opted_out": np.array([r["opted_out"] for r in rows], dtype=bool),
+        "max_messages": np.array([r["max_messages"] for r in rows], dtype=float),
+        **{
+            f"allow_{ch}": np.array([r[f"allow_{ch}"] for r in rows], dtype=bool) for ch in CHANNELS
+        },
+    }
 
 
 def _greedy_channel(gains: np.ndarray) -> np.ndarray:

@@ -86,30 +86,38 @@ def effective(defaults: Mapping[str, Any], own: Mapping[str, Any]) -> AccountCon
     return AccountConfig.model_validate(merged)
 
 
+def constraint_row(config: AccountConfig) -> dict[str, Any]:
+    """What one account allows, as one row of :func:`constraints` (a dict of plain values)."""
+    return {
+        "opted_out": bool(config.opted_out),
+        "max_retries": np.nan if config.max_retries is None else float(config.max_retries),
+        "max_messages": int(config.max_messages),
+        "sender": config.sender.value if config.sender else None,
+        **{f"allow_{ch}": any(a.value == ch for a in config.allowed_channels) for ch in CHANNELS},
+    }
+
+
 def constraints(account_ids: pd.Series, configs: Mapping[str, AccountConfig]) -> pd.DataFrame:
     """Per decision, what its account allows; accounts missing from ``configs`` get the
     defaults of :class:`AccountConfig`.
 
     Returns a frame on ``account_ids``' index with columns ``opted_out`` (bool),
     ``max_retries`` (float, NaN for no account cap), ``max_messages`` (int), ``sender``
-    (object, None for the merchant of record) and ``allow_<channel>`` (bool) per channel.
+    (object, None for the merchant of record) and ``allow_<channel>`` (bool) per channel:
+    :func:`constraint_row` of each decision's account.
     """
-    default = AccountConfig()
-    ids = account_ids.astype("object").to_numpy()
-    rows = [configs.get(a, default) for a in ids]
+    default = constraint_row(AccountConfig())
+    by_account = {a: constraint_row(c) for a, c in configs.items()}
+    rows = [by_account.get(a, default) for a in account_ids.astype("object").to_numpy()]
     out = pd.DataFrame(
         {
-            "opted_out": np.array([c.opted_out for c in rows], dtype=bool),
-            "max_retries": np.array(
-                [np.nan if c.max_retries is None else c.max_retries for c in rows], dtype=float
-            ),
-            "max_messages": np.array([c.max_messages for c in rows], dtype="int64"),
-            "sender": np.array([c.sender.value if c.sender else None for c in rows], dtype=object),
+            "opted_out": np.array([r["opted_out"] for r in rows], dtype=bool),
+            "max_retries": np.array([r["max_retries"] for r in rows], dtype=float),
+            "max_messages": np.array([r["max_messages"] for r in rows], dtype="int64"),
+            "sender": np.array([r["sender"] for r in rows], dtype=object),
         },
         index=account_ids.index,
     )
     for ch in CHANNELS:
-        out[f"allow_{ch}"] = np.array(
-            [any(a.value == ch for a in c.allowed_channels) for c in rows], dtype=bool
-        )
+        out[f"allow_{ch}"] = np.array([r[f"allow_{ch}"] for r in rows], dtype=bool)
     return out

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -138,6 +141,48 @@ def summarize_history(
     )
     state["last_message_at"] = contract.utc(last_msg.astype("datetime64[us]"), payments.index)
     return state
+
+
+def summarize_row(
+    payment: Mapping[str, Any],
+    attempts: Sequence[Mapping[str, Any]],
+    messages: Sequence[Mapping[str, Any]],
+    now: datetime,
+) -> dict[str, Any]:
+    """:func:`summarize_history` for one decision, from plain rows (contract fields, aware
+    datetimes): the API's path for a few decisions, where pandas costs more than the work.
+    ``tests/test_single_decision.py`` proves it equal to the batch function.
+
+    Returns a dict of :data:`STATE_COLUMNS` (None where the batch function has a null).
+    """
+    # stable sorts: among attempts at one moment, the later in the input counts as last
+    seen = sorted((a for a in attempts if a["attempted_at"] <= now), key=_at)
+    failed = [a for a in seen if a["outcome"] == vocab.Outcome.FAILED.value]
+    last = failed[-1] if failed else None
+    codes = ("decline_code", "advice_code", "network_decline_code", "network_advice_code")
+    state: dict[str, Any] = {
+        "decision_number": sum(
+            1
+            for a in seen
+            if a["initiator"] == vocab.Initiator.MERCHANT.value and a["attempt_number"] > 0
+        ),  # fmt: skip
+        "last_attempt_at": last["attempted_at"] if last else payment["failed_at"],
+        **{f"last_{c}": (last.get(c) if last else None) for c in codes},
+        "ever_hard": any(
+            vocab.decline_category(*(a.get(c) for c in codes)) == vocab.DeclineCategory.HARD
+            for a in failed
+        ),
+        "recovered": any(a["outcome"] == vocab.Outcome.SUCCEEDED.value for a in seen),
+    }
+    before = sorted((m for m in messages if m["sent_at"] < now), key=lambda m: m["sent_at"])
+    for ch in vocab.Channel:
+        state[f"n_{ch.value}"] = sum(1 for m in before if m["channel"] == ch.value)
+    state["last_message_at"] = before[-1]["sent_at"] if before else None
+    return state
+
+
+def _at(attempt: Mapping[str, Any]) -> datetime:
+    return attempt["attempted_at"]
 
 
 @dataclass
@@ -305,7 +350,7 @@ class Policy(ABC):
 def decision_seed(payment_ids: pd.Series, decided_at: pd.Series) -> int:
     """A random seed that is a function of the decisions (payment ids and times) only, so the
     same decisions asked twice get the same answer, exploration included."""
-    text = "|".join(f"{p}@{t}" for p, t in zip(payment_ids, decided_at, strict=True))
+    text = "|".join(f"{p}@{pd.Timestamp(t)}" for p, t in zip(payment_ids, decided_at, strict=True))
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
 
 

@@ -13,7 +13,10 @@ through :func:`enforce`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -120,6 +123,94 @@ def limits(batch: DecisionBatch, rules: NetworkRules) -> pd.DataFrame:
         },
         index=p.index,
     )
+
+
+def max_retries_row(rules: NetworkRules, brand: str) -> int:
+    """:meth:`NetworkRules.max_retries` for one card brand."""
+    if brand == vocab.CardBrand.VISA.value:
+        return rules.visa_max_retries
+    if brand == vocab.CardBrand.MASTERCARD.value:
+        return rules.mastercard_max_retries
+    return rules.other_max_retries
+
+
+def limits_row(
+    payment: Mapping[str, Any],
+    state: Mapping[str, Any],
+    now: datetime,
+    rules: NetworkRules,
+    constraints: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """:func:`limits` for one decision, from plain values (``reclaim.policy.summarize_row``'s
+    state and a ``constraints`` row as a dict): the same rules, in the same order of
+    precedence, proven equal by ``tests/test_single_decision.py``."""
+    window_end = payment["failed_at"] + timedelta(days=rules.window_days)
+    decisions = int(state["decision_number"])
+    retries_left = max(max_retries_row(rules, payment["card_brand"]) - decisions, 0)
+    mac = state["last_network_advice_code"]
+    waits = {**vocab.MASTERCARD_WAIT_HOURS, "02": rules.try_later_hours}
+    wait = max(float(waits.get(mac, 0.0)) if mac is not None else 0.0, rules.min_gap_hours)
+    after_last = state["last_attempt_at"] + timedelta(hours=wait)
+    earliest = after_last if after_last > now else now
+    blocked = "window_closed" if earliest > window_end else ""
+    own_capped = False
+    if constraints is not None:
+        own_left = constraints["max_retries"] - decisions  # NaN: no account cap
+        own_capped = bool(own_left < retries_left)
+        if own_capped:
+            retries_left = int(max(own_left, 0))
+            if retries_left <= 0:
+                blocked = "account_max_retries"
+    if retries_left <= 0 and blocked != "account_max_retries":
+        blocked = "network_cap"
+    if state["ever_hard"]:
+        blocked = "hard_decline"
+    if constraints is not None and constraints["opted_out"]:
+        blocked = "opted_out"
+    if state["recovered"]:
+        blocked = "already_recovered"
+    return {
+        "retries_left": retries_left,
+        "earliest_retry_at": earliest,
+        "window_end": window_end,
+        "blocked": blocked,
+    }
+
+
+def enforce_row(
+    state: Mapping[str, Any],
+    limit: Mapping[str, Any],
+    now: datetime,
+    action: Mapping[str, Any],
+    constraints: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """:func:`enforce` for one decision: ``action`` has ``retry_at`` (datetime or None),
+    ``channel``, ``sender`` and ``reason``; returns the enforced action (propensities are the
+    policy's own and pass through untouched). Proven equal to :func:`enforce` by
+    ``tests/test_single_decision.py``."""
+    retry_at, reason = action["retry_at"], action.get("reason") or ""
+    proposed = retry_at is not None
+    blocked = limit["blocked"]
+    if proposed and blocked:
+        reason, retry_at = blocked, None
+    if retry_at is not None and retry_at < limit["earliest_retry_at"]:
+        retry_at = limit["earliest_retry_at"]
+    if retry_at is not None and retry_at > limit["window_end"]:
+        reason, retry_at = "window_closed", None
+    if not proposed and reason == "":
+        reason = blocked or "policy"
+    channel, sender = action["channel"], action["sender"]
+    done = bool(state["recovered"]) or now > limit["window_end"]
+    if constraints is not None:
+        sent = sum(int(state[f"n_{ch.value}"]) for ch in vocab.Channel)
+        allowed = channel is not None and bool(constraints.get(f"allow_{channel}", False))
+        done = done or constraints["opted_out"] or sent >= constraints["max_messages"]
+        done = done or not allowed
+        if constraints["sender"] is not None and channel is not None:
+            sender = constraints["sender"]
+    if done:
+        channel = sender = None
+    return {**action, "retry_at": retry_at, "reason": reason, "channel": channel, "sender": sender}
 
 
 def messages_sent(state: pd.DataFrame) -> np.ndarray:

@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     backs off exponentially from this, up to an hour)."""
     webhook_stuck_seconds: float = Field(default=3600.0, gt=0)
     """An event still unprocessed this long after it arrived counts as stuck (metric, alert)."""
+    auth_cache_seconds: float = Field(default=5.0, ge=0)
+    """How long the API trusts an API key it has checked before reading the store again: a
+    revoked key stops working within this time; 0 reads the store on every request."""
     max_body_bytes: int = Field(default=4_194_304, ge=1024)
     """Largest request body the API reads (a 1,000-decision batch is about 1.5 MB)."""
     policy_uri: str = "models:/reclaim-policy@champion"

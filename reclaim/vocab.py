@@ -202,6 +202,24 @@ def decline_categories(
 _CATEGORY_BY_CODE: dict[str, object] = {k: v.category.value for k, v in DECLINE_CODES.items()}
 
 
+def decline_category(
+    decline_code: str | None,
+    advice_code: str | None,
+    network_decline_code: str | None,
+    network_advice_code: str | None,
+) -> str | None:
+    """:func:`decline_categories` for one decline (the API's path for a few decisions)."""
+    if decline_code is None:
+        return None
+    if (
+        advice_code == AdviceCode.DO_NOT_TRY_AGAIN.value
+        or network_decline_code in VISA_CATEGORY_1_CODES
+        or network_advice_code in MASTERCARD_STOP_CODES
+    ):
+        return DeclineCategory.HARD.value
+    return str(_CATEGORY_BY_CODE.get(decline_code, DeclineCategory.SOFT.value))
+
+
 def _dtype(enum: type[StrEnum]) -> pd.CategoricalDtype:
     return pd.CategoricalDtype([m.value for m in enum], ordered=False)
 

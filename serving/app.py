@@ -6,21 +6,21 @@ up in the app's lifespan from the settings given (or read from the environment).
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 
 from reclaim.serving import guards
 from reclaim.serving import webhooks as events
+from reclaim.serving.auth import KeyCache
 from reclaim.serving.decide import Experiment
 from reclaim.serving.metrics import Metrics
 from reclaim.serving.policy_holder import PolicyHolder
 from reclaim.serving.routes import accounts, decisions, health, payments, webhooks
+from reclaim.serving.slots import FairSlots
 from reclaim.serving.store.migrate import upgrade
 from reclaim.serving.store.repository import make_engine
 from reclaim.settings import Settings, get_settings
@@ -67,19 +67,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = Metrics()
-    app.state.decision_slots = threading.BoundedSemaphore(settings.decision_concurrency)
+    app.state.keys = KeyCache(settings.auth_cache_seconds)
+    app.state.decision_slots = FairSlots(settings.decision_concurrency)
     app.state.experiment = Experiment.from_settings(settings)
 
-    @app.middleware("http")
-    async def count(request: Request, call_next):
-        start = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        app.state.metrics.requests.labels(request.method, path, str(response.status_code)).inc()
-        app.state.metrics.latency.labels(path).observe(time.perf_counter() - start)
-        return response
-
+    app.add_middleware(guards.RequestMetrics, metrics=app.state.metrics)
     app.add_exception_handler(RequestValidationError, guards.validation_error)
     app.add_exception_handler(Exception, guards.internal_error)
     app.add_middleware(

@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -66,6 +68,35 @@ def create_key(
             )
         )
     return key_id, key
+
+
+class KeyCache:
+    """Principals of recently seen keys, for ``ttl`` seconds: a request's key check without
+    a database read. A key revoked in the store stops working within ``ttl``
+    (``RECLAIM_AUTH_CACHE_SECONDS``; 0 checks the store every time). Unknown keys are never
+    cached."""
+
+    def __init__(self, ttl: float):
+        self.ttl = ttl
+        self._seen: dict[str, tuple[float, Principal]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> Principal | None:
+        if self.ttl <= 0:
+            return None
+        with self._lock:
+            hit = self._seen.get(_hash(key))
+        if hit is None or time.monotonic() - hit[0] > self.ttl:
+            return None
+        return hit[1]
+
+    def put(self, key: str, principal: Principal) -> None:
+        if self.ttl <= 0:
+            return
+        with self._lock:
+            if len(self._seen) > 10_000:  # bounded: drop everything, re-read as needed
+                self._seen.clear()
+            self._seen[_hash(key)] = (time.monotonic(), principal)
 
 
 def authenticate(engine: Engine, key: str | None) -> Principal:

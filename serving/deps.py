@@ -1,39 +1,44 @@
 """FastAPI dependencies as ``Annotated`` aliases, so tests swap them with
-``app.dependency_overrides``."""
+``app.dependency_overrides``.
+
+The ones that only read the app's state are ``async``: FastAPI runs a sync dependency on its
+thread pool, a hop that costs more than the read.
+"""
 
 from __future__ import annotations
 
-import threading
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.engine import Engine
+from starlette.concurrency import run_in_threadpool
 
-from reclaim.serving.auth import Principal, Role, Unauthorized, authenticate
+from reclaim.serving.auth import KeyCache, Principal, Role, Unauthorized, authenticate
 from reclaim.serving.decide import Experiment
 from reclaim.serving.metrics import Metrics
 from reclaim.serving.policy_holder import PolicyHolder
+from reclaim.serving.slots import FairSlots
 from reclaim.settings import Settings
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_engine(request: Request) -> Engine:
+async def get_engine(request: Request) -> Engine:
     return request.app.state.engine
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
-def get_policy_holder(request: Request) -> PolicyHolder:
+async def get_policy_holder(request: Request) -> PolicyHolder:
     return request.app.state.policy
 
 
-def get_decision_slots(request: Request) -> threading.BoundedSemaphore:
+async def get_decision_slots(request: Request) -> FairSlots:
     return request.app.state.decision_slots
 
 
@@ -41,10 +46,10 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 PolicyDep = Annotated[PolicyHolder, Depends(get_policy_holder)]
-DecisionSlotsDep = Annotated[threading.BoundedSemaphore, Depends(get_decision_slots)]
+DecisionSlotsDep = Annotated[FairSlots, Depends(get_decision_slots)]
 
 
-def get_experiment(request: Request) -> Experiment | None:
+async def get_experiment(request: Request) -> Experiment | None:
     return request.app.state.experiment
 
 
@@ -57,16 +62,19 @@ _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: 
 def require(*roles: Role):
     """A dependency admitting only keys with one of ``roles`` (admin is always admitted)."""
 
-    def check(
+    async def check(
         request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> Principal:
-        try:
-            principal = authenticate(
-                request.app.state.engine, credentials.credentials if credentials else None
-            )
-        except Unauthorized as exc:
-            raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from exc
+        key = credentials.credentials if credentials else None
+        cache: KeyCache = request.app.state.keys
+        principal = cache.get(key) if key else None
+        if principal is None:
+            try:  # a database read: off the event loop
+                principal = await run_in_threadpool(authenticate, request.app.state.engine, key)
+            except Unauthorized as exc:
+                raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from exc
+            cache.put(str(key), principal)
         if principal.role is not Role.ADMIN and principal.role not in roles:
             raise HTTPException(403, f"a {principal.role.value} key cannot do this")
         return principal

@@ -45,3 +45,20 @@ def test_other_categories_take_lightgbms_own_path():
     # and LightGBM maps by category, so the reordered frame scores like the original
     original = _frame(500, 1, ["red", "green", "blue"])
     np.testing.assert_allclose(lgbm.predict(booster, reordered), booster.predict(original))
+
+
+def test_path_contributions_add_up_to_the_raw_score_and_follow_the_path():
+    booster = _booster()
+    frame = _frame(500, 2, ["red", "green", "blue"])
+    matrix = lgbm.as_matrix(frame, booster.pandas_categorical)
+    contrib = lgbm.path_contributions(booster, matrix)
+    assert contrib.shape == (500, 4)  # x, colour, k and the bias
+    np.testing.assert_allclose(contrib.sum(axis=1), booster.predict(matrix, raw_score=True),
+                               rtol=0, atol=1e-12)  # fmt: skip
+    # a feature no tree splits on gets nothing; the bias is the same for every row
+    used = booster.feature_importance() > 0
+    assert np.all(contrib[:, :-1][:, ~used] == 0)
+    assert np.ptp(contrib[:, -1]) == 0
+    # the label is red-or-large-x: those two features carry the prediction, k hardly at all
+    share = np.abs(contrib[:, :3]).mean(axis=0)
+    assert share[0] > share[2] and share[1] > share[2]
