@@ -34,15 +34,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import httpx
-import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 import stripe
 from sqlalchemy.engine import Engine
 
-from reclaim import contract, rules
-from reclaim.account_config import constraints
-from reclaim.policy import DecisionBatch
+from reclaim import rules
+from reclaim.account_config import AccountConfig, constraint_row
+from reclaim.policy import summarize_row
 from reclaim.serving import outbox, stripe_actions
 from reclaim.serving.channels import Channel
 from reclaim.serving.clock import Clock, SimulatedClock
@@ -387,13 +386,13 @@ class Scheduler:
             return 0
         now = self.clock.now()
         decisions = self.decider.decide([p for p, _, _ in waiting], now)
-        payments = repo.load_contract(self.engine, [p for p, _, _ in waiting]).payments
-        by_id = payments.set_index("payment_id", drop=False)
-        branding = configs.effective_configs(self.engine, payments["account_id"].unique())
+        stored = repo.load_rows(self.engine, [p for p, _, _ in waiting])
+        by_id = {pid: rows[0] for pid, rows in stored.items()}
+        branding = configs.effective_configs(self.engine, {p["account_id"] for p in by_id.values()})
         due: list[tuple[str, datetime]] = []
         with self.engine.begin() as conn:
             for (pid, after, n), d in zip(waiting, decisions, strict=True):
-                payment = by_id.loc[pid]
+                payment = by_id[pid]
                 retry_at = (d.get("retry") or {}).get("at_utc")
                 retry_at = pd.Timestamp(retry_at).to_pydatetime() if retry_at else None
                 row = action_row(
@@ -547,7 +546,7 @@ class Scheduler:
             if action["retry_at"] is not None:
                 due = self.clock.wall(_aware(action["retry_at"]))
                 self.metrics.delay.observe(max((wall - due).total_seconds(), 0.0))
-        history = repo.load_contract(self.engine, [x["payment_id"] for x in actions])
+        history = repo.load_rows(self.engine, [x["payment_id"] for x in actions])
         go = []
         verdicts = self.recheck(actions, history, now)
         for action, verdict in zip(actions, verdicts, strict=True):
@@ -571,12 +570,11 @@ class Scheduler:
                 .values(status="in_flight", tries=sa.bindparam("tries"), updated_at=wall),
                 [{"id": x["action_id"], "tries": x["tries"] + 1} for x in go],
             )
-        payments = history.payments.set_index("payment_id", drop=False)
         calls = {
             self._pool.submit(
                 stripe_actions.retry_payment,
                 self.stripe,
-                payments.loc[x["payment_id"]],
+                history[x["payment_id"]][0],
                 x["attempt_number"],
             ): x
             for x in go
@@ -632,14 +630,17 @@ class Scheduler:
             )
 
     def recheck(
-        self, actions: list[dict[str, Any]], history: contract.ContractTables, now: datetime
+        self,
+        actions: list[dict[str, Any]],
+        history: Mapping[str, tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]],
+        now: datetime,
     ) -> list[tuple[str, Any] | None]:
         """Per action, why it must not run now: ``("cancelled", reason)``, ``("replan",
         reason)`` or ``("wait", until)``; None when it may. ``history`` holds the payments'
-        stored rows; each payment has at most one open action."""
+        stored rows (``repo.load_rows``); each payment has at most one open action. The rules
+        are the API's and the simulator's (``rules.limits_row``, equal to ``rules.limits``)."""
         account_ids = list({x["account_id"] for x in actions})
-        by_payment = history.payments.set_index("payment_id")
-        customers = by_payment["customer_id"].astype("object")
+        customers = {pid: rows[0]["customer_id"] for pid, rows in history.items()}
         with self.engine.connect() as conn:
             blocked = set(
                 conn.execute(
@@ -652,46 +653,39 @@ class Scheduler:
             card_updated: dict[str, datetime] = dict(
                 conn.execute(
                     sa.select(c.customer_id, sa.func.max(c.updated_at))
-                    .where(c.customer_id.in_(list(set(customers))))
+                    .where(c.customer_id.in_(list(set(customers.values()))))
                     .group_by(c.customer_id)
                 ).all()
             )
+        config = configs.effective_configs(self.engine, account_ids)
+        default = constraint_row(AccountConfig())
         verdicts: list[tuple[str, Any] | None] = [None] * len(actions)
-        checked = []
+        later = now + timedelta(seconds=1)
         for i, action in enumerate(actions):
             pid = action["payment_id"]
-            if pid not in by_payment.index:
+            if pid not in history:
                 verdicts[i] = ("cancelled", "unknown_payment")
-            elif action["account_id"] in blocked:
+                continue
+            if action["account_id"] in blocked:
                 verdicts[i] = ("cancelled", "account_blocked")
-            else:
-                updated = card_updated.get(customers[pid])
-                if updated is not None and _aware(action["decided_at"]) < _aware(updated) <= now:
-                    verdicts[i] = ("replan", "card_updated")
-                else:
-                    checked.append(i)
-        if not checked:
-            return verdicts
-        payments = by_payment.loc[[actions[i]["payment_id"] for i in checked]].reset_index()
-        config = configs.effective_configs(self.engine, account_ids)
-        batch = DecisionBatch.from_history(
-            payments,
-            history.attempts,
-            history.messages,
-            pd.Series([pd.Timestamp(now)] * len(payments)),
-            constraints(payments["account_id"], config),
-        )
-        lim = rules.limits(batch, self.rules)
-        last = history.attempts.groupby("payment_id", observed=True)["attempt_number"].max()
-        later = pd.Timestamp(now) + pd.Timedelta(seconds=1)
-        for row, i in enumerate(checked):
-            action = actions[i]
-            if lim["blocked"].iat[row]:
-                verdicts[i] = ("cancelled", lim["blocked"].iat[row])
-            elif int(last[action["payment_id"]]) != action["after_attempt"]:
+                continue
+            updated = card_updated.get(customers[pid])
+            if updated is not None and _aware(action["decided_at"]) < _aware(updated) <= now:
+                verdicts[i] = ("replan", "card_updated")
+                continue
+            payment, attempts, messages = history[pid]
+            own = config.get(payment["account_id"])
+            state = summarize_row(payment, attempts, messages, now)
+            lim = rules.limits_row(
+                payment, state, now, self.rules, constraint_row(own) if own else default
+            )
+            last = max(a["attempt_number"] for a in attempts)
+            if lim["blocked"]:
+                verdicts[i] = ("cancelled", lim["blocked"])
+            elif last != action["after_attempt"]:
                 verdicts[i] = ("cancelled", "superseded")  # a newer attempt: plan from it
-            elif lim["earliest_retry_at"].iat[row] > later:
-                verdicts[i] = ("wait", lim["earliest_retry_at"].iat[row].to_pydatetime())
+            elif lim["earliest_retry_at"] > later:
+                verdicts[i] = ("wait", lim["earliest_retry_at"])
         return verdicts
 
     def _record(
@@ -703,32 +697,27 @@ class Scheduler:
         charged = [(x, r) for x, r in finished if r.outcome != "already_paid"]
         ok = [r.outcome == "succeeded" for _, r in charged]
         policies = [f"reclaim@{x['model_version']}" for x, _ in charged]
-        rows = pd.DataFrame(
+        when = _aware(at).astimezone(UTC)
+        rows = [
             {
-                "payment_id": [x["payment_id"] for x, _ in charged],
-                "attempt_number": [x["attempt_number"] for x, _ in charged],
-                "attempted_at": pd.Series(
-                    [pd.Timestamp(at).tz_convert(UTC)] * len(charged), dtype="datetime64[ns, UTC]"
-                ),
-                "initiator": ["merchant"] * len(charged),
-                "outcome": ["succeeded" if s else "failed" for s in ok],
-                "decline_code": [
-                    None if s else r.decline_code for s, (_, r) in zip(ok, charged, strict=True)
-                ],
-                "advice_code": [None] * len(charged),
-                "network_decline_code": [r.network_decline_code for _, r in charged],
-                "network_advice_code": [r.network_advice_code for _, r in charged],
-                "policy": policies,
-                "propensity": [
-                    np.nan if x["propensity"] is None else float(x["propensity"])
-                    for x, _ in charged
-                ],
+                "payment_id": x["payment_id"],
+                "attempt_number": x["attempt_number"],
+                "attempted_at": when,
+                "initiator": "merchant",
+                "outcome": "succeeded" if s else "failed",
+                "decline_code": None if s else r.decline_code,
+                "advice_code": None,
+                "network_decline_code": r.network_decline_code,
+                "network_advice_code": r.network_advice_code,
+                "policy": policy,
+                "propensity": None if x["propensity"] is None else float(x["propensity"]),
             }
-        )
+            for (x, r), s, policy in zip(charged, ok, policies, strict=True)
+        ]
         a, at_ = t.scheduled_actions.c, t.attempts.c
         with self.engine.begin() as conn:
             if charged:
-                repo.insert_rows(conn, t.attempts, contract.conform(contract.ATTEMPTS, rows))
+                repo.insert_rows_ignoring(conn, t.attempts, rows)
                 # The webhook may have recorded these attempts first: keep the decision's fields.
                 conn.execute(
                     sa.update(t.attempts)
