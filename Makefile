@@ -38,7 +38,7 @@ demo: $(VENV)/.installed
 
 # Two workers, one per core; a test file stays on one worker (its module fixtures are built once).
 test: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest -n 2 --dist loadfile
+	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=15
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy reclaim simulator
