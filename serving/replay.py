@@ -16,9 +16,11 @@ stand-in was actually paid.
 
 Time is a :class:`~reclaim.serving.clock.SimulatedClock`. The driver does everything due at the
 current moment — delivers the customers' and networks' events, lets the scheduler plan, act and
-send until nothing more is due, and waits until every webhook that caused is delivered and
-processed — and only then moves the clock to the next thing due. So a replay's outcome depends
-on its seed alone, never on how fast or how busy the machine is.
+send until nothing more is due, and delivers every webhook that caused (the stand-in holds
+them until then and sends them in a fixed order, so the scheduler's own record of a charge
+always reaches the store before Stripe's report of it) — and only then moves the clock to the
+next thing due. So a replay's outcome depends on its seed alone, never on how fast or how busy
+the machine is.
 """
 
 from __future__ import annotations
@@ -271,6 +273,7 @@ def run_replay(
             outcome=world.outcome,
             webhooks={k: (f"{api_url}/v1/webhooks/stripe/{k}", v) for k, v in secret.items()},
             now=clock.now,
+            deliver_on_demand=True,
         ) as standin:
             tables = contract.ContractTables(
                 payments=payments,

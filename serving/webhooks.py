@@ -60,6 +60,7 @@ MAX_ID = 255  # the columns' sizes: longer values are refused, not truncated
 MAX_TYPE = 100
 RETRY_BASE = timedelta(seconds=30)
 RETRY_CAP = timedelta(hours=1)
+IN_FLIGHT = timedelta(seconds=60)  # a "received" event younger than this may be mid-request
 
 
 def verify(
@@ -198,8 +199,14 @@ def process_pending(engine: Engine, now: datetime | None = None) -> dict[str, in
         ids = (
             conn.execute(
                 sa.select(e.event_id)
-                .where(e.status.in_(["received", "failed"]))
-                .where(sa.or_(e.next_try_at.is_(None), e.next_try_at <= now))
+                .where(
+                    sa.or_(
+                        # failed: when its backoff says; received but never processed (the
+                        # process died mid-request): once it is clearly not in flight
+                        sa.and_(e.status == "failed", e.next_try_at <= now),
+                        sa.and_(e.status == "received", e.received_at <= now - IN_FLIGHT),
+                    )
+                )
                 .order_by(e.received_at)
             )
             .scalars()

@@ -102,6 +102,10 @@ class StripeStandIn:
     """The stand-in's clock (the simulated one in accelerated runs)."""
     blocked_accounts: set[str] = field(default_factory=set)
     """Connected accounts that deauthorized the platform: their requests get 403."""
+    deliver_on_demand: bool = False
+    """Hold webhook events until :meth:`wait_delivered` sends them, in a fixed order, from
+    the caller's thread: for runs in simulated time, whose outcome must not depend on whether
+    a webhook or the caller's own record of a charge reaches the store first."""
 
     def __post_init__(self) -> None:
         self.objects: dict[Scope, dict[str, dict[str, dict[str, Any]]]] = defaultdict(
@@ -149,8 +153,9 @@ class StripeStandIn:
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
-        self._sender = threading.Thread(target=self._deliver, daemon=True)
-        self._sender.start()
+        if not self.deliver_on_demand:
+            self._sender = threading.Thread(target=self._deliver, daemon=True)
+            self._sender.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -332,8 +337,21 @@ class StripeStandIn:
 
     def wait_delivered(self) -> None:
         """Block until every event queued so far has been delivered (or given up on): the
-        barrier a driver of simulated time waits on before it moves the clock."""
-        self._events.join()
+        barrier a driver of simulated time waits on before it moves the clock. With
+        ``deliver_on_demand`` the events are sent now, from this thread, ordered by their
+        time, object and type (not by which charge happened to finish first)."""
+        if not self.deliver_on_demand:
+            self._events.join()
+            return
+        pending = []
+        while not self._events.empty():
+            event = self._events.get_nowait()
+            self._events.task_done()
+            if event is not None:
+                pending.append(event)
+        pending.sort(key=lambda e: (e["created"], e["data"]["object"].get("id", ""), e["type"]))
+        for event in pending:
+            self._post_event(event)
 
     def _post_event(self, event: dict[str, Any]) -> None:
         endpoint = "connect" if event.get("account") else "platform"
