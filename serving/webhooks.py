@@ -126,6 +126,7 @@ def receive(
     sig_header: str | None,
     secret: str,
     tolerance: int = 300,
+    retry_base: timedelta = RETRY_BASE,
 ) -> Receipt:
     """Verify, store and process one webhook delivery.
 
@@ -148,16 +149,16 @@ def receive(
         livemode=bool(event.get("livemode")),
         payload=payload.decode(),
     )
-    status = process_event(engine, event["id"])
+    status = process_event(engine, event["id"], retry_base)
     return Receipt(event["id"], str(event.get("type")), first, status)
 
 
-def process_event(engine: Engine, event_id: str) -> str:
+def process_event(engine: Engine, event_id: str, retry_base: timedelta = RETRY_BASE) -> str:
     """Process a stored event once; returns its status afterwards.
 
     Already processed or ignored events are left alone. An error while processing marks the
     event ``failed`` with the error and the time of its next try (backing off from
-    :data:`RETRY_BASE`, doubling per try, up to :data:`RETRY_CAP`), for
+    ``retry_base``, doubling per try, up to :data:`RETRY_CAP`), for
     :func:`process_pending` to retry.
     """
     with engine.begin() as conn:
@@ -177,7 +178,7 @@ def process_event(engine: Engine, event_id: str) -> str:
         return status
     except Exception as exc:  # kept and retried, never lost
         log.exception("processing event %s failed", event_id)
-        wait = min(RETRY_BASE * 2**row.tries, RETRY_CAP)
+        wait = min(retry_base * 2**row.tries, RETRY_CAP)
         with engine.begin() as conn:
             _set_status(
                 conn,
@@ -190,7 +191,9 @@ def process_event(engine: Engine, event_id: str) -> str:
         return "failed"
 
 
-def process_pending(engine: Engine, now: datetime | None = None) -> dict[str, int]:
+def process_pending(
+    engine: Engine, now: datetime | None = None, retry_base: timedelta = RETRY_BASE
+) -> dict[str, int]:
     """Retry every stored event not yet processed whose next try is due (all of them with
     ``now`` far enough ahead); returns the count per resulting status."""
     e = t.stripe_events.c
@@ -214,7 +217,7 @@ def process_pending(engine: Engine, now: datetime | None = None) -> dict[str, in
         )
     counts: dict[str, int] = {}
     for event_id in ids:
-        status = process_event(engine, event_id)
+        status = process_event(engine, event_id, retry_base)
         counts[status] = counts.get(status, 0) + 1
     return counts
 
@@ -241,7 +244,8 @@ def retry_in_background(
     on_round: Any = None,
 ) -> tuple[threading.Thread, threading.Event]:
     """Start a thread that retries due events (:func:`process_pending`) every
-    ``every_seconds`` and counts the stuck ones, until the returned event is set.
+    ``every_seconds`` (also the backoff's first wait) and counts the stuck ones, until the
+    returned event is set.
 
     ``on_round(counts, stuck)`` is called after each round (metrics); a round with stuck
     events logs an ALERT.
@@ -251,7 +255,7 @@ def retry_in_background(
     def loop() -> None:
         while not stop.wait(every_seconds):
             try:
-                counts = process_pending(engine)
+                counts = process_pending(engine, retry_base=timedelta(seconds=every_seconds))
                 stuck = stuck_events(engine, stuck_after)
             except Exception:  # the store is down: try again next round
                 log.exception("retrying stored webhook events failed")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Request
@@ -34,6 +35,7 @@ async def _receive(
             signature,
             secret.get_secret_value(),
             settings.webhook_tolerance_seconds,
+            timedelta(seconds=settings.webhook_retry_seconds),
         )
     except webhooks.InvalidWebhook as exc:
         metrics.webhooks.labels(endpoint, "unknown", "rejected").inc()
