@@ -368,16 +368,22 @@ def replay_verdict(usd, control: str) -> str:
             f"Verdict: the learned policy recovered less revenue per failed payment than "
             f"{control} (the 95% interval lies below zero; p = {usd.p_value:.3f})."
         )
-    # the size at which the same difference would be significant (two arms, same variance)
+    # what this size can detect (80% power, two-sided 5%), and the size the observed
+    # difference would need, both assuming the arms' spread stays what it is
+    detectable = (1.96 + 0.84) * usd.se
     need = (
-        int(math.ceil((usd.n_control + usd.n_treatment) * (1.96 * usd.se / abs(usd.diff)) ** 2))
+        int(math.ceil((usd.n_control + usd.n_treatment) * (2.8 * usd.se / abs(usd.diff)) ** 2))
         if usd.diff
         else None
     )
-    more = f" at about {need:,} payments" if need else ""
+    observed = (
+        f" the observed {_signed_usd(usd.diff)} would need about {need:,} payments" if need else ""
+    )
     return (
         f"Verdict: no significant difference in revenue per failed payment at this size "
-        f"(p = {usd.p_value:.3f}); a difference this large would show{more}."
+        f"(p = {usd.p_value:.3f}). {usd.n_control + usd.n_treatment:,} payments detect a "
+        f"difference of {_signed_usd(detectable).lstrip('+')} per payment (80% power);"
+        f"{observed}."
     )
 
 

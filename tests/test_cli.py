@@ -91,3 +91,17 @@ def test_ingest_stripe_without_a_key_names_the_variable(tmp_path: Path, monkeypa
     )
     get_settings.cache_clear()
     assert result.exit_code == 2 and "RECLAIM_STRIPE_API_KEY" in result.output
+
+
+def test_the_replay_verdict_in_plain_words():
+    from reclaim.cli import replay_verdict
+    from reclaim.training.ab_stats import Difference
+
+    def diff(d: float, lo: float, hi: float, p: float) -> Difference:
+        return Difference(50.0, 50.0 + d, d, (hi - lo) / 3.92, lo, hi, p, 500, 500, "welch")
+
+    assert "recovered more" in replay_verdict(diff(9.0, 2.0, 16.0, 0.01), "stripe_like")
+    assert "recovered less" in replay_verdict(diff(-9.0, -16.0, -2.0, 0.01), "stripe_like")
+    unclear = replay_verdict(diff(0.71, -12.31, 13.73, 0.91), "stripe_like")
+    assert "no significant difference" in unclear
+    assert "detect a difference of $18.6" in unclear and "+$0.71 would need about" in unclear
