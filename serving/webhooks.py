@@ -153,6 +153,10 @@ def receive(
     return Receipt(event["id"], str(event.get("type")), first, status)
 
 
+class _Taken(Exception):
+    """Another process is applying, or has applied, this event."""
+
+
 def process_event(engine: Engine, event_id: str, retry_base: timedelta = RETRY_BASE) -> str:
     """Process a stored event once; returns its status afterwards.
 
@@ -171,11 +175,25 @@ def process_event(engine: Engine, event_id: str, retry_base: timedelta = RETRY_B
         raise KeyError(f"no stored event {event_id}")
     if row.status in ("processed", "ignored"):
         return row.status
+    e = t.stripe_events.c
     try:
         with engine.begin() as conn:
+            # Claim the event in the transaction that applies it: a second process (another
+            # API worker's retrier, a redelivery) waits on this row, then finds it taken.
+            claimed = conn.execute(
+                sa.update(t.stripe_events)
+                .where(e.event_id == event_id, e.status.in_(["received", "failed"]))
+                .where(e.tries == row.tries)
+                .values(tries=row.tries + 1)
+            ).rowcount
+            if not claimed:
+                raise _Taken
             status, note = _apply(conn, json.loads(row.payload), event_id)
             _set_status(conn, event_id, status, note, tries=row.tries + 1)
         return status
+    except _Taken:
+        with engine.connect() as conn:
+            return str(conn.execute(sa.select(e.status).where(e.event_id == event_id)).scalar())
     except Exception as exc:  # kept and retried, never lost
         log.exception("processing event %s failed", event_id)
         wait = min(retry_base * 2**row.tries, RETRY_CAP)

@@ -123,3 +123,37 @@ def test_an_event_that_fails_processing_is_kept_and_retried(engine, monkeypatch)
     assert webhooks.process_pending(engine, now=later) == {"processed": 1}
     assert _events(engine) == [("evt_sep_auth", "processed", 1)]
     assert list(repo.load_contract(engine).payments["payment_id"]) == ["pi_sep_auth"]
+
+
+def test_an_event_retried_by_several_processes_at_once_is_applied_once(engine, monkeypatch):
+    import threading
+
+    body = _body("separate_obo_pi_authentication_required")
+    real = webhooks.sn.normalize_event
+    monkeypatch.setattr(webhooks.sn, "normalize_event", lambda event: 1 / 0)
+    assert webhooks.receive(engine, "platform", body, _sign(body), SECRET).status == "failed"
+    monkeypatch.setattr(webhooks.sn, "normalize_event", real)
+
+    applied = []
+    apply = webhooks._apply
+
+    def slow_apply(conn, event, event_id):  # hold the transaction open, as a slow store would
+        applied.append(event_id)
+        time.sleep(0.3)
+        return apply(conn, event, event_id)
+
+    monkeypatch.setattr(webhooks, "_apply", slow_apply)
+    results: list[str] = []
+    workers = [
+        threading.Thread(
+            target=lambda: results.append(webhooks.process_event(engine, "evt_sep_auth"))
+        )
+        for _ in range(4)
+    ]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+    assert applied == ["evt_sep_auth"]  # one process applied it; the others found it taken
+    assert sorted(results) == ["processed"] * 4
+    assert len(repo.load_contract(engine).attempts) == 1
