@@ -3,9 +3,10 @@
 A decision point comes right after a payment's first failure and after each failed merchant
 retry. :func:`decision_points` finds them in contract tables and returns a
 :class:`~reclaim.policy.DecisionBatch`; :func:`decision_features` turns any batch into feature
-rows. Training calls them on millions of decisions; the API calls :func:`decision_features` on
-a batch of one built with ``DecisionBatch.from_history`` — the same function, so the same
-features (``tests/features/test_skew.py`` proves it).
+rows. Training, the simulator and the reference policies call them on up to millions of
+decisions; the API computes the same features for its few decisions from plain rows
+(:mod:`reclaim.features.single`), and ``tests/test_single_decision.py`` proves the two equal on
+thousands of random contexts.
 
 Every feature is computed from the payment row (known at the first failure), from its attempts
 up to and including the decision time, its messages strictly before it, and account
