@@ -16,7 +16,6 @@ probabilities and reasons on thousands of random contexts.
 
 from __future__ import annotations
 
-import calendar
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from reclaim.policy import summarize_row
 from reclaim.rules import NetworkRules, limits_row
 
 _HOUR = timedelta(hours=1)
+_HOUR_US = 3_600_000_000
 
 
 @cache
@@ -61,28 +61,32 @@ def _code(value: Any, dtype: pd.CategoricalDtype) -> tuple[float, Any]:
     return math.nan, None
 
 
-def _local(t: datetime, timezone: str | None) -> datetime:
-    """Naive wall-clock time of ``t`` in ``timezone`` (UTC where unknown)."""
-    return t.astimezone(_zone(timezone or timeutil.DEFAULT_TIMEZONE)).replace(tzinfo=None)
-
-
 @lru_cache(maxsize=4096)
 def _zone(name: str) -> ZoneInfo:
     return ZoneInfo(name)
 
 
-def _calendar(local: datetime, prefix: str) -> dict[str, float]:
-    """:func:`~reclaim.features.decisions.calendar_features` of one naive local time."""
-    dom = local.day
-    dim = calendar.monthrange(local.year, local.month)[1]
-    dow = local.weekday()
-    to_15 = 15 - dom if dom <= 15 else math.inf
-    payday = min((4 - dow) % 7, to_15, dim - dom, dim - dom + 1)
+_CALENDAR = ("local_hour", "local_dow", "local_dom", "days_to_payday")
+
+
+def _calendar(utc_us: np.ndarray, timezone: str | None, prefix: str) -> dict[str, np.ndarray]:
+    """:func:`~reclaim.features.decisions.calendar_features` of UTC instants (epoch
+    microseconds) in the customer's timezone, keyed ``<prefix>local_hour`` and so on."""
+    values = _calendar_array(_local_micros(utc_us, timezone))
+    return {f"{prefix}{name}": v for name, v in zip(_CALENDAR, values, strict=True)}
+
+
+def _retry_extra(
+    payment: Mapping[str, Any], now: datetime, at_us: np.ndarray
+) -> dict[str, np.ndarray]:
+    """:data:`schema.RETRY_FEATURES` of retries at ``at_us`` (UTC epoch microseconds) for a
+    decision at ``now``."""
+    cal = _calendar(at_us, payment["customer_timezone"], "retry_")
     return {
-        f"{prefix}local_hour": local.hour + local.minute / 60.0,
-        f"{prefix}local_dow": float(dow),
-        f"{prefix}local_dom": float(dom),
-        f"{prefix}days_to_payday": float(payday),
+        "delay_hours": (at_us - _micros(now)) / _HOUR_US,
+        **cal,
+        "retry_hours_since_failure": (at_us - _micros(payment["failed_at"])) / _HOUR_US,
+        "retry_is_weekend": (cal["retry_local_dow"] >= 5).astype(float),
     }
 
 
@@ -123,14 +127,8 @@ class Decisions:
         :data:`schema.RETRY_FEATURES` added (codes, shown values)."""
         out = []
         for i, at in zip(rows, retry_at, strict=True):
-            p = self.payments[i]
-            cal = _calendar(_local(at, p["customer_timezone"]), "retry_")
-            extra = {
-                "delay_hours": _hours(at, self.now[i]),
-                **cal,
-                "retry_hours_since_failure": _hours(at, p["failed_at"]),
-                "retry_is_weekend": float(cal["retry_local_dow"] >= 5),
-            }
+            one = _retry_extra(self.payments[i], self.now[i], np.array([_micros(at)]))
+            extra = {name: float(v[0]) for name, v in one.items()}
             out.append(({**self.features[i], **extra}, {**self.shown[i], **extra}))
         return out
 
@@ -141,23 +139,13 @@ class Decisions:
         ``rows``, one row per candidate delay, columns ``names``."""
         k, names = len(delays_hours), list(names)
         position = {n: j for j, n in enumerate(names)}
-        offsets = (np.asarray(delays_hours, dtype=float) * 3_600_000_000).astype(np.int64)
+        offsets = (np.asarray(delays_hours, dtype=float) * _HOUR_US).astype(np.int64)
         out = np.empty((len(rows) * k, len(names)))
         for r, i in enumerate(rows):
             block = out[r * k : (r + 1) * k]
             block[:] = [self.features[i].get(n, math.nan) for n in names]
-            p, now = self.payments[i], self.now[i]
-            at = _micros(now) + offsets
-            cal = _calendar_array(_local_micros(at, p["customer_timezone"]))
-            extra = {
-                "delay_hours": (at - _micros(now)) / 3_600_000_000,
-                "retry_local_hour": cal[0],
-                "retry_local_dow": cal[1],
-                "retry_local_dom": cal[2],
-                "retry_days_to_payday": cal[3],
-                "retry_hours_since_failure": (at - _micros(p["failed_at"])) / 3_600_000_000,
-                "retry_is_weekend": (cal[1] >= 5).astype(float),
-            }
+            now = self.now[i]
+            extra = _retry_extra(self.payments[i], now, _micros(now) + offsets)
             for name, values in extra.items():
                 if name in position:
                     block[:, position[name]] = values
@@ -177,9 +165,11 @@ def _local_micros(utc_us: np.ndarray, timezone: str | None) -> np.ndarray:
     """Wall-clock microseconds in ``timezone`` of UTC epoch microseconds (each instant's own
     offset, so a daylight-saving change inside the candidates is honoured)."""
     zone = _zone(timezone or timeutil.DEFAULT_TIMEZONE)
+    # astimezone, not zone.utcoffset(instant): the latter reads the instant's fields as wall
+    # time in the zone, which is an hour off around a daylight-saving change
     offsets = [
-        zone.utcoffset(_EPOCH + timedelta(microseconds=int(t))) for t in utc_us
-    ]  # ~1 µs each
+        (_EPOCH + timedelta(microseconds=int(t))).astimezone(zone).utcoffset() for t in utc_us
+    ]
     return utc_us + np.array(
         [(o.days * 86_400 + o.seconds) * 1_000_000 + o.microseconds for o in offsets],
         dtype=np.int64,
@@ -187,8 +177,8 @@ def _local_micros(utc_us: np.ndarray, timezone: str | None) -> np.ndarray:
 
 
 def _calendar_array(local_us: np.ndarray) -> tuple[np.ndarray, ...]:
-    """:func:`_calendar` of naive local times given as epoch microseconds: local hour (with
-    minutes), weekday, day of month and days to the likely payday, as float arrays."""
+    """Local hour (with minutes), weekday, day of month and days to the likely payday of naive
+    local times given as epoch microseconds, as float arrays (:data:`_CALENDAR`)."""
     t = local_us.astype("datetime64[us]")
     day = t.astype("datetime64[D]")
     into = (t - day).astype(np.int64)
@@ -279,7 +269,10 @@ def _decision_values(
         "on_behalf_of": float(bool(p["on_behalf_of"])),
         "log_amount": math.log1p(p["amount"] / minor),
         "timezone_known": float(p["customer_timezone"] is not None),
-        **_calendar(_local(now, p["customer_timezone"]), ""),
+        **{
+            name: float(v[0])
+            for name, v in _calendar(np.array([_micros(now)]), p["customer_timezone"], "").items()
+        },
         "hours_since_failure": _hours(now, p["failed_at"]),
         "decision_number": float(s["decision_number"]),
         "retries_left": float(lim["retries_left"] if lim["blocked"] == "" else 0),

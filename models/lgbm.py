@@ -53,10 +53,11 @@ SMALL = 8
 waking LightGBM's thread pool costs more than the prediction."""
 
 
-def predict_matrix(booster: lgb.Booster, matrix: np.ndarray) -> np.ndarray:
-    """``booster.predict`` of LightGBM's own float matrix, on one thread when it is small."""
+def predict_matrix(booster: lgb.Booster, matrix: np.ndarray, **kwargs: Any) -> np.ndarray:
+    """``booster.predict(matrix, **kwargs)`` of LightGBM's own float matrix, on one thread
+    when it is small."""
     x = np.asarray(matrix, dtype=np.float64)
-    return booster.predict(x, num_threads=1) if len(x) <= SMALL else booster.predict(x)
+    return booster.predict(x, **({"num_threads": 1} if len(x) <= SMALL else {}), **kwargs)
 
 
 def predict_each(boosters: dict[str, lgb.Booster], frame: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -152,6 +153,4 @@ def path_contributions(booster: lgb.Booster, matrix: np.ndarray) -> np.ndarray:
     paths = _PATHS.get(booster)
     if paths is None:
         paths = _PATHS[booster] = LeafPaths.from_booster(booster)
-    x = np.asarray(matrix, dtype=np.float64)
-    leaves = booster.predict(x, pred_leaf=True, **({"num_threads": 1} if len(x) <= SMALL else {}))
-    return paths.contributions(leaves)
+    return paths.contributions(predict_matrix(booster, matrix, pred_leaf=True))

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from reclaim import contract, timeutil
-from reclaim.account_config import AccountConfig, constraint_row, constraints
+from reclaim.account_config import constraint_row, constraints
 from reclaim.experiment import ExperimentDesign
 from reclaim.features import single
 from reclaim.models.policy import LearnedPolicy
@@ -256,9 +256,8 @@ def decide(
     decided_at = [(r.now.astimezone(UTC) if r.now else default_now) for r in requests]
     payments = [c[0] for c in contexts]
     configured = configs.effective_configs(engine, {p["account_id"] for p in payments})
-    default = constraint_row(AccountConfig())
     limits_of = {a: constraint_row(c) for a, c in configured.items()}
-    own = [limits_of.get(p["account_id"], default) for p in payments]
+    own = [limits_of[p["account_id"]] for p in payments]
     decisions = single.build(
         payments, [c[1] for c in contexts], [c[2] for c in contexts], decided_at, own,
         policy.accounts, rules,

@@ -40,7 +40,7 @@ import stripe
 from sqlalchemy.engine import Engine
 
 from reclaim import rules
-from reclaim.account_config import AccountConfig, constraint_row
+from reclaim.account_config import constraint_row
 from reclaim.policy import summarize_row
 from reclaim.serving import outbox, stripe_actions
 from reclaim.serving.channels import Channel
@@ -320,7 +320,7 @@ class Scheduler:
         for action_id, due in rows:
             if action_id in running or action_id in have:
                 continue
-            self._schedule(action_id, _aware(due))
+            self._schedule(action_id, repo.aware(due))
             added += 1
         self._reconciled = time.monotonic()
         return added
@@ -340,11 +340,16 @@ class Scheduler:
     def tick(self) -> None:
         """One round of planning and sending."""
         self.plan()
+        self.send()
+
+    def send(self) -> int:
+        """Send what the outbox holds; returns how many messages it handled."""
         sent = outbox.dispatch(
             self.engine, self.channels, self.clock.now, recipient=self._recipient
         )
         for result, n in sent.items():
             self.metrics.messages.labels(result).inc(n)
+        return sum(sent.values())
 
     # --- planning ------------------------------------------------------------------------
     def pending_decisions(self, limit: int = 1000) -> list[tuple[str, int, int]]:
@@ -451,7 +456,7 @@ class Scheduler:
             at = conn.execute(
                 sa.select(sa.func.min(a.retry_at)).where(a.status == "scheduled")
             ).scalar()
-        return None if at is None else _aware(at)
+        return None if at is None else repo.aware(at)
 
     def work_due(self, settle: Any = None) -> int:
         """Plan, act and send until nothing more is due at the clock's current time, without
@@ -467,10 +472,8 @@ class Scheduler:
                 self.execute_many(due)
             if settle is not None:
                 settle()
-            sent = outbox.dispatch(self.engine, self.channels, self.clock.now, self._recipient)
-            for result, n in sent.items():
-                self.metrics.messages.labels(result).inc(n)
-            if not (planned or due or sum(sent.values())):
+            sent = self.send()
+            if not (planned or due or sent):
                 return rounds
             rounds += 1
 
@@ -544,7 +547,7 @@ class Scheduler:
         now, wall = self.clock.now(), datetime.now(UTC)
         for action in actions:
             if action["retry_at"] is not None:
-                due = self.clock.wall(_aware(action["retry_at"]))
+                due = self.clock.wall(repo.aware(action["retry_at"]))
                 self.metrics.delay.observe(max((wall - due).total_seconds(), 0.0))
         history = repo.load_rows(self.engine, [x["payment_id"] for x in actions])
         go = []
@@ -658,7 +661,6 @@ class Scheduler:
                 ).all()
             )
         config = configs.effective_configs(self.engine, account_ids)
-        default = constraint_row(AccountConfig())
         verdicts: list[tuple[str, Any] | None] = [None] * len(actions)
         later = now + timedelta(seconds=1)
         for i, action in enumerate(actions):
@@ -670,15 +672,16 @@ class Scheduler:
                 verdicts[i] = ("cancelled", "account_blocked")
                 continue
             updated = card_updated.get(customers[pid])
-            if updated is not None and _aware(action["decided_at"]) < _aware(updated) <= now:
+            if (
+                updated is not None
+                and repo.aware(action["decided_at"]) < repo.aware(updated) <= now
+            ):
                 verdicts[i] = ("replan", "card_updated")
                 continue
             payment, attempts, messages = history[pid]
-            own = config.get(payment["account_id"])
             state = summarize_row(payment, attempts, messages, now)
-            lim = rules.limits_row(
-                payment, state, now, self.rules, constraint_row(own) if own else default
-            )
+            own = constraint_row(config[payment["account_id"]])
+            lim = rules.limits_row(payment, state, now, self.rules, own)
             last = max(a["attempt_number"] for a in attempts)
             if lim["blocked"]:
                 verdicts[i] = ("cancelled", lim["blocked"])
@@ -697,7 +700,7 @@ class Scheduler:
         charged = [(x, r) for x, r in finished if r.outcome != "already_paid"]
         ok = [r.outcome == "succeeded" for _, r in charged]
         policies = [f"reclaim@{x['model_version']}" for x, _ in charged]
-        when = _aware(at).astimezone(UTC)
+        when = repo.aware(at).astimezone(UTC)
         rows = [
             {
                 "payment_id": x["payment_id"],
@@ -759,11 +762,6 @@ class Scheduler:
             log.warning("customer %s not read: %s", customer_id, exc)
             return None
         return customer.to_dict().get("email")
-
-
-def _aware(value: datetime) -> datetime:
-    """SQLite returns naive datetimes; they were stored as UTC."""
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def from_settings(settings: Any) -> Scheduler:

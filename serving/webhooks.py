@@ -56,8 +56,10 @@ class Receipt:
     status: str  # processed | ignored | failed | received (already stored earlier)
 
 
-MAX_ID = 255  # the columns' sizes: longer values are refused, not truncated
-MAX_TYPE = 100
+# the columns' sizes: longer values are refused, not truncated
+MAX_ID = t.stripe_events.c.event_id.type.length
+MAX_TYPE = t.stripe_events.c.type.type.length
+MAX_ACCOUNT = t.stripe_events.c.account_id.type.length
 RETRY_BASE = timedelta(seconds=30)
 RETRY_CAP = timedelta(hours=1)
 IN_FLIGHT = timedelta(seconds=60)  # a "received" event younger than this may be mid-request
@@ -103,7 +105,7 @@ def verify(
     for field, longest, required in (
         ("id", MAX_ID, True),
         ("type", MAX_TYPE, True),
-        ("account", MAX_ID, False),
+        ("account", MAX_ACCOUNT, False),
     ):
         value = event.get(field)
         if value is None and not required:

@@ -7,7 +7,6 @@ admin key only for its own accounts, and the platform defaults only with an unsc
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path
@@ -17,6 +16,7 @@ from reclaim.account_config import PLATFORM, AccountConfig, effective, overrides
 from reclaim.serving.auth import Principal
 from reclaim.serving.deps import AdminDep, EngineDep, ReaderDep
 from reclaim.serving.store import configs
+from reclaim.serving.store import repository as repo
 
 router = APIRouter(prefix="/v1/accounts", tags=["accounts"])
 
@@ -42,11 +42,6 @@ def _visible(principal: Principal, account_id: str) -> None:
         raise HTTPException(404, f"no account {account_id!r} for this key")
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes: they were stored as UTC."""
-    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
-
-
 def _view(engine, account_id: str) -> ConfigView:
     stored = configs.stored_overrides(engine, [account_id])
     defaults = stored.get(PLATFORM, {})
@@ -56,7 +51,7 @@ def _view(engine, account_id: str) -> ConfigView:
         overrides=own,
         platform_defaults=defaults,
         effective=effective(defaults, own),
-        updated_at=_utc(configs.updated_at(engine, account_id)),
+        updated_at=repo.aware(configs.updated_at(engine, account_id)),
     )
 
 

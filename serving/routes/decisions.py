@@ -47,9 +47,7 @@ def _check_owners(requests: list[DecisionRequest], engine, principal: Principal)
     for r in requests:
         stored = owners.get(r.id)
         claimed = r.payment.account_id if r.payment is not None else None
-        if stored is not None and not principal.sees(stored):
-            raise HTTPException(404, domain.UnknownPayment(r.id).args[0])
-        if claimed is not None and not principal.sees(claimed):
+        if any(a is not None and not principal.sees(a) for a in (stored, claimed)):
             raise HTTPException(404, domain.UnknownPayment(r.id).args[0])
         if stored is not None and claimed is not None and stored != claimed:
             raise HTTPException(

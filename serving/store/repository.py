@@ -8,6 +8,7 @@ stays its first failure; a redelivered event is counted, not stored twice).
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -112,8 +113,9 @@ def load_contract(engine: Engine, payment_ids: list[str] | None = None) -> contr
     return contract.validate(frames)
 
 
-def _aware(value: object) -> object:
-    """SQLite hands back naive datetimes: they were stored as UTC."""
+def aware(value: Any) -> Any:
+    """A datetime read from the store, made aware: SQLite hands back naive datetimes, stored
+    as UTC. Anything else passes unchanged."""
     if isinstance(value, datetime) and value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     return value
@@ -135,7 +137,7 @@ def load_rows(
             if name == "attempts":
                 query = query.order_by(table.c.payment_id, table.c.attempt_number)
             for row in conn.execute(query).mappings():
-                values = {k: _aware(v) for k, v in row.items()}
+                values = {k: aware(v) for k, v in row.items()}
                 if name == "payments":
                     out[values["payment_id"]] = (values, [], [])
                 elif values["payment_id"] in out:
