@@ -15,6 +15,7 @@ import pytest
 from reclaim import contract, vocab
 from reclaim.account_config import AccountConfig, constraint_row, constraints
 from reclaim.features import single
+from reclaim.features.candidates import expand_retry_times
 from reclaim.features.decisions import decision_features
 from reclaim.models import lgbm
 from reclaim.policy import STATE_COLUMNS, DecisionBatch, summarize_row
@@ -190,6 +191,24 @@ def test_the_row_path_equals_the_batch_path(policy, trained, seed):
         small = single.build(payments[part], attempts[part], messages[part], now[part],
                              rows_c[part], policy.accounts, rules)  # fmt: skip
         np.testing.assert_array_equal(small.matrix(names), decisions.matrix(names)[part])
+
+    # every retry candidate's features, across daylight-saving changes too
+    rows = np.arange(0, len(payments), 7)
+    retry_names = list(policy.retry_model.feature_names_in_)
+    grid = expand_retry_times(
+        batch.take(rows), frame.iloc[rows].reset_index(drop=True), policy.delays_hours
+    )[retry_names]
+    grid_categories = [
+        list(grid[c].cat.categories)
+        for c in retry_names
+        if isinstance(grid[c].dtype, pd.CategoricalDtype)
+    ]
+    np.testing.assert_allclose(
+        decisions.retry_grid(rows, policy.delays_hours, retry_names),
+        lgbm.as_matrix(grid, grid_categories),
+        rtol=0,
+        atol=1e-9,
+    )
 
     # actions, with exploration drawn from the same seed, and the rules applied after
     acts = policy.act(batch, np.random.default_rng(seed))
