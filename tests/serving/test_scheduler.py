@@ -309,7 +309,9 @@ def test_jobs_that_came_due_while_the_lease_lapsed_are_run_later(make_loop):
 
 def test_a_card_updated_after_the_decision_gets_a_new_decision(make_loop):
     loop = make_loop(6, max_retries=2)
-    runner = loop.scheduler()
+    # a lease that outlasts the waits below: this test is about card updates, and a 2 s lease
+    # lapsing on a slow machine made it answer "not_leader" instead
+    runner = loop.scheduler(lease_seconds=600)
     assert runner.lease.acquire()
     deadline = time.monotonic() + 30
     while loop.stored_payments() < 6 and time.monotonic() < deadline:
