@@ -43,7 +43,16 @@ class Branding(BaseModel):
     logo_url: HttpUrl | None = None
     accent_color: str | None = Field(default=None, pattern=r"^#[0-9a-fA-F]{6}$")
     update_payment_url: HttpUrl | None = Field(
-        default=None, description="Where the customer updates their card."
+        default=None,
+        description="Where the customer updates their card; `{payment_id}` is filled in.",
+    )
+    authenticate_url: HttpUrl | None = Field(
+        default=None,
+        description=(
+            "Hosted page where the customer confirms a payment with 3D Secure (the link of the "
+            "reminder sent for `authentication_required`); `{payment_id}` is filled in. "
+            "Without it the reminder links to `update_payment_url`."
+        ),
     )
 
 

@@ -4,7 +4,10 @@ Sources: ../shared/RESEARCH.md section 3. Visa: category-1 responses are never r
 15 reattempts in 30 days per card (configurable: a third-party table says 20 from April 2026).
 Mastercard: Merchant Advice Codes 03/21 stop, 24-30 impose waits, more than 35 attempts in 30
 days is excessive. Stripe's ``advice_code=do_not_try_again`` stops. A payment is worked for a
-30-day recovery window at most.
+30-day recovery window at most. A decline only the customer can clear
+(``vocab.CUSTOMER_ACTION_CODES``: ``authentication_required``) is never retried by the merchant
+while it is the latest decline: the customer gets a 3D Secure reminder instead, and a customer's
+own attempt (which becomes the latest) is what reopens merchant retries.
 
 :func:`limits` says, per decision, what is allowed; :func:`enforce` applies it to a policy's
 actions. Every path that schedules a retry — the simulator, the API, the scheduler — goes
@@ -22,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from reclaim import vocab
-from reclaim.policy import ActionBatch, DecisionBatch
+from reclaim.policy import ActionBatch, DecisionBatch, merchant_of_record
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,7 @@ class NetworkRules:
 NO_RETRY_REASONS = (
     "already_recovered",
     "hard_decline",
+    "customer_action",
     "network_cap",
     "window_closed",
     "opted_out",
@@ -110,6 +114,9 @@ def limits(batch: DecisionBatch, rules: NetworkRules) -> pd.DataFrame:
         retries_left = np.where(own_capped, np.maximum(own_left, 0), retries_left).astype(int)
         blocked[own_capped & (retries_left <= 0)] = "account_max_retries"
     blocked[(retries_left <= 0) & (blocked != "account_max_retries")] = "network_cap"
+    blocked[s["last_decline_code"].isin(list(vocab.CUSTOMER_ACTION_CODES)).to_numpy()] = (
+        "customer_action"
+    )
     blocked[s["ever_hard"].to_numpy()] = "hard_decline"
     if c is not None:
         blocked[c["opted_out"].to_numpy()] = "opted_out"
@@ -163,6 +170,8 @@ def limits_row(
                 blocked = "account_max_retries"
     if retries_left <= 0 and blocked != "account_max_retries":
         blocked = "network_cap"
+    if state["last_decline_code"] in vocab.CUSTOMER_ACTION_CODES:
+        blocked = "customer_action"
     if state["ever_hard"]:
         blocked = "hard_decline"
     if constraints is not None and constraints["opted_out"]:
@@ -183,11 +192,13 @@ def enforce_row(
     now: datetime,
     action: Mapping[str, Any],
     constraints: Mapping[str, Any] | None = None,
+    payment: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """:func:`enforce` for one decision: ``action`` has ``retry_at`` (datetime or None),
-    ``channel``, ``sender`` and ``reason``; returns the enforced action (propensities are the
-    policy's own and pass through untouched). Proven equal to :func:`enforce` by
-    ``tests/test_single_decision.py``."""
+    ``channel``, ``sender``, ``reason`` and ``channel_propensity``; returns the enforced action
+    (propensities are the policy's own, except a rule's 3D Secure reminder, which is certain).
+    ``payment`` (its ``charge_model`` and ``on_behalf_of``) names the reminder's default sender.
+    Proven equal to :func:`enforce` by ``tests/test_single_decision.py``."""
     retry_at, reason = action["retry_at"], action.get("reason") or ""
     proposed = retry_at is not None
     blocked = limit["blocked"]
@@ -200,6 +211,16 @@ def enforce_row(
     if not proposed and reason == "":
         reason = blocked or "policy"
     channel, sender = action["channel"], action["sender"]
+    propensity = action.get("channel_propensity", 1.0)
+    if channel is None and blocked == "customer_action" and _reminder_due(state):
+        own = payment is not None and (
+            payment["charge_model"] == vocab.ChargeModel.DIRECT.value or payment["on_behalf_of"]
+        )
+        channel = vocab.Channel.EMAIL.value
+        sender = vocab.Sender.ACCOUNT.value if own else vocab.Sender.PLATFORM.value
+        reminder = True
+    else:
+        reminder = False
     done = bool(state["recovered"]) or now > limit["window_end"]
     if constraints is not None:
         sent = sum(int(state[f"n_{ch.value}"]) for ch in vocab.Channel)
@@ -210,7 +231,22 @@ def enforce_row(
             sender = constraints["sender"]
     if done:
         channel = sender = None
-    return {**action, "retry_at": retry_at, "reason": reason, "channel": channel, "sender": sender}
+    elif reminder:
+        propensity = 1.0
+    return {
+        **action,
+        "retry_at": retry_at,
+        "reason": reason,
+        "channel": channel,
+        "sender": sender,
+        "channel_propensity": propensity,
+    }
+
+
+def _reminder_due(state: Mapping[str, Any]) -> bool:
+    """No message since the latest decline: the customer has not been asked to act on it."""
+    last = state["last_message_at"]
+    return last is None or pd.isna(last) or last < state["last_attempt_at"]
 
 
 def messages_sent(state: pd.DataFrame) -> np.ndarray:
@@ -224,7 +260,10 @@ def enforce(batch: DecisionBatch, actions: ActionBatch, rules: NetworkRules) -> 
     A retry that is not allowed at all is dropped, with the reason; one proposed before the
     earliest allowed time (advice-code wait, minimum gap) moves to that time; one after the
     recovery window is dropped. No message is sent about a payment already recovered or past its
-    window. The propensity stays the policy's own.
+    window. A decline only the customer can clear (``customer_action``) that nobody has messaged
+    about since gets a 3D Secure reminder by email from the merchant of record (as Stripe's
+    automatic collection sends), where the account allows email; that message is the rule's,
+    so its channel propensity is 1. Other propensities stay the policy's own.
     """
     lim = limits(batch, rules)
     retry_at = actions.retry_at.copy()
@@ -247,6 +286,14 @@ def enforce(batch: DecisionBatch, actions: ActionBatch, rules: NetworkRules) -> 
     reason[quiet & (blocked == "")] = "policy"
 
     channel, sender = actions.channel.copy(), actions.sender.copy()
+    last_msg = batch.state["last_message_at"]
+    reminder = (
+        (blocked == "customer_action")
+        & channel.isna().to_numpy()
+        & (last_msg.isna() | (last_msg < batch.state["last_attempt_at"])).to_numpy()
+    )
+    channel[reminder] = vocab.Channel.EMAIL.value
+    sender[reminder] = merchant_of_record(batch.payments)[reminder]
     # No message about a payment already recovered, or whose recovery window has closed.
     done = batch.state["recovered"].to_numpy() | (batch.now > lim["window_end"]).to_numpy()
     c = batch.constraints
@@ -267,6 +314,6 @@ def enforce(batch: DecisionBatch, actions: ActionBatch, rules: NetworkRules) -> 
         channel,
         sender,
         actions.retry_propensity.copy(),
-        actions.channel_propensity.copy(),
+        np.where(reminder & ~done, 1.0, actions.channel_propensity),
         reason,
     )

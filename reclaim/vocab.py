@@ -150,6 +150,12 @@ DECLINE_CODES: dict[str, DeclineInfo] = {
     "do_not_try_again": DeclineInfo(DeclineCategory.HARD, "R0", 1),
 }
 
+#: Declines only the customer can clear: a merchant retry off-session cannot succeed until the
+#: customer completes 3D Secure on the hosted page (RESEARCH.md section 3, Stripe's automatic
+#: collection). ``expired_card`` is not here: Stripe's card updater can replace the card without
+#: the customer, and the scheduler re-plans on ``payment_method.automatically_updated``.
+CUSTOMER_ACTION_CODES = frozenset({"authentication_required"})
+
 #: Mastercard Merchant Advice Codes that forbid any further retry (RESEARCH.md section 3).
 MASTERCARD_STOP_CODES = frozenset({"03", "21"})
 

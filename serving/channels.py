@@ -25,6 +25,12 @@ from typing import Any, Protocol
 
 import httpx
 
+from reclaim.features.decisions import ZERO_DECIMAL
+
+#: Why a message is sent: a declined payment to fix, or a 3D Secure confirmation only the
+#: customer can give (``reclaim.rules``: the ``customer_action`` rule's reminder).
+PURPOSES = ("payment_failed", "authenticate")
+
 
 @dataclass(frozen=True)
 class OutgoingMessage:
@@ -40,6 +46,7 @@ class OutgoingMessage:
     currency: str
     branding: dict[str, Any] = field(default_factory=dict)
     recipient: str | None = None  # the customer's email address, for email
+    purpose: str = "payment_failed"  # one of PURPOSES
 
 
 class ChannelError(RuntimeError):
@@ -52,7 +59,20 @@ class Channel(Protocol):
 
 
 def _amount(message: OutgoingMessage) -> str:
-    return f"{message.amount / 100:.2f} {message.currency.upper()}"
+    """The amount in major units with its currency: ``49.00 USD``, ``4900 JPY``."""
+    if message.currency.lower() in ZERO_DECIMAL:
+        return f"{message.amount:,d} {message.currency.upper()}"
+    return f"{message.amount / 100:,.2f} {message.currency.upper()}"
+
+
+def link(template: str | None, message: OutgoingMessage) -> str | None:
+    """A branding URL with ``{payment_id}`` filled in (a platform's hosted page per payment);
+    stored URLs hold the placeholder percent-encoded."""
+    if not template:
+        return None
+    for placeholder in ("{payment_id}", "%7Bpayment_id%7D"):
+        template = template.replace(placeholder, message.payment_id)
+    return template
 
 
 class SmtpEmail:
@@ -71,13 +91,25 @@ class SmtpEmail:
         email["To"] = message.recipient
         if brand.get("reply_to"):
             email["Reply-To"] = brand["reply_to"]
-        email["Subject"] = f"{name or 'Your'} payment of {_amount(message)} did not go through"
         digest = hashlib.sha256(message.key.encode()).hexdigest()[:32]
         email["Message-ID"] = f"<{digest}@reclaim>"
-        link = brand.get("update_payment_url")
+        if message.purpose == "authenticate":
+            # Stripe's automatic collection sends this for 3D Secure: only the customer can
+            # confirm, so the message asks for that and no retry is promised.
+            url = link(brand.get("authenticate_url") or brand.get("update_payment_url"), message)
+            email["Subject"] = f"Confirm your payment of {_amount(message)} to {name or 'us'}"
+            email.set_content(
+                f"Your bank asks you to confirm your payment of {_amount(message)} to "
+                f"{name or 'us'} (3D Secure).\n"
+                + (f"Confirm it here: {url}\n" if url else "")
+                + "We cannot complete it without you.\n"
+            )
+            return email
+        email["Subject"] = f"{name or 'Your'} payment of {_amount(message)} did not go through"
+        url = link(brand.get("update_payment_url"), message)
         email.set_content(
             f"Your payment of {_amount(message)} to {name or 'us'} was declined.\n"
-            + (f"Update your card here: {link}\n" if link else "")
+            + (f"Update your card here: {url}\n" if url else "")
             + "We will try again soon; nothing is needed if your card is already up to date.\n"
         )
         return email

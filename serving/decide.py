@@ -269,9 +269,9 @@ def decide(
     if experiment is not None:
         actions, names = _control_arm(engine, experiment, contexts, decided_at, own, actions, names)
     enforced = [
-        enforce_row(s, lim, t, a, c)
-        for s, lim, t, a, c in zip(
-            decisions.states, decisions.limits, decided_at, actions, own, strict=True
+        enforce_row(s, lim, t, a, c, p)
+        for s, lim, t, a, c, p in zip(
+            decisions.states, decisions.limits, decided_at, actions, own, payments, strict=True
         )
     ]
     retry_at = [a["retry_at"] for a in enforced]

@@ -45,8 +45,10 @@ def enqueue(
     propensity: float | None,
     branding: dict[str, Any],
     now: datetime,
+    purpose: str = "payment_failed",
 ) -> bool:
-    """Store one message to send; False if this key is already stored."""
+    """Store one message to send; False if this key is already stored. ``purpose`` is one of
+    ``channels.PURPOSES``."""
     earlier = conn.execute(
         sa.select(t.outbox.c.sender)
         .where(t.outbox.c.payment_id == payment["payment_id"])
@@ -69,6 +71,7 @@ def enqueue(
                 "amount": int(payment["amount"]),
                 "currency": payment["currency"],
                 "branding": branding,
+                "purpose": purpose,
             }
         ),
         "status": "pending",
@@ -125,6 +128,7 @@ def dispatch(
             amount=payload["amount"],
             currency=payload["currency"],
             branding=payload["branding"],
+            purpose=payload.get("purpose", "payment_failed"),
         )
         try:
             channel = channels.get(row["channel"])

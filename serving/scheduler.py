@@ -427,6 +427,9 @@ class Scheduler:
                         if config is not None
                         else {},
                         now,
+                        "authenticate"
+                        if d.get("no_retry_reason") == "customer_action"
+                        else "payment_failed",
                     )
                 if retry_at:
                     due.append((action_id, retry_at))

@@ -75,6 +75,8 @@ def assert_within_network_rules(market: Marketplace, attempts: pd.DataFrame) -> 
     )
     need = np.maximum(need.astype(float), RULES.min_gap_hours)
     assert (gap_h[is_retry].to_numpy() >= need[is_retry.to_numpy()] - 1e-9).all()
+    # only the customer clears 3D Secure: no merchant retry right after one
+    assert not (is_retry & prev["decline_code"].isin(list(vocab.CUSTOMER_ACTION_CODES))).any()
 
 
 @settings(
@@ -162,3 +164,60 @@ def test_visa_cap_is_configurable(small_market: Marketplace) -> None:
     batch = _one(small_market, "generic_decline", n_retries=15)
     looser = rules.NetworkRules(visa_max_retries=20)
     assert rules.enforce(batch, _retry_in(batch, 24), looser).retry_at.notna().all()
+
+
+def test_authentication_required_is_never_retried_by_the_merchant(small_market) -> None:
+    """Only the customer can complete 3D Secure: the retry is dropped, a reminder goes out."""
+    batch = _one(small_market, "authentication_required")
+    out = rules.enforce(batch, _retry_in(batch, 24), RULES)
+    assert out.retry_at.isna().all() and out.reason.iloc[0] == "customer_action"
+    assert out.channel.iloc[0] == "email" and out.channel_propensity[0] == 1.0
+    # a policy's own message is kept (with its propensity); the retry is still dropped
+    own = ActionBatch.build(
+        1, retry_at=batch.now + pd.Timedelta(hours=2), channel=["sms"], sender=["platform"],
+        channel_propensity=0.4,
+    )  # fmt: skip
+    out = rules.enforce(batch, own, RULES)
+    assert out.retry_at.isna().all() and out.channel.iloc[0] == "sms"
+    assert out.channel_propensity[0] == 0.4
+
+
+def test_the_3ds_reminder_is_sent_once_per_decline(small_market) -> None:
+    batch = _one(small_market, "authentication_required")
+    pid, t0 = batch.payments["payment_id"].iloc[0], batch.payments["failed_at"].iloc[0]
+    messages = contract.conform(
+        contract.MESSAGES,
+        pd.DataFrame(
+            [{"message_id": "m1", "payment_id": pid, "sent_at": t0, "channel": "email",
+              "sender": "platform", "policy": None, "propensity": None}]
+        ),
+    )  # fmt: skip
+    later = DecisionBatch.from_history(
+        batch.payments,
+        contract.first_failures(batch.payments),
+        messages,
+        batch.now + pd.Timedelta(hours=30),
+    )
+    out = rules.enforce(later, ActionBatch.build(1), RULES)
+    assert out.reason.iloc[0] == "customer_action" and out.channel.isna().all()
+
+
+def test_a_customer_attempt_after_3ds_reopens_merchant_retries(small_market) -> None:
+    batch = _one(small_market, "authentication_required")
+    p = batch.payments
+    first = contract.first_failures(p)
+    theirs = first.assign(
+        attempt_number=1,
+        attempted_at=first["attempted_at"] + pd.Timedelta(hours=5),
+        initiator=pd.Categorical(["customer"], dtype=first["initiator"].dtype),
+        decline_code="insufficient_funds",
+        network_decline_code="51",
+    )
+    later = DecisionBatch.from_history(
+        p,
+        pd.concat([first, theirs], ignore_index=True),
+        contract.empty(contract.MESSAGES),
+        p["failed_at"] + pd.Timedelta(hours=6),
+    )
+    out = rules.enforce(later, _retry_in(later, 24), RULES)
+    assert out.retry_at.notna().all() and out.reason.iloc[0] == ""

@@ -228,8 +228,8 @@ def test_the_row_path_equals_the_batch_path(policy, trained, seed):
 
     enforced = enforce(batch, acts, rules)
     mine = [
-        enforce_row(s, x, t, a, c)
-        for s, x, t, a, c in zip(states, lims, now, mine, rows_c, strict=True)
+        enforce_row(s, x, t, a, c, p)
+        for s, x, t, a, c, p in zip(states, lims, now, mine, rows_c, payments, strict=True)
     ]
     retry_at = [a["retry_at"] for a in mine]
     assert retry_at == [None if pd.isna(t) else t.to_pydatetime() for t in enforced.retry_at]
@@ -240,6 +240,8 @@ def test_the_row_path_equals_the_batch_path(policy, trained, seed):
     assert [a["sender"] for a in mine] == enforced.sender.astype(object).where(
         enforced.sender.notna(), None
     ).tolist()
+    np.testing.assert_allclose([a["channel_propensity"] for a in mine], enforced.channel_propensity)
+    assert "customer_action" in enforced.reason.tolist()  # the 3D Secure rule is exercised
 
     # the chosen retries' probabilities and reasons
     p_batch, why_batch = policy.describe(batch, enforced)

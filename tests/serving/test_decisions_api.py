@@ -117,3 +117,12 @@ def test_keys_roles_and_account_scope(client, inline_payment) -> None:
     assert call(scoped, "POST", "/v1/decisions", json={"payment_id": "in_api_6"}).status_code == 404
     assert call(scoped, "POST", "/v1/decisions", json={"payment": theirs}).status_code == 404
     assert call(scoped, "POST", "/v1/decisions", json={"payment_id": "in_api_5"}).status_code == 200
+
+
+def test_authentication_required_gets_a_reminder_not_a_retry(client, inline_payment) -> None:
+    payment = {**inline_payment(3), "decline_code": "authentication_required",
+               "advice_code": None, "network_decline_code": "1A"}  # fmt: skip
+    body = {"payment": payment, "now": "2026-05-20T15:00:00Z"}
+    d = client.post("/v1/decisions", json=body).json()
+    assert d["retry"] is None and d["no_retry_reason"] == "customer_action"
+    assert d["channel"] is not None, d  # the policy's own channel, or the rule's email
