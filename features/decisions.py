@@ -24,26 +24,7 @@ from reclaim.features.accounts import AccountHistory
 from reclaim.policy import DecisionBatch, summarize_history
 from reclaim.rules import NetworkRules, limits, messages_sent
 
-ZERO_DECIMAL = frozenset(
-    {
-        "jpy",
-        "krw",
-        "vnd",
-        "clp",
-        "pyg",
-        "ugx",
-        "xof",
-        "xaf",
-        "bif",
-        "djf",
-        "gnf",
-        "kmf",
-        "mga",
-        "rwf",
-        "vuv",
-        "xpf",
-    }
-)
+ZERO_DECIMAL = contract.ZERO_DECIMAL
 """Stripe's zero-decimal currencies: amounts are already in major units."""
 
 

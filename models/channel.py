@@ -70,8 +70,9 @@ class ChannelUpliftModel(BaseEstimator):
         if not (len(frame) == len(target) == len(arm)):
             raise ValueError("X, treatment and y must have the same length")
         arms = sorted(set(arm.tolist()) - {self.control})
-        if self.control not in set(arm.tolist()) or not arms:
-            raise ValueError(f"treatment needs the control arm {self.control!r} and another arm")
+        if self.control not in set(arm.tolist()):
+            # with the control arm alone the model predicts no uplift: nothing was tried
+            raise ValueError(f"treatment needs the control arm {self.control!r}")
         weight = np.ones(len(frame)) if propensity is None else 1.0 / np.asarray(propensity, float)
         if not np.all(np.isfinite(weight)) or np.any(weight <= 0):
             raise ValueError("propensities must be in (0, 1]")

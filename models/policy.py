@@ -10,9 +10,11 @@ For each decision it
    ``continuation``, the model-estimated effect of one more failed attempt, times *A*, less
    its cost) — so a long-shot early retry is taken only when it leaves a good later slot;
 3. retries at the best candidate if it is worth more than nothing, otherwise not at all;
-4. messages through the channel whose predicted uplift times the amount beats its cost, from
-   the merchant of record (the connected account for direct charges and ``on_behalf_of``,
-   else the platform);
+4. messages through the channel whose predicted uplift, less the channel's ``channel_margin``
+   (the half-width of its measured uplift's 95% interval; a channel whose measured uplift is
+   not above zero is closed), times the amount beats its cost — so a message goes out only
+   where the lower bound of its uplift pays for it — from the merchant of record (the
+   connected account for direct charges and ``on_behalf_of``, else the platform);
 5. with probability ``exploration`` replaces each part by a uniformly random allowed option,
    and returns the probability of what it chose, so its own logs stay usable for off-policy
    evaluation.
@@ -78,6 +80,9 @@ class LearnedPolicy(Policy):
     max_messages
         At most this many messages per payment (a product limit: a dunning sequence is a few
         messages, not one per retry). Per-account configuration may lower it.
+    channel_margin
+        Channel → how much to take off its predicted uplift before valuing a message
+        (``inf``: never use it). Training sets it from the uplift measured on later data.
     network_rules, costs, delays_hours
         Hard limits, action costs, and the candidate delay grid.
     """
@@ -96,6 +101,7 @@ class LearnedPolicy(Policy):
         network_rules: NetworkRules | None = None,
         costs: Costs | None = None,
         delays_hours: np.ndarray = POLICY_DELAYS_HOURS,
+        channel_margin: dict[str, float] | None = None,
     ):
         self.retry_model = retry_model
         self.channel_model = channel_model
@@ -107,6 +113,7 @@ class LearnedPolicy(Policy):
         self.network_rules = network_rules
         self.costs = costs
         self.delays_hours = delays_hours
+        self.channel_margin = channel_margin
 
     def __setstate__(self, state: dict) -> None:
         # A policy pickled by an older Reclaim lacks parameters added since: give them their
@@ -119,6 +126,7 @@ class LearnedPolicy(Policy):
             "network_rules": None,
             "costs": None,
             "delays_hours": POLICY_DELAYS_HOURS,
+            "channel_margin": None,
         }
         self.__dict__.update({**defaults, **state})
 
@@ -182,11 +190,13 @@ class LearnedPolicy(Policy):
         capped = sent >= self.max_messages
         if c is not None:  # the account's limits: opted out, fewer messages, some channels
             capped = capped | c["opted_out"] | (sent >= c["max_messages"])
+        margin = self.channel_margin or {}
         gain = np.zeros((len(amount), 1 + len(CHANNELS)))
         for j, ch in enumerate(CHANNELS, start=1):
             closed = capped if c is None else capped | ~c[f"allow_{ch}"]
-            if ch in uplift:
-                gain[:, j] = np.where(closed, -np.inf, uplift[ch] * amount - costs.message[ch])
+            if ch in uplift and np.isfinite(margin.get(ch, 0.0)):
+                lower = uplift[ch] - margin.get(ch, 0.0)
+                gain[:, j] = np.where(closed, -np.inf, lower * amount - costs.message[ch])
             else:
                 gain[:, j] = -np.inf
         return gain

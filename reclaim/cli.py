@@ -22,6 +22,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from reclaim import contract
+from reclaim.intervals import ci, interval
 from reclaim.settings import get_settings
 
 app = typer.Typer(
@@ -80,23 +81,17 @@ def _policy_table(table: pd.DataFrame, title: str) -> Table:
     out = Table(title=title, title_justify="left")
     out.add_column("policy")
     out.add_column("recovered revenue", justify="right")
-    out.add_column("95% CI", justify="right")
     out.add_column("recovery rate", justify="right")
-    out.add_column("95% CI", justify="right")
     out.add_column("cost", justify="right")
-    out.add_column("95% CI", justify="right")
     out.add_column("net of cost", justify="right")
     out.add_column("retries/pmt", justify="right")
     out.add_column("msgs/pmt", justify="right")
     for name, r in table.iterrows():
         out.add_row(
             str(name),
-            _money(r.recovered_usd),
-            f"{_money(r.recovered_usd_lo)}–{_money(r.recovered_usd_hi)}",
-            f"{r.recovery_rate:.1%}",
-            f"{r.recovery_rate_lo:.1%}–{r.recovery_rate_hi:.1%}",
-            _money(r.cost_usd),
-            f"{_money(r.cost_usd_lo)}–{_money(r.cost_usd_hi)}",
+            ci(_money(r.recovered_usd), _money(r.recovered_usd_lo), _money(r.recovered_usd_hi)),
+            interval(r.recovery_rate, r.recovery_rate_lo, r.recovery_rate_hi),
+            ci(_money(r.cost_usd), _money(r.cost_usd_lo), _money(r.cost_usd_hi)),
             _money(r.net_usd),
             f"{r.retries_per_payment:.2f}",
             f"{r.messages_per_payment:.2f}",
@@ -163,29 +158,57 @@ def simulate(
 
 @app.command()
 def train(
-    data: Annotated[Path, typer.Option(help="Folder of contract tables.")],
+    data: Annotated[Path, typer.Option(help="Folder of contract tables (Parquet or CSV).")],
     tracking_uri: Annotated[
-        str | None, typer.Option(help="MLflow tracking URI [default: RECLAIM_MLFLOW_TRACKING_URI].")
+        str | None, typer.Option(help="MLflow tracking URI. Default: RECLAIM_MLFLOW_TRACKING_URI.")
+    ] = None,
+    artifact_uri: Annotated[
+        str | None,
+        typer.Option(
+            help="Where a new experiment keeps its artifacts. Default: "
+            "RECLAIM_MLFLOW_ARTIFACT_URI, else MLflow's own (./mlruns)."
+        ),
     ] = None,
     experiment: Annotated[str, typer.Option(help="MLflow experiment.")] = "reclaim",
-    exploration: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.05,
-    test_share: Annotated[float, typer.Option(min=0.05, max=0.5)] = 0.2,
+    exploration: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Probability of a random allowed option per decision, so the policy's own "
+            "logs stay usable for off-policy evaluation.",
+        ),
+    ] = 0.05,
+    test_share: Annotated[
+        float,
+        typer.Option(
+            min=0.05, max=0.5, help="Share of payments, the latest by failure, held out for tests."
+        ),
+    ] = 0.2,
 ) -> None:
     """Train the retry-time and channel models, evaluate them on a later time split, log
     everything to MLflow and register the policy as reclaim-policy."""
-    from reclaim.training.pipeline import TrainConfig
+    from reclaim.training.pipeline import STAGES, TrainConfig
     from reclaim.training.pipeline import train as run_training
 
-    uri = tracking_uri or get_settings().mlflow_tracking_uri
+    settings = get_settings()
+    uri = tracking_uri or settings.mlflow_tracking_uri
     config = TrainConfig(exploration=exploration, test_share=test_share, experiment=experiment)
-    with console.status("training…") as status:
+    with _progress() as progress:
+        task = progress.add_task("training", total=len(STAGES))
+
+        def on_stage(name: str) -> None:
+            done = progress.tasks[task].description != "training"
+            progress.update(task, description=name[:40], advance=1 if done else 0)
+
         try:
             result = run_training(
-                data, uri, config, on_stage=lambda s: status.update(f"training: {s}…")
+                data, uri, config, on_stage, artifact_uri or settings.mlflow_artifact_uri
             )
         except ValueError as exc:  # ContractError included: bad or insufficient data
-            console.print(f"[red]cannot train:[/red] {exc}")
+            console.print(f"[red]cannot train:[/red] {exc}", markup=True, highlight=False)
             raise typer.Exit(code=1) from exc
+        progress.update(task, description="done", completed=len(STAGES))
     m = result.metrics
     table = Table(
         title=f"Run {result.run_id} — reclaim-policy v{result.model_version}", title_justify="left"
@@ -195,6 +218,11 @@ def train(
     for key in ("retry_auc", "retry_log_loss", "retry_brier", "retry_ece"):
         table.add_row(key, f"{m[key]:.4f}")
     for ch in ("email", "sms", "in_app"):
+        if f"uplift_{ch}" in m:
+            table.add_row(
+                f"{ch} uplift (training, cross-fitted)",
+                interval(m[f"uplift_{ch}"], m[f"uplift_{ch}_lo"], m[f"uplift_{ch}_hi"], pts=True),
+            )
         if f"channel_{ch}_qini" in m:
             table.add_row(
                 f"{ch} Qini / AUUC",
@@ -203,42 +231,72 @@ def train(
     for est in ("logging", "ips", "snips", "dr"):
         table.add_row(
             f"first-message value, {est}",
-            f"{m[f'ope_{est}']:.4f} ({m[f'ope_{est}_lo']:.4f}–{m[f'ope_{est}_hi']:.4f})",
+            interval(m[f"ope_{est}"], m[f"ope_{est}_lo"], m[f"ope_{est}_hi"]),
         )
     table.add_row("effective sample size", f"{m['ope_ess']:,.0f} of {m['ope_decisions']:,.0f}")
     console.print(table)
-    console.print(f"champion: {result.reason}")
-    console.print(f"tracking: {uri}")
+    for caveat in result.caveats:
+        console.print(f"caveat: {caveat}", markup=False, highlight=False)
+    console.print(f"champion: {result.reason}", markup=False, highlight=False)
+    console.print(f"tracking: {uri}", markup=False)
 
 
 @app.command()
 def evaluate(
-    model: Annotated[str, typer.Option(help="Model URI.")] = "models:/reclaim-policy@champion",
+    model: Annotated[
+        str, typer.Option(help="Model URI of the policy to evaluate (the baseline of --data).")
+    ] = "models:/reclaim-policy@champion",
     simulator: Annotated[
-        bool, typer.Option("--simulator", help="Evaluate against the simulator's truth.")
+        bool,
+        typer.Option("--simulator", help="Roll the policy out against the simulator's truth."),
     ] = False,
-    payments: Annotated[int, typer.Option(min=100, help="Fresh payments to roll out.")] = 50_000,
-    seed: Annotated[int, typer.Option(help="Seed of the fresh payments.")] = 1,
-    tracking_uri: Annotated[str | None, typer.Option()] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder of contract tables (a platform's own export): compare off-policy on its "
+            "later period."
+        ),
+    ] = None,
+    candidate: Annotated[
+        str | None,
+        typer.Option(
+            help="With --data: a second model URI, compared with --model row by row. Default: "
+            "the newest version of reclaim-policy when it is not --model's."
+        ),
+    ] = None,
+    test_share: Annotated[
+        float, typer.Option(min=0.05, max=0.5, help="With --data: the later share evaluated on.")
+    ] = 0.2,
+    min_ess: Annotated[
+        float,
+        typer.Option(min=1, help="With --data: refuse estimates with fewer effective decisions."),
+    ] = 200.0,
+    payments: Annotated[
+        int, typer.Option(min=100, help="With --simulator: fresh payments to roll out.")
+    ] = 50_000,
+    seed: Annotated[int, typer.Option(help="With --simulator: seed of the fresh payments.")] = 1,
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="MLflow tracking URI. Default: RECLAIM_MLFLOW_TRACKING_URI.")
+    ] = None,
 ) -> None:
-    """Roll a registered policy out against the reference policies on fresh simulated
-    payments, with common random numbers; print and log the table."""
+    """Evaluate a registered policy: against the simulator's truth (--simulator), or off-policy
+    on a platform's own history with the reference policies and a candidate (--data)."""
+    uri = tracking_uri or get_settings().mlflow_tracking_uri
+    if simulator == (data is not None):
+        console.print("[red]error:[/red] give exactly one of --simulator and --data DIR")
+        raise typer.Exit(code=2)
+    if data is not None:
+        _evaluate_on_data(data, model, candidate, uri, test_share, min_ess)
+        return
     from reclaim.training.evaluate import evaluate_in_simulator
 
-    if not simulator:
-        console.print(
-            "[red]error:[/red] only --simulator evaluation exists; off-policy "
-            "estimates on real data are part of `reclaim train`"
-        )
-        raise typer.Exit(code=2)
-    uri = tracking_uri or get_settings().mlflow_tracking_uri
     try:
         with _progress() as progress:
             table, run_id = evaluate_in_simulator(
                 model, uri, payments, seed, on_policy=_rollout_task(progress, payments)
             )
     except ValueError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
         raise typer.Exit(code=2) from exc
     console.print(
         _policy_table(
@@ -251,6 +309,79 @@ def evaluate(
         f"learned policy closes {gap:.1%} of the net-revenue gap between "
         f"fixed_schedule and the oracle (logged as run {run_id})"
     )
+
+
+def _newest_version(uri: str, model: str) -> str | None:
+    """``models:/reclaim-policy/<newest>`` when that is not the version ``model`` names."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(uri)
+    try:
+        versions = client.search_model_versions("name='reclaim-policy'")
+        champion = client.get_model_version_by_alias("reclaim-policy", "champion").version
+    except MlflowException:
+        return None
+    if not versions:
+        return None
+    newest = max(int(v.version) for v in versions)
+    named = champion if model.endswith("@champion") else model.rsplit("/", 1)[-1]
+    return None if str(newest) == str(named) else f"models:/reclaim-policy/{newest}"
+
+
+def _evaluate_on_data(
+    data: Path, model: str, candidate: str | None, uri: str, test_share: float, min_ess: float
+) -> None:
+    from mlflow.exceptions import MlflowException
+
+    from reclaim.reference import REFERENCE_POLICIES
+    from reclaim.training.offline import evaluate_on_data
+
+    candidate = candidate or _newest_version(uri, model)
+    models = {"champion" if model.endswith("@champion") else "model": model}
+    if candidate:
+        models["candidate"] = candidate
+    try:
+        with _progress() as progress:
+            steps = 3 + len(models) + len(REFERENCE_POLICIES)
+            task = progress.add_task("evaluating", total=steps)
+
+            def on_stage(name: str) -> None:
+                done = progress.tasks[task].description != "evaluating"
+                progress.update(task, description=name[:40], advance=1 if done else 0)
+
+            result = evaluate_on_data(data, uri, models, test_share, min_ess, on_stage)
+            progress.update(task, description="done", completed=steps)
+    except (ValueError, MlflowException) as exc:  # ContractError included
+        console.print(f"[red]cannot evaluate:[/red] {exc}", markup=True, highlight=False)
+        raise typer.Exit(code=1) from exc
+    t = result.table
+    baseline = t.attrs["baseline"]
+    out = Table(
+        title=f"First-message value on {data}'s later {test_share:.0%} ({result.decisions:,} "
+        f"first decisions from {result.cutoff:%Y-%m-%d}); logging policy "
+        f"{t.attrs['logging']:.1%}",
+        title_justify="left",
+    )
+    for column in ("policy", "DR", "SNIPS", "ESS", "vs logging", f"vs {baseline}"):
+        out.add_column(column, justify="left" if column == "policy" else "right")
+    for name, r in t.iterrows():
+        if r["refused"]:
+            out.add_row(str(name), f"refused: {r['refused']}", "", f"{r['ess']:,.0f}", "", "")
+            continue
+        out.add_row(
+            f"{name} ({models[name]})" if name in models else str(name),
+            interval(r["dr"], r["dr_lo"], r["dr_hi"]),
+            interval(r["snips"], r["snips_lo"], r["snips_hi"]),
+            f"{r['ess']:,.0f}",
+            interval(r["vs_logging"], r["vs_logging_lo"], r["vs_logging_hi"], pts=True),
+            "" if name == baseline else
+            interval(r["vs_baseline"], r["vs_baseline_lo"], r["vs_baseline_hi"], pts=True),
+        )  # fmt: skip
+    console.print(out)
+    for caveat in result.caveats:
+        console.print(f"caveat: {caveat}", markup=False, highlight=False)
+    console.print(f"logged as run {result.run_id}", markup=False)
 
 
 @app.command()
@@ -316,11 +447,11 @@ def replay(
         )
     shown = table.copy()
     shown["recovery_rate"] = [
-        f"{r:.1%} ({r - c:.1%} to {r + c:.1%})"
+        interval(r, r - c, r + c)
         for r, c in zip(table["recovery_rate"], table["rate_ci95"], strict=True)
     ]
     shown["usd_per_payment"] = [
-        f"${v:,.2f} (${v - c:,.2f} to ${v + c:,.2f})"
+        ci(f"${v:,.2f}", f"${v - c:,.2f}", f"${v + c:,.2f}")
         for v, c in zip(table["usd_per_payment"], table["usd_per_payment_ci95"], strict=True)
     ]
     shown["recovered_usd"] = table["recovered_usd"].map(_money)

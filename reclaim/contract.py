@@ -220,14 +220,37 @@ class ContractError(ValueError):
         super().__init__(text)
 
 
+class ContractProblems(ContractError):
+    """Several problems at once: :attr:`problems` holds each, the message lists them all."""
+
+    def __init__(self, problems: list[ContractError]):
+        self.problems = problems
+        first = problems[0]
+        self.table, self.column, self.problem = first.table, first.column, first.problem
+        self.examples = first.examples
+        head = "" if len(problems) == 1 else f"{len(problems)} problems:\n"
+        ValueError.__init__(self, head + "\n".join(str(p) for p in problems))
+
+    def located(self, folder: Path) -> ContractProblems:
+        """The same problems with each table named by its path under ``folder``."""
+        return ContractProblems(
+            [
+                ContractError(str(folder / p.table), p.column, p.problem, p.examples)
+                for p in self.problems
+            ]
+        )
+
+
 @dataclass
 class ContractTables:
-    """A validated set of contract tables (``decisions`` may be empty)."""
+    """A validated set of contract tables (``decisions`` may be empty), and the warnings its
+    validation raised (valid, but probably not what was meant)."""
 
     payments: pd.DataFrame
     attempts: pd.DataFrame
     messages: pd.DataFrame
     decisions: pd.DataFrame = field(default_factory=lambda: empty(DECISIONS))
+    warnings: list[str] = field(default_factory=list, compare=False)
 
     def as_dict(self) -> dict[str, pd.DataFrame]:
         return {t.name: getattr(self, t.name) for t in TABLES}
@@ -244,9 +267,11 @@ def _empty_template(table: Table) -> pd.DataFrame:
 
 
 def _examples(df: pd.DataFrame, mask: pd.Series | np.ndarray, columns: list[str]) -> str:
-    """Up to five offending rows, as ``row <index> {column: value, …}``."""
-    rows = df.loc[np.asarray(mask), [c for c in columns if c in df.columns]].head(5)
-    return ", ".join(
+    """How many rows offend, and up to five of them: ``3 rows: row 4 {column: value, …}, …``."""
+    mask = np.asarray(mask, dtype=bool)
+    rows = df.loc[mask, [c for c in columns if c in df.columns]].head(5)
+    n = int(mask.sum())
+    return f"{n:,} row{'s' if n != 1 else ''}: " + ", ".join(
         f"row {i} {row}" for i, row in zip(rows.index, rows.to_dict("records"), strict=True)
     )
 
@@ -329,119 +354,164 @@ def _coerce(table: Table, col: Column, s: pd.Series) -> pd.Series:
     if col.kind == "timestamp":
         if col.nullable and s.isna().all():
             return pd.Series(pd.NaT, index=s.index, dtype=TIMESTAMP_DTYPE)
+        if pd.api.types.is_string_dtype(s) or pd.api.types.is_object_dtype(s):
+            return _parse_iso(label, col.name, s)
         if not isinstance(s.dtype, pd.DatetimeTZDtype):
+            naive = s.notna()
             raise ContractError(
-                label, col.name, f"expected timezone-aware UTC timestamps, got {s.dtype}"
+                label,
+                col.name,
+                f"expected timezone-aware UTC timestamps, got {s.dtype} (naive times): write "
+                "them with their offset (ISO 8601 such as 2026-03-01T14:00:00Z, or "
+                "Series.dt.tz_localize('UTC') if they are UTC)",
+                _examples(s.to_frame(), naive, [col.name]),
             )
         return s.dt.tz_convert("UTC").astype(TIMESTAMP_DTYPE)
     raise AssertionError(f"unknown column kind {col.kind}")  # pragma: no cover
+
+
+#: ISO 8601 with an explicit offset: ``2026-03-01T14:00:00Z``, ``…+05:30``, fractions allowed.
+_ISO_WITH_OFFSET = r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})"
+
+
+def _parse_iso(label: str, column: str, s: pd.Series) -> pd.Series:
+    """Text times (a CSV export, JSON) as UTC timestamps: ISO 8601 with an offset, each."""
+    s = s.rename(column)
+    text = s.astype("object")
+    present = text.notna()
+    is_text = text.map(lambda v: isinstance(v, str))
+    if not (is_text | ~present).all():
+        raise ContractError(
+            label,
+            column,
+            "expected timestamps",
+            _examples(s.to_frame(), present & ~is_text, [column]),
+        )
+    ok = text.where(present, "").astype(str).str.fullmatch(_ISO_WITH_OFFSET)
+    bad = present & ~ok
+    if bad.any():
+        raise ContractError(
+            label,
+            column,
+            f"{int(bad.sum()):,} value(s) are not ISO 8601 times with an offset; write them as "
+            "2026-03-01T14:00:00Z (UTC) or 2026-03-01T09:00:00-05:00",
+            _examples(s.to_frame(), bad, [column]),
+        )
+    try:
+        parsed = pd.to_datetime(text, utc=True, format="ISO8601")
+    except (ValueError, OverflowError) as exc:
+        raise ContractError(label, column, f"times that do not exist ({exc})") from exc
+    return parsed.astype(TIMESTAMP_DTYPE)
 
 
 def conform(table: Table, df: pd.DataFrame) -> pd.DataFrame:
     """Check one table's columns and types and return it with the contract's dtypes.
 
     Extra columns are dropped; a missing column, a null in a required column, a value of the
-    wrong type or an unknown enum value raises :class:`ContractError`.
+    wrong type or an unknown enum value raises :class:`ContractError` (naming every such
+    problem of the table).
     """
+    frame, problems = _conform(table, df)
+    if problems:
+        raise ContractProblems(problems)
+    assert frame is not None
+    return frame
+
+
+def _conform(table: Table, df: pd.DataFrame) -> tuple[pd.DataFrame | None, list[ContractError]]:
+    """:func:`conform`, returning the problems of every column instead of raising."""
     missing = [c for c in table.column_names if c not in df.columns]
-    if missing:
-        raise ContractError(
-            table.file,
-            missing[0],
-            f"missing column(s) {missing}; the table needs {table.column_names}",
+    problems = [
+        ContractError(
+            table.file, name, f"missing column(s) {missing}; the table needs {table.column_names}"
         )
-    out = {c.name: _coerce(table, c, df[c.name]) for c in table.columns}
-    return pd.DataFrame(out, index=pd.RangeIndex(len(df)))
+        for name in missing[:1]
+    ]
+    out = {}
+    for c in table.columns:
+        if c.name in missing:
+            continue
+        try:
+            out[c.name] = _coerce(table, c, df[c.name])
+        except ContractError as exc:
+            problems.append(exc)
+    if problems:
+        return None, problems
+    return pd.DataFrame(out, index=pd.RangeIndex(len(df))), []
 
 
-def _check_rows(tables: ContractTables) -> None:
-    """Row-level rules across tables: keys, amounts, times and references."""
+def _problem(
+    problems: list[ContractError],
+    table: Table,
+    column: str,
+    text: str,
+    df: pd.DataFrame,
+    mask: pd.Series | np.ndarray,
+    columns: list[str],
+) -> None:
+    """Record a row-level problem where ``mask`` holds, with its count and examples."""
+    mask = np.asarray(mask, dtype=bool)
+    if mask.any():
+        problems.append(ContractError(table.file, column, text, _examples(df, mask, columns)))
+
+
+def _check_rows(tables: ContractTables) -> list[ContractError]:
+    """Row-level rules across tables (keys, amounts, times, references): every problem."""
     p, a, m, d = tables.payments, tables.attempts, tables.messages, tables.decisions
+    out: list[ContractError] = []
     for table in TABLES:
         df = getattr(tables, table.name)
-        dup = df.duplicated(list(table.key), keep=False)
-        if dup.any():
-            raise ContractError(
-                table.file,
-                ", ".join(table.key),
-                "duplicate ids",
-                _examples(df, dup, list(table.key)),
-            )
-    bad = p["amount"] <= 0
-    if bad.any():
-        raise ContractError(
-            PAYMENTS.file,
-            "amount",
-            "amounts must be positive (minor units)",
-            _examples(p, bad, ["payment_id", "amount"]),
+        key = list(table.key)
+        _problem(
+            out, table, ", ".join(key), "duplicate ids", df, df.duplicated(key, keep=False), key
         )
+    _problem(
+        out, PAYMENTS, "amount", "amounts must be positive (minor units)",
+        p, p["amount"] <= 0, ["payment_id", "amount"],
+    )  # fmt: skip
     fee = p["application_fee_amount"]
-    bad = fee.notna() & ((fee < 0) | (fee > p["amount"]))
-    if bad.any():
-        raise ContractError(
-            PAYMENTS.file,
-            "application_fee_amount",
-            "the fee must be between 0 and the amount",
-            _examples(p, bad, ["payment_id", "amount", "application_fee_amount"]),
-        )
-    bad = ~p["currency"].str.fullmatch(r"[a-z]{3}")
-    if bad.any():
-        raise ContractError(
-            PAYMENTS.file,
-            "currency",
-            "expected a lower-case ISO 4217 code",
-            _examples(p, bad, ["payment_id", "currency"]),
-        )
+    _problem(
+        out, PAYMENTS, "application_fee_amount", "the fee must be between 0 and the amount",
+        p, fee.notna() & ((fee < 0) | (fee > p["amount"])),
+        ["payment_id", "amount", "application_fee_amount"],
+    )  # fmt: skip
+    _problem(
+        out, PAYMENTS, "currency", "expected a lower-case ISO 4217 code",
+        p, ~p["currency"].str.fullmatch(r"[a-z]{3}"), ["payment_id", "currency"],
+    )  # fmt: skip
     zones = p["customer_timezone"].dropna().unique()
     unknown = [z for z in zones if not timeutil.is_timezone(z)]
-    if unknown:
-        raise ContractError(
-            PAYMENTS.file,
-            "customer_timezone",
-            f"unknown IANA timezone(s) {sorted(unknown)[:5]}",
-            _examples(p, p["customer_timezone"].isin(unknown), ["payment_id", "customer_timezone"]),
-        )
-    failed_at = p.set_index("payment_id")["failed_at"]
+    _problem(
+        out, PAYMENTS, "customer_timezone", f"unknown IANA timezone(s) {sorted(unknown)[:5]}",
+        p, p["customer_timezone"].isin(unknown), ["payment_id", "customer_timezone"],
+    )  # fmt: skip
+    failed_at = p.drop_duplicates("payment_id").set_index("payment_id")["failed_at"]
     for table, df, time_col in (
         (ATTEMPTS, a, "attempted_at"),
         (MESSAGES, m, "sent_at"),
         (DECISIONS, d, "decided_at"),
     ):
-        known = df["payment_id"].isin(failed_at.index)
-        if not known.all():
-            raise ContractError(
-                table.file,
-                "payment_id",
-                f"{table.name} for unknown payments (not in payments.parquet)",
-                _examples(df, ~known, ["payment_id"]),
-            )
-        first = failed_at.to_numpy(dtype="datetime64[us]")[
-            failed_at.index.get_indexer(df["payment_id"])
-        ]
-        early = df[time_col].to_numpy(dtype="datetime64[us]") < first
-        if early.any():
-            raise ContractError(
-                table.file,
-                time_col,
-                "before the payment's first failure",
-                _examples(df, early, ["payment_id", time_col]),
-            )
-    bad = a["attempt_number"] < 0
-    if bad.any():
-        raise ContractError(
-            ATTEMPTS.file,
-            "attempt_number",
-            "attempt numbers start at 0",
-            _examples(a, bad, ["payment_id", "attempt_number"]),
-        )
-    bad = (a["outcome"] == vocab.Outcome.FAILED) & a["decline_code"].isna()
-    if bad.any():
-        raise ContractError(
-            ATTEMPTS.file,
-            "decline_code",
-            "a failed attempt needs a decline code",
-            _examples(a, bad, ["payment_id", "attempt_number"]),
-        )
+        known = df["payment_id"].isin(failed_at.index).to_numpy()
+        _problem(
+            out, table, "payment_id", f"{table.name} for unknown payments (not in payments)",
+            df, ~known, ["payment_id"],
+        )  # fmt: skip
+        pos = failed_at.index.get_indexer(df["payment_id"])
+        first = failed_at.to_numpy(dtype="datetime64[us]")[np.maximum(pos, 0)]
+        early = known & (df[time_col].to_numpy(dtype="datetime64[us]") < first)
+        _problem(
+            out, table, time_col, "before the payment's first failure",
+            df, early, ["payment_id", time_col],
+        )  # fmt: skip
+    _problem(
+        out, ATTEMPTS, "attempt_number", "attempt numbers start at 0",
+        a, a["attempt_number"] < 0, ["payment_id", "attempt_number"],
+    )  # fmt: skip
+    _problem(
+        out, ATTEMPTS, "decline_code", "a failed attempt needs a decline code",
+        a, (a["outcome"] == vocab.Outcome.FAILED) & a["decline_code"].isna(),
+        ["payment_id", "attempt_number"],
+    )  # fmt: skip
     for table, df, col in (
         (ATTEMPTS, a, "propensity"),
         (MESSAGES, m, "propensity"),
@@ -450,14 +520,51 @@ def _check_rows(tables: ContractTables) -> None:
         (DECISIONS, d, "channel_propensity"),
     ):
         prop = df[col]
-        bad = prop.notna() & ((prop <= 0) | (prop > 1))
-        if bad.any():
-            raise ContractError(
-                table.file,
-                col,
-                "propensities must be in (0, 1]",
-                _examples(df, bad, ["payment_id", col]),
+        _problem(
+            out, table, col, "propensities must be in (0, 1]",
+            df, prop.notna() & ((prop <= 0) | (prop > 1)), ["payment_id", col],
+        )  # fmt: skip
+    return out
+
+
+#: Currencies whose minor unit is the major unit (Stripe's zero-decimal currencies).
+ZERO_DECIMAL = frozenset("bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split())
+
+
+def _warnings(tables: ContractTables, raw: Mapping[str, pd.DataFrame]) -> list[str]:
+    """What is valid but probably wrong: amounts that look like major units, decline codes
+    Reclaim does not know (treated as soft declines: retried within the network caps)."""
+    out = []
+    p = tables.payments
+    source = raw.get("payments")
+    two_decimal = ~p["currency"].isin(ZERO_DECIMAL)
+    if source is not None and "amount" in source and pd.api.types.is_float_dtype(source["amount"]):
+        out.append(
+            "payments, column 'amount': given as decimal numbers (e.g. 49.0); amounts are in "
+            "the currency's minor unit (4900 for $49.00): check they are not major units"
+        )
+    small = p[two_decimal].groupby("currency")["amount"].median()
+    small = small[small < 100]
+    if len(small):
+        out.append(
+            "payments, column 'amount': the median amount is below 100 minor units (1.00) in "
+            + ", ".join(f"{c} ({v:,.0f})" for c, v in small.items())
+            + ": these look like major units; amounts are minor units (4900 for $49.00)"
+        )
+    for name, df, col in (
+        ("payments", p, "decline_code"),
+        ("attempts", tables.attempts, "decline_code"),
+    ):
+        codes = df[col].dropna()
+        unknown = codes[~codes.isin(list(vocab.DECLINE_CODES))].value_counts()
+        if len(unknown):
+            shown = ", ".join(f"{c} ({n:,})" for c, n in unknown.head(8).items())
+            out.append(
+                f"{name}, column '{col}': {int(unknown.sum()):,} row(s) with "
+                f"{len(unknown)} decline code(s) Reclaim does not know: {shown}; they are "
+                "treated as soft declines (retried within the network caps)"
             )
+    return out
 
 
 def validate(tables: Mapping[str, pd.DataFrame] | ContractTables) -> ContractTables:
@@ -468,46 +575,84 @@ def validate(tables: Mapping[str, pd.DataFrame] | ContractTables) -> ContractTab
     tables
         ``payments``, ``attempts`` and ``messages`` frames, and optionally ``decisions``.
 
+    Returns
+    -------
+    ContractTables
+        With :attr:`ContractTables.warnings`: what is valid but probably wrong.
+
     Raises
     ------
     ContractError
-        Naming the table, the column and example rows of the first problem found.
+        Naming every problem found (each with its table, column, count and example rows):
+        all column problems of all tables, then, when the columns are sound, all row problems.
     """
     raw = tables.as_dict() if isinstance(tables, ContractTables) else dict(tables)
     conformed: dict[str, pd.DataFrame] = {}
+    problems: list[ContractError] = []
     for table in TABLES:
         if table.name not in raw or raw[table.name] is None:
             if table.required:
-                raise ContractError(table.file, None, "table is missing")
+                problems.append(ContractError(table.file, None, "table is missing"))
             conformed[table.name] = empty(table)
             continue
-        conformed[table.name] = conform(table, raw[table.name])
+        frame, found = _conform(table, raw[table.name])
+        problems += found
+        conformed[table.name] = frame if frame is not None else empty(table)
+    if problems:
+        raise ContractProblems(problems)
     result = ContractTables(**conformed)
-    _check_rows(result)
+    problems = _check_rows(result)
+    if problems:
+        raise ContractProblems(problems)
+    result.warnings = _warnings(result, raw)
     return result
 
 
 def read_tables(folder: str | os.PathLike[str]) -> ContractTables:
-    """Read and validate the contract tables in ``folder``.
+    """Read and validate the contract tables in ``folder``: ``<table>.parquet``, or
+    ``<table>.csv`` (a header row; times as ISO 8601 text with an offset; empty cells null).
 
-    Raises :class:`ContractError` naming the file for a missing or unreadable table.
+    Raises :class:`ContractError` naming every problem with its file: a missing or unreadable
+    table, then what :func:`validate` finds.
     """
     folder = Path(folder)
     raw: dict[str, pd.DataFrame] = {}
+    problems: list[ContractError] = []
+    files: dict[str, str] = {}
     for table in TABLES:
-        path = folder / table.file
+        parquet, csv = folder / table.file, folder / f"{table.name}.csv"
+        path = parquet if parquet.exists() or not csv.exists() else csv
+        files[table.file] = path.name
         if not path.exists():
             if table.required:
-                raise ContractError(str(path), None, "file not found")
+                problems.append(
+                    ContractError(str(parquet), None, f"file not found (nor {csv.name})")
+                )
             continue
         try:
-            raw[table.name] = pq.read_table(path).to_pandas()
-        except (pa.ArrowException, OSError) as exc:
-            raise ContractError(str(path), None, f"not a readable Parquet file ({exc})") from exc
+            raw[table.name] = _read_csv(table, path) if path == csv else _read_parquet(path)
+        except (pa.ArrowException, OSError, ValueError, UnicodeDecodeError) as exc:
+            kind = "CSV" if path == csv else "Parquet"
+            problems.append(ContractError(str(path), None, f"not a readable {kind} file ({exc})"))
+    if problems:
+        raise ContractProblems(problems)
     try:
         return validate(raw)
-    except ContractError as exc:
-        raise ContractError(str(folder / exc.table), exc.column, exc.problem, exc.examples) from exc
+    except ContractProblems as exc:
+        for p in exc.problems:
+            p.table = files.get(p.table, p.table)
+        raise exc.located(folder) from exc
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    return pq.read_table(path).to_pandas()
+
+
+def _read_csv(table: Table, path: Path) -> pd.DataFrame:
+    """A CSV table with text columns kept as text (``"05"`` stays ``"05"``) and the rest
+    typed by pandas; :func:`validate` checks and converts from there."""
+    text = {c.name: "string" for c in table.columns if c.kind in ("str", "category", "timestamp")}
+    return pd.read_csv(path, dtype=text, keep_default_na=True, na_values=[""])
 
 
 def write_tables(

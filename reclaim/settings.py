@@ -28,6 +28,10 @@ class Settings(BaseSettings):
     """The operational store (SQLite embedded; PostgreSQL in production)."""
     mlflow_tracking_uri: str = "sqlite:///mlflow.db"
     """MLflow tracking store."""
+    mlflow_artifact_uri: str | None = None
+    """Where a new MLflow experiment keeps its artifacts (models, plots): a folder or an object
+    store URI. Unset: MLflow's default, ``./mlruns`` of the working directory for a local
+    store."""
     log_level: str = "INFO"
 
     stripe_api_key: SecretStr | None = None

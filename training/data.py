@@ -117,22 +117,48 @@ class ChannelRows(NamedTuple):
     features: pd.DataFrame
     arm: pd.Series  # the channel taken, or "none"
     recovered: np.ndarray  # 0/1: recovered within the window
-    propensity: np.ndarray  # probability of the logged arm
+    propensity: np.ndarray  # probability of the logged arm (NaN: not known yet)
     decision: np.ndarray  # position of each row among ``DecisionData``'s decisions
+
+    def with_propensity(self, propensity: np.ndarray) -> ChannelRows:
+        return self._replace(propensity=np.asarray(propensity, dtype=float))
+
+    def take(self, rows: np.ndarray) -> ChannelRows:
+        return ChannelRows(
+            self.features.iloc[rows].reset_index(drop=True),
+            self.arm.iloc[rows].reset_index(drop=True),
+            self.recovered[rows],
+            self.propensity[rows],
+            self.decision[rows],
+        )
+
+
+def randomized(tables: contract.ContractTables) -> bool:
+    """Whether the tables hold a randomized log (a ``decisions`` table with propensities)."""
+    return not tables.decisions.empty
 
 
 def channel_rows(tables: contract.ContractTables, data: DecisionData) -> ChannelRows:
-    """One row per logged decision: its features, the arm taken, whether the payment was
-    recovered within its window, and the arm's logged probability.
+    """One row per decision: its features, the arm taken, whether the payment was recovered
+    within its window, and the arm's probability.
 
-    Needs the ``decisions`` table (the simulator writes it; a platform export without
-    randomized message logs cannot train the channel model).
+    From a randomized log (the ``decisions`` table) the arm and its logged probability are
+    read. Without one — a platform's own export — every decision point of ``data`` is a row,
+    its arm is the first message sent at or after it and before the next decision point (or
+    ``none``), and the probability is NaN: the caller estimates it
+    (``models.propensity.ArmPropensityModel``) from earlier data.
     """
     d = tables.decisions
+    recovered = recovered_in_window(tables)
     if d.empty:
-        raise ValueError(
-            "decisions.parquet is empty: the channel model learns from randomized message "
-            "logs, with the probability of every decision (see docs/data-contract.md)"
+        arm = _observed_arms(tables.messages, data.keys)
+        ids = data.keys["payment_id"].astype("object")
+        return ChannelRows(
+            data.features.reset_index(drop=True),
+            arm,
+            recovered.reindex(ids).fillna(False).to_numpy().astype(int),
+            np.full(len(arm), np.nan),
+            np.arange(len(arm)),
         )
     key = pd.MultiIndex.from_frame(
         data.keys[["payment_id", "decision_number"]].astype({"payment_id": "object"})
@@ -142,11 +168,37 @@ def channel_rows(tables: contract.ContractTables, data: DecisionData) -> Channel
     )
     keep = pos >= 0
     d, pos = d[keep], pos[keep]
-    recovered = recovered_in_window(tables).reindex(d["payment_id"].astype("object"))
     return ChannelRows(
         data.features.iloc[pos].reset_index(drop=True),
         channel_or_none(d["channel"]).reset_index(drop=True),
-        recovered.to_numpy().astype(int),
+        recovered.reindex(d["payment_id"].astype("object")).to_numpy().astype(int),
         d["channel_propensity"].to_numpy(dtype=float),
         pos,
     )
+
+
+def _observed_arms(messages: pd.DataFrame, keys: pd.DataFrame) -> pd.Series:
+    """Per decision point (row of ``keys``): the channel of the first message sent at or
+    after it and before the payment's next decision point, else ``none``."""
+    arm = pd.Series("none", index=pd.RangeIndex(len(keys)), dtype="object")
+    if messages.empty or keys.empty:
+        return arm
+    points = pd.DataFrame(
+        {
+            "payment_id": keys["payment_id"].astype("object").to_numpy(),
+            "at": keys["decided_at"].to_numpy(dtype="datetime64[us]"),
+            "pos": np.arange(len(keys)),
+        }
+    ).sort_values("at", kind="stable")
+    sent = pd.DataFrame(
+        {
+            "payment_id": messages["payment_id"].astype("object").to_numpy(),
+            "at": messages["sent_at"].to_numpy(dtype="datetime64[us]"),
+            "channel": messages["channel"].astype("object").to_numpy(),
+        }
+    ).sort_values("at", kind="stable")
+    owner = pd.merge_asof(sent, points, on="at", by="payment_id", direction="backward")
+    owner = owner.dropna(subset=["pos"])
+    first = owner.groupby("pos", sort=False)["channel"].first()
+    arm.iloc[first.index.to_numpy(dtype=int)] = first.to_numpy()
+    return arm

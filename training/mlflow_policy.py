@@ -5,7 +5,8 @@ runs this file at load time; ``load_context`` unpickles the :class:`LearnedPolic
 models and the account history it was trained with).
 
 ``predict`` takes one row per decision: the contract payment columns plus ``decided_at``
-(UTC), for payments with no retry yet; the scoring API passes full histories through
+(times as UTC timestamps or ISO 8601 text with an offset; the logged signature says which
+columns may be null), for payments with no retry yet; the scoring API passes full histories through
 ``unwrap_python_model().policy`` instead. It returns the action per row: ``retry_at``,
 ``channel``, ``sender``, ``propensity``, ``reason``. Exploration draws from a seed derived
 from the decisions themselves, so asking twice about the same decisions gives the same answer.
@@ -34,7 +35,9 @@ class PolicyModel(mlflow.pyfunc.PythonModel):
         from reclaim.rules import enforce
 
         payments = contract.conform(contract.PAYMENTS, model_input)
-        decided_at = contract.utc(pd.to_datetime(model_input["decided_at"], utc=True))
+        decided_at = contract.utc(
+            pd.to_datetime(model_input["decided_at"], utc=True, format="ISO8601")
+        )
         batch = DecisionBatch.from_history(
             payments,
             contract.first_failures(payments),
@@ -55,6 +58,26 @@ class PolicyModel(mlflow.pyfunc.PythonModel):
                 "reason": actions.reason,
             }
         )
+
+
+def model_input(payments: pd.DataFrame, decided_at: pd.Series) -> pd.DataFrame:
+    """Contract payment rows and their decision times as the model's signature takes them:
+    plain text and numbers, times as ISO 8601 text in UTC (``2026-03-01T14:00:00Z``)."""
+    from reclaim import contract
+
+    rows = payments.reset_index(drop=True)
+    out = pd.DataFrame(
+        {
+            c.name: (
+                rows[c.name].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+                if c.kind == "timestamp"
+                else rows[c.name].astype("object").where(rows[c.name].notna(), None)
+            )
+            for c in contract.PAYMENTS.columns
+        }
+    )
+    out["decided_at"] = contract.utc(decided_at, out.index).dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return out
 
 
 def _rules():

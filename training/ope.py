@@ -99,3 +99,29 @@ def all_estimates(
         "ess": effective_sample_size(w),
         "n": len(w),
     }
+
+
+def arm_uplift(
+    reward: np.ndarray,
+    arm: np.ndarray,
+    propensity: np.ndarray,
+    q: dict[str, np.ndarray],
+    control: str = "none",
+) -> dict[str, Estimate]:
+    """Each arm's average effect over ``control`` (doubly robust, AIPW), with its interval.
+
+    ``q[a]`` is a reward model's prediction for every row had it taken arm ``a``;
+    ``propensity`` the probability of each row's own arm. Arms without a reward model are
+    left out.
+    """
+    reward, arm = np.asarray(reward, float), np.asarray(arm, dtype=object)
+    p = np.asarray(propensity, float)
+    if np.any(p <= 0) or np.any(p > 1):
+        raise ValueError("propensities must be in (0, 1]")
+
+    def potential(a: str) -> np.ndarray:
+        took = (arm == a).astype(float)
+        return q[a] + took * (reward - q[a]) / p
+
+    base = potential(control)
+    return {a: _estimate(potential(a) - base) for a in q if a != control}

@@ -8,7 +8,14 @@
    the learned policy's value against the logging policy, with intervals and effective sample
    size; per-account uplift as one table.
 5. Log plots, register the policy as ``reclaim-policy`` and move the ``champion`` alias only
-   when its DR value beats the current champion's on the same test data.
+   when its DR value beats both the logging policy's and the current champion's on the same
+   test data.
+
+Without a randomized log (a platform's own export: no ``decisions`` table) the message each
+decision got is read from the messages table and its probability estimated from the history
+(``models.propensity``); the run says what that means for trusting its numbers
+(:attr:`TrainResult.caveats`, ``caveats.json``). Either way a channel is used only where its
+uplift, measured on later training data, is above zero with 95% confidence.
 """
 
 from __future__ import annotations
@@ -29,13 +36,19 @@ import pandas as pd
 from reclaim import contract
 from reclaim.features.accounts import AccountHistory
 from reclaim.features.decisions import decision_features, log_amount
-from reclaim.models.channel import ChannelUpliftModel
+from reclaim.intervals import interval
+from reclaim.models.channel import CONTROL, ChannelUpliftModel
 from reclaim.models.policy import CHANNELS, LearnedPolicy
+from reclaim.models.propensity import ArmPropensityModel, overlap
 from reclaim.models.retry import RetryTimeModel
+from reclaim.policy import DecisionBatch
+from reclaim.rules import NetworkRules, enforce
 from reclaim.training import metrics, ope, plots
 from reclaim.training.data import (
+    ChannelRows,
     DecisionData,
     channel_rows,
+    randomized,
     retry_rows,
     time_split,
 )
@@ -46,6 +59,19 @@ MODEL_NAME = "reclaim-policy"
 CHAMPION = "champion"
 POLICY_CODE = Path(__file__).with_name("mlflow_policy.py")
 SIMULATION_MANIFEST = "simulation.json"
+
+
+#: The stages ``train`` reports through ``on_stage``, in order (for progress bars).
+STAGES = (
+    "reading tables",
+    "building decision rows",
+    "… message propensities",
+    "fitting the retry-time model",
+    "measuring each channel's uplift",
+    "fitting the channel model",
+    "evaluating on the later split",
+    "logging to MLflow",
+)
 
 
 @dataclass
@@ -72,6 +98,7 @@ class TrainResult:
     reason: str
     policy: LearnedPolicy
     per_account: pd.DataFrame = field(repr=False)
+    caveats: list[str] = field(default_factory=list)
 
 
 def data_digest(folder: Path) -> str:
@@ -95,35 +122,37 @@ def continuation_factor(model: RetryTimeModel, x: pd.DataFrame) -> float:
 
 
 def first_message_ope(
-    policy: LearnedPolicy,
+    policy: Any,
     data: DecisionData,
     tables: contract.ContractTables,
     channel_model: ChannelUpliftModel,
     clip: float | None = None,
+    rows: ChannelRows | None = None,
 ) -> tuple[dict[str, Any], pd.DataFrame]:
-    """Off-policy value of the learned policy's message choice at the first failure.
+    """Off-policy value of a policy's message choice at the first failure.
 
-    Estimand: the recovery rate if the learned policy picks the first decision's message and
-    the logging policy does everything else. Reward: recovered within the window (0/1). The
+    Estimand: the recovery rate if ``policy`` picks the first decision's message and the
+    logging policy does everything else. Reward: recovered within the window (0/1). The
     reward model of the DR estimator is the channel model's per-arm outcome predictions.
+    ``rows`` are the logged decisions with their propensities (default: read from the
+    ``decisions`` table of ``tables``; an export without one passes estimated propensities).
     Returns the estimates and the per-decision terms (for per-account tables).
     """
-    logged_rows = channel_rows(tables, data)
+    logged_rows = rows if rows is not None else channel_rows(tables, data)
     first = data.keys["decision_number"].to_numpy()[logged_rows.decision] == 0
-    rows = logged_rows.decision[first]
-    batch = data.batch.take(rows)
+    decisions = logged_rows.decision[first]
+    batch = data.batch.take(decisions)
     feats = logged_rows.features[first].reset_index(drop=True)
     y0 = logged_rows.recovered[first].astype(float)
     logged0 = logged_rows.propensity[first]
     options = ["none", *CHANNELS]
     col = pd.Categorical(logged_rows.arm[first], categories=options).codes
-    # The target probabilities are the policy's own, on the features it would compute.
-    own = decision_features(batch, policy.accounts, policy.network_rules)
-    probs = policy.channel_probabilities(batch, own)
-    target = probs[np.arange(len(rows)), col]
+    probs = message_probabilities(policy, batch)
+    target = probs[np.arange(len(decisions)), col]
     q = channel_model.predict_outcomes(feats[list(channel_model.feature_names_in_)])
-    q = q.reindex(columns=options, fill_value=0.0).to_numpy()
-    q_logged = q[np.arange(len(rows)), col]
+    # an arm the reward model never saw is predicted like no message
+    q = q.reindex(columns=options).apply(lambda c: c.fillna(q[CONTROL])).to_numpy()
+    q_logged = q[np.arange(len(decisions)), col]
     q_target = (probs * q).sum(axis=1)
     estimates = ope.all_estimates(y0, logged0, target, q_logged, q_target, clip)
     w = ope.importance_weights(target, logged0, clip)
@@ -131,6 +160,7 @@ def first_message_ope(
         {
             "payment_id": batch.payments["payment_id"].to_numpy(),
             "account_id": batch.payments["account_id"].to_numpy(),
+            "currency": batch.payments["currency"].astype("object").to_numpy(),
             "amount": np.expm1(log_amount(batch.payments)),
             "logged": y0,
             "dr": q_target + w * (y0 - q_logged),
@@ -139,26 +169,120 @@ def first_message_ope(
     return estimates, terms
 
 
+def message_probabilities(policy: Any, batch: DecisionBatch) -> np.ndarray:
+    """(n, 4): the probability ``policy`` gives each message option (none, email, sms,
+    in_app) at these decisions — the learned policy's own, with exploration; any other
+    policy's chosen option, as the rules leave it, with probability 1."""
+    if isinstance(policy, LearnedPolicy):
+        own = decision_features(batch, policy.accounts, policy.network_rules)
+        return policy.channel_probabilities(batch, own)
+    actions = enforce(batch, policy.act(batch, np.random.default_rng(0)), NetworkRules())
+    options = ["none", *CHANNELS]
+    chosen = pd.Categorical(actions.channel.astype("object").fillna("none"), categories=options)
+    probs = np.zeros((len(batch), len(options)))
+    probs[np.arange(len(batch)), chosen.codes] = 1.0
+    return probs
+
+
 def per_account_uplift(terms: pd.DataFrame) -> pd.DataFrame:
-    """Per connected account: decisions, the logging policy's recovery rate, the learned
-    policy's DR estimate, and the recovered-revenue uplift they imply (major units)."""
+    """Per connected account and currency: decisions, the logging policy's recovery rate, the
+    learned policy's DR estimate of it (within [0, 1], as is its interval), and the
+    recovered-revenue uplift they imply, in the currency's major units — never summed across
+    currencies."""
     g = terms.assign(
         rev_logged=terms["logged"] * terms["amount"], rev_dr=terms["dr"] * terms["amount"]
-    ).groupby("account_id")
+    ).groupby(["account_id", "currency"])
+    rate = g["dr"].mean()
+    se = (g["dr"].std(ddof=1) / np.sqrt(g.size())).fillna(np.inf)
     out = pd.DataFrame(
         {
             "decisions": g.size(),
             "logged_recovery_rate": g["logged"].mean(),
-            "policy_recovery_rate_dr": g["dr"].mean(),
+            "policy_recovery_rate_dr": rate.clip(0.0, 1.0),
+            "policy_recovery_rate_lo": (rate - ope.Z95 * se).clip(0.0, 1.0),
+            "policy_recovery_rate_hi": (rate + ope.Z95 * se).clip(0.0, 1.0),
             "revenue_logged": g["rev_logged"].sum(),
-            "revenue_policy_dr": g["rev_dr"].sum(),
         }
     )
+    # revenue at the rate within [0, 1]: a DR mean outside it is noise, not money
+    out["revenue_policy_dr"] = out["policy_recovery_rate_dr"] * g["amount"].sum()
     out["revenue_uplift"] = out["revenue_policy_dr"] - out["revenue_logged"]
-    se = g["dr"].std(ddof=1) / np.sqrt(g.size())
-    out["uplift_rate_lo"] = out["policy_recovery_rate_dr"] - 1.96 * se - out["logged_recovery_rate"]
-    out["uplift_rate_hi"] = out["policy_recovery_rate_dr"] + 1.96 * se - out["logged_recovery_rate"]
+    out["uplift_rate_lo"] = out["policy_recovery_rate_lo"] - out["logged_recovery_rate"]
+    out["uplift_rate_hi"] = out["policy_recovery_rate_hi"] - out["logged_recovery_rate"]
     return out.reset_index().sort_values("decisions", ascending=False)
+
+
+def revenue_uplift_by_currency(per_account: pd.DataFrame) -> dict[str, float]:
+    """Total DR revenue uplift per currency (major units), as ``revenue_uplift_dr_<cur>``."""
+    totals = per_account.groupby("currency")["revenue_uplift"].sum()
+    return {f"revenue_uplift_dr_{cur}": float(v) for cur, v in totals.items()}
+
+
+def observed_propensities(
+    train_rows: ChannelRows, test_rows: ChannelRows, tables: contract.ContractTables
+) -> tuple[ChannelRows, ChannelRows, list[str], dict[str, Any]]:
+    """Propensities for an export without a randomized log, estimated on the training rows
+    (``models.propensity``) and applied to both; with the caveats they carry and the test
+    rows' overlap report. Rows from a randomized log pass through unchanged."""
+    if randomized(tables):
+        return train_rows, test_rows, [], overlap(test_rows.propensity, test_rows.arm)
+    model = ArmPropensityModel().fit(train_rows.features, train_rows.arm)
+    train_rows = train_rows.with_propensity(model.logged(train_rows.features, train_rows.arm))
+    test_rows = test_rows.with_propensity(model.logged(test_rows.features, test_rows.arm))
+    report = overlap(test_rows.propensity, test_rows.arm)
+    caveats = [
+        "no randomized log (no decisions table): message propensities were estimated from the "
+        "history; the channel uplift and the off-policy values assume the export's features "
+        "explain who got which message (no hidden confounding), so treat them as indicative",
+        f"overlap: {report['share_below_floor']:.1%} of later decisions had an estimated "
+        f"probability below {report['floor']:.2f} for the message they got; smallest per arm "
+        + ", ".join(f"{a} {p:.3f}" for a, p in report["min_propensity_per_arm"].items()),
+    ]
+    rare = [a for a, n in report["rows_per_arm"].items() if n < 100]
+    if rare:
+        caveats.append(f"arms with under 100 later decisions (their values are noise): {rare}")
+    return train_rows, test_rows, caveats, report
+
+
+def measured_uplift(
+    rows: ChannelRows, config: TrainConfig, payment_ids: pd.Series, folds: int = 2
+) -> dict[str, ope.Estimate]:
+    """Each channel's average uplift over no message on the training decisions, doubly robust
+    with cross-fitting (each payment's outcome predicted by a channel model fit on the other
+    folds' payments), with its 95% interval: what the policy's message margin is built from.
+    ``payment_ids``: the payment of each decision of the rows' ``DecisionData``."""
+    payment = pd.factorize(payment_ids.astype("object").to_numpy()[rows.decision])[0]
+    fold = payment % folds
+    arms = sorted(set(rows.arm.tolist()))
+    q = {a: np.zeros(len(rows.arm)) for a in arms}
+    for k in range(folds):
+        fit, out = rows.take(np.flatnonzero(fold != k)), np.flatnonzero(fold == k)
+        model = ChannelUpliftModel(num_boost_round=config.channel_rounds).fit(
+            fit.features, fit.arm, fit.recovered, fit.propensity
+        )
+        pred = model.predict_outcomes(rows.features.iloc[out])
+        for a in arms:  # an arm the fold never saw is predicted like no message
+            q[a][out] = (pred[a] if a in pred.columns else pred[CONTROL]).to_numpy()
+    return ope.arm_uplift(rows.recovered, rows.arm.to_numpy(), rows.propensity, q, CONTROL)
+
+
+def channel_margin(uplift: dict[str, ope.Estimate]) -> dict[str, float]:
+    """Per channel, what the policy takes off the predicted uplift: the half-width of the
+    measured uplift's interval, or ``inf`` (never used) when its lower bound is not above 0."""
+    margin = {ch: float("inf") for ch in CHANNELS}
+    for ch, e in uplift.items():
+        if ch in margin and np.isfinite(e.lo) and e.lo > 0:
+            margin[ch] = float(e.value - e.lo)
+    return margin
+
+
+def _pts(e: ope.Estimate) -> str:
+    return interval(e.value, e.lo, e.hi, pts=True)
+
+
+def _run_name(data_dir: Path, observational: bool, cutoff: pd.Timestamp) -> str:
+    kind = "observational" if observational else "randomized"
+    return f"train {Path(data_dir).name} ({kind}, test from {cutoff:%Y-%m-%d})"
 
 
 def train(
@@ -166,8 +290,13 @@ def train(
     tracking_uri: str,
     config: TrainConfig | None = None,
     on_stage: Callable[[str], None] | None = None,
+    artifact_uri: str | None = None,
 ) -> TrainResult:
-    """Train, evaluate and register a policy from the contract tables in ``data_dir``."""
+    """Train, evaluate and register a policy from the contract tables in ``data_dir``.
+
+    ``artifact_uri`` is where a new experiment keeps its artifacts (default: the tracking
+    store's own choice); ``on_stage`` is told each stage's name as it starts.
+    """
     import mlflow
     from mlflow import MlflowClient
 
@@ -177,6 +306,7 @@ def train(
     tables = contract.read_tables(data_dir)
     digest = data_digest(Path(data_dir))
     split = time_split(tables, config.test_share)
+    observational = not randomized(tables)
     all_accounts = AccountHistory.from_tables(tables.payments, tables.attempts)
     train_accounts = AccountHistory.from_tables(split.train.payments, split.train.attempts)
 
@@ -184,15 +314,31 @@ def train(
     train_data = DecisionData.build(split.train, train_accounts)
     test_data = DecisionData.build(split.test, all_accounts)
     x_retry, y_retry, _ = retry_rows(split.train, train_data)
-    x_chan, arm, y_chan, p_chan, _ = channel_rows(split.train, train_data)
+    train_rows = channel_rows(split.train, train_data)
+    test_rows = channel_rows(split.test, test_data)
+    stage("estimating message propensities" if observational else "reading message propensities")
+    train_rows, test_rows, caveats, overlap_report = observed_propensities(
+        train_rows, test_rows, tables
+    )
 
     stage("fitting the retry-time model")
     retry_model = RetryTimeModel(
         num_boost_round=config.retry_rounds, calibration_share=config.calibration_share
     ).fit(x_retry, y_retry)
+    stage("measuring each channel's uplift")
+    uplift = measured_uplift(train_rows, config, train_data.keys["payment_id"])
+    margin = channel_margin(uplift)
+    closed = [ch for ch in CHANNELS if not np.isfinite(margin[ch])]
+    if closed:
+        caveats.append(
+            "channels whose measured uplift is not above zero are not used: "
+            + ", ".join(
+                f"{ch} ({_pts(uplift[ch]) if ch in uplift else 'never sent'})" for ch in closed
+            )
+        )
     stage("fitting the channel model")
     channel_model = ChannelUpliftModel(num_boost_round=config.channel_rounds).fit(
-        x_chan, arm, y_chan, p_chan
+        train_rows.features, train_rows.arm, train_rows.recovered, train_rows.propensity
     )
     policy = LearnedPolicy(
         retry_model,
@@ -200,6 +346,7 @@ def train(
         all_accounts,
         exploration=config.exploration,
         continuation=continuation_factor(retry_model, x_retry),
+        channel_margin=margin,
     )
 
     stage("evaluating on the later split")
@@ -208,116 +355,191 @@ def train(
     results: dict[str, float] = {
         f"retry_{k}": v for k, v in metrics.classifier_metrics(y_test, p_test).items()
     }
-    xc, arm_t, yc, pc, _ = channel_rows(split.test, test_data)
-    uplift = channel_model.predict(xc[list(channel_model.feature_names_in_)])
+    for ch, e in uplift.items():
+        results.update({f"uplift_{ch}": e.value, f"uplift_{ch}_lo": e.lo, f"uplift_{ch}_hi": e.hi})
     qini_curves = {}
-    arm_t = arm_t.to_numpy()
-    for ch in uplift.columns:
-        rows = np.isin(arm_t, [ch, "none"])
-        treated = (arm_t[rows] == ch).astype(int)
-        w = 1.0 / pc[rows]
-        q = metrics.qini_metrics(uplift[ch].to_numpy()[rows], treated, yc[rows], w)
-        results[f"channel_{ch}_qini"] = q["qini"]
-        results[f"channel_{ch}_auuc"] = q["auuc"]
-        qini_curves[ch] = metrics.qini_curve(uplift[ch].to_numpy()[rows], treated, yc[rows], w)
+    if len(channel_model.arms_) > 1:
+        uplift_test = channel_model.predict(
+            test_rows.features[list(channel_model.feature_names_in_)]
+        )
+        arm_t, yc, pc = test_rows.arm.to_numpy(), test_rows.recovered, test_rows.propensity
+        for ch in uplift_test.columns:
+            rows = np.isin(arm_t, [ch, "none"])
+            treated = (arm_t[rows] == ch).astype(int)
+            w = 1.0 / pc[rows]
+            score = uplift_test[ch].to_numpy()[rows]
+            q = metrics.qini_metrics(score, treated, yc[rows], w)
+            results[f"channel_{ch}_qini"] = q["qini"]
+            results[f"channel_{ch}_auuc"] = q["auuc"]
+            qini_curves[ch] = metrics.qini_curve(score, treated, yc[rows], w)
 
     estimates, terms = first_message_ope(
-        policy, test_data, split.test, channel_model, config.weight_clip
+        policy, test_data, split.test, channel_model, config.weight_clip, test_rows
     )
     for name in ("ips", "snips", "dr", "logging"):
         e = estimates[name]
         results.update({f"ope_{name}": e.value, f"ope_{name}_lo": e.lo, f"ope_{name}_hi": e.hi})
     results["ope_ess"] = estimates["ess"]
     results["ope_decisions"] = estimates["n"]
+    if estimates["ips"].value > 1 or estimates["ips"].lo > 1:
+        caveats.append(
+            f"the IPS estimate {estimates['ips'].value:.3f} is above 1, which no recovery rate "
+            "can be: the logged propensities do not describe how messages were chosen (is the "
+            "sender, or anything else, randomized too?)"
+        )
     per_account = per_account_uplift(terms)
     results["accounts_with_positive_uplift_share"] = float(
         (per_account["revenue_uplift"] > 0).mean()
     )
-    results["revenue_uplift_total_dr"] = float(per_account["revenue_uplift"].sum())
+    results.update(revenue_uplift_by_currency(per_account))
     results["continuation"] = policy.continuation
+    results["overlap_share_below_floor"] = overlap_report["share_below_floor"]
 
     stage("logging to MLflow")
     mlflow.set_tracking_uri(tracking_uri)
+    if artifact_uri and mlflow.get_experiment_by_name(config.experiment) is None:
+        mlflow.create_experiment(config.experiment, artifact_location=artifact_uri)
     mlflow.set_experiment(config.experiment)
     manifest = Path(data_dir) / SIMULATION_MANIFEST
-    with mlflow.start_run() as run, tempfile.TemporaryDirectory() as tmp:
+    description = (
+        f"Retry-time and channel models trained on {len(split.train.payments):,} payments of "
+        f"{data_dir} before {split.cutoff:%Y-%m-%d %H:%M} UTC and evaluated on the "
+        f"{len(split.test.payments):,} after. "
+        + ("Randomized log." if not observational else "Observational export. ")
+        + (" Caveats: " + "; ".join(caveats) if caveats else "")
+    )
+    run_name = _run_name(Path(data_dir), observational, split.cutoff)
+    with (
+        mlflow.start_run(run_name=run_name, description=description) as run,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
         mlflow.log_params(
             {
                 **asdict(config),
                 "data_digest": digest,
                 "data_dir": str(data_dir),
+                "data_kind": "observational" if observational else "randomized",
                 "cutoff": str(split.cutoff),
                 "train_payments": len(split.train.payments),
                 "test_payments": len(split.test.payments),
                 "retry_rows": len(x_retry),
                 "retry_calibration": retry_model.calibration_method_,
+                "channels_closed": ",".join(closed) or "none",
             }
         )
         if manifest.exists():
             mlflow.log_params({f"sim_{k}": v for k, v in json.loads(manifest.read_text()).items()})
-        mlflow.log_metrics(results)
+        mlflow.log_metrics({k: float(v) for k, v in results.items() if np.isfinite(v)})
         mlflow.log_table(per_account, "per_account_uplift.json")
+        mlflow.log_dict({"caveats": caveats, "overlap": overlap_report}, "caveats.json")
         figures = {
             "calibration.png": plots.calibration_curve(metrics.calibration_table(y_test, p_test)),
-            "qini.png": plots.qini_curves(qini_curves),
             "recovery_by_day.png": plots.recovery_by_day(split.test),
         }
+        if qini_curves:
+            figures["qini.png"] = plots.qini_curves(qini_curves)
         for name, fig in figures.items():
             mlflow.log_figure(fig, name)
         policy_path = Path(tmp) / "policy.pkl"
         policy_path.write_bytes(pickle.dumps(policy))
+        example, signature = _signature(split.test.payments)
         info = mlflow.pyfunc.log_model(
             name="policy",
             python_model=str(POLICY_CODE),
             artifacts={"policy": str(policy_path)},
             registered_model_name=MODEL_NAME,
+            signature=signature,
+            input_example=example,
         )
         version = str(info.registered_model_version)
         promoted, reason = _maybe_promote(
             MlflowClient(),
             version,
             results,
-            policy,
             test_data,
             split.test,
             channel_model,
             config.weight_clip,
+            test_rows,
         )
-        mlflow.set_tags({"champion_decision": reason, "promoted": str(promoted)})
-        return TrainResult(run.info.run_id, version, results, promoted, reason, policy, per_account)
+        mlflow.set_tags(
+            {"champion_decision": reason, "promoted": str(promoted), "caveats": len(caveats)}
+        )
+        return TrainResult(
+            run.info.run_id, version, results, promoted, reason, policy, per_account, caveats
+        )
+
+
+def _signature(payments: pd.DataFrame) -> tuple[pd.DataFrame, Any]:
+    """The pyfunc model's input example — five payments and their decision times, with times
+    as ISO 8601 text (what a JSON caller sends) — and its signature, written from the data
+    contract: the payment columns (required unless the contract lets them be null) and
+    ``decided_at``; out, one action per row."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    from reclaim.training.mlflow_policy import model_input  # models-from-code: load late
+
+    kinds = {"str": "string", "category": "string", "int": "long", "float": "double"}
+    kinds |= {"bool": "boolean", "timestamp": "string"}
+    inputs = [
+        ColSpec(kinds[c.kind], c.name, required=not c.nullable) for c in contract.PAYMENTS.columns
+    ]
+    inputs.append(ColSpec("string", "decided_at"))
+    outputs = [
+        ColSpec("string", "payment_id"),
+        ColSpec("datetime", "retry_at", required=False),
+        ColSpec("string", "channel", required=False),
+        ColSpec("string", "sender", required=False),
+        ColSpec("double", "propensity"),
+        ColSpec("string", "reason"),
+    ]
+    rows = payments.head(5)
+    example = model_input(rows, rows["failed_at"])
+    return example, ModelSignature(Schema(inputs), Schema(outputs))
 
 
 def _maybe_promote(
     client: Any,
     version: str,
     results: dict[str, float],
-    policy: LearnedPolicy,
     test_data: DecisionData,
     tables: contract.ContractTables,
     channel_model: ChannelUpliftModel,
     clip: float | None,
+    rows: ChannelRows,
 ) -> tuple[bool, str]:
-    """Move ``champion`` to ``version`` if its DR value beats the champion's on this test data."""
+    """Move ``champion`` to ``version`` only if its DR value beats both the logging policy's
+    value and the current champion's, on this run's test data."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    ours, logging_value = results["ope_dr"], results["ope_logging"]
+    if not ours > logging_value:
+        return False, (
+            f"version {version} DR {ours:.4f} does not beat the logging policy's "
+            f"{logging_value:.4f} on this run's test data: not promoted"
+        )
     try:
         current = client.get_model_version_by_alias(MODEL_NAME, CHAMPION)
     except MlflowException:
         current = None
-    ours = results["ope_dr"]
     if current is None:
         client.set_registered_model_alias(MODEL_NAME, CHAMPION, version)
-        return True, f"no champion yet: version {version} becomes champion (DR {ours:.4f})"
+        return True, (
+            f"no champion yet: version {version} becomes champion (DR {ours:.4f} beats the "
+            f"logging policy's {logging_value:.4f})"
+        )
     champion = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@{CHAMPION}")
     theirs_policy = champion.unwrap_python_model().policy
-    theirs, _ = first_message_ope(theirs_policy, test_data, tables, channel_model, clip)
+    theirs, _ = first_message_ope(theirs_policy, test_data, tables, channel_model, clip, rows)
     theirs_value = theirs["dr"].value
     if ours > theirs_value:
         client.set_registered_model_alias(MODEL_NAME, CHAMPION, version)
         return True, (
             f"version {version} DR {ours:.4f} beats champion v{current.version} "
-            f"DR {theirs_value:.4f} on this run's test data: promoted"
+            f"DR {theirs_value:.4f} and the logging policy's {logging_value:.4f} on this "
+            "run's test data: promoted"
         )
     return False, (
         f"version {version} DR {ours:.4f} does not beat champion v{current.version} "

@@ -17,6 +17,7 @@ from reclaim.rules import NetworkRules, enforce
 from reclaim.simulator import fresh_payments
 from reclaim.training import pipeline
 from reclaim.training.data import DecisionData, channel_rows, retry_rows, time_split
+from reclaim.training.mlflow_policy import model_input
 from reclaim.training.pipeline import MODEL_NAME, TrainConfig, train
 
 
@@ -115,9 +116,11 @@ def test_policy_survives_an_mlflow_round_trip(trained) -> None:
     mlflow.set_tracking_uri(trained.tracking_uri)
     loaded = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/1")
     fresh = fresh_payments(trained.market, 300, seed=9).payments
-    model_input = fresh.assign(decided_at=fresh["failed_at"])
-    out = loaded.predict(model_input)
-    again = loaded.predict(model_input)
+    # whole seconds: the signature's ISO text carries no fractions
+    fresh["failed_at"] = fresh["failed_at"].dt.floor("s")
+    rows = model_input(fresh, fresh["failed_at"])
+    out = loaded.predict(rows)
+    again = loaded.predict(rows)
     pd.testing.assert_frame_equal(out, again)
 
     policy = trained.result.policy
