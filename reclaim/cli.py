@@ -29,13 +29,20 @@ app = typer.Typer(
     help="Reclaim: recover failed payments on Stripe Connect marketplaces.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
+    # help is plain text: "[default: …]" in an option's help is shown, not read as markup
+    rich_markup_mode=None,
 )
 # Tables are wide; when output is not a terminal (CI logs, pipes) do not fold them to 80 columns.
 console = Console(width=None if Console().is_terminal else 160)
 
 
 @app.callback()
-def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+def main(
+    verbose: Annotated[
+        bool,
+        typer.Option("--verbose", "-v", help="Log debug messages."),
+    ] = False,
+) -> None:
     """Reclaim's commands. Settings come from RECLAIM_* environment variables or .env."""
     level = logging.DEBUG if verbose else getattr(logging, get_settings().log_level.upper())
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
@@ -387,8 +394,8 @@ def _evaluate_on_data(
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
-    workers: Annotated[int, typer.Option(min=1)] = 1,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
 ) -> None:
     """Run the scoring API under uvicorn (settings from RECLAIM_* variables or .env)."""
     import uvicorn
@@ -581,7 +588,9 @@ def report(
     currency: Annotated[str | None, typer.Option(help="The report currency.")] = None,
     html: Annotated[Path | None, typer.Option(help="Write the HTML report here.")] = None,
     mlflow: Annotated[bool, typer.Option(help="Log the report to MLflow.")] = True,
-    tracking_uri: Annotated[str | None, typer.Option()] = None,
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="MLflow tracking URI. Default: RECLAIM_MLFLOW_TRACKING_URI.")
+    ] = None,
 ) -> None:
     """An experiment's report: recovery and recovered revenue per arm with 95% intervals,
     CUPED, per-account uplift, breakdowns, guardrails and attribution."""
@@ -692,14 +701,32 @@ def ingest_stripe(
 
 
 @app.command()
-def validate(folder: Annotated[Path, typer.Argument(help="Folder of contract tables.")]) -> None:
-    """Check a folder of contract tables (for example a platform's own export)."""
+def validate(
+    folder: Annotated[
+        Path, typer.Argument(help="Folder of contract tables: <table>.parquet or <table>.csv.")
+    ],
+) -> None:
+    """Check a folder of contract tables (for example a platform's own export): every problem
+    at once, with counts and example rows; then what is valid but looks wrong."""
     try:
         tables = contract.read_tables(folder)
     except contract.ContractError as exc:
-        console.print(f"[red]invalid:[/red] {exc}", markup=True, highlight=False)
+        problems = getattr(exc, "problems", [exc])
+        console.print(
+            f"[red]invalid:[/red] {len(problems)} problem{'s' if len(problems) != 1 else ''}"
+        )
+        for p in problems:
+            console.print(f"- {p}", markup=False, highlight=False)
         raise typer.Exit(code=1) from exc
     console.print(
         f"valid: {len(tables.payments):,} payments, {len(tables.attempts):,} attempts, "
         f"{len(tables.messages):,} messages, {len(tables.decisions):,} decisions"
     )
+    if tables.decisions.empty:
+        console.print(
+            "note: no decisions table (no randomized log): `reclaim train` estimates message "
+            "propensities from the history and says what that means for its numbers",
+            markup=False,
+        )
+    for warning in tables.warnings:
+        console.print(f"warning: {warning}", markup=False, highlight=False)

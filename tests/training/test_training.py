@@ -15,7 +15,6 @@ from reclaim.models.retry import RetryTimeModel
 from reclaim.policy import DecisionBatch
 from reclaim.rules import NetworkRules, enforce
 from reclaim.simulator import fresh_payments
-from reclaim.training import pipeline
 from reclaim.training.data import DecisionData, channel_rows, retry_rows, time_split
 from reclaim.training.mlflow_policy import model_input
 from reclaim.training.pipeline import MODEL_NAME, TrainConfig, train
@@ -101,7 +100,11 @@ def test_run_records_params_metrics_plots_table_and_model(trained) -> None:
     } <= artifacts
     mlflow.set_tracking_uri(trained.tracking_uri)
     table = mlflow.load_table("per_account_uplift.json", run_ids=[run.info.run_id])
-    assert {"account_id", "revenue_uplift", "uplift_rate_lo"} <= set(table.columns)
+    assert {"account_id", "currency", "revenue_uplift", "uplift_rate_lo"} <= set(table.columns)
+    assert "revenue_uplift_total_dr" not in run.data.metrics  # never summed across currencies
+    assert run.info.run_name.startswith("train sim (randomized")
+    model = mlflow.models.get_model_info(f"models:/{MODEL_NAME}/1")
+    assert model.signature is not None and "failed_at" in model.signature.inputs.input_names()
     assert str(client.get_model_version_by_alias(MODEL_NAME, "champion").version) == "1"
     assert run.data.tags["promoted"] == "True"
 
@@ -152,16 +155,6 @@ def test_champion_moves_only_when_the_new_policy_is_better(trained, tmp_path) ->
     client = MlflowClient(trained.tracking_uri)
     assert str(client.get_model_version_by_alias(MODEL_NAME, "champion").version) == "1"
     assert client.get_run(worse.run_id).data.tags["champion_decision"] == worse.reason
-
-
-def test_training_without_decision_logs_says_what_is_missing(trained, tmp_path) -> None:
-    tables = contract.read_tables(trained.data_dir)
-    folder = tmp_path / "nodecisions"
-    contract.write_tables(
-        {**tables.as_dict(), "decisions": contract.empty(contract.DECISIONS)}, folder
-    )
-    with pytest.raises(ValueError, match="decisions.parquet is empty"):
-        pipeline.train(folder, f"sqlite:///{tmp_path / 'x.db'}")
 
 
 def test_policy_explains_its_retries_and_honours_sender_overrides(trained) -> None:

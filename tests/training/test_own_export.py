@@ -1,0 +1,153 @@
+"""A platform's own export — CSV, no randomized log, no propensities — validated, trained on
+and evaluated through the command line, with the caveats such data needs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from reclaim import contract
+from reclaim.cli import app
+from reclaim.reference import RandomizedLogging
+from reclaim.settings import get_settings
+from reclaim.simulator import generate, rollout
+from reclaim.training.pipeline import _maybe_promote, per_account_uplift, revenue_uplift_by_currency
+
+runner = CliRunner()
+
+
+def _csv(tables: contract.ContractTables, folder: Path) -> None:
+    """Write the tables as a platform would export them: CSV, times as ISO 8601 text, no
+    decisions table, no logging policy or propensities."""
+    folder.mkdir(parents=True)
+    for table in (contract.PAYMENTS, contract.ATTEMPTS, contract.MESSAGES):
+        df = getattr(tables, table.name).copy()
+        if "propensity" in df:
+            df["propensity"], df["policy"] = np.nan, None
+        for c in table.columns:
+            if c.kind == "timestamp":
+                df[c.name] = df[c.name].dt.strftime("%Y-%m-%dT%H:%M:%S.%f%z")
+        df.to_csv(folder / f"{table.name}.csv", index=False)
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory) -> Path:
+    market = generate(25, 8_000, seed=21)
+    folder = tmp_path_factory.mktemp("own") / "export"
+    _csv(rollout(market, RandomizedLogging(), seed=21).tables, folder)
+    return folder
+
+
+def test_validate_train_and_evaluate_an_export_without_a_randomized_log(
+    export, tmp_path, monkeypatch
+):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("RECLAIM_MLFLOW_ARTIFACT_URI", str(tmp_path / "artifacts"))
+    get_settings.cache_clear()  # the settings are read once per process
+
+    valid = runner.invoke(app, ["validate", str(export)])
+    assert valid.exit_code == 0, valid.output
+    assert "valid: 8,000 payments" in valid.output and "no decisions table" in valid.output
+
+    trained = runner.invoke(
+        app, ["train", "--data", str(export), "--tracking-uri", uri, "--experiment", "own"]
+    )
+    get_settings.cache_clear()
+    assert trained.exit_code == 0, trained.output
+    text = " ".join(trained.output.split())
+    assert "caveat: no randomized log" in text and "propensities were estimated" in text
+    assert "caveat: overlap:" in text
+    assert "first-message value, dr" in text and "(95% CI" in text
+    assert "champion:" in text
+    assert any((tmp_path / "artifacts").rglob("MLmodel")), "artifacts where the setting says"
+
+    evaluated = runner.invoke(
+        app, ["evaluate", "--data", str(export), "--tracking-uri", uri, "--model",
+              "models:/reclaim-policy/1"],
+    )  # fmt: skip
+    assert evaluated.exit_code == 0, evaluated.output
+    text = " ".join(evaluated.output.split())
+    for name in ("no_retry", "stripe_like", "rules", "vs logging"):
+        assert name in text
+    assert "pts (95% CI" in text and "caveat: no randomized log" in text
+
+    refused = runner.invoke(
+        app, ["evaluate", "--data", str(export), "--tracking-uri", uri, "--model",
+              "models:/reclaim-policy/1", "--min-ess", "1000000"],
+    )  # fmt: skip
+    assert refused.exit_code == 0, refused.output
+    assert " ".join(refused.output.split()).count("refused: effective sample") == 5
+
+
+def test_every_problem_of_a_bad_export_in_one_run(export, tmp_path):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    payments = pd.read_csv(export / "payments.csv", dtype=str)
+    payments.loc[3, "charge_model"] = "on_behalf"  # not a charge model
+    payments.to_csv(folder / "payments.csv", index=False)
+    attempts = pd.read_csv(export / "attempts.csv", dtype=str)
+    attempts["attempted_at"] = attempts["attempted_at"].str.slice(0, 19)  # offset dropped
+    attempts.to_csv(folder / "attempts.csv", index=False)
+    pd.read_csv(export / "messages.csv", dtype=str).drop(columns=["sender"]).to_csv(
+        folder / "messages.csv", index=False
+    )
+    out = runner.invoke(app, ["validate", str(folder)])
+    text = " ".join(out.output.split())
+    assert out.exit_code == 1
+    assert "invalid: 3 problems" in text
+    assert "payments.csv, column 'charge_model': unknown value(s) ['on_behalf']" in text
+    assert "attempts.csv, column 'attempted_at'" in text and "with an offset" in text
+    assert "2026-" in text.split("attempted_at")[2][:200], "example rows are shown"
+    assert "messages.csv, column 'sender': missing column" in text
+
+
+def test_major_units_and_unknown_decline_codes_are_warned_about(export, tmp_path):
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    payments = pd.read_csv(export / "payments.csv", dtype={"amount": float})
+    usd = payments["currency"] == "usd"
+    for col in ("amount", "application_fee_amount"):  # $49 as 49.0
+        payments.loc[usd, col] = (payments.loc[usd, col] / 100).round()
+    payments.loc[usd, "amount"] = payments.loc[usd, "amount"].clip(lower=1)
+    payments.loc[:9, "decline_code"] = "issuer_said_no"
+    payments.to_csv(folder / "payments.csv", index=False)
+    for name in ("attempts", "messages"):
+        (folder / f"{name}.csv").write_bytes((export / f"{name}.csv").read_bytes())
+    out = runner.invoke(app, ["validate", str(folder)])
+    text = " ".join(out.output.split())
+    assert out.exit_code == 0, text
+    assert "warning: payments, column 'amount': the median amount is below 100" in text
+    assert "usd (" in text and "look like major units" in text
+    assert "10 row(s) with 1 decline code(s) Reclaim does not know: issuer_said_no (10)" in text
+
+
+def test_uplift_is_never_summed_across_currencies_and_rates_stay_in_0_1():
+    terms = pd.DataFrame(
+        {
+            "payment_id": [f"p{i}" for i in range(6)],
+            "account_id": ["a", "a", "a", "b", "b", "b"],
+            "currency": ["usd", "usd", "jpy", "jpy", "jpy", "jpy"],
+            "amount": [49.0, 20.0, 5000.0, 900.0, 1200.0, 3000.0],
+            "logged": [1.0, 0.0, 1.0, 0.0, 1.0, 0.0],
+            "dr": [1.7, -0.4, 1.3, 0.2, 0.9, -0.6],  # DR terms leave [0, 1]
+        }
+    )
+    table = per_account_uplift(terms)
+    assert set(zip(table["account_id"], table["currency"], strict=True)) == {
+        ("a", "usd"), ("a", "jpy"), ("b", "jpy"),
+    }  # fmt: skip
+    for col in ("policy_recovery_rate_dr", "policy_recovery_rate_lo", "policy_recovery_rate_hi"):
+        assert table[col].between(0, 1).all(), col
+    totals = revenue_uplift_by_currency(table)
+    assert set(totals) == {"revenue_uplift_dr_usd", "revenue_uplift_dr_jpy"}
+
+
+def test_a_first_champion_must_beat_the_logging_policy():
+    promoted, reason = _maybe_promote(
+        None, "1", {"ope_dr": 0.51, "ope_logging": 0.54}, None, None, None, None, None
+    )
+    assert not promoted and "does not beat the logging policy's 0.5400" in reason
