@@ -10,6 +10,7 @@ a channel is its arm's predicted recovery minus the control arm's.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import lightgbm as lgb
@@ -113,3 +114,37 @@ class ChannelUpliftModel(BaseEstimator):
             arm: lgbm.predict_matrix(self.boosters_[arm], matrix) - control
             for arm in self.arms_[1:]
         }
+
+
+@dataclass(frozen=True)
+class ChannelCalibration:
+    """How the policy reads one channel's predicted uplift, from what was measured of it.
+
+    A T-learner's uplift is the difference of two noisy predictions; on its own it sends or
+    withholds messages on noise. Training measures, doubly robust on held-out (cross-fitted)
+    predictions, the channel's average uplift at the first decision and at later ones, and how
+    much of the model's spread around its own mean is real (``slope``: the regression of the
+    measured per-decision effects on the predicted ones, within [0, 1]). The uplift the policy
+    acts on is ``average + slope × (predicted − predicted mean)`` for the decision's stage; a
+    stage whose average is ``None`` (not above zero with 95% confidence) never gets this
+    channel.
+    """
+
+    first: float | None
+    later: float | None
+    slope: float = 0.0
+    center_first: float = 0.0
+    center_later: float = 0.0
+
+    def apply(self, uplift: np.ndarray, first: np.ndarray) -> np.ndarray:
+        """The uplift to act on per decision (``first``: the decision is the first); NaN
+        where the channel is closed at that stage."""
+        first = np.asarray(first, dtype=bool)
+        nan = float("nan")
+        base = np.where(
+            first,
+            nan if self.first is None else self.first,
+            nan if self.later is None else self.later,
+        )
+        center = np.where(first, self.center_first, self.center_later)
+        return base + self.slope * (np.asarray(uplift, dtype=float) - center)

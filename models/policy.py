@@ -10,11 +10,12 @@ For each decision it
    ``continuation``, the model-estimated effect of one more failed attempt, times *A*, less
    its cost) — so a long-shot early retry is taken only when it leaves a good later slot;
 3. retries at the best candidate if it is worth more than nothing, otherwise not at all;
-4. messages through the channel whose predicted uplift, less the channel's ``channel_margin``
-   (the half-width of its measured uplift's 95% interval; a channel whose measured uplift is
-   not above zero is closed), times the amount beats its cost — so a message goes out only
-   where the lower bound of its uplift pays for it — from the merchant of record (the
-   connected account for direct charges and ``on_behalf_of``, else the platform);
+4. messages through the channel whose uplift times the amount beats its cost, among the
+   channels the customer can receive and whose uplift measured in training at this stage
+   (first decision or later) is above zero with 95% confidence — the uplift being the
+   model's, read through what was measured of it (``channel_calibration``,
+   ``models.channel.ChannelCalibration``) — from the merchant of record (the connected
+   account for direct charges and ``on_behalf_of``, else the platform);
 5. with probability ``exploration`` replaces each part by a uniformly random allowed option,
    and returns the probability of what it chose, so its own logs stay usable for off-policy
    evaluation.
@@ -40,7 +41,7 @@ from reclaim.features.accounts import AccountHistory
 from reclaim.features.candidates import expand_retry_times, retry_features
 from reclaim.features.decisions import decision_features, log_amount
 from reclaim.features.single import Decisions
-from reclaim.models.channel import ChannelUpliftModel
+from reclaim.models.channel import ChannelCalibration, ChannelUpliftModel
 from reclaim.models.retry import RetryTimeModel
 from reclaim.policy import ActionBatch, DecisionBatch, Policy, merchant_of_record
 from reclaim.rules import NetworkRules, limits
@@ -80,9 +81,9 @@ class LearnedPolicy(Policy):
     max_messages
         At most this many messages per payment (a product limit: a dunning sequence is a few
         messages, not one per retry). Per-account configuration may lower it.
-    channel_margin
-        Channel → how much to take off its predicted uplift before valuing a message
-        (``inf``: never use it). Training sets it from the uplift measured on later data.
+    channel_calibration
+        Channel → its :class:`ChannelCalibration` (a channel left out is never used); None
+        acts on the model's uplift as predicted. Training sets it from measured uplift.
     network_rules, costs, delays_hours
         Hard limits, action costs, and the candidate delay grid.
     """
@@ -101,7 +102,7 @@ class LearnedPolicy(Policy):
         network_rules: NetworkRules | None = None,
         costs: Costs | None = None,
         delays_hours: np.ndarray = POLICY_DELAYS_HOURS,
-        channel_margin: dict[str, float] | None = None,
+        channel_calibration: dict[str, ChannelCalibration] | None = None,
     ):
         self.retry_model = retry_model
         self.channel_model = channel_model
@@ -113,7 +114,7 @@ class LearnedPolicy(Policy):
         self.network_rules = network_rules
         self.costs = costs
         self.delays_hours = delays_hours
-        self.channel_margin = channel_margin
+        self.channel_calibration = channel_calibration
 
     def __setstate__(self, state: dict) -> None:
         # A policy pickled by an older Reclaim lacks parameters added since: give them their
@@ -126,7 +127,7 @@ class LearnedPolicy(Policy):
             "network_rules": None,
             "costs": None,
             "delays_hours": POLICY_DELAYS_HOURS,
-            "channel_margin": None,
+            "channel_calibration": None,
         }
         self.__dict__.update({**defaults, **state})
 
@@ -183,22 +184,27 @@ class LearnedPolicy(Policy):
         amount: np.ndarray,
         sent: np.ndarray,
         c: dict[str, np.ndarray] | None,
+        reachable: dict[str, np.ndarray],
+        first: np.ndarray,
     ) -> np.ndarray:
         """(n, 4): expected gain of none, email, sms, in_app (uplift × amount − cost; -inf
-        where the channel is closed)."""
+        where the channel is closed: the customer cannot receive it, the account does not
+        allow it, the message cap is reached, or its measured uplift is not above zero)."""
         costs = self.costs or Costs()
         capped = sent >= self.max_messages
         if c is not None:  # the account's limits: opted out, fewer messages, some channels
             capped = capped | c["opted_out"] | (sent >= c["max_messages"])
-        margin = self.channel_margin or {}
+        calibration = self.channel_calibration
         gain = np.zeros((len(amount), 1 + len(CHANNELS)))
         for j, ch in enumerate(CHANNELS, start=1):
-            closed = capped if c is None else capped | ~c[f"allow_{ch}"]
-            if ch in uplift and np.isfinite(margin.get(ch, 0.0)):
-                lower = uplift[ch] - margin.get(ch, 0.0)
-                gain[:, j] = np.where(closed, -np.inf, lower * amount - costs.message[ch])
-            else:
+            closed = capped | ~reachable[ch]
+            closed = closed if c is None else closed | ~c[f"allow_{ch}"]
+            if ch not in uplift or (calibration is not None and ch not in calibration):
                 gain[:, j] = -np.inf
+                continue
+            u = uplift[ch] if calibration is None else calibration[ch].apply(uplift[ch], first)
+            closed = closed | np.isnan(u)
+            gain[:, j] = np.where(closed, -np.inf, np.nan_to_num(u) * amount - costs.message[ch])
         return gain
 
     def _choose(
@@ -257,6 +263,8 @@ class LearnedPolicy(Policy):
             np.expm1(log_amount(batch.payments)),
             features["n_messages"].to_numpy(),
             arrays,
+            {ch: batch.payments[f"reachable_{ch}"].to_numpy(dtype=bool) for ch in CHANNELS},
+            features["decision_number"].to_numpy() == 0,
         )
         return pd.DataFrame(gains, index=features.index, columns=["none", *CHANNELS])
 
@@ -335,7 +343,13 @@ class LearnedPolicy(Policy):
             decisions.matrix(list(self.channel_model.feature_names_in_))
         )
         c = _constraint_arrays(decisions.constraints)
-        gains = self._gains(uplift, amount, np.array([x["n_messages"] for x in f]), c)
+        reachable = {
+            ch: np.array([bool(p.get(f"reachable_{ch}", True)) for p in decisions.payments])
+            for ch in CHANNELS
+        }
+        first = np.array([x["decision_number"] == 0 for x in f], dtype=bool)
+        sent = np.array([x["n_messages"] for x in f])
+        gains = self._gains(uplift, amount, sent, c, reachable, first)
         option, retry_prop, chosen, channel_prop = self._choose(value, gains, rng)
         options = ["none", *CHANNELS]
         out = []

@@ -50,7 +50,9 @@ class Column:
     """One contract column.
 
     ``kind`` is one of ``str``, ``int``, ``float``, ``bool``, ``timestamp``, ``category``;
-    a ``category`` column takes only the values of ``enum``.
+    a ``category`` column takes only the values of ``enum``. A column with a ``default`` may
+    be left out of a table: every row then has the default (columns added to the contract
+    later keep older exports valid).
     """
 
     name: str
@@ -58,6 +60,7 @@ class Column:
     nullable: bool = False
     enum: type[StrEnum] | None = None
     doc: str = ""
+    default: object = None
 
     @cached_property
     def dtype(self) -> object:
@@ -138,6 +141,24 @@ PAYMENTS = Table(
         Column("advice_code", "category", nullable=True, enum=vocab.AdviceCode),
         Column("network_decline_code", "str", nullable=True),
         Column("network_advice_code", "str", nullable=True),
+        Column(
+            "reachable_email",
+            "bool",
+            default=True,
+            doc="The customer can be emailed (an address, not unsubscribed). Default true.",
+        ),
+        Column(
+            "reachable_sms",
+            "bool",
+            default=True,
+            doc="The customer has a phone number that takes SMS and consented. Default true.",
+        ),
+        Column(
+            "reachable_in_app",
+            "bool",
+            default=True,
+            doc="The customer has the platform's app with notifications on. Default true.",
+        ),
     ),
     key=("payment_id",),
 )
@@ -188,10 +209,20 @@ DECISIONS = Table(
         Column("retry_at", "timestamp", nullable=True, doc="Chosen retry time; null: no retry."),
         Column("channel", "category", nullable=True, enum=vocab.Channel, doc="Null: no message."),
         Column("sender", "category", nullable=True, enum=vocab.Sender),
-        Column("propensity", "float", doc="Probability of the whole action, (0, 1]."),
+        Column(
+            "propensity",
+            "float",
+            doc="Probability of the whole action, (0, 1]: the product of the three parts.",
+        ),
         Column("retry_propensity", "float", doc="Probability of the retry part (time or none)."),
         Column(
             "channel_propensity", "float", doc="Probability of the message part (channel or none)."
+        ),
+        Column(
+            "sender_propensity",
+            "float",
+            default=1.0,
+            doc="Probability of the sender, given the channel (1: not randomized, or no message).",
         ),
     ),
     key=("payment_id", "decision_number"),
@@ -420,6 +451,9 @@ def conform(table: Table, df: pd.DataFrame) -> pd.DataFrame:
 
 def _conform(table: Table, df: pd.DataFrame) -> tuple[pd.DataFrame | None, list[ContractError]]:
     """:func:`conform`, returning the problems of every column instead of raising."""
+    defaulted = {c.name: c.default for c in table.columns if c.default is not None}
+    if any(name not in df.columns for name in defaulted):
+        df = df.assign(**{k: v for k, v in defaulted.items() if k not in df.columns})
     missing = [c for c in table.column_names if c not in df.columns]
     problems = [
         ContractError(
@@ -518,6 +552,7 @@ def _check_rows(tables: ContractTables) -> list[ContractError]:
         (DECISIONS, d, "propensity"),
         (DECISIONS, d, "retry_propensity"),
         (DECISIONS, d, "channel_propensity"),
+        (DECISIONS, d, "sender_propensity"),
     ):
         prop = df[col]
         _problem(

@@ -253,10 +253,11 @@ class ActionBatch:
         UTC time of the next retry; ``NaT`` for no retry.
     channel, sender
         Message to send now (``vocab.CHANNEL_DTYPE`` / ``SENDER_DTYPE``); null for none.
-    retry_propensity, channel_propensity
-        Probability under the policy of the retry part (this time, or no retry) and of the
-        message part (this channel, or none), each in (0, 1]; :attr:`propensity` is their
-        product, the probability of the whole action.
+    retry_propensity, channel_propensity, sender_propensity
+        Probability under the policy of the retry part (this time, or no retry), of the
+        message part (this channel, or none), and of the sender given the channel (1 where
+        there is no message or the sender is not randomized), each in (0, 1];
+        :attr:`propensity` is their product, the probability of the whole action.
     reason
         Why there is no retry (empty where there is one), for people reading decisions.
     """
@@ -267,13 +268,21 @@ class ActionBatch:
     retry_propensity: np.ndarray
     channel_propensity: np.ndarray
     reason: pd.Series
+    sender_propensity: np.ndarray | None = None  # None: the sender is never randomized
 
     def __len__(self) -> int:
         return len(self.retry_at)
 
     @property
+    def senders_propensity(self) -> np.ndarray:
+        """:attr:`sender_propensity`, ones where it is not given."""
+        if self.sender_propensity is None:
+            return np.ones(len(self))
+        return self.sender_propensity
+
+    @property
     def propensity(self) -> np.ndarray:
-        return self.retry_propensity * self.channel_propensity
+        return self.retry_propensity * self.channel_propensity * self.senders_propensity
 
     def where(self, mask: np.ndarray, other: ActionBatch) -> ActionBatch:
         """These actions, with ``other``'s in the rows where ``mask`` is true."""
@@ -289,6 +298,9 @@ class ActionBatch:
             retry_propensity=np.where(mask, other.retry_propensity, self.retry_propensity),
             channel_propensity=np.where(mask, other.channel_propensity, self.channel_propensity),
             reason=pick(self.reason, other.reason),
+            sender_propensity=None
+            if self.sender_propensity is None and other.sender_propensity is None
+            else np.where(mask, other.senders_propensity, self.senders_propensity),
         )
 
     @classmethod
@@ -301,6 +313,7 @@ class ActionBatch:
         retry_propensity: np.ndarray | float = 1.0,
         channel_propensity: np.ndarray | float = 1.0,
         reason: pd.Series | np.ndarray | None = None,
+        sender_propensity: np.ndarray | float | None = None,
     ) -> ActionBatch:
         """Make an action batch of length ``n`` with contract dtypes; omitted parts are none."""
         index = pd.RangeIndex(n)
@@ -328,6 +341,9 @@ class ActionBatch:
                 np.asarray(channel_propensity, dtype=float), (n,)
             ).copy(),
             reason=pd.Series(reasons, index=index, dtype="object"),
+            sender_propensity=None
+            if sender_propensity is None
+            else np.broadcast_to(np.asarray(sender_propensity, dtype=float), (n,)).copy(),
         )
 
 

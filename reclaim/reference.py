@@ -171,10 +171,12 @@ class RandomizedLogging(Policy):
     """The simulator's logging policy: explores retry times and channels uniformly at random.
 
     At each decision it stops with probability ``stop``, otherwise retries after a delay drawn
-    uniformly from the whole hours in ``delay_hours`` that the network rules allow; it messages
-    through each channel with probability ``first_message`` / 3 at the first decision and
-    ``later_message`` / 3 after, from the merchant of record. The retry-time and channel
-    probabilities are returned apart; attempts and messages each log their own.
+    uniformly from the whole hours in ``delay_hours`` that the network rules allow; it sends a
+    message with probability ``first_message`` at the first decision and ``later_message``
+    after, through one of the channels the customer can receive (``reachable_*``), uniformly,
+    from the merchant of record — or, with probability ``foreign_sender``, from the other
+    party. The retry, channel and sender probabilities are returned apart; attempts and
+    messages each log their own.
     """
 
     name = "randomized_logging"
@@ -186,12 +188,14 @@ class RandomizedLogging(Policy):
         first_message: float = 0.6,
         later_message: float = 0.15,
         network_rules: NetworkRules | None = None,
+        foreign_sender: float = 0.0,
     ):
         self.delay_hours = delay_hours
         self.stop = stop
         self.first_message = first_message
         self.later_message = later_message
         self.network_rules = network_rules
+        self.foreign_sender = foreign_sender
 
     def act(self, batch: DecisionBatch, rng: np.random.Generator) -> ActionBatch:
         n = len(batch)
@@ -215,14 +219,28 @@ class RandomizedLogging(Policy):
         )
 
         first = (batch.state["decision_number"] == 0).to_numpy()
-        p_msg = np.where(first, self.first_message, self.later_message)
         u = rng.random(n)
+        # a channel the customer can receive, uniformly; no message where there is none
         channels = np.array([c.value for c in vocab.Channel], dtype=object)
-        pick = np.minimum((u / (p_msg / 3)).astype(int), 2)
+        reach = np.stack(
+            [batch.payments[f"reachable_{c}"].to_numpy(dtype=bool) for c in channels], axis=1
+        )
+        k = reach.sum(axis=1)
+        p_msg = np.where(k > 0, np.where(first, self.first_message, self.later_message), 0.0)
         send = u < p_msg
+        nth = np.minimum((u / np.where(send, p_msg / np.maximum(k, 1), 1)).astype(int), k - 1)
+        pick = np.argmax(np.cumsum(reach, axis=1) > np.maximum(nth, 0)[:, None], axis=1)
         channel = np.where(send, channels[pick], None)
-        p_channel = np.where(send, p_msg / 3, 1 - p_msg)
-        sender = np.where(send, merchant_of_record(batch.payments).astype("object"), None)
+        p_channel = np.where(send, p_msg / np.maximum(k, 1), 1 - p_msg)
+        own = merchant_of_record(batch.payments).astype("object").to_numpy()
+        other = np.where(own == vocab.Sender.ACCOUNT.value, "platform", "account")
+        foreign = np.zeros(n, dtype=bool)
+        if self.foreign_sender > 0:  # drawn only when asked: the stream stays the same otherwise
+            foreign = send & (rng.random(n) < self.foreign_sender)
+        sender = np.where(send, np.where(foreign, other, own), None)
+        p_sender = np.where(
+            send, np.where(foreign, self.foreign_sender, 1 - self.foreign_sender), 1.0
+        )
         return ActionBatch.build(
             n,
             retry_at=retry_at,
@@ -230,6 +248,7 @@ class RandomizedLogging(Policy):
             sender=sender,
             retry_propensity=p_retry,
             channel_propensity=p_channel,
+            sender_propensity=p_sender if self.foreign_sender > 0 else None,
         )
 
 

@@ -212,7 +212,15 @@ def enforce_row(
         reason = blocked or "policy"
     channel, sender = action["channel"], action["sender"]
     propensity = action.get("channel_propensity", 1.0)
-    if channel is None and blocked == "customer_action" and _reminder_due(state):
+    reachable = {ch.value: True for ch in vocab.Channel}
+    if payment is not None:
+        reachable = {k: bool(payment.get(f"reachable_{k}", True)) for k in reachable}
+    if (
+        channel is None
+        and blocked == "customer_action"
+        and _reminder_due(state)
+        and reachable[vocab.Channel.EMAIL.value]
+    ):
         own = payment is not None and (
             payment["charge_model"] == vocab.ChargeModel.DIRECT.value or payment["on_behalf_of"]
         )
@@ -222,6 +230,7 @@ def enforce_row(
     else:
         reminder = False
     done = bool(state["recovered"]) or now > limit["window_end"]
+    done = done or (channel is not None and not reachable.get(channel, True))
     if constraints is not None:
         sent = sum(int(state[f"n_{ch.value}"]) for ch in vocab.Channel)
         allowed = channel is not None and bool(constraints.get(f"allow_{channel}", False))
@@ -260,7 +269,8 @@ def enforce(batch: DecisionBatch, actions: ActionBatch, rules: NetworkRules) -> 
     A retry that is not allowed at all is dropped, with the reason; one proposed before the
     earliest allowed time (advice-code wait, minimum gap) moves to that time; one after the
     recovery window is dropped. No message is sent about a payment already recovered or past its
-    window. A decline only the customer can clear (``customer_action``) that nobody has messaged
+    window, nor through a channel the customer cannot receive (``reachable_*``). A decline only
+    the customer can clear (``customer_action``) that nobody has messaged
     about since gets a 3D Secure reminder by email from the merchant of record (as Stripe's
     automatic collection sends), where the account allows email; that message is the rule's,
     so its channel propensity is 1. Other propensities stay the policy's own.
@@ -287,15 +297,21 @@ def enforce(batch: DecisionBatch, actions: ActionBatch, rules: NetworkRules) -> 
 
     channel, sender = actions.channel.copy(), actions.sender.copy()
     last_msg = batch.state["last_message_at"]
+    p = batch.payments
     reminder = (
         (blocked == "customer_action")
         & channel.isna().to_numpy()
         & (last_msg.isna() | (last_msg < batch.state["last_attempt_at"])).to_numpy()
+        & p["reachable_email"].to_numpy(dtype=bool)
     )
     channel[reminder] = vocab.Channel.EMAIL.value
     sender[reminder] = merchant_of_record(batch.payments)[reminder]
     # No message about a payment already recovered, or whose recovery window has closed.
     done = batch.state["recovered"].to_numpy() | (batch.now > lim["window_end"]).to_numpy()
+    # nor one the customer cannot receive
+    chosen = channel.astype("object").to_numpy()
+    for ch in vocab.Channel:
+        done |= (chosen == ch.value) & ~p[f"reachable_{ch.value}"].to_numpy(dtype=bool)
     c = batch.constraints
     if c is not None:  # nor one its account does not allow; and its account's sender
         sent = messages_sent(batch.state)
@@ -316,4 +332,7 @@ def enforce(batch: DecisionBatch, actions: ActionBatch, rules: NetworkRules) -> 
         actions.retry_propensity.copy(),
         np.where(reminder & ~done, 1.0, actions.channel_propensity),
         reason,
+        None
+        if actions.sender_propensity is None
+        else np.where(reminder & ~done, 1.0, actions.sender_propensity),
     )

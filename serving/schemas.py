@@ -41,6 +41,15 @@ class PaymentIn(BaseModel):
     advice_code: vocab.AdviceCode | None = None
     network_decline_code: Text | None = Field(default=None, max_length=40)
     network_advice_code: Text | None = Field(default=None, max_length=40)
+    reachable_email: bool = Field(
+        default=True,
+        description="The customer can be emailed. Reclaim never messages a "
+        "customer through a channel marked unreachable.",
+    )
+    reachable_sms: bool = Field(default=True, description="The customer can get SMS.")
+    reachable_in_app: bool = Field(
+        default=True, description="The customer has the app with notifications on."
+    )
 
     @field_validator("customer_timezone")
     @classmethod

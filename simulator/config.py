@@ -245,6 +245,12 @@ class SimulatorConfig:
         0.30, "assumption: chance a message makes a backfire-segment customer cancel"
     )
     in_app_active_share: float = param(0.6, "assumption: customers who open the app at all")
+    sms_reachable_share: float = param(
+        0.7, "assumption: customers with a phone number that takes SMS and consented"
+    )
+    null_channels: tuple[str, ...] = param(
+        (), "assumption: none by default; a knob for tests of the policy, not a finding"
+    )
     response_decay: dict[float, float] = param(
         {0.0: 13.3, 3.0: 11.5, 7.0: 11.5, 15.0: 4.2, 20.0: 3.8, 30.0: 4.2},
         "Baremetrics (RESEARCH.md s2): recovery per email by days delinquent, relative to day 0",

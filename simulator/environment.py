@@ -187,6 +187,7 @@ def rollout(
                     "propensity": action.propensity,
                     "retry_propensity": action.retry_propensity,
                     "channel_propensity": action.channel_propensity,
+                    "sender_propensity": action.senders_propensity,
                 }
             )
         )

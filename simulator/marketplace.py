@@ -305,4 +305,9 @@ def draw_payments(
     hidden["failed_local"] = timeutil.local_times(payments["failed_at"], hidden["true_timezone"])
     shape = (n, config.max_decisions)
     noise = {name: rng.random(shape)[order] for name in ("retry", "respond", "delay", "cancel")}
+    # What the platform knows of how to reach each customer (drawn last, so the draws above
+    # stay those of earlier versions): a phone for SMS; the app with notifications on, which
+    # is the customers who open it.
+    payments["reachable_sms"] = (rng.random(n) < config.sms_reachable_share)[order]
+    payments["reachable_in_app"] = hidden["app_active"].to_numpy()
     return Marketplace(config, accounts, payments, hidden, noise)

@@ -144,8 +144,12 @@ def message_effect(
     base = np.where(
         (channel == vocab.Channel.IN_APP.value) & ~h["app_active"].to_numpy(), 0.0, base
     )
+    for ch in vocab.Channel:  # a message the customer cannot receive does nothing
+        base = np.where((channel == ch.value) & ~p[f"reachable_{ch.value}"].to_numpy(), 0.0, base)
+    null = np.isin(channel, list(cfg.null_channels))
+    base = np.where(null, 0.0, base)
     own = merchant_of_record(p).astype("object").to_numpy()
     base = base * np.where(sender == own, 1.0, cfg.foreign_sender_multiplier)
     respond = base * response_decay(days, market) * cfg.repeat_message_damping**earlier_messages
-    cancel = np.where(segment == "backfire", cfg.backfire_cancel, 0.0)
+    cancel = np.where((segment == "backfire") & ~null, cfg.backfire_cancel, 0.0)
     return np.clip(respond, 0.0, 1.0), cancel

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from reclaim.simulator import compare, generate, reference_policies
+from reclaim.simulator import SimulatorConfig, compare, generate, reference_policies
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +34,12 @@ def test_builtin_dunning_recovers_40_to_60_percent(table: pd.DataFrame, policy: 
 
 @pytest.mark.slow
 def test_costs_are_counted(table: pd.DataFrame) -> None:
-    assert table.loc["no_retry", "cost_usd"] == 0
+    # no_retry pays only for the rules' 3D Secure reminders (one email per such payment)
+    no_retry = table.loc["no_retry"]
+    assert no_retry["retries_per_payment"] == 0
+    email = SimulatorConfig().message_cost_cents["email"] / 100
+    reminders = no_retry["messages_per_payment"] * no_retry["payments"]
+    assert no_retry["cost_usd"] == pytest.approx(reminders * email)
+    assert 0 < no_retry["messages_per_payment"] < 0.25
     assert (table.loc[["fixed_schedule", "stripe_like", "rules", "oracle"], "cost_usd"] > 0).all()
     assert table.loc["stripe_like", "messages_per_payment"] == pytest.approx(1.0)

@@ -119,6 +119,8 @@ class ChannelRows(NamedTuple):
     recovered: np.ndarray  # 0/1: recovered within the window
     propensity: np.ndarray  # probability of the logged arm (NaN: not known yet)
     decision: np.ndarray  # position of each row among ``DecisionData``'s decisions
+    sender: pd.Series  # who sent the message (None where there was none)
+    sender_propensity: np.ndarray  # probability of that sender given the arm (1: not random)
 
     def with_propensity(self, propensity: np.ndarray) -> ChannelRows:
         return self._replace(propensity=np.asarray(propensity, dtype=float))
@@ -130,6 +132,8 @@ class ChannelRows(NamedTuple):
             self.recovered[rows],
             self.propensity[rows],
             self.decision[rows],
+            self.sender.iloc[rows].reset_index(drop=True),
+            self.sender_propensity[rows],
         )
 
 
@@ -151,7 +155,7 @@ def channel_rows(tables: contract.ContractTables, data: DecisionData) -> Channel
     d = tables.decisions
     recovered = recovered_in_window(tables)
     if d.empty:
-        arm = _observed_arms(tables.messages, data.keys)
+        arm, sender = _observed_arms(tables.messages, data.keys)
         ids = data.keys["payment_id"].astype("object")
         return ChannelRows(
             data.features.reset_index(drop=True),
@@ -159,6 +163,8 @@ def channel_rows(tables: contract.ContractTables, data: DecisionData) -> Channel
             recovered.reindex(ids).fillna(False).to_numpy().astype(int),
             np.full(len(arm), np.nan),
             np.arange(len(arm)),
+            sender,
+            np.ones(len(arm)),  # without a log, the sender is taken as chosen by rule
         )
     key = pd.MultiIndex.from_frame(
         data.keys[["payment_id", "decision_number"]].astype({"payment_id": "object"})
@@ -174,15 +180,18 @@ def channel_rows(tables: contract.ContractTables, data: DecisionData) -> Channel
         recovered.reindex(d["payment_id"].astype("object")).to_numpy().astype(int),
         d["channel_propensity"].to_numpy(dtype=float),
         pos,
+        d["sender"].astype("object").where(d["sender"].notna(), None).reset_index(drop=True),
+        d["sender_propensity"].to_numpy(dtype=float),
     )
 
 
-def _observed_arms(messages: pd.DataFrame, keys: pd.DataFrame) -> pd.Series:
-    """Per decision point (row of ``keys``): the channel of the first message sent at or
-    after it and before the payment's next decision point, else ``none``."""
+def _observed_arms(messages: pd.DataFrame, keys: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """Per decision point (row of ``keys``): the channel and sender of the first message sent
+    at or after it and before the payment's next decision point, else ``none`` and None."""
     arm = pd.Series("none", index=pd.RangeIndex(len(keys)), dtype="object")
+    sender = pd.Series(None, index=arm.index, dtype="object")
     if messages.empty or keys.empty:
-        return arm
+        return arm, sender
     points = pd.DataFrame(
         {
             "payment_id": keys["payment_id"].astype("object").to_numpy(),
@@ -195,10 +204,13 @@ def _observed_arms(messages: pd.DataFrame, keys: pd.DataFrame) -> pd.Series:
             "payment_id": messages["payment_id"].astype("object").to_numpy(),
             "at": messages["sent_at"].to_numpy(dtype="datetime64[us]"),
             "channel": messages["channel"].astype("object").to_numpy(),
+            "sender": messages["sender"].astype("object").to_numpy(),
         }
     ).sort_values("at", kind="stable")
     owner = pd.merge_asof(sent, points, on="at", by="payment_id", direction="backward")
     owner = owner.dropna(subset=["pos"])
-    first = owner.groupby("pos", sort=False)["channel"].first()
-    arm.iloc[first.index.to_numpy(dtype=int)] = first.to_numpy()
-    return arm
+    first = owner.groupby("pos", sort=False)[["channel", "sender"]].first()
+    rows = first.index.to_numpy(dtype=int)
+    arm.iloc[rows] = first["channel"].to_numpy()
+    sender.iloc[rows] = first["sender"].to_numpy()
+    return arm, sender

@@ -38,6 +38,11 @@ def _estimate(terms: np.ndarray, value: float | None = None) -> Estimate:
     return Estimate(v, v - Z95 * se, v + Z95 * se, se)
 
 
+def mean_estimate(terms: np.ndarray) -> Estimate:
+    """The mean of per-row terms, with its 95% interval."""
+    return _estimate(np.asarray(terms, dtype=float))
+
+
 def importance_weights(
     target: np.ndarray, logged: np.ndarray, clip: float | None = None
 ) -> np.ndarray:
@@ -114,14 +119,27 @@ def arm_uplift(
     ``propensity`` the probability of each row's own arm. Arms without a reward model are
     left out.
     """
-    reward, arm = np.asarray(reward, float), np.asarray(arm, dtype=object)
     p = np.asarray(propensity, float)
     if np.any(p <= 0) or np.any(p > 1):
         raise ValueError("propensities must be in (0, 1]")
+    effects = aipw_effects(reward, arm, p, q, control)
+    return {a: _estimate(e) for a, e in effects.items()}
+
+
+def aipw_effects(
+    reward: np.ndarray,
+    arm: np.ndarray,
+    propensity: np.ndarray,
+    q: dict[str, np.ndarray],
+    control: str = "none",
+) -> dict[str, np.ndarray]:
+    """The per-row doubly robust effect of each arm over ``control`` (whose mean is
+    :func:`arm_uplift`'s estimate): pseudo-outcomes to check an uplift model against."""
+    reward, arm = np.asarray(reward, float), np.asarray(arm, dtype=object)
+    p = np.asarray(propensity, float)
 
     def potential(a: str) -> np.ndarray:
-        took = (arm == a).astype(float)
-        return q[a] + took * (reward - q[a]) / p
+        return q[a] + (arm == a).astype(float) * (reward - q[a]) / p
 
     base = potential(control)
-    return {a: _estimate(potential(a) - base) for a in q if a != control}
+    return {a: potential(a) - base for a in q if a != control}

@@ -15,7 +15,8 @@ Without a randomized log (a platform's own export: no ``decisions`` table) the m
 decision got is read from the messages table and its probability estimated from the history
 (``models.propensity``); the run says what that means for trusting its numbers
 (:attr:`TrainResult.caveats`, ``caveats.json``). Either way a channel is used only where its
-uplift, measured on later training data, is above zero with 95% confidence.
+uplift, measured on the training data (doubly robust, cross-fitted), is above zero with 95%
+confidence.
 """
 
 from __future__ import annotations
@@ -37,11 +38,11 @@ from reclaim import contract
 from reclaim.features.accounts import AccountHistory
 from reclaim.features.decisions import decision_features, log_amount
 from reclaim.intervals import interval
-from reclaim.models.channel import CONTROL, ChannelUpliftModel
+from reclaim.models.channel import CONTROL, ChannelCalibration, ChannelUpliftModel
 from reclaim.models.policy import CHANNELS, LearnedPolicy
 from reclaim.models.propensity import ArmPropensityModel, overlap
 from reclaim.models.retry import RetryTimeModel
-from reclaim.policy import DecisionBatch
+from reclaim.policy import ActionBatch, DecisionBatch, merchant_of_record
 from reclaim.rules import NetworkRules, enforce
 from reclaim.training import metrics, ope, plots
 from reclaim.training.data import (
@@ -144,11 +145,13 @@ def first_message_ope(
     batch = data.batch.take(decisions)
     feats = logged_rows.features[first].reset_index(drop=True)
     y0 = logged_rows.recovered[first].astype(float)
-    logged0 = logged_rows.propensity[first]
+    # the whole message part: the channel (or none), and who sent it
+    logged0 = logged_rows.propensity[first] * logged_rows.sender_propensity[first]
     options = ["none", *CHANNELS]
     col = pd.Categorical(logged_rows.arm[first], categories=options).codes
-    probs = message_probabilities(policy, batch)
-    target = probs[np.arange(len(decisions)), col]
+    target, probs = _target_probabilities(
+        policy, batch, col, logged_rows.sender[first].to_numpy(dtype=object)
+    )
     q = channel_model.predict_outcomes(feats[list(channel_model.feature_names_in_)])
     # an arm the reward model never saw is predicted like no message
     q = q.reindex(columns=options).apply(lambda c: c.fillna(q[CONTROL])).to_numpy()
@@ -169,19 +172,56 @@ def first_message_ope(
     return estimates, terms
 
 
-def message_probabilities(policy: Any, batch: DecisionBatch) -> np.ndarray:
-    """(n, 4): the probability ``policy`` gives each message option (none, email, sms,
-    in_app) at these decisions — the learned policy's own, with exploration; any other
-    policy's chosen option, as the rules leave it, with probability 1."""
+def _target_probabilities(
+    policy: Any, batch: DecisionBatch, logged: np.ndarray, logged_sender: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The probability that ``policy``'s message, as the rules leave it, is each logged one
+    (option index ``logged`` and, for a message, its sender), and the (n, 4) probabilities of
+    each option after the rules: a policy's "no message" is a 3D Secure reminder where the
+    rules send one, a channel the customer cannot receive is none — exactly what the logged
+    data recorded for the same choice."""
+    n, options = len(batch), ["none", *CHANNELS]
+    probs, senders = message_probabilities(policy, batch)
+    target, after = np.zeros(n), np.zeros((n, len(options)))
+    rules = NetworkRules()
+    for j, option in enumerate(options):
+        if not probs[:, j].any():
+            continue
+        message = option != "none"
+        enforced = enforce(
+            batch,
+            ActionBatch.build(
+                n,
+                channel=np.full(n, option if message else None, dtype=object),
+                sender=senders if message else None,
+            ),
+            rules,
+        )
+        k = pd.Categorical(
+            enforced.channel.astype("object").fillna("none"), categories=options
+        ).codes
+        after[np.arange(n), k] += probs[:, j]
+        same = (k == logged) & ((logged == 0) | (enforced.sender.astype("object") == logged_sender))
+        target += probs[:, j] * same
+    return target, after
+
+
+def message_probabilities(policy: Any, batch: DecisionBatch) -> tuple[np.ndarray, np.ndarray]:
+    """What ``policy`` would do about messages at these decisions: (n, 4) probabilities of
+    each option (none, email, sms, in_app) — the learned policy's own, with exploration; any
+    other policy's chosen option, as the rules leave it, with probability 1 — and the sender
+    it would use (each policy's sender is a rule, not a draw)."""
     if isinstance(policy, LearnedPolicy):
         own = decision_features(batch, policy.accounts, policy.network_rules)
-        return policy.channel_probabilities(batch, own)
+        return policy.channel_probabilities(batch, own), policy.senders(batch)
     actions = enforce(batch, policy.act(batch, np.random.default_rng(0)), NetworkRules())
     options = ["none", *CHANNELS]
     chosen = pd.Categorical(actions.channel.astype("object").fillna("none"), categories=options)
     probs = np.zeros((len(batch), len(options)))
     probs[np.arange(len(batch)), chosen.codes] = 1.0
-    return probs
+    senders = actions.sender.astype("object").to_numpy()
+    default = merchant_of_record(batch.payments).astype("object").to_numpy()
+    return probs, np.where(pd.isna(senders), default, senders)
 
 
 def per_account_uplift(terms: pd.DataFrame) -> pd.DataFrame:
@@ -244,13 +284,36 @@ def observed_propensities(
     return train_rows, test_rows, caveats, report
 
 
+@dataclass
+class MeasuredUplift:
+    """Each channel's uplift over no message, measured on the training decisions: overall, at
+    the first decision and at later ones (95% intervals), and the calibration the policy reads
+    its model through."""
+
+    overall: dict[str, ope.Estimate]
+    first: dict[str, ope.Estimate]
+    later: dict[str, ope.Estimate]
+    calibration: dict[str, ChannelCalibration]
+
+    def closed(self) -> list[str]:
+        """Where a channel is not used: ``email (later decisions): +0.1 pts (95% CI …)``."""
+        out = []
+        for ch in CHANNELS:
+            for stage, found in (("first decision", self.first), ("later decisions", self.later)):
+                e = found.get(ch)
+                if e is None or not e.lo > 0:
+                    out.append(f"{ch} ({stage}): {_pts(e) if e is not None else 'never sent'}")
+        return out
+
+
 def measured_uplift(
     rows: ChannelRows, config: TrainConfig, payment_ids: pd.Series, folds: int = 2
-) -> dict[str, ope.Estimate]:
-    """Each channel's average uplift over no message on the training decisions, doubly robust
-    with cross-fitting (each payment's outcome predicted by a channel model fit on the other
-    folds' payments), with its 95% interval: what the policy's message margin is built from.
-    ``payment_ids``: the payment of each decision of the rows' ``DecisionData``."""
+) -> MeasuredUplift:
+    """Each channel's uplift over no message on the training decisions, doubly robust with
+    cross-fitting: each payment's outcomes are predicted by a channel model fit on the other
+    folds' payments, so the per-decision effects (AIPW pseudo-outcomes) and the model's
+    predictions they are compared with are out of sample. ``payment_ids``: the payment of
+    each decision of the rows' ``DecisionData``."""
     payment = pd.factorize(payment_ids.astype("object").to_numpy()[rows.decision])[0]
     fold = payment % folds
     arms = sorted(set(rows.arm.tolist()))
@@ -263,17 +326,30 @@ def measured_uplift(
         pred = model.predict_outcomes(rows.features.iloc[out])
         for a in arms:  # an arm the fold never saw is predicted like no message
             q[a][out] = (pred[a] if a in pred.columns else pred[CONTROL]).to_numpy()
-    return ope.arm_uplift(rows.recovered, rows.arm.to_numpy(), rows.propensity, q, CONTROL)
-
-
-def channel_margin(uplift: dict[str, ope.Estimate]) -> dict[str, float]:
-    """Per channel, what the policy takes off the predicted uplift: the half-width of the
-    measured uplift's interval, or ``inf`` (never used) when its lower bound is not above 0."""
-    margin = {ch: float("inf") for ch in CHANNELS}
-    for ch, e in uplift.items():
-        if ch in margin and np.isfinite(e.lo) and e.lo > 0:
-            margin[ch] = float(e.value - e.lo)
-    return margin
+    effects = ope.aipw_effects(rows.recovered, rows.arm.to_numpy(), rows.propensity, q, CONTROL)
+    first = rows.features["decision_number"].to_numpy() == 0
+    result = MeasuredUplift({}, {}, {}, {})
+    for ch, psi in effects.items():
+        predicted = q[ch] - q[CONTROL]
+        result.overall[ch] = ope.mean_estimate(psi)
+        stages = {}
+        for name, mask in (("first", first), ("later", ~first)):
+            if mask.sum() > 1:
+                e = ope.mean_estimate(psi[mask])
+                getattr(result, name)[ch] = e
+                stages[name] = (e.value if e.lo > 0 else None, float(predicted[mask].mean()))
+        # how much of the model's spread is real: measured effects on predicted, per stage
+        dx = predicted - np.where(first, predicted[first].mean(), predicted[~first].mean())
+        dy = psi - np.where(first, psi[first].mean(), psi[~first].mean())
+        slope = float(np.clip((dx * dy).sum() / max((dx * dx).sum(), 1e-12), 0.0, 1.0))
+        result.calibration[ch] = ChannelCalibration(
+            first=stages.get("first", (None, 0.0))[0],
+            later=stages.get("later", (None, 0.0))[0],
+            slope=slope,
+            center_first=stages.get("first", (None, 0.0))[1],
+            center_later=stages.get("later", (None, 0.0))[1],
+        )
+    return result
 
 
 def _pts(e: ope.Estimate) -> str:
@@ -327,14 +403,11 @@ def train(
     ).fit(x_retry, y_retry)
     stage("measuring each channel's uplift")
     uplift = measured_uplift(train_rows, config, train_data.keys["payment_id"])
-    margin = channel_margin(uplift)
-    closed = [ch for ch in CHANNELS if not np.isfinite(margin[ch])]
+    closed = uplift.closed()
     if closed:
         caveats.append(
-            "channels whose measured uplift is not above zero are not used: "
-            + ", ".join(
-                f"{ch} ({_pts(uplift[ch]) if ch in uplift else 'never sent'})" for ch in closed
-            )
+            "not used where the measured uplift is not above zero with 95% confidence: "
+            + "; ".join(closed)
         )
     stage("fitting the channel model")
     channel_model = ChannelUpliftModel(num_boost_round=config.channel_rounds).fit(
@@ -346,7 +419,7 @@ def train(
         all_accounts,
         exploration=config.exploration,
         continuation=continuation_factor(retry_model, x_retry),
-        channel_margin=margin,
+        channel_calibration=uplift.calibration,
     )
 
     stage("evaluating on the later split")
@@ -355,8 +428,12 @@ def train(
     results: dict[str, float] = {
         f"retry_{k}": v for k, v in metrics.classifier_metrics(y_test, p_test).items()
     }
-    for ch, e in uplift.items():
-        results.update({f"uplift_{ch}": e.value, f"uplift_{ch}_lo": e.lo, f"uplift_{ch}_hi": e.hi})
+    for suffix, found in (("", uplift.overall), ("_first", uplift.first), ("_later", uplift.later)):
+        for ch, e in found.items():
+            name = f"uplift_{ch}{suffix}"
+            results.update({name: e.value, f"{name}_lo": e.lo, f"{name}_hi": e.hi})
+    for ch, cal in uplift.calibration.items():
+        results[f"uplift_{ch}_slope"] = cal.slope
     qini_curves = {}
     if len(channel_model.arms_) > 1:
         uplift_test = channel_model.predict(
@@ -424,7 +501,7 @@ def train(
                 "test_payments": len(split.test.payments),
                 "retry_rows": len(x_retry),
                 "retry_calibration": retry_model.calibration_method_,
-                "channels_closed": ",".join(closed) or "none",
+                "channels_closed": "; ".join(closed) or "none",
             }
         )
         if manifest.exists():

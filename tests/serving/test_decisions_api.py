@@ -126,3 +126,12 @@ def test_authentication_required_gets_a_reminder_not_a_retry(client, inline_paym
     d = client.post("/v1/decisions", json=body).json()
     assert d["retry"] is None and d["no_retry_reason"] == "customer_action"
     assert d["channel"] is not None, d  # the policy's own channel, or the rule's email
+
+
+def test_an_unreachable_customer_gets_no_message(client, inline_payment) -> None:
+    payment = {**inline_payment(4), "reachable_email": False, "reachable_sms": False,
+               "reachable_in_app": False, "decline_code": "authentication_required",
+               "advice_code": None, "network_decline_code": "1A"}  # fmt: skip
+    d = client.post("/v1/decisions", json={"payment": payment, "now": "2026-05-20T15:00:00Z"})
+    assert d.status_code == 200, d.text
+    assert d.json()["channel"] is None and d.json()["no_retry_reason"] == "customer_action"
