@@ -80,6 +80,12 @@ class AccountConfig(BaseModel):
         default=None,
         description="Who messages customers; null for the merchant of record.",
     )
+    orchestration: bool = Field(
+        default=False,
+        description="Stripe Orchestration is on for this account: a retry may go to the "
+        "platform's retry processor, except where Stripe forbids it (on_behalf_of payments, "
+        "payments whose 3D Secure failed); each decision says which.",
+    )
     branding: Branding = Field(default_factory=Branding)
 
 

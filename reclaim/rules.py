@@ -16,7 +16,7 @@ through :func:`enforce`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -256,6 +256,20 @@ def _reminder_due(state: Mapping[str, Any]) -> bool:
     """No message since the latest decline: the customer has not been asked to act on it."""
     last = state["last_message_at"]
     return last is None or pd.isna(last) or last < state["last_attempt_at"]
+
+
+def other_processor_allowed(
+    payment: Mapping[str, Any], declines: Iterable[str | None], orchestration: bool
+) -> bool:
+    """Whether a retry of ``payment`` may go to another processor through Stripe
+    Orchestration (RESEARCH.md section 3): only where the account has Orchestration on, never
+    for an ``on_behalf_of`` payment (a Connect feature the retry processor lacks), and never
+    once 3D Secure failed (any of the payment's ``declines`` is a customer-action decline)."""
+    return (
+        bool(orchestration)
+        and not bool(payment["on_behalf_of"])
+        and not any(d in vocab.CUSTOMER_ACTION_CODES for d in declines)
+    )
 
 
 def messages_sent(state: pd.DataFrame) -> np.ndarray:

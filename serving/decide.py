@@ -27,7 +27,7 @@ from reclaim.features import single
 from reclaim.models.policy import LearnedPolicy
 from reclaim.policy import DecisionBatch, Policy, decision_seed
 from reclaim.reference import REFERENCE_POLICIES
-from reclaim.rules import NetworkRules, enforce, enforce_row
+from reclaim.rules import NetworkRules, enforce, enforce_row, other_processor_allowed
 from reclaim.serving.policy_holder import Loaded
 from reclaim.serving.schemas import DecisionOut, DecisionRequest, RetryOut
 from reclaim.serving.store import configs, experiments
@@ -172,6 +172,7 @@ def decide_frames(
 
     probability, reasons = policy.describe(batch, actions)
     has_retry = actions.retry_at.notna().to_numpy()
+    declines = attempts.groupby("payment_id", observed=True)["decline_code"].agg(list).to_dict()
     tz = payments["customer_timezone"].fillna(timeutil.DEFAULT_TIMEZONE)
     local = timeutil.local_times(actions.retry_at.fillna(batch.now), tz)
 
@@ -179,10 +180,18 @@ def decide_frames(
     for i in range(len(batch)):
         retry = None
         if has_retry[i]:
+            pid = payments["payment_id"].iloc[i]
             retry = RetryOut(
                 at_utc=actions.retry_at.iloc[i].to_pydatetime(),
                 at_local=local.iloc[i].to_pydatetime(),
                 local_timezone=tz.iloc[i],
+                other_processor_allowed=other_processor_allowed(
+                    payments.iloc[i],
+                    [payments["decline_code"].iloc[i], *declines.get(pid, [])],
+                    configured[payments["account_id"].iloc[i]].orchestration
+                    if payments["account_id"].iloc[i] in configured
+                    else False,
+                ),
             )
         channel = actions.channel.iloc[i]
         out.append(
@@ -285,6 +294,11 @@ def decide(
                 at_utc=a["retry_at"],
                 at_local=a["retry_at"].astimezone(ZoneInfo(tz)).replace(tzinfo=None),
                 local_timezone=tz,
+                other_processor_allowed=other_processor_allowed(
+                    payments[i],
+                    [payments[i]["decline_code"], *(x["decline_code"] for x in contexts[i][1])],
+                    configured[payments[i]["account_id"]].orchestration,
+                ),
             )
         out.append(
             DecisionOut(

@@ -165,6 +165,12 @@ class RetryOut(BaseModel):
     at_utc: datetime
     at_local: datetime = Field(description="The same moment in the customer's timezone.")
     local_timezone: str
+    other_processor_allowed: bool = Field(
+        default=False,
+        description="Stripe Orchestration may send this retry to the platform's retry "
+        "processor: the account has `orchestration` on, the payment is not `on_behalf_of`, "
+        "and its 3D Secure never failed.",
+    )
 
 
 class DecisionOut(BaseModel):

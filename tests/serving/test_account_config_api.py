@@ -136,3 +136,35 @@ def test_configuration_changes_the_decisions(client, admin, inline_payment) -> N
 
 def _account(inline_payment, decision: dict) -> str:
     return inline_payment(int(decision["payment_id"].removeprefix("in_api_")))["account_id"]
+
+
+def test_orchestration_says_which_retries_may_go_to_another_processor(
+    client, admin, inline_payment
+) -> None:
+    """Stripe Orchestration: never for on_behalf_of, never after a failed 3D Secure."""
+    body = lambda p: {"payment": p, "now": "2026-05-20T15:00:00Z"}  # noqa: E731
+    plain = {**inline_payment(7), "on_behalf_of": False}
+    off = client.post("/v1/decisions", json=body(plain)).json()
+    assert off["retry"] is not None and off["retry"]["other_processor_allowed"] is False
+    put = client.put(
+        f"/v1/accounts/{plain['account_id']}/config", json={"orchestration": True}, headers=admin
+    )
+    assert put.status_code == 200, put.text
+    again = {**plain, "payment_id": "in_orch_1"}
+    on = client.post("/v1/decisions", json=body(again)).json()
+    assert on["retry"]["other_processor_allowed"] is True
+    obo = {**again, "payment_id": "in_orch_2", "on_behalf_of": True}
+    assert (
+        client.post("/v1/decisions", json=body(obo)).json()["retry"]["other_processor_allowed"]
+        is False
+    )
+    after_3ds = {**again, "payment_id": "in_orch_3"}
+    attempts = [
+        {"attempt_number": 1, "attempted_at": "2026-05-20T14:30:00Z", "initiator": "customer",
+         "outcome": "failed", "decline_code": "authentication_required"},
+        {"attempt_number": 2, "attempted_at": "2026-05-20T14:40:00Z", "initiator": "customer",
+         "outcome": "failed", "decline_code": "insufficient_funds"},
+    ]  # fmt: skip
+    d = client.post("/v1/decisions", json={**body(after_3ds), "attempts": attempts}).json()
+    assert d.get("retry") is not None, d
+    assert d["retry"]["other_processor_allowed"] is False
