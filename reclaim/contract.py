@@ -51,8 +51,8 @@ class Column:
 
     ``kind`` is one of ``str``, ``int``, ``float``, ``bool``, ``timestamp``, ``category``;
     a ``category`` column takes only the values of ``enum``. A column with a ``default`` may
-    be left out of a table: every row then has the default (columns added to the contract
-    later keep older exports valid).
+    be left out of a table, or left empty in some rows: those rows then have the default
+    (columns added to the contract later keep older exports valid).
     """
 
     name: str
@@ -452,8 +452,15 @@ def conform(table: Table, df: pd.DataFrame) -> pd.DataFrame:
 def _conform(table: Table, df: pd.DataFrame) -> tuple[pd.DataFrame | None, list[ContractError]]:
     """:func:`conform`, returning the problems of every column instead of raising."""
     defaulted = {c.name: c.default for c in table.columns if c.default is not None}
-    if any(name not in df.columns for name in defaulted):
-        df = df.assign(**{k: v for k, v in defaulted.items() if k not in df.columns})
+    if any(name not in df.columns or df[name].isna().any() for name in defaulted):
+        # a defaulted column may be left out, or left empty where unknown
+        def filled(name: str, value: object) -> object:
+            if name not in df.columns:
+                return value
+            column = df[name].astype("object").where(df[name].notna(), value)
+            return column.astype(bool) if isinstance(value, bool) else column
+
+        df = df.assign(**{k: filled(k, v) for k, v in defaulted.items()})
     missing = [c for c in table.column_names if c not in df.columns]
     problems = [
         ContractError(
