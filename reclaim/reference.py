@@ -237,7 +237,7 @@ class RandomizedLogging(Policy):
         foreign = np.zeros(n, dtype=bool)
         if self.foreign_sender > 0:  # drawn only when asked: the stream stays the same otherwise
             foreign = send & (rng.random(n) < self.foreign_sender)
-        sender = np.where(send, np.where(foreign, other, own), None)
+        sender = np.where(send, np.where(foreign, other, own), np.full(n, None, dtype=object))
         p_sender = np.where(
             send, np.where(foreign, self.foreign_sender, 1 - self.foreign_sender), 1.0
         )
