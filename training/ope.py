@@ -106,26 +106,6 @@ def all_estimates(
     }
 
 
-def arm_uplift(
-    reward: np.ndarray,
-    arm: np.ndarray,
-    propensity: np.ndarray,
-    q: dict[str, np.ndarray],
-    control: str = "none",
-) -> dict[str, Estimate]:
-    """Each arm's average effect over ``control`` (doubly robust, AIPW), with its interval.
-
-    ``q[a]`` is a reward model's prediction for every row had it taken arm ``a``;
-    ``propensity`` the probability of each row's own arm. Arms without a reward model are
-    left out.
-    """
-    p = np.asarray(propensity, float)
-    if np.any(p <= 0) or np.any(p > 1):
-        raise ValueError("propensities must be in (0, 1]")
-    effects = aipw_effects(reward, arm, p, q, control)
-    return {a: _estimate(e) for a, e in effects.items()}
-
-
 def aipw_effects(
     reward: np.ndarray,
     arm: np.ndarray,
@@ -133,10 +113,18 @@ def aipw_effects(
     q: dict[str, np.ndarray],
     control: str = "none",
 ) -> dict[str, np.ndarray]:
-    """The per-row doubly robust effect of each arm over ``control`` (whose mean is
-    :func:`arm_uplift`'s estimate): pseudo-outcomes to check an uplift model against."""
+    """The per-row doubly robust (AIPW) effect of each arm over ``control``: their mean is the
+    arm's average uplift (:func:`mean_estimate` gives its interval), and they are the
+    pseudo-outcomes to check an uplift model's predictions against.
+
+    ``q[a]`` is a reward model's prediction for every row had it taken arm ``a``;
+    ``propensity`` the probability of each row's own arm. Arms without a reward model are
+    left out.
+    """
     reward, arm = np.asarray(reward, float), np.asarray(arm, dtype=object)
     p = np.asarray(propensity, float)
+    if np.any(p <= 0) or np.any(p > 1):
+        raise ValueError("propensities must be in (0, 1]")
 
     def potential(a: str) -> np.ndarray:
         return q[a] + (arm == a).astype(float) * (reward - q[a]) / p
