@@ -463,7 +463,7 @@ def replay(
     ]
     shown["recovered_usd"] = table["recovered_usd"].map(_money)
     shown = shown.drop(columns=["rate_ci95", "usd_per_payment_ci95"]).reset_index()
-    out_table = Table(title="A/B replay: recovered revenue per arm (95% CI in brackets)")
+    out_table = Table(title="A/B replay: recovered revenue per arm")
     for column in shown.columns:
         out_table.add_column(str(column))
     for row in shown.itertuples(index=False):
@@ -473,9 +473,9 @@ def replay(
     rate = difference(per["recovered"].to_numpy(), per["treated"].to_numpy())
     usd = difference(per["usd"].to_numpy(), per["treated"].to_numpy())
     console.print(
-        f"learned − {control}: recovery {rate.diff * 100:+.1f} pts "
-        f"(95% CI {rate.lo * 100:+.1f} to {rate.hi * 100:+.1f}); recovered revenue per failed "
-        f"payment {_signed_usd(usd.diff)} (95% CI {_signed_usd(usd.lo)} to {_signed_usd(usd.hi)})"
+        f"learned − {control}: recovery {interval(rate.diff, rate.lo, rate.hi, pts=True)}; "
+        "recovered revenue per failed payment "
+        + ci(_signed_usd(usd.diff), _signed_usd(usd.lo), _signed_usd(usd.hi))
     )
     console.print(replay_verdict(usd, control))
     console.print(
