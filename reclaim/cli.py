@@ -46,7 +46,8 @@ def main(
     """Reclaim's commands. Settings come from RECLAIM_* environment variables or .env."""
     level = logging.DEBUG if verbose else getattr(logging, get_settings().log_level.upper())
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(max(level, logging.WARNING))  # a line per request
+    for chatty in ("httpx", "stripe"):  # a line per request
+        logging.getLogger(chatty).setLevel(max(level, logging.WARNING))
 
 
 @contextmanager
