@@ -231,6 +231,23 @@ def location_of(
     return {"customer_country": country, "customer_timezone": zone}
 
 
+def reachability_of(
+    customer: Mapping[str, Any] | None, invoice: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """``reachable_email``: false only where Stripe says there is no address (the invoice's
+    ``customer_email`` and the expanded customer's ``email`` both given and empty); otherwise
+    left to the contract's default. A phone number is not consent to SMS, and the app is the
+    platform's to know: those keep their defaults."""
+    known = [
+        obj[key]
+        for obj, key in ((invoice, "customer_email"), (customer, "email"))
+        if isinstance(obj, Mapping) and key in obj
+    ]
+    if known and not any(known):
+        return {"reachable_email": False}
+    return {}
+
+
 def invoice_payment_intents(invoice: Mapping[str, Any]) -> list[Any]:
     """The payment intents of an invoice (ids or expanded objects), basil and older."""
     found = [
@@ -312,6 +329,10 @@ def payment_row(
             obj if is_invoice else None,
             [charge, error_pm],
             card["card_country"],
+        ),
+        **reachability_of(
+            customer if customer is not None else _expanded(obj.get("customer")),
+            obj if is_invoice else None,
         ),
         **card,
         "billing_reason": billing_reason,

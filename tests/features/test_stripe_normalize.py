@@ -219,3 +219,15 @@ def test_a_platform_invoices_failure_webhook_names_its_account_and_fee(model: st
     assert payment["account_id"] == one["account_id"].iloc[0]
     assert payment["charge_model"] == model
     assert payment["application_fee_amount"] == int(one["application_fee_amount"].iloc[0])
+
+
+def test_an_invoice_without_an_email_address_marks_the_customer_unreachable_by_email() -> None:
+    event = load("destination_obo_invoice_stolen_card")
+    invoice = event["data"]["object"]
+    assert sn.normalize_event(event).payment.get("reachable_email", True) is True
+    event["data"]["object"] = {**invoice, "customer_email": None}
+    p = sn.normalize_event(event).payment
+    assert p["reachable_email"] is False
+    assert contract.conform(contract.PAYMENTS, pd.DataFrame([p]))["reachable_email"].tolist() == [
+        False
+    ]
