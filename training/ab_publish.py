@@ -9,9 +9,11 @@ import io
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from reclaim import contract
 from reclaim.training import plots
 from reclaim.training.ab_report import ExperimentReport
 
@@ -79,8 +81,8 @@ def to_html(report: ExperimentReport) -> str:
     for name, table in report.attribution.items():
         parts.append(
             _section(
-                f"Attribution by {name.replace('_', ' ')} (minor units)",
-                table,
+                f"Attribution by {name.replace('_', ' ')} (each currency's major units)",
+                in_major_units(table),
                 "recovered = platform_fee + account_share, to the cent.",
             )
         )
@@ -88,6 +90,21 @@ def to_html(report: ExperimentReport) -> str:
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(report.name)}"
         f"</title><style>{_CSS}</style></head><body>{''.join(parts)}</body></html>"
     )
+
+
+def in_major_units(table: pd.DataFrame) -> pd.DataFrame:
+    """An attribution table (integer minor units, a ``currency`` index level) for people: its
+    money columns in each row's currency's major units, written to the cent (``1,146.93``;
+    zero-decimal currencies whole)."""
+    out = table.copy()
+    currency = out.index.get_level_values("currency").to_numpy()
+    zero = np.isin(currency, list(contract.ZERO_DECIMAL))
+    for column in ("recovered", "platform_fee", "account_share"):
+        minor = out[column].to_numpy()
+        out[column] = [
+            f"{v:,d}" if z else f"{v / 100:,.2f}" for v, z in zip(minor, zero, strict=True)
+        ]
+    return out
 
 
 def to_text(report: ExperimentReport) -> str:
@@ -101,7 +118,8 @@ def to_text(report: ExperimentReport) -> str:
                 f"Arms\n{report.arms.round(4)}",
                 f"Effects (treatment - control)\n{report.effects[EFFECT_COLUMNS].round(4)}",
                 f"Guardrails\n{report.guardrails[EFFECT_COLUMNS].round(4)}",
-                f"Attribution (minor units)\n{report.attribution['total']}",
+                "Attribution (each currency's major units)\n"
+                f"{in_major_units(report.attribution['total'])}",
             ]
         )
 

@@ -101,3 +101,22 @@ def test_a_report_on_payments_never_messaged(experiment):
     assert set(report.frame["channel"]) == {"none"}
     assert list(report.breakdowns["channel"].index) == ["none"]
     assert (report.arms["messages_per_payment"] == 0).all()
+
+
+def test_attribution_is_shown_in_major_units_per_currency() -> None:
+    import pandas as pd
+
+    from reclaim.training.ab_publish import in_major_units
+
+    index = pd.MultiIndex.from_tuples(
+        [("control", "usd"), ("control", "jpy")], names=["arm", "currency"]
+    )
+    table = pd.DataFrame(
+        {"recovered": [114_693, 4_900], "platform_fee": [11_469, 490],
+         "account_share": [103_224, 4_410], "payments": [3, 1]},
+        index=index,
+    )  # fmt: skip
+    shown = in_major_units(table)
+    assert shown.loc[("control", "usd"), "recovered"] == "1,146.93"
+    assert shown.loc[("control", "jpy"), "recovered"] == "4,900"
+    assert shown.loc[("control", "usd"), "payments"] == 3
