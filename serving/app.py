@@ -19,7 +19,7 @@ from reclaim.serving.auth import KeyCache
 from reclaim.serving.decide import Experiment
 from reclaim.serving.metrics import Metrics
 from reclaim.serving.policy_holder import PolicyHolder
-from reclaim.serving.routes import accounts, decisions, health, payments, webhooks
+from reclaim.serving.routes import accounts, decisions, health, payments, stats, webhooks
 from reclaim.serving.slots import FairSlots
 from reclaim.serving.store.migrate import upgrade
 from reclaim.serving.store.repository import make_engine
@@ -88,4 +88,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(decisions.router)
     app.include_router(payments.router)
     app.include_router(accounts.router)
+    app.include_router(stats.router)
     return app

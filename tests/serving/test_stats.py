@@ -1,0 +1,116 @@
+"""/v1/stats: recovery statistics computed in the database, equal to the same numbers computed
+from the contract tables with pandas, on SQLite and PostgreSQL, within each key's accounts."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from reclaim.contract import ZERO_DECIMAL
+from reclaim.reference import RandomizedLogging
+from reclaim.serving.auth import create_key
+from reclaim.serving.store import repository as repo
+from reclaim.serving.store import stats
+from reclaim.simulator import generate, rollout
+
+
+@pytest.fixture(scope="module")
+def history():
+    return rollout(generate(12, 900, seed=31), RandomizedLogging(), seed=31).tables
+
+
+def _expected(tables, lo, hi, accounts=None) -> pd.DataFrame:
+    """The overview's currency rows, computed from the contract tables with pandas."""
+    p = tables.payments
+    p = p[(p["failed_at"] >= lo) & (p["failed_at"] < hi)]
+    if accounts is not None:
+        p = p[p["account_id"].isin(accounts)]
+    ok = set(tables.attempts.loc[tables.attempts["outcome"] == "succeeded", "payment_id"])
+    won = p["payment_id"].isin(ok)
+    minor = np.where(p["currency"].isin(list(ZERO_DECIMAL)), 1.0, 100.0)
+    frame = pd.DataFrame(
+        {
+            "currency": p["currency"].astype(str),
+            "failed": 1,
+            "recovered": won.astype(int),
+            "recovered_amount": np.where(won, p["amount"] / minor, 0.0),
+            "platform_fee": np.where(won, p["application_fee_amount"].fillna(0) / minor, 0.0),
+        }
+    )
+    return frame.groupby("currency").sum().sort_index()
+
+
+def test_the_overview_equals_pandas_on_both_databases(engine, history) -> None:
+    repo.save_contract(engine, history)
+    failed = history.payments["failed_at"]
+    lo = failed.quantile(0.2).to_pydatetime()
+    hi = failed.quantile(0.9).to_pydatetime()
+    got = stats.overview(engine, lo, hi)
+    rows = pd.DataFrame(got["currencies"]).set_index("currency").sort_index()
+    want = _expected(history, lo, hi)
+    assert rows.index.tolist() == want.index.tolist() and len(rows) > 1
+    for column in ("failed", "recovered"):
+        assert rows[column].tolist() == want[column].tolist(), column
+    for column in ("recovered_amount", "platform_fee"):
+        np.testing.assert_allclose(rows[column], want[column], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        rows["platform_fee"] + rows["account_share"], rows["recovered_amount"], atol=1e-6
+    )
+    assert rows["recovery_rate"].between(0, 1).all()
+    # the days add up to the period, per currency; the previous period is the one before
+    days = pd.DataFrame(got["by_day"]).groupby("currency")[["failed", "recovered"]].sum()
+    assert days.sort_index().to_dict() == rows[["failed", "recovered"]].to_dict()
+    before = pd.DataFrame(got["previous"]).set_index("currency").sort_index()
+    assert before["failed"].tolist() == _expected(history, lo - (hi - lo), lo)["failed"].tolist()
+
+
+def test_accounts_are_sorted_searched_paged_and_scoped(engine, history) -> None:
+    repo.save_contract(engine, history)
+    lo, hi = datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC)
+    rows, total = stats.account_rows(engine, lo, hi, sort="recovery_rate", limit=500)
+    assert total == len(rows) == history.payments.groupby(["account_id", "currency"]).ngroups
+    rates = [r["recovery_rate"] for r in rows]
+    assert rates == sorted(rates, reverse=True)
+    page, again = (stats.account_rows(engine, lo, hi, limit=5, offset=5)[0] for _ in range(2))
+    assert page == again and len(page) == 5
+    one = rows[0]["account_id"]
+    found, n = stats.account_rows(engine, lo, hi, search=one[-4:])
+    assert n >= 1 and all(one[-4:] in r["account_id"] for r in found)
+    mine = sorted(history.payments["account_id"].unique())[:2]
+    scoped, _ = stats.account_rows(engine, lo, hi, accounts=frozenset(mine), limit=500)
+    assert {r["account_id"] for r in scoped} == set(mine)
+    assert stats.account_rows(engine, lo, hi, search="100%_\\")[1] == 0  # wildcards are text
+
+
+def test_the_stats_api_shows_each_key_its_own_accounts(client, history) -> None:
+    engine = client.app.state.engine
+    repo.save_contract(engine, history)
+    accounts = sorted(history.payments["account_id"].unique())
+    _, analyst = create_key(engine, "analyst")
+    _, scoped = create_key(engine, "analyst", accounts=[accounts[0]])
+    period = {"start": "2000-01-01", "end": "2099-12-31"}
+
+    def get(path, key, **params):
+        return client.get(path, params={**period, **params},
+                          headers={"Authorization": f"Bearer {key}"})  # fmt: skip
+
+    whole = get("/v1/stats/overview", analyst)
+    assert whole.status_code == 200, whole.text
+    assert sum(c["failed"] for c in whole.json()["currencies"]) == len(history.payments)
+    own = get("/v1/stats/overview", scoped).json()
+    mine = (history.payments["account_id"] == accounts[0]).sum()
+    assert sum(c["failed"] for c in own["currencies"]) == mine
+    listed = get("/v1/stats/accounts", scoped, limit=500).json()
+    assert {r["account_id"] for r in listed["rows"]} == {accounts[0]}
+    assert get("/v1/stats/overview", scoped, account_id=accounts[1]).status_code == 404
+    assert get("/v1/stats/overview", analyst, account_id=accounts[1]).status_code == 200
+    # the client's own key is a scheduler's: not for statistics
+    assert client.get("/v1/stats/overview").status_code == 403
+    assert (
+        get("/v1/stats/overview", analyst, start="2026-05-02", end="2026-05-01").status_code == 422
+    )
+    assert get("/v1/stats/accounts", analyst, sort="amount; drop").status_code == 422
+    assert get("/v1/stats/overview", analyst, start="1900-01-01").status_code == 422
