@@ -5,7 +5,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench bench-tools clean
+.PHONY: demo test lint bench bench-tools browser-tools clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,11 +38,17 @@ demo: $(VENV)/.installed
 		--payments 10000 --seed 8 --tracking-uri sqlite:///$(DEMO)/mlflow.db
 
 # Two workers, one per core; a test file stays on one worker (its module fixtures are built once).
-test: $(VENV)/.installed-dev
+# The dashboard's browser test drives Debian's chromium: installed where missing and possible.
+test: $(VENV)/.installed-dev browser-tools
 	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=15
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy reclaim simulator
+
+browser-tools:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  (apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null) || \
+	  echo "no chromium here: the dashboard's browser test will be skipped"
 
 # wrk drives the API load benchmark; Debian's package, installed only where it is missing.
 bench-tools:

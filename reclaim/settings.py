@@ -28,6 +28,13 @@ class Settings(BaseSettings):
     """The operational store (SQLite embedded; PostgreSQL in production)."""
     mlflow_tracking_uri: str = "sqlite:///mlflow.db"
     """MLflow tracking store."""
+    dashboard_session_secret: SecretStr | None = None
+    """Signs dashboard session cookies. Unset: a random secret per process (sessions end when
+    the server restarts; with several workers, set it)."""
+    dashboard_session_hours: float = 8.0
+    """How long a dashboard sign-in lasts."""
+    dashboard_secure_cookies: bool = True
+    """Send the session cookie only over HTTPS (browsers treat http://localhost as secure)."""
     mlflow_artifact_uri: str | None = None
     """Where a new MLflow experiment keeps its artifacts (models, plots): a folder or an object
     store URI. Unset: MLflow's default, ``./mlruns`` of the working directory for a local

@@ -13,7 +13,7 @@ from datetime import timedelta
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 
-from reclaim.serving import guards
+from reclaim.serving import dashboard, guards
 from reclaim.serving import webhooks as events
 from reclaim.serving.auth import KeyCache
 from reclaim.serving.decide import Experiment
@@ -89,4 +89,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(payments.router)
     app.include_router(accounts.router)
     app.include_router(stats.router)
+    app.include_router(dashboard.router)
     return app

@@ -99,6 +99,17 @@ class KeyCache:
             self._seen[_hash(key)] = (time.monotonic(), principal)
 
 
+def principal_of(engine: Engine, key_id: str) -> Principal | None:
+    """The principal of a stored, unrevoked key by its id (a dashboard session names its key
+    this way: revoking the key ends its sessions), or None."""
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(t.api_keys).where(t.api_keys.c.key_id == key_id)).one_or_none()
+    if row is None or row.revoked_at is not None:
+        return None
+    accounts = frozenset(json.loads(row.accounts)) if row.accounts else None
+    return Principal(row.key_id, Role(row.role), accounts)
+
+
 def authenticate(engine: Engine, key: str | None) -> Principal:
     """The principal of a presented key, or :class:`Unauthorized`."""
     if not key or not key.startswith(PREFIX):

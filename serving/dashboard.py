@@ -1,0 +1,293 @@
+"""The dashboard: server-rendered pages over the ``/v1/stats`` queries, behind the API keys.
+
+Sign-in takes an analyst or admin key once and gives a session cookie (HTTP-only,
+``SameSite=Strict``, ``Secure`` unless ``RECLAIM_DASHBOARD_SECURE_COOKIES=false``) holding the
+key's id and an expiry, signed with HMAC-SHA256; every page looks the key up again, so revoking
+it ends its sessions. Forms that change anything (sign-in, sign-out) carry a CSRF token that
+must match a cookie set with the form (double submit). Charts are SVG drawn here: the pages
+load nothing from the internet and run no script.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlencode
+
+import jinja2
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from reclaim.serving.auth import Principal, Role, Unauthorized, authenticate, principal_of
+from reclaim.serving.routes.stats import _period
+from reclaim.serving.store import stats
+
+router = APIRouter(include_in_schema=False)
+SESSION, CSRF = "reclaim_session", "reclaim_csrf"
+SYMBOLS = {"usd": "$", "eur": "€", "gbp": "£", "jpy": "¥", "inr": "₹", "aud": "A$", "cad": "C$"}
+SYMBOLS |= {"brl": "R$"}
+
+_templates = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(Path(__file__).with_name("templates")),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+)
+
+
+def money(amount: float, currency: str) -> str:
+    """``$1,146.93``, ``¥4,900``, ``CHF 12.00``: major units with the currency's symbol."""
+    whole = currency in stats.ZERO_DECIMAL
+    number = f"{amount:,.0f}" if whole else f"{amount:,.2f}"
+    symbol = SYMBOLS.get(currency)
+    return f"{symbol}{number}" if symbol else f"{currency.upper()} {number}"
+
+
+def percent(rate: float) -> str:
+    return f"{rate:.1%}"
+
+
+_templates.filters["money"] = money
+_templates.filters["percent"] = percent
+
+
+def _secret(request: Request) -> bytes:
+    settings = request.app.state.settings
+    if settings.dashboard_session_secret is not None:
+        return settings.dashboard_session_secret.get_secret_value().encode()
+    state = request.app.state
+    if not hasattr(state, "dashboard_secret"):
+        state.dashboard_secret = secrets.token_bytes(32)
+    return state.dashboard_secret
+
+
+def _sign(request: Request, payload: dict[str, Any]) -> str:
+    body = base64.urlsafe_b64encode(json.dumps(payload, separators=(",", ":")).encode()).decode()
+    mac = hmac.new(_secret(request), body.encode(), hashlib.sha256).hexdigest()
+    return f"{body}.{mac}"
+
+
+def _unsign(request: Request, token: str | None) -> dict[str, Any] | None:
+    if not token or token.count(".") != 1:
+        return None
+    body, mac = token.split(".")
+    want = hmac.new(_secret(request), body.encode(), hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(mac, want):
+        return None
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(body.encode()))
+    except ValueError:
+        return None
+    if not isinstance(payload, dict) or payload.get("exp", 0) < time.time():
+        return None
+    return payload
+
+
+async def _principal(request: Request) -> Principal | None:
+    payload = _unsign(request, request.cookies.get(SESSION))
+    if payload is None or not isinstance(payload.get("key"), str):
+        return None
+    found = await run_in_threadpool(principal_of, request.app.state.engine, payload["key"])
+    return found if found is not None and found.role in (Role.ANALYST, Role.ADMIN) else None
+
+
+def _page(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
+    html = _templates.get_template(template).render(request=request, **context)
+    return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
+
+
+def _login_page(request: Request, error: str | None = None, status: int = 200) -> HTMLResponse:
+    token = secrets.token_urlsafe(32)
+    response = _page(request, "login.html", status, csrf=token, error=error)
+    response.set_cookie(
+        CSRF, token, httponly=True, samesite="strict", path="/dashboard",
+        secure=request.app.state.settings.dashboard_secure_cookies,
+    )  # fmt: skip
+    return response
+
+
+async def _form(request: Request) -> dict[str, str]:
+    body = await request.body()
+    if len(body) > 4096:
+        return {}
+    try:
+        fields = parse_qs(body.decode("utf-8"), max_num_fields=10)
+    except (UnicodeDecodeError, ValueError):
+        return {}
+    return {k: v[0] for k, v in fields.items()}
+
+
+def _csrf_ok(request: Request, form: dict[str, str]) -> bool:
+    cookie, sent = request.cookies.get(CSRF), form.get("csrf")
+    return bool(cookie and sent and hmac.compare_digest(cookie, sent))
+
+
+@router.get("/")
+async def root() -> RedirectResponse:
+    return RedirectResponse("/dashboard", status_code=303)
+
+
+@router.get("/dashboard/login")
+async def login_form(request: Request) -> HTMLResponse:
+    return _login_page(request)
+
+
+@router.post("/dashboard/login")
+async def login(request: Request) -> Response:
+    form = await _form(request)
+    if not _csrf_ok(request, form):
+        return _login_page(request, "The form expired: sign in again.", 403)
+    try:
+        principal = await run_in_threadpool(
+            authenticate, request.app.state.engine, form.get("key", "").strip()
+        )
+    except Unauthorized:
+        return _login_page(request, "Unknown or revoked key.", 401)
+    if principal.role not in (Role.ANALYST, Role.ADMIN):
+        return _login_page(request, "The dashboard takes an analyst or admin key.", 403)
+    hours = request.app.state.settings.dashboard_session_hours
+    token = _sign(request, {"key": principal.key_id, "exp": time.time() + hours * 3600})
+    response = RedirectResponse("/dashboard", status_code=303)
+    response.set_cookie(
+        SESSION, token, httponly=True, samesite="strict", path="/",
+        secure=request.app.state.settings.dashboard_secure_cookies, max_age=int(hours * 3600),
+    )  # fmt: skip
+    response.delete_cookie(CSRF, path="/dashboard")
+    return response
+
+
+@router.post("/dashboard/logout")
+async def logout(request: Request) -> Response:
+    form = await _form(request)
+    if not _csrf_logout_ok(request, form):
+        return RedirectResponse("/dashboard", status_code=303)
+    response = RedirectResponse("/dashboard/login", status_code=303)
+    response.delete_cookie(SESSION, path="/")
+    return response
+
+
+def _dates(request: Request) -> tuple[date | None, date | None, str | None]:
+    def parse(name: str) -> date | None:
+        value = request.query_params.get(name)
+        if not value:
+            return None
+        day = date.fromisoformat(value)
+        if not date(2000, 1, 1) <= day <= date(2999, 12, 31):
+            raise ValueError(f"{name} must be between 2000 and 2999")
+        return day
+
+    try:
+        return parse("start"), parse("end"), None
+    except ValueError as exc:
+        return None, None, f"Dates as YYYY-MM-DD: {exc}"
+
+
+def _chosen_period(request: Request) -> tuple[datetime, datetime, date, date, str | None]:
+    """The page's period from ``start`` and ``end``; the last 30 days, with a note, where they
+    are not dates or run backwards."""
+    start, end, error = _dates(request)
+    if start is not None and end is not None and start > end:
+        start, end, error = None, None, "The start was after the end: the last 30 days."
+    return (*_period(start, end), error)
+
+
+def _signed_out() -> RedirectResponse:
+    return RedirectResponse("/dashboard/login", status_code=303)
+
+
+@router.get("/dashboard")
+async def overview(request: Request) -> Response:
+    principal = await _principal(request)
+    if principal is None:
+        return _signed_out()
+    lo, hi, first, last, error = _chosen_period(request)
+    engine = request.app.state.engine
+    found = await run_in_threadpool(stats.overview, engine, lo, hi, principal.accounts)
+    previous = {row["currency"]: row for row in found["previous"]}
+    charts = [
+        _bars(cur, [d for d in found["by_day"] if d["currency"] == cur], first, last)
+        for cur in [row["currency"] for row in found["currencies"]]
+    ]
+    return _page(
+        request, "overview.html", principal=principal, first=first, last=last, error=error,
+        rows=found["currencies"], previous=previous, charts=charts, csrf=_logout_token(request),
+    )  # fmt: skip
+
+
+@router.get("/dashboard/accounts")
+async def accounts(request: Request) -> Response:
+    principal = await _principal(request)
+    if principal is None:
+        return _signed_out()
+    lo, hi, first, last, error = _chosen_period(request)
+    q = request.query_params
+    sort = q.get("sort", "failed")
+    sort = sort if sort in stats.ACCOUNT_SORTS else "failed"
+    descending = q.get("order", "desc") != "asc"
+    search = "".join(c for c in q.get("search", "")[:100] if c.isalnum() or c in "_-")
+    try:
+        page = max(0, min(int(q.get("page", "0")), 100_000))
+    except ValueError:
+        page = 0
+    size = 50
+    rows, total = await run_in_threadpool(
+        stats.account_rows, request.app.state.engine, lo, hi, principal.accounts, search or None,
+        sort, descending, size, page * size,
+    )  # fmt: skip
+    base = {"start": first.isoformat(), "end": last.isoformat(), "search": search}
+
+    def link(**changes: Any) -> str:
+        return "/dashboard/accounts?" + urlencode({**base, "sort": sort,
+                                                  "order": "desc" if descending else "asc",
+                                                  "page": page, **changes})  # fmt: skip
+
+    return _page(
+        request, "accounts.html", principal=principal, rows=rows, total=total, page=page,
+        pages=max(1, -(-total // size)), sort=sort, descending=descending, search=search,
+        first=first, last=last, link=link, sorts=stats.ACCOUNT_SORTS, error=error,
+        csrf=_logout_token(request),
+    )  # fmt: skip
+
+
+def _csrf_logout_ok(request: Request, form: dict[str, str]) -> bool:
+    sent = form.get("csrf", "")
+    return bool(sent) and hmac.compare_digest(sent, _logout_token(request))
+
+
+def _logout_token(request: Request) -> str:
+    """The sign-out form's CSRF token: bound to the session cookie, so no second cookie."""
+    session = request.cookies.get(SESSION, "")
+    return hmac.new(_secret(request), b"logout:" + session.encode(), hashlib.sha256).hexdigest()
+
+
+def _bars(currency: str, days: list[dict[str, Any]], first: date, last: date) -> dict[str, Any]:
+    """An SVG bar chart of failed (light) and recovered (dark) payments per day."""
+    by_day = {d["day"]: d for d in days}
+    n = (last - first).days + 1
+    width, height, pad = 720, 160, 24
+    step = (width - 2 * pad) / max(n, 1)
+    top = max([d["failed"] for d in days] + [1])
+    bars = []
+    for i in range(n):
+        day = (first + timedelta(days=i)).isoformat()
+        d = by_day.get(day, {"failed": 0, "recovered": 0, "recovered_amount": 0.0})
+        x = pad + i * step
+        for key, cls in (("failed", "failed"), ("recovered", "recovered")):
+            h = (height - 2 * pad) * d[key] / top
+            bars.append(
+                {
+                    "x": round(x, 1), "y": round(height - pad - h, 1),
+                    "w": round(max(step - 1, 1), 1), "h": round(h, 1), "cls": cls,
+                    "title": f"{day}: {d['failed']} failed, {d['recovered']} recovered "
+                    f"({money(d['recovered_amount'], currency)})",
+                }
+            )  # fmt: skip
+    return {"currency": currency, "bars": bars, "width": width, "height": height, "top": top,
+            "days": sum(1 for d in days if d["failed"])}  # fmt: skip

@@ -1,0 +1,196 @@
+"""The dashboard: sign-in by key into a signed, HTTP-only session with CSRF-checked forms;
+pages that show each key only its accounts; and the same pages driven in Debian's chromium."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+
+from reclaim.reference import RandomizedLogging
+from reclaim.serving.app import create_app
+from reclaim.serving.auth import create_key
+from reclaim.serving.store import repository as repo
+from reclaim.serving.store import tables as t
+from reclaim.settings import Settings
+from reclaim.simulator import generate, rollout
+
+from .conftest import _free_port, _serve
+
+DOCS = Path(__file__).parents[2] / "docs"
+
+
+@pytest.fixture(scope="module")
+def history():
+    return rollout(generate(15, 1_200, seed=33), RandomizedLogging(), seed=33).tables
+
+
+def _settings(tmp_path, trained, secure: bool = True) -> Settings:
+    return Settings(
+        database_url=f"sqlite:///{tmp_path / 'dash.db'}",
+        mlflow_tracking_uri=trained.tracking_uri,
+        stripe_webhook_secret_platform=SecretStr("whsec_p"),
+        stripe_webhook_secret_connect=SecretStr("whsec_c"),
+        policy_reload_seconds=3600,
+        dashboard_secure_cookies=secure,
+    )
+
+
+@pytest.fixture
+def site(tmp_path, trained, history):
+    with TestClient(create_app(_settings(tmp_path, trained)), base_url="https://testserver") as c:
+        engine = c.app.state.engine
+        repo.save_contract(engine, history)
+        accounts = sorted(history.payments["account_id"].unique())
+        keys = {
+            "analyst": create_key(engine, "analyst"),
+            "scoped": create_key(engine, "analyst", accounts=[accounts[0]]),
+            "scheduler": create_key(engine, "scheduler"),
+        }
+        yield c, keys, accounts
+
+
+def _sign_in(client, key: str):
+    form = client.get("/dashboard/login")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', form.text).group(1)
+    return client.post("/dashboard/login", data={"csrf": csrf, "key": key}, follow_redirects=False)
+
+
+PERIOD = "start=2026-01-01&end=2026-12-31"
+
+
+def test_signing_in_gives_an_http_only_signed_session(site) -> None:
+    client, keys, accounts = site
+    assert client.get("/", follow_redirects=False).headers["location"] == "/dashboard"
+    assert client.get("/dashboard", follow_redirects=False).headers["location"].endswith("/login")
+    # a form without its CSRF token is refused
+    forged = client.post("/dashboard/login", data={"key": keys["analyst"][1]})
+    assert forged.status_code == 403 and "expired" in forged.text
+    assert _sign_in(client, "rk_not_a_key").status_code == 401
+    assert _sign_in(client, keys["scheduler"][1]).status_code == 403
+    ok = _sign_in(client, keys["analyst"][1])
+    assert ok.status_code == 303
+    cookie = ok.headers["set-cookie"]
+    for flag in ("HttpOnly", "Secure", "SameSite=strict"):
+        assert flag.lower() in cookie.lower(), flag
+    page = client.get(f"/dashboard?{PERIOD}")
+    assert page.status_code == 200 and "Recovered revenue" in page.text
+    assert "<svg" in page.text and 'class="recovered"' in page.text
+    # a tampered session is no session
+    session = client.cookies.get("reclaim_session")
+    client.cookies.delete("reclaim_session")
+    client.cookies.set("reclaim_session", session[:-2] + ("00" if session[-2:] != "00" else "11"))
+    assert client.get("/dashboard", follow_redirects=False).status_code == 303
+
+
+def test_revoking_the_key_ends_its_sessions_and_sign_out_needs_the_token(site) -> None:
+    client, keys, _ = site
+    _sign_in(client, keys["analyst"][1])
+    assert client.get("/dashboard").status_code == 200
+    assert client.post("/dashboard/logout", data={"csrf": "guess"}, follow_redirects=False)
+    assert client.get("/dashboard", follow_redirects=False).status_code == 200  # still in
+    with client.app.state.engine.begin() as conn:
+        conn.execute(
+            sa.update(t.api_keys)
+            .where(t.api_keys.c.key_id == keys["analyst"][0])
+            .values(revoked_at=datetime.now(UTC))
+        )
+    assert client.get("/dashboard", follow_redirects=False).status_code == 303
+
+
+def test_a_scoped_key_sees_only_its_accounts(site, history) -> None:
+    client, keys, accounts = site
+    _sign_in(client, keys["scoped"][1])
+    page = client.get(f"/dashboard/accounts?{PERIOD}&sort=recovery_rate")
+    assert page.status_code == 200
+    shown = set(re.findall(r"<td>(acct_[^<]+)</td>", page.text))
+    assert shown == {accounts[0]}
+    mine = (history.payments["account_id"] == accounts[0]).sum()
+    overview = client.get(f"/dashboard?{PERIOD}").text
+    failed = sum(
+        int(n.replace(",", ""))
+        for n in re.findall(r"<td>([\d,]+)</td>\s*<td>[\d,]+</td>\s*<td>[\d.]+%</td>", overview)
+    )
+    assert failed == mine
+
+
+def test_odd_query_strings_get_a_page_not_an_error(site) -> None:
+    client, keys, _ = site
+    _sign_in(client, keys["analyst"][1])
+    for query in ("start=yesterday", "start=2026-05-02&end=2026-05-01", "start=1000-01-01",
+                  "page=-4&sort=drop&order=sideways&search=%00%ud800"):  # fmt: skip
+        for path in ("/dashboard", "/dashboard/accounts"):
+            page = client.get(f"{path}?{query}")
+            assert page.status_code == 200, (path, query, page.text[:200])
+
+
+@pytest.mark.skipif(
+    not (shutil.which("chromium") and shutil.which("chromedriver")),
+    reason="no chromium/chromedriver: `make test` installs Debian's packages where it can",
+)
+def test_the_pages_in_a_real_browser(tmp_path, trained, history) -> None:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    app = create_app(_settings(tmp_path, trained))
+    port = _free_port()
+    server = _serve(app, port)
+    engine = app.state.engine
+    repo.save_contract(engine, history)
+    accounts = sorted(history.payments["account_id"].unique())
+    _, analyst = create_key(engine, "analyst")
+    _, scoped = create_key(engine, "analyst", accounts=[accounts[1]])
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                "--window-size=1280,900"):  # fmt: skip
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    base = f"http://localhost:{port}"
+    try:
+
+        def sign_in(key: str) -> None:
+            driver.delete_all_cookies()
+            driver.get(f"{base}/dashboard/login")
+            driver.find_element(By.ID, "key").send_keys(key)
+            driver.find_element(By.ID, "sign-in").click()
+            WebDriverWait(driver, 30).until(lambda d: d.title.startswith("Overview"))
+
+        sign_in(analyst)
+        driver.get(f"{base}/dashboard?{PERIOD}")
+        assert driver.title.startswith("Overview")
+        bars = driver.find_elements(By.CSS_SELECTOR, "svg.chart rect.recovered")
+        assert sum(float(b.get_attribute("height")) > 0 for b in bars) > 10, "charts have data"
+        driver.save_screenshot(str(DOCS / "dashboard-overview.png"))
+        driver.find_element(By.LINK_TEXT, "Accounts").click()
+        WebDriverWait(driver, 30).until(lambda d: d.title.startswith("Accounts"))
+        driver.get(f"{base}/dashboard/accounts?{PERIOD}")
+        driver.find_element(By.PARTIAL_LINK_TEXT, "Recovery rate").click()
+        WebDriverWait(driver, 30).until(lambda d: "sort=recovery_rate" in d.current_url)
+        rows = driver.find_elements(By.CSS_SELECTOR, "#accounts tbody tr")
+        assert len(rows) > 5
+        driver.save_screenshot(str(DOCS / "dashboard-accounts.png"))
+        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert errors == [], errors
+
+        sign_in(scoped)
+        driver.get(f"{base}/dashboard/accounts?{PERIOD}")
+        cells = driver.find_elements(By.CSS_SELECTOR, "#accounts tbody tr td:first-child")
+        assert {c.text for c in cells} == {accounts[1]}, driver.page_source[:3000]
+        driver.find_element(By.XPATH, "//button[text()='Sign out']").click()
+        WebDriverWait(driver, 30).until(lambda d: d.current_url.endswith("/dashboard/login"))
+        driver.get(f"{base}/dashboard")
+        assert driver.current_url.endswith("/dashboard/login"), "signed out"
+    finally:
+        driver.quit()
+        server.should_exit = True
