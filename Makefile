@@ -36,6 +36,11 @@ demo: $(VENV)/.installed
 		--tracking-uri sqlite:///$(DEMO)/mlflow.db
 	$(BIN)/reclaim evaluate --model models:/reclaim-policy@champion --simulator \
 		--payments 10000 --seed 8 --tracking-uri sqlite:///$(DEMO)/mlflow.db
+	@echo "The dashboard over the replay's store, with an analyst key created for it:"
+	@RECLAIM_DATABASE_URL=sqlite:///$(DEMO)/replay/reclaim.db $(BIN)/reclaim keys create --role analyst
+	@echo "  RECLAIM_DATABASE_URL=sqlite:///$(DEMO)/replay/reclaim.db \\"
+	@echo "  RECLAIM_MLFLOW_TRACKING_URI=sqlite:///$(DEMO)/mlflow.db $(BIN)/reclaim serve"
+	@echo "  then open http://localhost:8000/dashboard and sign in with the key above"
 
 # Two workers, one per core; a test file stays on one worker (its module fixtures are built once).
 # The dashboard's browser test drives Debian's chromium: installed where missing and possible.

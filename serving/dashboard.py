@@ -27,6 +27,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from reclaim.serving.auth import Principal, Role, Unauthorized, authenticate, principal_of
+from reclaim.serving.routes.payments import find_payments, payment_view
 from reclaim.serving.routes.stats import _period
 from reclaim.serving.store import stats
 
@@ -253,6 +254,70 @@ async def accounts(request: Request) -> Response:
         pages=max(1, -(-total // size)), sort=sort, descending=descending, search=search,
         first=first, last=last, link=link, sorts=stats.ACCOUNT_SORTS, error=error,
         csrf=_logout_token(request),
+    )  # fmt: skip
+
+
+#: Why there was no retry, for people (``reclaim.rules.NO_RETRY_REASONS``).
+NO_RETRY = {
+    "already_recovered": "the payment was already recovered",
+    "hard_decline": "the issuer will never approve this card for it",
+    "customer_action": "only the customer can complete 3D Secure: they were sent a reminder",
+    "network_cap": "the card network's limit on retries was reached",
+    "window_closed": "the 30-day recovery window had closed",
+    "opted_out": "the account has opted out of Reclaim",
+    "account_max_retries": "the account's own limit on retries was reached",
+    "policy": "the policy judged a retry not worth it yet",
+}
+
+
+def plain_reason(reason: str) -> str:
+    """``days_to_payday=0 (+0.41)`` → ``days to payday = 0 raised the chance (+0.41)``."""
+    feature, _, rest = reason.partition("=")
+    value, _, effect = rest.rpartition(" (")
+    direction = "raised" if effect.startswith("+") else "lowered"
+    return f"{feature.replace('_', ' ')} = {value} {direction} the chance ({effect}"
+
+
+@router.get("/dashboard/payments")
+async def payments(request: Request) -> Response:
+    principal = await _principal(request)
+    if principal is None:
+        return _signed_out()
+    text = request.query_params.get("q", "")[:255].strip()
+    text = "".join(c for c in text if c.isprintable() and c != "\x00")
+    found = []
+    if text:
+        engine = request.app.state.engine
+        found = await run_in_threadpool(find_payments, engine, text, principal)
+    return _page(
+        request, "payments.html", principal=principal, q=text, found=found, error=None,
+        csrf=_logout_token(request), major=stats.major,
+    )  # fmt: skip
+
+
+@router.get("/dashboard/payments/{payment_id}")
+async def payment(request: Request, payment_id: str) -> Response:
+    principal = await _principal(request)
+    if principal is None:
+        return _signed_out()
+    engine = request.app.state.engine
+    view = None
+    if len(payment_id) <= 255 and payment_id.isprintable():
+        view = await run_in_threadpool(payment_view, engine, payment_id, principal)
+    if view is None:
+        return _page(
+            request, "payments.html", status=404, principal=principal, q=payment_id, found=[],
+            error=f"No payment {payment_id!r}.", csrf=_logout_token(request), major=stats.major,
+        )  # fmt: skip
+    events = (
+        [{"at": a["attempted_at"], "kind": "attempt", "row": a} for a in view.attempts]
+        + [{"at": m["sent_at"], "kind": "message", "row": m} for m in view.messages]
+        + [{"at": d["decided_at"], "kind": "decision", "row": d} for d in view.decisions]
+    )
+    events.sort(key=lambda e: (str(e["at"]), e["kind"] != "attempt"))
+    return _page(
+        request, "payment.html", principal=principal, view=view, events=events, error=None,
+        csrf=_logout_token(request), major=stats.major, no_retry=NO_RETRY, plain=plain_reason,
     )  # fmt: skip
 
 

@@ -9,8 +9,10 @@ from typing import Annotated, Any
 import sqlalchemy as sa
 from fastapi import APIRouter, HTTPException, Path
 from pydantic import BaseModel
+from sqlalchemy.engine import Engine
 
 from reclaim.fields import Identifier
+from reclaim.serving.auth import Principal
 from reclaim.serving.deps import EngineDep, ReaderDep
 from reclaim.serving.store import repository as repo
 from reclaim.serving.store import tables as t
@@ -44,9 +46,18 @@ def _rows(df) -> list[dict[str, Any]]:
     },
 )
 def get_payment(payment_id: PaymentId, engine: EngineDep, principal: ReaderDep) -> PaymentView:
+    view = payment_view(engine, payment_id, principal)
+    if view is None:
+        raise HTTPException(404, f"no payment {payment_id!r}")
+    return view
+
+
+def payment_view(engine: Engine, payment_id: str, principal: Principal) -> PaymentView | None:
+    """A held payment with its history and decisions, or None when it is not held or not
+    visible to ``principal`` (the API and the dashboard say the same "not found")."""
     tables = repo.load_contract(engine, [payment_id])
     if tables.payments.empty or not principal.sees(tables.payments["account_id"].iloc[0]):
-        raise HTTPException(404, f"no payment {payment_id!r}")
+        return None
     with engine.connect() as conn:
         decisions = [
             dict(r._mapping)
@@ -69,3 +80,28 @@ def get_payment(payment_id: PaymentId, engine: EngineDep, principal: ReaderDep) 
         messages=_rows(tables.messages),
         decisions=decisions,
     )
+
+
+def find_payments(
+    engine: Engine, text: str, principal: Principal, limit: int = 50
+) -> list[dict[str, Any]]:
+    """Held payments whose id or customer id is ``text``, within the key's accounts."""
+    p = t.payments.c
+    query = (
+        sa.select(
+            p.payment_id,
+            p.account_id,
+            p.customer_id,
+            p.amount,
+            p.currency,
+            p.failed_at,
+            p.decline_code,
+        )  # fmt: skip
+        .where(sa.or_(p.payment_id == text, p.customer_id == text))
+        .order_by(p.failed_at.desc())
+        .limit(limit)
+    )
+    if principal.accounts is not None:
+        query = query.where(p.account_id.in_(sorted(principal.accounts)))
+    with engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(query)]

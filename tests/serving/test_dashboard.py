@@ -120,12 +120,49 @@ def test_a_scoped_key_sees_only_its_accounts(site, history) -> None:
     assert failed == mine
 
 
+def test_a_payment_page_tells_its_story_in_plain_words(site, history) -> None:
+    client, keys, accounts = site
+    # a decision through the API, so the payment has one with reasons
+    p = history.payments.iloc[0]
+    payment = {
+        "payment_id": "in_dash_1", "object": "invoice", "account_id": p["account_id"],
+        "charge_model": p["charge_model"], "amount": 4900, "currency": "usd",
+        "customer_id": "cus_dash_1", "customer_timezone": "America/Chicago",
+        "card_brand": "visa", "card_funding": "debit", "billing_reason": "subscription_cycle",
+        "failed_at": "2026-05-20T14:00:00Z", "decline_code": "insufficient_funds",
+    }  # fmt: skip
+    decided = client.post(
+        "/v1/decisions",
+        json={"payment": payment, "now": "2026-05-20T14:00:00Z"},
+        headers={"Authorization": f"Bearer {keys['scheduler'][1]}"},
+    )
+    assert decided.status_code == 200, decided.text
+    _sign_in(client, keys["analyst"][1])
+    found = client.get("/dashboard/payments?q=cus_dash_1")
+    assert 'href="/dashboard/payments/in_dash_1"' in found.text
+    page = client.get("/dashboard/payments/in_dash_1")
+    assert page.status_code == 200
+    assert "$49.00, open" in page.text and "First failure" in page.text
+    assert "Retry at" in page.text or "No retry:" in page.text
+    assert re.search(r"<li>[a-z ]+ = .+ (raised|lowered) the chance \([+-]", page.text)
+
+    # a key scoped to another account: not found, the same words as for an unknown id
+    other = next(a for a in accounts if a != p["account_id"])
+    _, outsider = create_key(client.app.state.engine, "analyst", accounts=[other])
+    _sign_in(client, outsider)
+    hidden = client.get("/dashboard/payments/in_dash_1")
+    unknown = client.get("/dashboard/payments/in_nobody")
+    assert hidden.status_code == unknown.status_code == 404
+    results = client.get("/dashboard/payments?q=cus_dash_1").text.split("</form>")[-1]
+    assert "cus_dash_1" not in results and "No payment with that id" in results
+
+
 def test_odd_query_strings_get_a_page_not_an_error(site) -> None:
     client, keys, _ = site
     _sign_in(client, keys["analyst"][1])
     for query in ("start=yesterday", "start=2026-05-02&end=2026-05-01", "start=1000-01-01",
-                  "page=-4&sort=drop&order=sideways&search=%00%ud800"):  # fmt: skip
-        for path in ("/dashboard", "/dashboard/accounts"):
+                  "page=-4&sort=drop&order=sideways&search=%00%ud800&q=%00%ud800"):  # fmt: skip
+        for path in ("/dashboard", "/dashboard/accounts", "/dashboard/payments"):
             page = client.get(f"{path}?{query}")
             assert page.status_code == 200, (path, query, page.text[:200])
 
@@ -180,6 +217,14 @@ def test_the_pages_in_a_real_browser(tmp_path, trained, history) -> None:
         rows = driver.find_elements(By.CSS_SELECTOR, "#accounts tbody tr")
         assert len(rows) > 5
         driver.save_screenshot(str(DOCS / "dashboard-accounts.png"))
+        driver.find_element(By.LINK_TEXT, "Payments").click()
+        WebDriverWait(driver, 30).until(lambda d: d.title.startswith("Payments"))
+        driver.find_element(By.ID, "q").send_keys(history.payments["customer_id"].iloc[3] + "\n")
+        WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#payments a"))
+        driver.find_element(By.CSS_SELECTOR, "#payments a").click()
+        WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.ID, "timeline"))
+        assert driver.find_elements(By.CSS_SELECTOR, "#timeline tr.attempt")
+        driver.save_screenshot(str(DOCS / "dashboard-payment.png"))
         errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert errors == [], errors
 
