@@ -16,7 +16,7 @@ import hmac
 import json
 import secrets
 import time
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode
@@ -318,6 +318,48 @@ async def payment(request: Request, payment_id: str) -> Response:
     return _page(
         request, "payment.html", principal=principal, view=view, events=events, error=None,
         csrf=_logout_token(request), major=stats.major, no_retry=NO_RETRY, plain=plain_reason,
+    )  # fmt: skip
+
+
+BREAKDOWN_TITLES = {
+    "decline_category": "Decline category",
+    "decline_code": "Decline code",
+    "charge_model": "Charge model",
+    "card_brand": "Card brand",
+    "retries": "Merchant retries made",
+}
+
+
+@router.get("/dashboard/declines")
+async def declines(request: Request) -> Response:
+    principal = await _principal(request)
+    if principal is None:
+        return _signed_out()
+    lo, hi, first, last, error = _chosen_period(request)
+    engine = request.app.state.engine
+    tables = {
+        title: await run_in_threadpool(stats.breakdown, engine, lo, hi, by, principal.accounts)
+        for by, title in BREAKDOWN_TITLES.items()
+    }
+    return _page(
+        request, "declines.html", principal=principal, tables=tables, first=first, last=last,
+        error=error, csrf=_logout_token(request),
+    )  # fmt: skip
+
+
+@router.get("/dashboard/operations")
+async def operations(request: Request) -> Response:
+    principal = await _principal(request)
+    if principal is None:
+        return _signed_out()
+    settings = request.app.state.settings
+    found = await run_in_threadpool(
+        stats.operations, request.app.state.engine, datetime.now(UTC),
+        settings.webhook_stuck_seconds, principal.accounts,
+    )  # fmt: skip
+    return _page(
+        request, "operations.html", principal=principal, ops=found, error=None,
+        csrf=_logout_token(request), stuck_after=settings.webhook_stuck_seconds,
     )  # fmt: skip
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
@@ -125,3 +125,47 @@ async def get_accounts(
         offset,
     )
     return AccountPage(total=total, rows=rows)
+
+
+class GroupTotals(BaseModel):
+    key: str = Field(description="The group: a decline code or category, a charge model, ….")
+    failed: int
+    recovered: int
+    recovery_rate: float = Field(ge=0, le=1)
+
+
+class Operations(BaseModel):
+    due: int = Field(description="Retries due and not yet made.")
+    oldest_due_seconds: float = Field(description="How late the oldest of them is.")
+    in_flight: int
+    webhooks_stuck: int | None = Field(
+        description="Webhook events unprocessed past RECLAIM_WEBHOOK_STUCK_SECONDS "
+        "(platform-wide keys only: an event names no account until processed)."
+    )
+    network_cap_hits_30d: int
+
+
+@router.get("/breakdown", summary="Recovery by decline, charge model, brand or retries",
+            responses=RESPONSES)  # fmt: skip
+async def get_breakdown(
+    engine: EngineDep,
+    principal: AnalystDep,
+    by: Literal["decline_category", "decline_code", "charge_model", "card_brand", "retries"],
+    start: Day = None,
+    end: Day = None,
+) -> list[GroupTotals]:
+    lo, hi, _, _ = _period(start, end)
+    rows = await run_in_threadpool(stats.breakdown, engine, lo, hi, by, principal.accounts)
+    return [GroupTotals(**r) for r in rows]
+
+
+@router.get("/operations", summary="How the scheduler and webhooks keep up", responses=RESPONSES)
+async def get_operations(request: Request, engine: EngineDep, principal: AnalystDep) -> Operations:
+    found = await run_in_threadpool(
+        stats.operations,
+        engine,
+        datetime.now(UTC),
+        request.app.state.settings.webhook_stuck_seconds,
+        principal.accounts,
+    )
+    return Operations(**found)

@@ -10,12 +10,13 @@ to the connected accounts a scoped key may see (None: all).
 from __future__ import annotations
 
 from collections.abc import Collection
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from reclaim import vocab
 from reclaim.contract import ZERO_DECIMAL
 from reclaim.serving.store import tables as t
 
@@ -190,3 +191,103 @@ def account_rows(
         {"account_id": account, **_row(currency, f, r, a, fee)}
         for account, currency, f, r, a, fee in rows
     ], int(total)
+
+
+#: What a breakdown may group by: a payment column, the decline category (from the code, by
+#: ``reclaim.vocab``), or how many merchant retries the payment got.
+BREAKDOWNS = ("decline_category", "decline_code", "charge_model", "card_brand", "retries")
+
+
+def breakdown(
+    engine: Engine,
+    start: datetime,
+    end: datetime,
+    by: str,
+    accounts: Collection[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Failed and recovered payments of ``[start, end)`` and the recovery rate per group of
+    ``by`` (one of :data:`BREAKDOWNS`): counts only, so currencies never mix."""
+    if by not in BREAKDOWNS:
+        raise ValueError(f"by must be one of {BREAKDOWNS}, got {by!r}")
+    ok = _recovered()
+    p, a = t.payments.c, t.attempts.c
+    source = t.payments.outerjoin(ok, ok.c.payment_id == p.payment_id)
+    if by == "retries":
+        tried = (
+            sa.select(a.payment_id.label("payment_id"), sa.func.count().label("n"))
+            .where(a.initiator == "merchant", a.attempt_number > 0)
+            .group_by(a.payment_id)
+            .subquery("tried")
+        )
+        source = source.outerjoin(tried, tried.c.payment_id == p.payment_id)
+        key: Any = sa.func.coalesce(tried.c.n, 0)
+    else:
+        key = p.decline_code if by == "decline_category" else getattr(p, by)
+    query = _scope(
+        sa.select(key.label("key"), sa.func.count(), sa.func.count(ok.c.payment_id)).select_from(
+            source
+        ),
+        start,
+        end,
+        accounts,
+    ).group_by(key)
+    with engine.connect() as conn:
+        rows = [(k, int(f), int(r)) for k, f, r in conn.execute(query)]
+    if by == "decline_category":
+        merged: dict[str, list[int]] = {}
+        for code, f, r in rows:
+            category = vocab.decline_category(code, None, None, None) or "unknown"
+            merged.setdefault(category, [0, 0])
+            merged[category][0] += f
+            merged[category][1] += r
+        rows = [(k, f, r) for k, (f, r) in merged.items()]
+    out = [
+        {"key": str(k), "failed": f, "recovered": r, "recovery_rate": r / f if f else 0.0}
+        for k, f, r in rows
+    ]
+    if by == "retries":
+        return sorted(out, key=lambda row: int(row["key"]))
+    return sorted(out, key=lambda row: (-row["failed"], row["key"]))
+
+
+def operations(
+    engine: Engine,
+    now: datetime,
+    stuck_after: float,
+    accounts: Collection[str] | None = None,
+) -> dict[str, Any]:
+    """How the service is keeping up at ``now``: retries due and not yet made (and how late the
+    oldest is, in seconds), actions in flight, webhook events not processed after
+    ``stuck_after`` seconds (platform-wide: events name no account until processed), and
+    decisions of the last 30 days that hit a network retry cap."""
+    s, e, d = t.scheduled_actions.c, t.stripe_events.c, t.decision_log.c
+    due = sa.select(sa.func.count(), sa.func.min(s.retry_at)).where(
+        s.status == "scheduled", s.retry_at <= now
+    )
+    flying = sa.select(sa.func.count()).where(s.status == "in_flight")
+    stuck = sa.select(sa.func.count()).where(
+        e.status.in_(["received", "failed"]),
+        e.received_at < now - timedelta(seconds=stuck_after),
+    )
+    capped = sa.select(sa.func.count()).where(
+        d.reason == "network_cap", d.decided_at >= now - timedelta(days=30)
+    )
+    if accounts is not None:
+        visible = sorted(accounts)
+        due = due.where(s.account_id.in_(visible))
+        flying = flying.where(s.account_id.in_(visible))
+        owned = sa.select(t.payments.c.payment_id).where(t.payments.c.account_id.in_(visible))
+        capped = capped.where(d.payment_id.in_(owned))
+    with engine.connect() as conn:
+        n_due, oldest = conn.execute(due).one()
+        out = {
+            "due": int(n_due),
+            "oldest_due_seconds": 0.0,
+            "in_flight": int(conn.execute(flying).scalar_one()),
+            "webhooks_stuck": int(conn.execute(stuck).scalar_one()) if accounts is None else None,
+            "network_cap_hits_30d": int(conn.execute(capped).scalar_one()),
+        }
+    if oldest is not None:
+        oldest = oldest if oldest.tzinfo else oldest.replace(tzinfo=now.tzinfo)
+        out["oldest_due_seconds"] = max((now - oldest).total_seconds(), 0.0)
+    return out

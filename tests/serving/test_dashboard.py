@@ -157,12 +157,25 @@ def test_a_payment_page_tells_its_story_in_plain_words(site, history) -> None:
     assert "cus_dash_1" not in results and "No payment with that id" in results
 
 
+def test_the_declines_and_operations_pages(site) -> None:
+    client, keys, _ = site
+    _sign_in(client, keys["analyst"][1])
+    page = client.get(f"/dashboard/declines?{PERIOD}")
+    assert page.status_code == 200
+    for title in ("Decline category", "Charge model", "Card brand", "Merchant retries made"):
+        assert f"<h2>{title}</h2>" in page.text
+    assert "<td>soft</td>" in page.text and "<td>hard</td>" in page.text
+    ops = client.get("/dashboard/operations")
+    assert ops.status_code == 200 and "Retries due and not yet made" in ops.text
+
+
 def test_odd_query_strings_get_a_page_not_an_error(site) -> None:
     client, keys, _ = site
     _sign_in(client, keys["analyst"][1])
     for query in ("start=yesterday", "start=2026-05-02&end=2026-05-01", "start=1000-01-01",
                   "page=-4&sort=drop&order=sideways&search=%00%ud800&q=%00%ud800"):  # fmt: skip
-        for path in ("/dashboard", "/dashboard/accounts", "/dashboard/payments"):
+        for path in ("/dashboard", "/dashboard/accounts", "/dashboard/payments",
+                     "/dashboard/declines", "/dashboard/operations"):  # fmt: skip
             page = client.get(f"{path}?{query}")
             assert page.status_code == 200, (path, query, page.text[:200])
 
@@ -225,6 +238,12 @@ def test_the_pages_in_a_real_browser(tmp_path, trained, history) -> None:
         WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.ID, "timeline"))
         assert driver.find_elements(By.CSS_SELECTOR, "#timeline tr.attempt")
         driver.save_screenshot(str(DOCS / "dashboard-payment.png"))
+        for name, title in (("Declines", "Declines"), ("Operations", "Operations")):
+            driver.find_element(By.LINK_TEXT, name).click()
+            WebDriverWait(driver, 30).until(lambda d, t=title: d.title.startswith(t))
+        driver.get(f"{base}/dashboard/declines?{PERIOD}")
+        assert len(driver.find_elements(By.CSS_SELECTOR, "table.breakdown tbody tr")) > 10
+        driver.save_screenshot(str(DOCS / "dashboard-declines.png"))
         errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert errors == [], errors
 

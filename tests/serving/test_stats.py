@@ -114,3 +114,51 @@ def test_the_stats_api_shows_each_key_its_own_accounts(client, history) -> None:
     )
     assert get("/v1/stats/accounts", analyst, sort="amount; drop").status_code == 422
     assert get("/v1/stats/overview", analyst, start="1900-01-01").status_code == 422
+
+
+@pytest.mark.parametrize("by", ["decline_category", "charge_model", "card_brand", "retries"])
+def test_breakdowns_equal_pandas_on_both_databases(engine, history, by) -> None:
+    from reclaim import vocab
+
+    repo.save_contract(engine, history)
+    lo, hi = datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC)
+    got = {r["key"]: (r["failed"], r["recovered"]) for r in stats.breakdown(engine, lo, hi, by)}
+    p, a = history.payments, history.attempts
+    ok = p["payment_id"].isin(set(a.loc[a["outcome"] == "succeeded", "payment_id"]))
+    if by == "decline_category":
+        key = p["decline_code"].map(lambda c: vocab.decline_category(c, None, None, None))
+    elif by == "retries":
+        merchant = a[(a["initiator"] == "merchant") & (a["attempt_number"] > 0)]
+        key = p["payment_id"].map(merchant.groupby("payment_id").size()).fillna(0).astype(int)
+    else:
+        key = p[by].astype(str)
+    want = (
+        pd.DataFrame({"key": key.astype(str), "ok": ok}).groupby("key")["ok"].agg(["size", "sum"])
+    )
+    assert got == {k: (int(r["size"]), int(r["sum"])) for k, r in want.iterrows()}
+
+
+def test_operations_count_due_retries_and_stuck_webhooks(engine) -> None:
+    import sqlalchemy as sa
+
+    from reclaim.serving.store import tables as t
+
+    now = datetime(2026, 6, 1, 12, tzinfo=UTC)
+    rows = [
+        {"action_id": f"p{i}:0:0", "payment_id": f"p{i}", "account_id": "acct_a" if i else "acct_b",
+         "after_attempt": 0, "decided_at": now, "retry_at": now.replace(hour=h),
+         "status": status, "updated_at": now, "tries": 0}
+        for i, (h, status) in enumerate([(9, "scheduled"), (11, "scheduled"), (13, "scheduled"),
+                                         (10, "in_flight"), (8, "done")])
+    ]  # fmt: skip
+    event = {"event_id": "evt_1", "endpoint": "platform", "type": "invoice.payment_failed",
+             "livemode": False, "payload": "{}", "received_at": now.replace(hour=1),
+             "deliveries": 1, "status": "failed", "tries": 3}  # fmt: skip
+    with engine.begin() as conn:
+        conn.execute(sa.insert(t.scheduled_actions), rows)
+        conn.execute(sa.insert(t.stripe_events), [event])
+    ops = stats.operations(engine, now, stuck_after=600)
+    assert ops["due"] == 2 and ops["in_flight"] == 1 and ops["webhooks_stuck"] == 1
+    assert ops["oldest_due_seconds"] == pytest.approx(3 * 3600)
+    mine = stats.operations(engine, now, stuck_after=600, accounts=frozenset({"acct_a"}))
+    assert mine["due"] == 1 and mine["webhooks_stuck"] is None
