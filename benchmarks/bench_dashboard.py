@@ -1,0 +1,156 @@
+"""The dashboard's queries on a year of a large marketplace, on SQLite and PostgreSQL.
+
+Fills a fresh store with ``--payments`` failed payments (default 1,000,000) across
+``--accounts`` connected accounts (5,000) over a year, with their first failures and, for about
+half, a succeeded retry (so ~2,000,000 attempts), then times each query the dashboard runs —
+``serving.store.stats`` over the whole year, as a platform-wide key and as a key scoped to
+one account — median of ``--repeats`` runs, next to a reference measured in the same run on
+the same store: a plain ``count(*)`` over the payments. Aim: every page's query under 500 ms.
+
+    .venv/bin/python benchmarks/bench_dashboard.py [--payments 1000000] [--skip-postgres]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import sqlalchemy as sa
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _util import timed
+
+from reclaim.serving.store import stats
+from reclaim.serving.store import tables as t
+from reclaim.serving.store.migrate import upgrade
+from reclaim.serving.store.repository import make_engine
+
+PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+START = datetime(2025, 1, 1, tzinfo=UTC)
+CHUNK = 50_000
+
+
+def _rows(n: int, accounts: int, seed: int = 0):
+    """Payments and attempts as column lists, ``CHUNK`` payments at a time."""
+    rng = np.random.default_rng(seed)
+    codes = np.array(["insufficient_funds", "generic_decline", "do_not_honor", "expired_card",
+                      "authentication_required", "stolen_card"])  # fmt: skip
+    currencies = np.array(["usd", "eur", "gbp", "jpy", "inr"])
+    for lo in range(0, n, CHUNK):
+        m = min(CHUNK, n - lo)
+        ids = [f"in_b{i:09d}" for i in range(lo, lo + m)]
+        account = rng.integers(0, accounts, m)
+        failed = [START + timedelta(seconds=float(s)) for s in rng.random(m) * 365 * 86400]
+        amount = rng.integers(500, 50_000, m)
+        payments = [
+            {"payment_id": ids[i], "object": "invoice", "account_id": f"acct_b{account[i]:05d}",
+             "charge_model": "destination", "on_behalf_of": False, "amount": int(amount[i]),
+             "currency": str(currencies[account[i] % 5]),
+             "application_fee_amount": int(amount[i] // 10), "customer_id": f"cus_b{lo + i}",
+             "customer_country": "US", "customer_timezone": "America/Chicago",
+             "card_brand": "visa", "card_funding": "credit", "card_country": "US",
+             "billing_reason": "subscription_cycle", "failed_at": failed[i],
+             "decline_code": str(codes[(lo + i) % 6]), "advice_code": None,
+             "network_decline_code": None, "network_advice_code": None,
+             "reachable_email": True, "reachable_sms": True, "reachable_in_app": True}
+            for i in range(m)
+        ]  # fmt: skip
+        won = rng.random(m) < 0.5
+        attempts = [
+            {"payment_id": ids[i], "attempt_number": k,
+             "attempted_at": failed[i] + timedelta(days=k), "initiator": "merchant",
+             "outcome": "succeeded" if k and won[i] else "failed",
+             "decline_code": None if k and won[i] else str(codes[(lo + i) % 6]),
+             "advice_code": None, "network_decline_code": None, "network_advice_code": None,
+             "policy": None, "propensity": None}
+            for i in range(m)
+            for k in (0, 1)
+        ]  # fmt: skip
+        yield payments, attempts
+
+
+def fill(engine: sa.Engine, n: int, accounts: int) -> float:
+    """Insert the synthetic year; returns the seconds it took."""
+    start = time.perf_counter()
+    for payments, attempts in _rows(n, accounts):
+        with engine.begin() as conn:
+            conn.execute(sa.insert(t.payments), payments)
+            conn.execute(sa.insert(t.attempts), attempts)
+        print(f"  … {payments[-1]['payment_id']}", end="\r", flush=True)
+    with engine.begin() as conn:  # fresh statistics for the planner, on either database
+        conn.execute(sa.text("analyze"))
+    return time.perf_counter() - start
+
+
+def measure(engine: sa.Engine, repeats: int) -> list[tuple[str, float]]:
+    lo, hi = START, START + timedelta(days=365)
+    one = frozenset({"acct_b00042"})
+    queries = {
+        "reference: count(*) of payments": lambda: _count(engine),
+        "overview, platform": lambda: stats.overview(engine, lo, hi),
+        "overview, one account": lambda: stats.overview(engine, lo, hi, one),
+        "accounts page, by recovery rate": lambda: stats.account_rows(
+            engine, lo, hi, sort="recovery_rate"
+        ),
+        "accounts search": lambda: stats.account_rows(engine, lo, hi, search="b0004"),
+        "declines by category": lambda: stats.breakdown(engine, lo, hi, "decline_category"),
+        "declines by retries": lambda: stats.breakdown(engine, lo, hi, "retries"),
+        "operations": lambda: stats.operations(engine, hi, 900),
+    }
+    return [(name, timed(fn, repeats)[0]) for name, fn in queries.items()]
+
+
+def _count(engine: sa.Engine) -> int:
+    with engine.connect() as conn:
+        return conn.execute(sa.select(sa.func.count()).select_from(t.payments)).scalar_one()
+
+
+def run(url: str, label: str, n: int, accounts: int, repeats: int) -> None:
+    upgrade(url)
+    engine = make_engine(url)
+    print(f"{label}: filling {n:,} payments across {accounts:,} accounts …")
+    seconds = fill(engine, n, accounts)
+    print(f"{label}: filled in {seconds:,.0f} s ({_count(engine):,} payments)")
+    for name, median in measure(engine, repeats):
+        verdict = "" if name.startswith("reference") else ("  ok" if median < 0.5 else "  > 500 ms")
+        print(f"  {name:<36} {median * 1000:9.1f} ms (median of {repeats}){verdict}")
+    engine.dispose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--payments", type=int, default=1_000_000)
+    parser.add_argument("--accounts", type=int, default=5_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip-postgres", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        run(f"sqlite:///{Path(tmp) / 'bench.db'}", "SQLite", args.payments, args.accounts,
+            args.repeats)  # fmt: skip
+    if args.skip_postgres:
+        return
+    schema = f"reclaim_bench_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(PG)
+    try:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'create schema "{schema}"'))
+    except sa.exc.OperationalError as exc:
+        print(f"PostgreSQL: skipped, no server at {PG} ({type(exc).__name__})")
+        return
+    try:
+        run(f"{PG}?options=-csearch_path%3D{schema}", "PostgreSQL", args.payments,
+            args.accounts, args.repeats)  # fmt: skip
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'drop schema "{schema}" cascade'))
+        admin.dispose()
+
+
+if __name__ == "__main__":
+    main()
