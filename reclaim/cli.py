@@ -46,7 +46,7 @@ def main(
     """Reclaim's commands. Settings come from RECLAIM_* environment variables or .env."""
     level = logging.DEBUG if verbose else getattr(logging, get_settings().log_level.upper())
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    for chatty in ("httpx", "stripe"):  # a line per request
+    for chatty in ("httpx", "stripe", "alembic"):  # a line per request, or per migration step
         logging.getLogger(chatty).setLevel(max(level, logging.WARNING))
 
 
