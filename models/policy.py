@@ -43,7 +43,13 @@ from reclaim.features.decisions import decision_features, log_amount
 from reclaim.features.single import Decisions
 from reclaim.models.channel import ChannelCalibration, ChannelUpliftModel
 from reclaim.models.retry import RetryTimeModel
-from reclaim.policy import ActionBatch, DecisionBatch, Policy, merchant_of_record
+from reclaim.policy import (
+    ActionBatch,
+    DecisionBatch,
+    Policy,
+    merchant_of_record,
+    merchant_of_record_row,
+)
 from reclaim.rules import NetworkRules, limits
 
 #: Candidate delays the learned policy scores: every 3 hours for a week.
@@ -377,8 +383,7 @@ class LearnedPolicy(Policy):
             return str(c["sender"])
         if self.sender_overrides and p["account_id"] in self.sender_overrides:
             return str(self.sender_overrides[p["account_id"]])
-        own = p["charge_model"] == vocab.ChargeModel.DIRECT.value or bool(p["on_behalf_of"])
-        return vocab.Sender.ACCOUNT.value if own else vocab.Sender.PLATFORM.value
+        return merchant_of_record_row(p)
 
     def describe(
         self, batch: DecisionBatch, actions: ActionBatch, top: int = 3

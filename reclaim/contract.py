@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cache, cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -571,6 +572,17 @@ def _check_rows(tables: ContractTables) -> list[ContractError]:
 
 #: Currencies whose minor unit is the major unit (Stripe's zero-decimal currencies).
 ZERO_DECIMAL = frozenset("bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split())
+
+
+def decimals(currency: str) -> int:
+    """Digits after the point in ``currency``'s major units: 0 for zero-decimal currencies."""
+    return 0 if currency.lower() in ZERO_DECIMAL else 2
+
+
+def major(minor: Any, currency: str) -> float:
+    """An amount in minor units (an int, or PostgreSQL's NUMERIC sum; None is 0) as the
+    currency's major units: cents to dollars, yen stay yen."""
+    return 0.0 if minor is None else int(minor) / 10 ** decimals(currency)
 
 
 def _warnings(tables: ContractTables, raw: Mapping[str, pd.DataFrame]) -> list[str]:

@@ -370,6 +370,12 @@ def decision_seed(payment_ids: pd.Series, decided_at: pd.Series) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
 
 
+def merchant_of_record_row(payment: Mapping[str, Any]) -> str:
+    """:func:`merchant_of_record` for one payment given as plain values."""
+    own = payment["charge_model"] == vocab.ChargeModel.DIRECT.value or bool(payment["on_behalf_of"])
+    return vocab.Sender.ACCOUNT.value if own else vocab.Sender.PLATFORM.value
+
+
 def merchant_of_record(payments: pd.DataFrame) -> pd.Series:
     """Who the customer recognises, and so who should message them by default.
 

@@ -25,7 +25,12 @@ import numpy as np
 import pandas as pd
 
 from reclaim import vocab
-from reclaim.policy import ActionBatch, DecisionBatch, merchant_of_record
+from reclaim.policy import (
+    ActionBatch,
+    DecisionBatch,
+    merchant_of_record,
+    merchant_of_record_row,
+)
 
 
 @dataclass(frozen=True)
@@ -221,11 +226,10 @@ def enforce_row(
         and _reminder_due(state)
         and reachable[vocab.Channel.EMAIL.value]
     ):
-        own = payment is not None and (
-            payment["charge_model"] == vocab.ChargeModel.DIRECT.value or payment["on_behalf_of"]
-        )
         channel = vocab.Channel.EMAIL.value
-        sender = vocab.Sender.ACCOUNT.value if own else vocab.Sender.PLATFORM.value
+        sender = (
+            merchant_of_record_row(payment) if payment is not None else vocab.Sender.PLATFORM.value
+        )
         reminder = True
     else:
         reminder = False

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from reclaim.features.decisions import ZERO_DECIMAL
+from reclaim.contract import decimals, major
 
 #: Why a message is sent: a declined payment to fix, or a 3D Secure confirmation only the
 #: customer can give (``reclaim.rules``: the ``customer_action`` rule's reminder).
@@ -60,9 +60,8 @@ class Channel(Protocol):
 
 def _amount(message: OutgoingMessage) -> str:
     """The amount in major units with its currency: ``49.00 USD``, ``4900 JPY``."""
-    if message.currency.lower() in ZERO_DECIMAL:
-        return f"{message.amount:,d} {message.currency.upper()}"
-    return f"{message.amount / 100:,.2f} {message.currency.upper()}"
+    digits = decimals(message.currency)
+    return f"{major(message.amount, message.currency):,.{digits}f} {message.currency.upper()}"
 
 
 def link(template: str | None, message: OutgoingMessage) -> str | None:

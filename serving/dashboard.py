@@ -26,15 +26,16 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from reclaim.contract import decimals, major
 from reclaim.serving.auth import Principal, Role, Unauthorized, authenticate, principal_of
 from reclaim.serving.routes.payments import find_payments, payment_view
-from reclaim.serving.routes.stats import _period
+from reclaim.serving.routes.stats import period
 from reclaim.serving.store import stats
 
 router = APIRouter(include_in_schema=False)
 SESSION, CSRF = "reclaim_session", "reclaim_csrf"
-SYMBOLS = {"usd": "$", "eur": "€", "gbp": "£", "jpy": "¥", "inr": "₹", "aud": "A$", "cad": "C$"}
-SYMBOLS |= {"brl": "R$"}
+SYMBOLS = {"usd": "$", "eur": "€", "gbp": "£", "jpy": "¥", "inr": "₹", "aud": "A$", "cad": "C$",
+           "brl": "R$"}  # fmt: skip
 
 _templates = jinja2.Environment(
     loader=jinja2.FileSystemLoader(Path(__file__).with_name("templates")),
@@ -45,8 +46,7 @@ _templates = jinja2.Environment(
 
 def money(amount: float, currency: str) -> str:
     """``$1,146.93``, ``¥4,900``, ``CHF 12.00``: major units with the currency's symbol."""
-    whole = currency in stats.ZERO_DECIMAL
-    number = f"{amount:,.0f}" if whole else f"{amount:,.2f}"
+    number = f"{amount:,.{decimals(currency)}f}"
     symbol = SYMBOLS.get(currency)
     return f"{symbol}{number}" if symbol else f"{currency.upper()} {number}"
 
@@ -57,6 +57,7 @@ def percent(rate: float) -> str:
 
 _templates.filters["money"] = money
 _templates.filters["percent"] = percent
+_templates.globals["major"] = major
 
 
 def _secret(request: Request) -> bytes:
@@ -100,6 +101,10 @@ async def _principal(request: Request) -> Principal | None:
 
 
 def _page(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
+    """A rendered page; a signed-in one gets its sign-out form's token."""
+    if "principal" in context:
+        context.setdefault("csrf", _logout_token(request))
+    context.setdefault("error", None)
     html = _templates.get_template(template).render(request=request, **context)
     return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
 
@@ -196,7 +201,7 @@ def _chosen_period(request: Request) -> tuple[datetime, datetime, date, date, st
     start, end, error = _dates(request)
     if start is not None and end is not None and start > end:
         start, end, error = None, None, "The start was after the end: the last 30 days."
-    return (*_period(start, end), error)
+    return (*period(start, end), error)
 
 
 def _signed_out() -> RedirectResponse:
@@ -218,7 +223,7 @@ async def overview(request: Request) -> Response:
     ]
     return _page(
         request, "overview.html", principal=principal, first=first, last=last, error=error,
-        rows=found["currencies"], previous=previous, charts=charts, csrf=_logout_token(request),
+        rows=found["currencies"], previous=previous, charts=charts,
     )  # fmt: skip
 
 
@@ -253,7 +258,6 @@ async def accounts(request: Request) -> Response:
         request, "accounts.html", principal=principal, rows=rows, total=total, page=page,
         pages=max(1, -(-total // size)), sort=sort, descending=descending, search=search,
         first=first, last=last, link=link, sorts=stats.ACCOUNT_SORTS, error=error,
-        csrf=_logout_token(request),
     )  # fmt: skip
 
 
@@ -289,10 +293,7 @@ async def payments(request: Request) -> Response:
     if text:
         engine = request.app.state.engine
         found = await run_in_threadpool(find_payments, engine, text, principal)
-    return _page(
-        request, "payments.html", principal=principal, q=text, found=found, error=None,
-        csrf=_logout_token(request), major=stats.major,
-    )  # fmt: skip
+    return _page(request, "payments.html", principal=principal, q=text, found=found)
 
 
 @router.get("/dashboard/payments/{payment_id}")
@@ -307,7 +308,7 @@ async def payment(request: Request, payment_id: str) -> Response:
     if view is None:
         return _page(
             request, "payments.html", status=404, principal=principal, q=payment_id, found=[],
-            error=f"No payment {payment_id!r}.", csrf=_logout_token(request), major=stats.major,
+            error=f"No payment {payment_id!r}.",
         )  # fmt: skip
     events = (
         [{"at": a["attempted_at"], "kind": "attempt", "row": a} for a in view.attempts]
@@ -316,8 +317,8 @@ async def payment(request: Request, payment_id: str) -> Response:
     )
     events.sort(key=lambda e: (str(e["at"]), e["kind"] != "attempt"))
     return _page(
-        request, "payment.html", principal=principal, view=view, events=events, error=None,
-        csrf=_logout_token(request), major=stats.major, no_retry=NO_RETRY, plain=plain_reason,
+        request, "payment.html", principal=principal, view=view, events=events,
+        no_retry=NO_RETRY, plain=plain_reason,
     )  # fmt: skip
 
 
@@ -340,10 +341,13 @@ async def declines(request: Request) -> Response:
     tables = {
         title: await run_in_threadpool(stats.breakdown, engine, lo, hi, by, principal.accounts)
         for by, title in BREAKDOWN_TITLES.items()
+        if by != "decline_category"
     }
+    codes = tables[BREAKDOWN_TITLES["decline_code"]]
+    tables = {BREAKDOWN_TITLES["decline_category"]: stats.by_category(codes), **tables}
     return _page(
         request, "declines.html", principal=principal, tables=tables, first=first, last=last,
-        error=error, csrf=_logout_token(request),
+        error=error,
     )  # fmt: skip
 
 
@@ -358,8 +362,8 @@ async def operations(request: Request) -> Response:
         settings.webhook_stuck_seconds, principal.accounts,
     )  # fmt: skip
     return _page(
-        request, "operations.html", principal=principal, ops=found, error=None,
-        csrf=_logout_token(request), stuck_after=settings.webhook_stuck_seconds,
+        request, "operations.html", principal=principal, ops=found,
+        stuck_after=settings.webhook_stuck_seconds,
     )  # fmt: skip
 
 

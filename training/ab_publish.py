@@ -9,7 +9,6 @@ import io
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
@@ -97,12 +96,11 @@ def in_major_units(table: pd.DataFrame) -> pd.DataFrame:
     money columns in each row's currency's major units, written to the cent (``1,146.93``;
     zero-decimal currencies whole)."""
     out = table.copy()
-    currency = out.index.get_level_values("currency").to_numpy()
-    zero = np.isin(currency, list(contract.ZERO_DECIMAL))
+    currency = out.index.get_level_values("currency")
     for column in ("recovered", "platform_fee", "account_share"):
-        minor = out[column].to_numpy()
         out[column] = [
-            f"{v:,d}" if z else f"{v / 100:,.2f}" for v, z in zip(minor, zero, strict=True)
+            f"{contract.major(v, c):,.{contract.decimals(c)}f}"
+            for v, c in zip(out[column], currency, strict=True)
         ]
     return out
 

@@ -43,10 +43,7 @@ class OfflineComparison:
 
 def _paired(a: np.ndarray, b: np.ndarray) -> ope.Estimate:
     """Mean of a − b over the same decisions, with its 95% interval."""
-    d = np.asarray(a, float) - np.asarray(b, float)
-    se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
-    v = float(d.mean()) if len(d) else float("nan")
-    return ope.Estimate(v, v - ope.Z95 * se, v + ope.Z95 * se, se)
+    return ope.mean_estimate(np.asarray(a, float) - np.asarray(b, float))
 
 
 def compare_offline(

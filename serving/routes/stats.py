@@ -63,7 +63,7 @@ class AccountPage(BaseModel):
     rows: list[AccountTotals]
 
 
-def _period(start: date | None, end: date | None) -> tuple[datetime, datetime, date, date]:
+def period(start: date | None, end: date | None) -> tuple[datetime, datetime, date, date]:
     """``[start, end]`` as UTC datetimes, ``end`` inclusive; by default the last 30 days."""
     last = end or datetime.now(UTC).date()
     first = start or last - timedelta(days=29)
@@ -92,7 +92,7 @@ async def get_overview(
     end: Day = None,
     account_id: Annotated[Identifier | None, Query()] = None,
 ) -> Overview:
-    lo, hi, first, last = _period(start, end)
+    lo, hi, first, last = period(start, end)
     found = await run_in_threadpool(stats.overview, engine, lo, hi, _visible(principal, account_id))
     return Overview(start=first, end=last, **found)
 
@@ -111,7 +111,7 @@ async def get_accounts(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> AccountPage:
-    lo, hi, _, _ = _period(start, end)
+    lo, hi, _, _ = period(start, end)
     rows, total = await run_in_threadpool(
         stats.account_rows,
         engine,
@@ -154,7 +154,7 @@ async def get_breakdown(
     start: Day = None,
     end: Day = None,
 ) -> list[GroupTotals]:
-    lo, hi, _, _ = _period(start, end)
+    lo, hi, _, _ = period(start, end)
     rows = await run_in_threadpool(stats.breakdown, engine, lo, hi, by, principal.accounts)
     return [GroupTotals(**r) for r in rows]
 

@@ -17,19 +17,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from reclaim import vocab
-from reclaim.contract import ZERO_DECIMAL
+from reclaim.contract import major
 from reclaim.serving.store import tables as t
 
 #: Columns the accounts table may be sorted by.
 ACCOUNT_SORTS = ("failed", "recovered", "recovery_rate", "recovered_amount", "account_id")
-
-
-def major(minor: Any, currency: str) -> float:
-    """Minor units as the currency's major units (cents to dollars; yen stay yen)."""
-    if minor is None:
-        return 0.0
-    minor = int(minor)  # PostgreSQL sums integers as NUMERIC
-    return float(minor) if currency in ZERO_DECIMAL else minor / 100.0
 
 
 def _failed(
@@ -134,11 +126,16 @@ def overview(
         .order_by(day, fp.c.currency)
     )
     with engine.connect() as conn:
-        now = conn.execute(per_currency(start, end)).all()
         before = conn.execute(per_currency(start - (end - start), start)).all()
         days = conn.execute(daily).all()
+    # the period's totals are its days' totals: exact integers, summed within each currency
+    now: dict[str, list[int]] = {}
+    for _, cur, *counts in days:
+        total = now.setdefault(cur, [0, 0, 0, 0])
+        for k, v in enumerate(counts):
+            total[k] += int(v)
     return {
-        "currencies": [_row(*r) for r in now],
+        "currencies": [_row(cur, *now[cur]) for cur in sorted(now)],
         "previous": [_row(*r) for r in before],
         "by_day": [
             {
@@ -216,6 +213,8 @@ def breakdown(
     ``by`` (one of :data:`BREAKDOWNS`): counts only, so currencies never mix."""
     if by not in BREAKDOWNS:
         raise ValueError(f"by must be one of {BREAKDOWNS}, got {by!r}")
+    if by == "decline_category":
+        return by_category(breakdown(engine, start, end, "decline_code", accounts))
     a = t.attempts.c
     fp = _failed(start, end, accounts)
     source: Any = fp
@@ -229,7 +228,7 @@ def breakdown(
         source = fp.outerjoin(tried, tried.c.payment_id == fp.c.payment_id)
         key: Any = sa.func.coalesce(tried.c.n, 0)
     else:
-        key = fp.c.decline_code if by == "decline_category" else fp.c[by]
+        key = fp.c[by]
     query = (
         sa.select(key.label("key"), sa.func.count(), sa.func.coalesce(sa.func.sum(fp.c.won), 0))
         .select_from(source)
@@ -237,19 +236,27 @@ def breakdown(
     )
     with engine.connect() as conn:
         rows = [(k, int(f), int(r)) for k, f, r in conn.execute(query)]
-    if by == "decline_category":
-        merged: dict[str, list[int]] = {}
-        for code, f, r in rows:
-            category = vocab.decline_category(code, None, None, None) or "unknown"
-            merged.setdefault(category, [0, 0])
-            merged[category][0] += f
-            merged[category][1] += r
-        rows = [(k, f, r) for k, (f, r) in merged.items()]
+    return _sorted_groups(rows, numeric=by == "retries")
+
+
+def by_category(code_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """:func:`breakdown` rows by decline code, merged by decline category (``reclaim.vocab``)."""
+    merged: dict[str, list[int]] = {}
+    for row in code_rows:
+        category = vocab.decline_category(row["key"], None, None, None) or "unknown"
+        total = merged.setdefault(category, [0, 0])
+        total[0] += row["failed"]
+        total[1] += row["recovered"]
+    return _sorted_groups([(k, f, r) for k, (f, r) in merged.items()], numeric=False)
+
+
+def _sorted_groups(rows: list[tuple[Any, int, int]], numeric: bool) -> list[dict[str, Any]]:
+    """Group rows for people: by key where keys are counts, else the largest group first."""
     out = [
         {"key": str(k), "failed": f, "recovered": r, "recovery_rate": r / f if f else 0.0}
         for k, f, r in rows
     ]
-    if by == "retries":
+    if numeric:
         return sorted(out, key=lambda row: int(row["key"]))
     return sorted(out, key=lambda row: (-row["failed"], row["key"]))
 
