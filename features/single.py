@@ -36,6 +36,7 @@ from reclaim.rules import NetworkRules, limits_row
 
 _HOUR = timedelta(hours=1)
 _HOUR_US = 3_600_000_000
+_DAY_US = 24 * _HOUR_US
 
 
 @cache
@@ -77,16 +78,29 @@ def _calendar(utc_us: np.ndarray, timezone: str | None, prefix: str) -> dict[str
 
 
 def _retry_extra(
-    payment: Mapping[str, Any], now: datetime, at_us: np.ndarray
+    payments: Sequence[Mapping[str, Any]], now: Sequence[datetime], at_us: np.ndarray
 ) -> dict[str, np.ndarray]:
-    """:data:`schema.RETRY_FEATURES` of retries at ``at_us`` (UTC epoch microseconds) for a
-    decision at ``now``."""
-    cal = _calendar(at_us, payment["customer_timezone"], "retry_")
+    """:data:`schema.RETRY_FEATURES` of retries at ``at_us`` (UTC epoch microseconds, shape
+    (n, k): k candidate times for each of n decisions) for ``payments[i]`` decided at
+    ``now[i]``; each feature flattened to n × k values, decision by decision. One array
+    computation for the whole batch: per decision, only its timezone's offsets."""
+    at_us = np.asarray(at_us, dtype=np.int64).reshape(len(payments), -1)
+    local = np.concatenate(
+        [_local_micros(at_us[i], p["customer_timezone"]) for i, p in enumerate(payments)]
+    )
+    k = at_us.shape[1]
+    now_us = np.repeat(np.array([_micros(t) for t in now], dtype=np.int64), k)
+    failed_us = np.repeat(np.array([_micros(p["failed_at"]) for p in payments], np.int64), k)
+    flat = at_us.ravel()
+    hour, dow, dom, payday = _calendar_array(local)
     return {
-        "delay_hours": (at_us - _micros(now)) / _HOUR_US,
-        **cal,
-        "retry_hours_since_failure": (at_us - _micros(payment["failed_at"])) / _HOUR_US,
-        "retry_is_weekend": (cal["retry_local_dow"] >= 5).astype(float),
+        "delay_hours": (flat - now_us) / _HOUR_US,
+        "retry_local_hour": hour,
+        "retry_local_dow": dow,
+        "retry_local_dom": dom,
+        "retry_days_to_payday": payday,
+        "retry_hours_since_failure": (flat - failed_us) / _HOUR_US,
+        "retry_is_weekend": (dow >= 5).astype(float),
     }
 
 
@@ -125,11 +139,17 @@ class Decisions:
     ) -> list[tuple[dict[str, float], dict[str, Any]]]:
         """For each decision ``rows[j]`` and a retry at ``retry_at[j]``: its features with
         :data:`schema.RETRY_FEATURES` added (codes, shown values)."""
+        if not rows:
+            return []
+        extra = _retry_extra(
+            [self.payments[i] for i in rows],
+            [self.now[i] for i in rows],
+            np.array([[_micros(at)] for at in retry_at], dtype=np.int64),
+        )
         out = []
-        for i, at in zip(rows, retry_at, strict=True):
-            one = _retry_extra(self.payments[i], self.now[i], np.array([_micros(at)]))
-            extra = {name: float(v[0]) for name, v in one.items()}
-            out.append(({**self.features[i], **extra}, {**self.shown[i], **extra}))
+        for j, i in enumerate(rows):
+            one = {name: float(v[j]) for name, v in extra.items()}
+            out.append(({**self.features[i], **one}, {**self.shown[i], **one}))
         return out
 
     def retry_grid(
@@ -138,17 +158,21 @@ class Decisions:
         """:func:`~reclaim.features.candidates.expand_retry_times` as a matrix: for each of
         ``rows``, one row per candidate delay, columns ``names``."""
         k, names = len(delays_hours), list(names)
-        position = {n: j for j, n in enumerate(names)}
         offsets = (np.asarray(delays_hours, dtype=float) * _HOUR_US).astype(np.int64)
-        out = np.empty((len(rows) * k, len(names)))
-        for r, i in enumerate(rows):
-            block = out[r * k : (r + 1) * k]
-            block[:] = [self.features[i].get(n, math.nan) for n in names]
-            now = self.now[i]
-            extra = _retry_extra(self.payments[i], now, _micros(now) + offsets)
-            for name, values in extra.items():
-                if name in position:
-                    block[:, position[name]] = values
+        base = np.array(
+            [[self.features[i].get(n, math.nan) for n in names] for i in rows], dtype=np.float64
+        ).reshape(len(rows), len(names))
+        out = np.repeat(base, k, axis=0)
+        if len(rows):
+            now_us = np.array([_micros(self.now[i]) for i in rows], dtype=np.int64)
+            extra = _retry_extra(
+                [self.payments[i] for i in rows],
+                [self.now[i] for i in rows],
+                now_us[:, None] + offsets[None, :],
+            )
+            for j, name in enumerate(names):
+                if name in extra:
+                    out[:, j] = extra[name]
         return out
 
 
@@ -165,15 +189,23 @@ def _local_micros(utc_us: np.ndarray, timezone: str | None) -> np.ndarray:
     """Wall-clock microseconds in ``timezone`` of UTC epoch microseconds (each instant's own
     offset, so a daylight-saving change inside the candidates is honoured)."""
     zone = _zone(timezone or timeutil.DEFAULT_TIMEZONE)
-    # astimezone, not zone.utcoffset(instant): the latter reads the instant's fields as wall
-    # time in the zone, which is an hour off around a daylight-saving change
-    offsets = [
-        (_EPOCH + timedelta(microseconds=int(t))).astimezone(zone).utcoffset() for t in utc_us
-    ]
-    return utc_us + np.array(
-        [(o.days * 86_400 + o.seconds) * 1_000_000 + o.microseconds for o in offsets],
-        dtype=np.int64,
-    )
+
+    def offset(t: int) -> int:
+        # astimezone, not zone.utcoffset(instant): the latter reads the instant's fields as
+        # wall time in the zone, which is an hour off around a daylight-saving change
+        o = (_EPOCH + timedelta(microseconds=t)).astimezone(zone).utcoffset()
+        return (o.days * 86_400 + o.seconds) * 1_000_000 + o.microseconds
+
+    utc_us = np.asarray(utc_us, dtype=np.int64)
+    if len(utc_us) > 2:
+        # one offset for all when it is the same at both ends and every day between: no zone
+        # changes its offset twice within a day, so nothing changed in between (a retry
+        # grid's 56 instants then cost 9 conversions, not 56)
+        lo, hi = int(utc_us.min()), int(utc_us.max())
+        first = offset(lo)
+        if all(offset(t) == first for t in [*range(lo + _DAY_US, hi, _DAY_US), hi]):
+            return utc_us + first
+    return utc_us + np.array([offset(int(t)) for t in utc_us], dtype=np.int64)
 
 
 def _calendar_array(local_us: np.ndarray) -> tuple[np.ndarray, ...]:
