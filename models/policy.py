@@ -47,6 +47,7 @@ from reclaim.policy import (
     ActionBatch,
     DecisionBatch,
     Policy,
+    Uniforms,
     merchant_of_record,
     merchant_of_record_row,
 )
@@ -214,7 +215,7 @@ class LearnedPolicy(Policy):
         return gain
 
     def _choose(
-        self, value: np.ndarray, gains: np.ndarray, rng: np.random.Generator
+        self, value: np.ndarray, gains: np.ndarray, rng: Uniforms
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The option per decision (a delay index, or k for no retry; a message option index)
         and their propensities: greedy, or with probability ``exploration`` a uniformly
@@ -297,7 +298,7 @@ class LearnedPolicy(Policy):
         return sender
 
     # --- acting -------------------------------------------------------------------------
-    def act(self, batch: DecisionBatch, rng: np.random.Generator) -> ActionBatch:
+    def act(self, batch: DecisionBatch, rng: Uniforms) -> ActionBatch:
         n = len(batch)
         if n == 0:
             return ActionBatch.build(0)
@@ -320,7 +321,7 @@ class LearnedPolicy(Policy):
             channel_propensity=channel_prop,
         )
 
-    def act_rows(self, decisions: Decisions, rng: np.random.Generator) -> list[dict[str, Any]]:
+    def act_rows(self, decisions: Decisions, rng: Uniforms) -> list[dict[str, Any]]:
         """:meth:`act` for decisions given as plain rows (``features.single``), with no
         pandas: the same scores, rules and choices (``tests/test_single_decision.py``).
 
@@ -475,7 +476,7 @@ def _greedy_channel(gains: np.ndarray) -> np.ndarray:
 
 
 def _epsilon_greedy(
-    open_options: np.ndarray, greedy: np.ndarray, eps: float, rng: np.random.Generator
+    open_options: np.ndarray, greedy: np.ndarray, eps: float, rng: Uniforms
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per row: the greedy option, or with probability ``eps`` a uniformly random open one.
 

@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -347,6 +347,50 @@ class ActionBatch:
         )
 
 
+class Uniforms(Protocol):
+    """Where a policy draws its randomness: ``random(n)`` gives n uniforms on [0, 1), one
+    per row of the batch. :class:`numpy.random.Generator` is one; :class:`DecisionRandom` is
+    the serving path's."""
+
+    def random(self, size: int) -> np.ndarray: ...
+
+
+class DecisionRandom:
+    """Uniforms drawn per decision: the j-th call to :meth:`random` gives each row the j-th
+    draw of a stream that depends on that row's payment id and decision time only.
+
+    So the same decision asked twice gets the same answer, exploration included, whatever
+    else is decided with it (alone, in a scheduler's batch, or merged with other clients'
+    requests by the API's batcher). Draws come from SHA-512 of ``"{payment}@{time}#{block}"``,
+    eight 53-bit uniforms per block.
+    """
+
+    _PER_BLOCK = 8
+
+    def __init__(self, payment_ids: Sequence[str], decided_at: Sequence[Any]):
+        if len(payment_ids) != len(decided_at):
+            raise ValueError(f"{len(payment_ids)} payment ids but {len(decided_at)} decision times")
+        self._keys = [
+            f"{p}@{pd.Timestamp(t).isoformat()}"
+            for p, t in zip(payment_ids, decided_at, strict=True)
+        ]
+        self._drawn = 0
+        self._block = np.empty((len(self._keys), 0))
+
+    def random(self, size: int) -> np.ndarray:
+        """Each row's next uniform on [0, 1); ``size`` must be the number of rows."""
+        if size != len(self._keys):
+            raise ValueError(f"draws are per decision: asked {size}, have {len(self._keys)}")
+        j = self._drawn % self._PER_BLOCK
+        if j == 0:
+            block = self._drawn // self._PER_BLOCK
+            raw = b"".join(hashlib.sha512(f"{key}#{block}".encode()).digest() for key in self._keys)
+            words = np.frombuffer(raw, dtype="<u8").reshape(len(self._keys), self._PER_BLOCK)
+            self._block = (words >> np.uint64(11)).astype(np.float64) * 2.0**-53
+        self._drawn += 1
+        return self._block[:, j].copy()
+
+
 class Policy(ABC):
     """Chooses the next action for each payment in a batch.
 
@@ -359,15 +403,8 @@ class Policy(ABC):
     name: str = "policy"
 
     @abstractmethod
-    def act(self, batch: DecisionBatch, rng: np.random.Generator) -> ActionBatch:
+    def act(self, batch: DecisionBatch, rng: Uniforms) -> ActionBatch:
         """Return one action per row of ``batch``."""
-
-
-def decision_seed(payment_ids: pd.Series, decided_at: pd.Series) -> int:
-    """A random seed that is a function of the decisions (payment ids and times) only, so the
-    same decisions asked twice get the same answer, exploration included."""
-    text = "|".join(f"{p}@{pd.Timestamp(t)}" for p, t in zip(payment_ids, decided_at, strict=True))
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
 
 
 def merchant_of_record_row(payment: Mapping[str, Any]) -> str:

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from reclaim import timeutil, vocab
-from reclaim.policy import ActionBatch, DecisionBatch, Policy, merchant_of_record
+from reclaim.policy import ActionBatch, DecisionBatch, Policy, Uniforms, merchant_of_record
 from reclaim.rules import NetworkRules, limits
 
 
@@ -48,7 +48,7 @@ class NoRetry(Policy):
 
     name = "no_retry"
 
-    def act(self, batch: DecisionBatch, rng: np.random.Generator) -> ActionBatch:
+    def act(self, batch: DecisionBatch, rng: Uniforms) -> ActionBatch:
         return ActionBatch.build(len(batch))
 
 
@@ -63,7 +63,7 @@ class FixedSchedule(Policy):
         self.days = days
         self.network_rules = network_rules
 
-    def act(self, batch: DecisionBatch, rng: np.random.Generator) -> ActionBatch:
+    def act(self, batch: DecisionBatch, rng: Uniforms) -> ActionBatch:
         at = _within_limits(
             batch, _schedule(batch, self.days), self.network_rules or NetworkRules()
         )
@@ -87,7 +87,7 @@ class StripeLike(Policy):
         self.days = days
         self.network_rules = network_rules
 
-    def act(self, batch: DecisionBatch, rng: np.random.Generator) -> ActionBatch:
+    def act(self, batch: DecisionBatch, rng: Uniforms) -> ActionBatch:
         at = _within_limits(
             batch, _schedule(batch, self.days), self.network_rules or NetworkRules()
         )
@@ -122,7 +122,7 @@ class DeclineRules(Policy):
         self.local_hour = local_hour
         self.network_rules = network_rules
 
-    def act(self, batch: DecisionBatch, rng: np.random.Generator) -> ActionBatch:
+    def act(self, batch: DecisionBatch, rng: Uniforms) -> ActionBatch:
         p, s = batch.payments, batch.state
         code = p["decline_code"].astype("object").to_numpy()
         category = (
@@ -197,7 +197,7 @@ class RandomizedLogging(Policy):
         self.network_rules = network_rules
         self.foreign_sender = foreign_sender
 
-    def act(self, batch: DecisionBatch, rng: np.random.Generator) -> ActionBatch:
+    def act(self, batch: DecisionBatch, rng: Uniforms) -> ActionBatch:
         n = len(batch)
         lim = limits(batch, self.network_rules or NetworkRules())
         lo, hi = self.delay_hours

@@ -67,9 +67,9 @@ class Settings(BaseSettings):
     """The policy the API serves, from the MLflow registry."""
     policy_reload_seconds: float = 60.0
     """How often the API checks whether the alias moved, and reloads if it did."""
-    decision_concurrency: int = Field(default=1, ge=1, le=64)
-    """Decisions computed at once per API process. Scoring is CPU-bound Python: more threads
-    than cores only contend (and SQLite writers queue), so scale with ``--workers``."""
+    decision_batch_max: int = Field(default=64, ge=1, le=1000)
+    """Most decisions one model call computes per API process: requests waiting while the
+    model is busy are decided together, up to this many (``serving/batcher.py``)."""
     experiment_control: str | None = None
     """Run an A/B test: this reference policy (e.g. ``stripe_like``) decides for the control
     arm, the served policy for the rest; unset means no experiment."""

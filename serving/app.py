@@ -14,13 +14,14 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 
 from reclaim.serving import dashboard, guards
+from reclaim.serving import decide as domain
 from reclaim.serving import webhooks as events
 from reclaim.serving.auth import KeyCache
+from reclaim.serving.batcher import DecisionBatcher
 from reclaim.serving.decide import Experiment
 from reclaim.serving.metrics import Metrics
 from reclaim.serving.policy_holder import PolicyHolder
 from reclaim.serving.routes import accounts, decisions, health, payments, stats, webhooks
-from reclaim.serving.slots import FairSlots
 from reclaim.serving.store.migrate import upgrade
 from reclaim.serving.store.repository import make_engine
 from reclaim.settings import Settings, get_settings
@@ -39,6 +40,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         holder.watch(settings.policy_reload_seconds)
         app.state.policy = holder
         metrics = app.state.metrics
+        engine, experiment = app.state.engine, app.state.experiment
+
+        def decide(requests: list) -> list:
+            loaded = holder.current
+            if loaded is None:
+                raise domain.NoPolicy(holder.uri)
+            return domain.decide(requests, engine, loaded, experiment=experiment)
+
+        batcher = DecisionBatcher(
+            decide, lambda ids: domain.accounts_of(engine, ids), settings.decision_batch_max
+        )
+        batcher.on_batch = metrics.decision_batch.observe
+        app.state.batcher = batcher.start()
 
         def counted(counts: dict[str, int], stuck: int) -> None:
             for result, n in counts.items():
@@ -54,6 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            batcher.stop()
             stop_retrying.set()
             retrier.join(10)
             holder.stop()
@@ -68,7 +83,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = Metrics()
     app.state.keys = KeyCache(settings.auth_cache_seconds)
-    app.state.decision_slots = FairSlots(settings.decision_concurrency)
     app.state.experiment = Experiment.from_settings(settings)
 
     app.add_middleware(guards.RequestMetrics, metrics=app.state.metrics)

@@ -9,6 +9,7 @@ and returns the API's answers.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
@@ -25,7 +26,7 @@ from reclaim.account_config import constraint_row, constraints
 from reclaim.experiment import ExperimentDesign
 from reclaim.features import single
 from reclaim.models.policy import LearnedPolicy
-from reclaim.policy import DecisionBatch, Policy, decision_seed
+from reclaim.policy import DecisionBatch, DecisionRandom, Policy
 from reclaim.reference import REFERENCE_POLICIES
 from reclaim.rules import NetworkRules, enforce, enforce_row, other_processor_allowed
 from reclaim.serving.policy_holder import Loaded
@@ -57,12 +58,50 @@ class Experiment:
         return cls(REFERENCE_POLICIES[name](), settings.experiment_design())
 
 
+class NoPolicy(RuntimeError):
+    """The API has not loaded a policy yet."""
+
+    def __init__(self, uri: str):
+        super().__init__(f"no policy loaded yet from {uri}")
+
+
 class UnknownPayment(LookupError):
     """A request names a payment the store does not hold."""
 
     def __init__(self, payment_id: str):
         self.payment_id = payment_id
         super().__init__(f"no payment {payment_id!r} is stored; send its context instead")
+
+
+class AccountChange(ValueError):
+    """An inline context names another account than the one its stored payment has."""
+
+    def __init__(self, payment_id: str):
+        self.payment_id = payment_id
+        super().__init__(
+            f"payment.account_id: payment {payment_id!r} is stored under another connected "
+            "account; a payment's account cannot change"
+        )
+
+
+def check_owners(
+    requests: list[DecisionRequest], owners: dict[str, str], sees: Callable[[str], bool]
+) -> None:
+    """Every payment ``requests`` name must be one the key ``sees``, judged by its stored
+    owner (``owners``, from :func:`accounts_of`) where it is stored, else by the account an
+    inline context claims: otherwise :class:`UnknownPayment`, worded exactly as for a payment
+    that is not stored, so a key cannot learn which foreign ids exist. A payment asked for by
+    id must be stored; an inline context may not move a stored payment to another account
+    (:class:`AccountChange`)."""
+    for r in requests:
+        stored = owners.get(r.id)
+        claimed = r.payment.account_id if r.payment is not None else None
+        if stored is None and claimed is None:
+            raise UnknownPayment(r.id)
+        if any(a is not None and not sees(a) for a in (stored, claimed)):
+            raise UnknownPayment(r.id)
+        if stored is not None and claimed is not None and stored != claimed:
+            raise AccountChange(r.id)
 
 
 def accounts_of(engine: Engine, payment_ids: list[str]) -> dict[str, str]:
@@ -158,7 +197,7 @@ def decide_frames(
         payments, attempts, messages, decided_at, constraints(payments["account_id"], configured)
     )
     policy = loaded.policy
-    rng = np.random.default_rng(decision_seed(payments["payment_id"], batch.now))
+    rng = DecisionRandom(payments["payment_id"].tolist(), batch.now.tolist())
     chosen = policy.act(batch, rng)
     names = np.full(len(batch), getattr(policy, "name", "policy"), dtype=object)
     if experiment is not None:
@@ -272,7 +311,7 @@ def decide(
         policy.accounts, rules,
     )  # fmt: skip
     ids = [p["payment_id"] for p in payments]
-    rng = np.random.default_rng(decision_seed(ids, decided_at))
+    rng = DecisionRandom(ids, decided_at)
     actions = policy.act_rows(decisions, rng)
     names = [getattr(policy, "name", "policy")] * len(actions)
     if experiment is not None:
@@ -401,7 +440,7 @@ def _control_arm(
     times = pd.Series([decided_at[i] for i in control])
     limits = pd.DataFrame([own[i] for i in control])
     batch = DecisionBatch.from_history(frame, attempts, messages, times, limits)
-    rng = np.random.default_rng(decision_seed(frame["payment_id"], batch.now))
+    rng = DecisionRandom(frame["payment_id"].tolist(), batch.now.tolist())
     chosen = experiment.control.act(batch, rng)
     actions, names = list(actions), list(names)
     for j, i in enumerate(control):

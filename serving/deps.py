@@ -15,10 +15,10 @@ from sqlalchemy.engine import Engine
 from starlette.concurrency import run_in_threadpool
 
 from reclaim.serving.auth import KeyCache, Principal, Role, Unauthorized, authenticate
+from reclaim.serving.batcher import DecisionBatcher
 from reclaim.serving.decide import Experiment
 from reclaim.serving.metrics import Metrics
 from reclaim.serving.policy_holder import PolicyHolder
-from reclaim.serving.slots import FairSlots
 from reclaim.settings import Settings
 
 
@@ -38,15 +38,15 @@ async def get_policy_holder(request: Request) -> PolicyHolder:
     return request.app.state.policy
 
 
-async def get_decision_slots(request: Request) -> FairSlots:
-    return request.app.state.decision_slots
+async def get_batcher(request: Request) -> DecisionBatcher:
+    return request.app.state.batcher
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 PolicyDep = Annotated[PolicyHolder, Depends(get_policy_holder)]
-DecisionSlotsDep = Annotated[FairSlots, Depends(get_decision_slots)]
+BatcherDep = Annotated[DecisionBatcher, Depends(get_batcher)]
 
 
 async def get_experiment(request: Request) -> Experiment | None:

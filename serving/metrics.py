@@ -26,6 +26,12 @@ class Metrics:
         self.decisions = Counter(
             "reclaim_decisions_total", "Decisions by action", ["action"], registry=self.registry
         )
+        self.decision_batch = Histogram(
+            "reclaim_decision_batch_size",
+            "Decisions computed per model call (requests waiting together are merged)",
+            registry=self.registry,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+        )
         self.webhooks = Counter(
             "reclaim_webhook_events_total",
             "Webhook deliveries",

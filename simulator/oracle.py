@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from reclaim import timeutil, vocab
-from reclaim.policy import ActionBatch, DecisionBatch, Policy, merchant_of_record
+from reclaim.policy import ActionBatch, DecisionBatch, Policy, Uniforms, merchant_of_record
 from reclaim.rules import limits
 from reclaim.simulator import truth
 from reclaim.simulator.marketplace import Marketplace
@@ -36,7 +36,7 @@ class Oracle(Policy):
         self.market = market
         self.horizon_days = horizon_days
 
-    def act(self, batch: DecisionBatch, rng: np.random.Generator) -> ActionBatch:
+    def act(self, batch: DecisionBatch, rng: Uniforms) -> ActionBatch:
         market, cfg = self.market, self.market.config
         n = len(batch)
         position = pd.Series(np.arange(len(market)), index=market.payments["payment_id"].to_numpy())

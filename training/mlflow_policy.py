@@ -18,7 +18,6 @@ import pickle
 from typing import Any
 
 import mlflow
-import numpy as np
 import pandas as pd
 
 
@@ -44,9 +43,9 @@ class PolicyModel(mlflow.pyfunc.PythonModel):
             contract.empty(contract.MESSAGES),
             decided_at,
         )
-        from reclaim.policy import decision_seed
+        from reclaim.policy import DecisionRandom
 
-        rng = np.random.default_rng(decision_seed(payments["payment_id"], decided_at))
+        rng = DecisionRandom(payments["payment_id"].tolist(), decided_at.tolist())
         actions = enforce(batch, self.policy.act(batch, rng), self.policy.network_rules or _rules())
         return pd.DataFrame(
             {

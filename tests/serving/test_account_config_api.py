@@ -104,7 +104,12 @@ def _decide(client, inline_payment, n: int = 40) -> list[dict]:
 
 def test_configuration_changes_the_decisions(client, admin, inline_payment) -> None:
     base = _decide(client, inline_payment)
-    assert all(d["retry"] for d in base), "soft declines on day 0 are retried by default"
+    # (exploration picks "no retry" with probability 0.05 / 57: such a decision is logged with
+    # that propensity)
+    greedy = [d for d in base if d["propensity"] > 0.5]
+    assert len(greedy) >= 30 and all(d["retry"] for d in greedy), (
+        "soft declines on day 0 are retried by default"
+    )
     used = {d["channel"] for d in base} - {None}
     assert used, "the default policy messages some customers"
     assert {d["sender"] for d in base if d["channel"]} >= {"account"}
@@ -131,7 +136,7 @@ def test_configuration_changes_the_decisions(client, admin, inline_payment) -> N
         elif account == capped:
             assert d["retry"] is None and d["no_retry_reason"] == "account_max_retries"
         else:
-            assert d["retry"] is not None
+            assert d["retry"] is not None or d["propensity"] < 0.5  # or explored
 
 
 def _account(inline_payment, decision: dict) -> str:

@@ -133,10 +133,10 @@ def test_policy_survives_an_mlflow_round_trip(trained) -> None:
         contract.empty(contract.MESSAGES),
         fresh["failed_at"],
     )
-    from reclaim.policy import decision_seed
+    from reclaim.policy import DecisionRandom
     from reclaim.rules import NetworkRules
 
-    rng = np.random.default_rng(decision_seed(fresh["payment_id"], fresh["failed_at"]))
+    rng = DecisionRandom(fresh["payment_id"].tolist(), fresh["failed_at"].tolist())
     direct = enforce(batch, policy.act(batch, rng), NetworkRules())
     pd.testing.assert_series_equal(out["retry_at"], direct.retry_at, check_names=False)
     assert (out["channel"].fillna("none") == direct.channel.astype("object").fillna("none")).all()
