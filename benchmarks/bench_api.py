@@ -252,6 +252,13 @@ def main() -> None:
                         k: statistics.median(r[k] for r in runs) for k in ("rps", "p50", "p99")
                     }
             batch = _batch_figures(base, key, account, args.repeats)
+            with urllib.request.urlopen(f"{base}/metrics", timeout=10) as r:
+                exposed = r.read().decode()
+            calls = {
+                k: float(v)
+                for k, v in re.findall(r"^reclaim_decision_batch_size_(sum|count) (\S+)$",
+                                       exposed, re.M)
+            }  # fmt: skip
         finally:
             server.terminate()
             try:
@@ -275,6 +282,10 @@ def main() -> None:
         print(f"{'':>7}  decisions / empty throughput: {ratio:.2f} (aim >= 0.5)")
     p99 = results["POST /v1/decisions", 16]["p99"]
     print(f"p99 of decisions at 16 clients: {p99:.1f} ms (aim < 25 ms)")
+    print(
+        f"decisions per model call over the whole run: {calls['sum'] / calls['count']:.1f} "
+        f"({calls['count']:.0f} calls; requests waiting together are decided together)"
+    )
     print(
         f"1,000-decision batch: median {batch['batch_s']:.2f} s of {args.repeats} "
         f"(aim < 1 s); single decisions asked meanwhile: median {batch['single_p50']:.1f} ms, "
