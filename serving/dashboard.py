@@ -26,11 +26,12 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from reclaim.account_config import PLATFORM, effective
 from reclaim.contract import decimals, major
 from reclaim.serving.auth import Principal, Role, Unauthorized, authenticate, principal_of
 from reclaim.serving.routes.payments import find_payments, payment_view
 from reclaim.serving.routes.stats import period
-from reclaim.serving.store import stats
+from reclaim.serving.store import configs, stats
 
 router = APIRouter(include_in_schema=False)
 SESSION, CSRF = "reclaim_session", "reclaim_csrf"
@@ -216,14 +217,94 @@ async def overview(request: Request) -> Response:
     lo, hi, first, last, error = _chosen_period(request)
     engine = request.app.state.engine
     found = await run_in_threadpool(stats.overview, engine, lo, hi, principal.accounts)
-    previous = {row["currency"]: row for row in found["previous"]}
-    charts = [
-        _bars(cur, [d for d in found["by_day"] if d["currency"] == cur], first, last)
-        for cur in [row["currency"] for row in found["currencies"]]
-    ]
     return _page(
         request, "overview.html", principal=principal, first=first, last=last, error=error,
-        rows=found["currencies"], previous=previous, charts=charts,
+        **_recovery(found, first, last),
+    )  # fmt: skip
+
+
+def _recovery(found: dict[str, Any], first: date, last: date) -> dict[str, Any]:
+    """What ``_recovery.html`` shows of :func:`stats.overview`: rows per currency, the
+    previous period's by currency, a daily chart per currency."""
+    return {
+        "rows": found["currencies"],
+        "previous": {row["currency"]: row for row in found["previous"]},
+        "charts": [
+            _bars(cur, [d for d in found["by_day"] if d["currency"] == cur], first, last)
+            for cur in [row["currency"] for row in found["currencies"]]
+        ],
+    }
+
+
+SETTING_LABELS = {
+    "opted_out": "Opted out of Reclaim",
+    "max_retries": "Retries per payment at most",
+    "allowed_channels": "Channels allowed",
+    "max_messages": "Messages per payment at most",
+    "sender": "Who messages customers",
+    "orchestration": "Stripe Orchestration",
+    "branding": "Branding of messages",
+}
+
+
+def _settings_table(overrides: dict[str, dict[str, Any]], account_id: str) -> list[dict]:
+    """Each setting of the account: its effective value in words and where it comes from
+    (this account's override, the platform's default, or Reclaim's default)."""
+    own, platform = overrides.get(account_id, {}), overrides.get(PLATFORM, {})
+    config = effective(platform, own).model_dump(mode="json")
+
+    def shown(name: str, value: Any) -> str:
+        if name == "max_retries" and value is None:
+            return "the card networks' limits only"
+        if name == "sender" and value is None:
+            return "the merchant of record"
+        if name == "allowed_channels":
+            return ", ".join(value) or "none"
+        if name == "branding":
+            return ", ".join(f"{k}: {v}" for k, v in value.items() if v) or "Reclaim's defaults"
+        if isinstance(value, bool):
+            return "yes" if value else "no"
+        return str(value)
+
+    return [
+        {
+            "label": label,
+            "value": shown(name, config[name]),
+            "source": "this account"
+            if name in own
+            else "platform default"
+            if name in platform
+            else "Reclaim's default",
+        }
+        for name, label in SETTING_LABELS.items()
+    ]
+
+
+@router.get("/dashboard/accounts/{account_id}")
+async def account(request: Request, account_id: str) -> Response:
+    principal = await _principal(request)
+    if principal is None:
+        return _signed_out()
+    lo, hi, first, last, error = _chosen_period(request)
+    engine = request.app.state.engine
+    known = (
+        len(account_id) <= 255
+        and account_id.isprintable()
+        and principal.sees(account_id)
+        and await run_in_threadpool(stats.account_known, engine, account_id)
+    )
+    if not known:  # another key's account reads exactly as one that does not exist
+        return _page(
+            request, "account.html", status=404, principal=principal, account_id=account_id,
+            error=f"No account {account_id!r}.", first=first, last=last, missing=True,
+        )  # fmt: skip
+    found = await run_in_threadpool(stats.overview, engine, lo, hi, [account_id])
+    codes = await run_in_threadpool(stats.breakdown, engine, lo, hi, "decline_code", [account_id])
+    overrides = await run_in_threadpool(configs.stored_overrides, engine, [account_id])
+    return _page(
+        request, "account.html", principal=principal, account_id=account_id, first=first,
+        last=last, error=error, missing=False, categories=stats.by_category(codes),
+        settings=_settings_table(overrides, account_id), **_recovery(found, first, last),
     )  # fmt: skip
 
 

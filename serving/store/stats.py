@@ -202,6 +202,18 @@ def account_rows(
 BREAKDOWNS = ("decline_category", "decline_code", "charge_model", "card_brand", "retries")
 
 
+def account_known(engine: Engine, account_id: str) -> bool:
+    """Whether the store holds a payment of ``account_id`` or a configuration for it."""
+    with engine.connect() as conn:
+        for table in (t.payments, t.account_config):
+            found = conn.execute(
+                sa.select(sa.literal(1)).where(table.c.account_id == account_id).limit(1)
+            ).first()
+            if found is not None:
+                return True
+    return False
+
+
 def breakdown(
     engine: Engine,
     start: datetime,

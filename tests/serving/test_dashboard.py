@@ -3,6 +3,7 @@ pages that show each key only its accounts; and the same pages driven in Debian'
 
 from __future__ import annotations
 
+import html
 import re
 import shutil
 from datetime import UTC, datetime
@@ -109,7 +110,7 @@ def test_a_scoped_key_sees_only_its_accounts(site, history) -> None:
     _sign_in(client, keys["scoped"][1])
     page = client.get(f"/dashboard/accounts?{PERIOD}&sort=recovery_rate")
     assert page.status_code == 200
-    shown = set(re.findall(r"<td>(acct_[^<]+)</td>", page.text))
+    shown = set(re.findall(r">(acct_[^<]+)</a></td>", page.text))
     assert shown == {accounts[0]}
     mine = (history.payments["account_id"] == accounts[0]).sum()
     overview = client.get(f"/dashboard?{PERIOD}").text
@@ -118,6 +119,67 @@ def test_a_scoped_key_sees_only_its_accounts(site, history) -> None:
         for n in re.findall(r"<td>([\d,]+)</td>\s*<td>[\d,]+</td>\s*<td>[\d.]+%</td>", overview)
     )
     assert failed == mine
+
+
+def test_an_account_page_shows_its_numbers_and_its_configuration(site, history) -> None:
+    client, keys, accounts = site
+    mine, theirs = accounts[0], accounts[1]
+    _, admin = create_key(client.app.state.engine, "admin")
+    overridden = client.put(
+        f"/v1/accounts/{mine}/config",
+        json={"max_retries": 2, "allowed_channels": ["email"]},
+        headers={"Authorization": f"Bearer {admin}"},
+    )
+    assert overridden.status_code == 200, overridden.text
+    client.put(
+        "/v1/accounts/*/config", json={"orchestration": True},
+        headers={"Authorization": f"Bearer {admin}"},
+    )  # fmt: skip
+
+    _sign_in(client, keys["analyst"][1])
+    listing = client.get(f"/dashboard/accounts?{PERIOD}&search={mine}").text
+    link = re.search(rf'href="(/dashboard/accounts/{mine}\?[^"]+)"', listing).group(1)
+    page = client.get(link.replace("&amp;", "&"))
+    assert page.status_code == 200 and f"<h1>{mine}</h1>" in page.text
+    # its numbers are its payments' alone
+    failed = sum(
+        int(n.replace(",", ""))
+        for n in re.findall(r"<td>([\d,]+)</td>\s*<td>[\d,]+</td>\s*<td>[\d.]+%</td>\s*<td>",
+                            page.text.split('id="categories"')[0])
+    )  # fmt: skip
+    assert failed == (history.payments["account_id"] == mine).sum()
+    assert 'class="recovered"' in page.text, "its chart has data"
+    categories = page.text.split('id="categories"')[1].split("</table>")[0]
+    assert (
+        sum(
+            int(n.replace(",", ""))
+            for n in re.findall(r"<tr><td>[a-z_]+</td><td>([\d,]+)</td>", categories)
+        )
+        == failed
+    )
+    # each setting says where it comes from
+    rows = dict(
+        (label, (value, html.unescape(source)))
+        for label, value, source in re.findall(
+            r"<tr[^>]*><td>([^<]+)</td><td>([^<]*)</td><td>([^<]+)</td></tr>",
+            page.text.split('id="settings"')[1],
+        )
+    )
+    assert rows["Retries per payment at most"] == ("2", "this account")
+    assert rows["Channels allowed"] == ("email", "this account")
+    assert rows["Stripe Orchestration"] == ("yes", "platform default")
+    assert rows["Messages per payment at most"] == ("3", "Reclaim's default")
+
+    # a scoped key: its own account, and another's reads exactly as one that does not exist
+    _sign_in(client, keys["scoped"][1])
+    assert client.get(f"/dashboard/accounts/{mine}?{PERIOD}").status_code == 200
+    foreign = client.get(f"/dashboard/accounts/{theirs}?{PERIOD}")
+    unknown = client.get("/dashboard/accounts/acct_nobody")
+    assert foreign.status_code == unknown.status_code == 404
+    assert foreign.text.replace(theirs, "X") == unknown.text.replace("acct_nobody", "X")
+    assert theirs not in re.sub(r"No account &#39;[^&]+&#39;", "", foreign.text)
+    for odd in ("a" * 300, "acct_%00x", "acct_\u2028"):
+        assert client.get(f"/dashboard/accounts/{odd}").status_code == 404
 
 
 def test_a_payment_page_tells_its_story_in_plain_words(site, history) -> None:
@@ -230,6 +292,14 @@ def test_the_pages_in_a_real_browser(tmp_path, trained, history) -> None:
         rows = driver.find_elements(By.CSS_SELECTOR, "#accounts tbody tr")
         assert len(rows) > 5
         driver.save_screenshot(str(DOCS / "dashboard-accounts.png"))
+        first = driver.find_element(By.CSS_SELECTOR, "#accounts tbody tr td:first-child a")
+        account_id = first.text
+        first.click()
+        WebDriverWait(driver, 30).until(lambda d: d.title.startswith(account_id))
+        assert driver.find_elements(By.CSS_SELECTOR, "svg.chart rect.recovered")
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#settings tbody tr")) == 7
+        driver.execute_script("document.getElementById('categories').scrollIntoView()")
+        driver.save_screenshot(str(DOCS / "dashboard-account.png"))  # categories, settings
         driver.find_element(By.LINK_TEXT, "Payments").click()
         WebDriverWait(driver, 30).until(lambda d: d.title.startswith("Payments"))
         driver.find_element(By.ID, "q").send_keys(history.payments["customer_id"].iloc[3] + "\n")
@@ -251,6 +321,9 @@ def test_the_pages_in_a_real_browser(tmp_path, trained, history) -> None:
         driver.get(f"{base}/dashboard/accounts?{PERIOD}")
         cells = driver.find_elements(By.CSS_SELECTOR, "#accounts tbody tr td:first-child")
         assert {c.text for c in cells} == {accounts[1]}, driver.page_source[:3000]
+        driver.get(f"{base}/dashboard/accounts/{accounts[0]}?{PERIOD}")
+        assert driver.find_element(By.TAG_NAME, "h1").text == "Account not found"
+        driver.back()
         driver.find_element(By.XPATH, "//button[text()='Sign out']").click()
         WebDriverWait(driver, 30).until(lambda d: d.current_url.endswith("/dashboard/login"))
         driver.get(f"{base}/dashboard")
