@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -497,32 +496,14 @@ def _signed_usd(value: float) -> str:
 
 def replay_verdict(usd, control: str) -> str:
     """The replay's verdict on recovered revenue per failed payment, in plain words."""
-    if usd.lo > 0:
-        return (
-            f"Verdict: the learned policy recovered more revenue per failed payment than "
-            f"{control} (the 95% interval lies above zero; p = {usd.p_value:.3f})."
-        )
-    if usd.hi < 0:
-        return (
-            f"Verdict: the learned policy recovered less revenue per failed payment than "
-            f"{control} (the 95% interval lies below zero; p = {usd.p_value:.3f})."
-        )
-    # what this size can detect (80% power, two-sided 5%), and the size the observed
-    # difference would need, both assuming the arms' spread stays what it is
-    detectable = (1.96 + 0.84) * usd.se
-    need = (
-        int(math.ceil((usd.n_control + usd.n_treatment) * (2.8 * usd.se / abs(usd.diff)) ** 2))
-        if usd.diff
-        else None
-    )
-    observed = (
-        f" the observed {_signed_usd(usd.diff)} would need about {need:,} payments" if need else ""
-    )
-    return (
-        f"Verdict: no significant difference in revenue per failed payment at this size "
-        f"(p = {usd.p_value:.3f}). {usd.n_control + usd.n_treatment:,} payments detect a "
-        f"difference of {_signed_usd(detectable).lstrip('+')} per payment (80% power);"
-        f"{observed}."
+    from reclaim.training.ab_stats import verdict
+
+    return verdict(
+        usd,
+        "revenue per failed payment",
+        f"the learned policy recovered more revenue per failed payment than {control}",
+        f"the learned policy recovered less revenue per failed payment than {control}",
+        lambda v: f"{_signed_usd(v)} per payment",
     )
 
 

@@ -104,7 +104,8 @@ def test_the_replay_verdict_in_plain_words():
     assert "recovered less" in replay_verdict(diff(-9.0, -16.0, -2.0, 0.01), "stripe_like")
     unclear = replay_verdict(diff(0.71, -12.31, 13.73, 0.91), "stripe_like")
     assert "no significant difference" in unclear
-    assert "detect a difference of $18.6" in unclear and "+$0.71 would need about" in unclear
+    assert "detect a difference of $18.6" in unclear and "per payment (80% power)" in unclear
+    assert "the observed +$0.71 per payment would need about" in unclear
 
 
 def test_every_option_is_described_and_defaults_are_shown() -> None:

@@ -17,6 +17,8 @@ difference, a narrower interval when the covariate predicts the outcome.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -47,6 +49,27 @@ class Difference:
 
     def as_dict(self) -> dict[str, float | int | str]:
         return asdict(self)
+
+
+def verdict(d: Difference, outcome: str, more: str, less: str, show: Callable[[float], str]) -> str:
+    """An effect's verdict in plain words: ``more`` where its 95% interval lies above zero,
+    ``less`` where below, else that this size shows no difference in ``outcome``, with what
+    it could detect (80% power, two-sided 5%) and about how many payments the observed
+    difference would need, both assuming the arms' spread stays what it is. ``show`` writes
+    an amount of the outcome with its sign (``+$2.48``, ``+1.7 pts``)."""
+    if d.lo > 0:
+        return f"Verdict: {more} (the 95% interval lies above zero; p = {d.p_value:.3f})."
+    if d.hi < 0:
+        return f"Verdict: {less} (the 95% interval lies below zero; p = {d.p_value:.3f})."
+    detectable = (1.96 + 0.84) * d.se
+    n = d.n_control + d.n_treatment
+    need = int(math.ceil(n * (2.8 * d.se / abs(d.diff)) ** 2)) if d.diff else None
+    observed = f" the observed {show(d.diff)} would need about {need:,} payments" if need else ""
+    return (
+        f"Verdict: no significant difference in {outcome} at this size "
+        f"(p = {d.p_value:.3f}). {n:,} payments detect a difference of "
+        f"{show(detectable).lstrip('+')} (80% power);{observed}."
+    )
 
 
 def _empty(method: str, n0: int, n1: int) -> Difference:
