@@ -27,11 +27,12 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from reclaim.account_config import PLATFORM, effective
-from reclaim.contract import decimals, major
+from reclaim.contract import ContractError, decimals, major
+from reclaim.intervals import ci, interval
 from reclaim.serving.auth import Principal, Role, Unauthorized, authenticate, principal_of
 from reclaim.serving.routes.payments import find_payments, payment_view
 from reclaim.serving.routes.stats import period
-from reclaim.serving.store import configs, stats
+from reclaim.serving.store import configs, experiments, stats
 
 router = APIRouter(include_in_schema=False)
 SESSION, CSRF = "reclaim_session", "reclaim_csrf"
@@ -401,6 +402,138 @@ async def payment(request: Request, payment_id: str) -> Response:
         request, "payment.html", principal=principal, view=view, events=events,
         no_retry=NO_RETRY, plain=plain_reason,
     )  # fmt: skip
+
+
+def signed_money(amount: float, currency: str) -> str:
+    """``+$2.48``, ``−€0.10``: a difference of money."""
+    return f"{'+' if amount >= 0 else '−'}{money(abs(amount), currency)}"
+
+
+EFFECT_LABELS = {
+    "recovery_rate": "Recovery rate",
+    "revenue_per_payment": "Recovered revenue per failed payment",
+    "recovery_rate_cuped": "Recovery rate, adjusted by each account's earlier rate (CUPED)",
+    "revenue_per_payment_cuped": "Revenue per payment, adjusted by each account's earlier "
+    "rate (CUPED)",
+    "revenue_per_payment_by_account": "Revenue per payment, errors clustered by account",
+}
+
+
+class ReportUnavailable(ValueError):
+    """The experiment's report cannot be computed from what is stored and set."""
+
+
+def _experiment_view(engine, name: str, principal: Principal, settings) -> dict[str, Any]:
+    """What the experiment page shows: ``reclaim report``'s numbers (the same
+    ``build_report`` on the same store and settings), for the accounts the key sees.
+    LookupError where the key sees no payment of the experiment."""
+    from reclaim.training.ab_report import ReportError, build_report
+    from reclaim.training.ab_stats import Difference, verdict
+
+    tables, assignments, opted_out = experiments.report_inputs(engine, name)
+    if principal.accounts is not None:
+        assignments = assignments[assignments["account_id"].isin(principal.accounts)]
+        if assignments.empty:
+            raise LookupError(f"no payments are assigned to experiment {name!r}")
+    cur = settings.report_currency
+    try:
+        report = build_report(name, tables, assignments, settings.report_fx, cur, opted_out)
+    except (ReportError, ContractError) as exc:  # e.g. a currency without a stated rate
+        raise ReportUnavailable(str(exc)) from exc
+    policies = experiments.arm_policies(engine, name)
+    arms = [
+        {
+            "arm": f"{arm} ({policies[arm]})" if arm in policies else arm,
+            "payments": int(row["payments"]),
+            "recovered": int(row["recovered"]),
+            "rate": percent(row["recovery_rate"]),
+            "revenue": money(row["recovered_revenue"], cur),
+            "per_payment": money(row["revenue_per_payment"], cur),
+            "retries": f"{row['retries_per_payment']:.2f}",
+            "messages": f"{row['messages_per_payment']:.2f}",
+        }
+        for arm, row in report.arms.iterrows()
+    ]
+    effects, verdicts = [], []
+    for key, row in report.effects.iterrows():
+        d = Difference(**{**row.to_dict(), "n_control": int(row["n_control"]),
+                          "n_treatment": int(row["n_treatment"])})  # fmt: skip
+        rate = key.startswith("recovery_rate")
+        if rate:
+            shown = interval(d.diff, d.lo, d.hi, pts=True)
+            control, treatment = percent(d.control), percent(d.treatment)
+        else:
+            shown = ci(*(signed_money(v, cur) for v in (d.diff, d.lo, d.hi)))
+            control, treatment = money(d.control, cur), money(d.treatment, cur)
+        effects.append(
+            {
+                "effect": EFFECT_LABELS.get(key, key),
+                "control": control,
+                "treatment": treatment,
+                "difference": shown,
+                "p": f"{d.p_value:.3f}",
+            }
+        )
+        if key == "recovery_rate":
+            verdicts.append(verdict(d, "the recovery rate", "the treatment recovered a "
+                                    "larger share of failed payments", "the treatment recovered "
+                                    "a smaller share of failed payments",
+                                    lambda v: f"{v * 100:+.1f} pts"))  # fmt: skip
+        if key == "revenue_per_payment":
+            verdicts.append(verdict(d, "recovered revenue per failed payment", "the treatment "
+                                    "recovered more revenue per failed payment", "the treatment "
+                                    "recovered less revenue per failed payment",
+                                    lambda v: f"{signed_money(v, cur)} per payment"))  # fmt: skip
+    accounts = [
+        {
+            "account_id": account,
+            "payments": int(row["payments"]),
+            "rates": f"{percent(row['rate_control'])} → {percent(row['rate_treatment'])}",
+            "revenue": ci(
+                *(signed_money(row[c], cur) for c in ("revenue_diff", "revenue_lo", "revenue_hi"))
+            ),  # fmt: skip
+            "incremental": signed_money(row["incremental_revenue"], cur),
+        }
+        for account, row in report.accounts.iterrows()
+    ]
+    return {
+        "report": report, "arms": arms, "effects": effects, "verdicts": verdicts,
+        "accounts": accounts, "rates": sorted(settings.report_fx.items()), "currency": cur,
+    }  # fmt: skip
+
+
+@router.get("/dashboard/experiments")
+async def experiment_list(request: Request) -> Response:
+    principal = await _principal(request)
+    if principal is None:
+        return _signed_out()
+    found = await run_in_threadpool(experiments.experiments, request.app.state.engine)
+    return _page(request, "experiments.html", principal=principal, experiments=found)
+
+
+@router.get("/dashboard/experiments/{name}")
+async def experiment(request: Request, name: str) -> Response:
+    principal = await _principal(request)
+    if principal is None:
+        return _signed_out()
+    engine, settings = request.app.state.engine, request.app.state.settings
+    view = None
+    if len(name) <= 100 and name.isprintable():
+        try:
+            view = await run_in_threadpool(_experiment_view, engine, name, principal, settings)
+        except LookupError:
+            view = None
+        except ReportUnavailable as exc:
+            return _page(
+                request, "experiment.html", principal=principal, name=name, view=None,
+                error=f"This experiment's report cannot be computed: {exc}",
+            )  # fmt: skip
+    if view is None:
+        return _page(
+            request, "experiment.html", status=404, principal=principal, name=name, view=None,
+            error=f"No experiment {name!r} with payments this key can see.",
+        )  # fmt: skip
+    return _page(request, "experiment.html", principal=principal, name=name, view=view)
 
 
 BREAKDOWN_TITLES = {

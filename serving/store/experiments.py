@@ -102,6 +102,26 @@ def experiments(engine: Engine) -> dict[str, int]:
     return {name: int(n) for name, n in rows}
 
 
+def arm_policies(engine: Engine, experiment: str) -> dict[str, str]:
+    """Each arm of ``experiment`` named by its policy: the one most of the arm's logged
+    decisions name (``stripe_like``, ``learned``); arms with no logged decision are absent."""
+    e, d = t.experiment_assignments.c, t.decision_log.c
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(e.arm, d.policy, sa.func.count())
+            .select_from(
+                t.experiment_assignments.join(t.decision_log, d.payment_id == e.payment_id)
+            )
+            .where(e.experiment == experiment)
+            .group_by(e.arm, d.policy)
+        ).all()
+    named: dict[str, str] = {}
+    for arm, policy, _ in sorted(rows, key=lambda r: (-r[2], str(r[1]))):
+        if policy:
+            named.setdefault(arm, policy)
+    return named
+
+
 def report_inputs(
     engine: Engine, experiment: str
 ) -> tuple[contract.ContractTables, pd.DataFrame, set[str]]:

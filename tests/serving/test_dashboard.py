@@ -21,6 +21,7 @@ from reclaim.serving.store import repository as repo
 from reclaim.serving.store import tables as t
 from reclaim.settings import Settings
 from reclaim.simulator import generate, rollout
+from reclaim.simulator.config import SimulatorConfig
 
 from .conftest import _free_port, _serve
 
@@ -32,8 +33,12 @@ def history():
     return rollout(generate(15, 1_200, seed=33), RandomizedLogging(), seed=33).tables
 
 
-def _settings(tmp_path, trained, secure: bool = True) -> Settings:
+SIM_FX = dict(SimulatorConfig().usd_per_unit)  # the history's currencies, in USD
+
+
+def _settings(tmp_path, trained, secure: bool = True, fx: dict | None = SIM_FX) -> Settings:
     return Settings(
+        report_fx=fx or {"usd": 1.0},
         database_url=f"sqlite:///{tmp_path / 'dash.db'}",
         mlflow_tracking_uri=trained.tracking_uri,
         stripe_webhook_secret_platform=SecretStr("whsec_p"),
@@ -182,6 +187,80 @@ def test_an_account_page_shows_its_numbers_and_its_configuration(site, history) 
         assert client.get(f"/dashboard/accounts/{odd}").status_code == 404
 
 
+def _run_experiment(engine, history) -> dict[str, str]:
+    """Experiment ``exp-a`` over the later 60% of ``history``'s payments (stored), each arm's
+    decisions logged by its policy; returns the arms by payment id."""
+    from reclaim.experiment import ExperimentDesign
+    from reclaim.serving.store import experiments
+
+    payments = history.payments
+    later = payments[payments["failed_at"] >= payments["failed_at"].quantile(0.4)]
+    arms = experiments.assign(engine, ExperimentDesign(name="exp-a"), later, datetime.now(UTC))
+    rows = [
+        {"payment_id": pid, "decided_at": datetime.now(UTC), "model_version": "1",
+         "policy": "stripe_like" if arm == "control" else "learned", "propensity": 1.0}
+        for pid, arm in arms.items()
+    ]  # fmt: skip
+    with engine.begin() as conn:
+        conn.execute(t.decision_log.insert(), rows)
+    return arms
+
+
+def test_an_experiment_page_shows_the_numbers_of_reclaim_report(tmp_path, trained, history):
+    from reclaim.serving.store import experiments
+    from reclaim.training.ab_report import build_report
+
+    with TestClient(create_app(_settings(tmp_path, trained)), base_url="https://testserver") as c:
+        engine = c.app.state.engine
+        repo.save_contract(engine, history)
+        arms = _run_experiment(engine, history)
+        tables, assignments, opted_out = experiments.report_inputs(engine, "exp-a")
+        expected = build_report("exp-a", tables, assignments, SIM_FX, "usd", opted_out=opted_out)
+        mine = sorted(history.payments["account_id"].unique())[0]
+        _, analyst = create_key(engine, "analyst")
+        _, scoped = create_key(engine, "analyst", accounts=[mine])
+
+        _sign_in(c, analyst)
+        listing = c.get("/dashboard/experiments").text
+        assert re.search(rf'exp-a">exp-a</a></td><td>{len(arms):,}<', listing)
+        page = c.get("/dashboard/experiments/exp-a")
+        assert page.status_code == 200, page.text
+        rows = re.findall(r"<tr><td>(\w+) \((\w+)\)</td><td>([\d,]+)</td><td>([\d,]+)</td>"
+                          r"<td>([\d.]+%)</td>", page.text)  # fmt: skip
+        named = [(arm, policy) for arm, policy, *_ in rows]
+        assert named == [("control", "stripe_like"), ("treatment", "learned")]
+        for arm, _, n, recovered, rate in rows:  # the same numbers as `reclaim report`
+            assert int(n.replace(",", "")) == expected.arms.loc[arm, "payments"]
+            assert int(recovered.replace(",", "")) == expected.arms.loc[arm, "recovered"]
+            assert rate == f"{expected.arms.loc[arm, 'recovery_rate']:.1%}"
+        effect = expected.effects.loc["recovery_rate"]
+        shown = f"{effect['diff'] * 100:+.1f} pts (95% CI {effect['lo'] * 100:+.1f} to "
+        assert shown in page.text and f"<td>{effect['p_value']:.3f}</td>" in page.text
+        verdicts = re.findall(r'<p class="verdict"><strong>([^<]+)</strong>', page.text)
+        assert len(verdicts) == 2 and all(v.startswith("Verdict: ") for v in verdicts)
+        assert "revenue per failed payment" in html.unescape(verdicts[1])
+        assert "USD at the rates of" in page.text and "EUR " in page.text
+
+        # a scoped key: its account's payments only; an experiment it has none of is not found
+        _sign_in(c, scoped)
+        own = c.get("/dashboard/experiments/exp-a")
+        n_mine = int((assignments["account_id"] == mine).sum())
+        assert own.status_code == 200 and f"{n_mine:,} failed payments assigned on the" in own.text
+        assert set(re.findall(r">(acct_[^<]+)</a></td>", own.text)) <= {mine}
+        for name in ("exp-none", "x" * 200, "exp\u2028"):
+            assert c.get(f"/dashboard/experiments/{name}").status_code == 404
+
+    # without a rate for every currency, the page says so instead of summing currencies
+    (tmp_path / "b").mkdir()
+    bare = _settings(tmp_path / "b", trained, fx=None)
+    with TestClient(create_app(bare), base_url="https://testserver") as c:
+        repo.save_contract(c.app.state.engine, history)
+        _run_experiment(c.app.state.engine, history)
+        _sign_in(c, create_key(c.app.state.engine, "analyst")[1])
+        page = c.get("/dashboard/experiments/exp-a")
+        assert page.status_code == 200 and "cannot be computed" in page.text
+
+
 def test_a_payment_page_tells_its_story_in_plain_words(site, history) -> None:
     client, keys, accounts = site
     # a decision through the API, so the payment has one with reasons
@@ -257,6 +336,7 @@ def test_the_pages_in_a_real_browser(tmp_path, trained, history) -> None:
     server = _serve(app, port)
     engine = app.state.engine
     repo.save_contract(engine, history)
+    _run_experiment(engine, history)
     accounts = sorted(history.payments["account_id"].unique())
     _, analyst = create_key(engine, "analyst")
     _, scoped = create_key(engine, "analyst", accounts=[accounts[1]])
@@ -314,6 +394,13 @@ def test_the_pages_in_a_real_browser(tmp_path, trained, history) -> None:
         driver.get(f"{base}/dashboard/declines?{PERIOD}")
         assert len(driver.find_elements(By.CSS_SELECTOR, "table.breakdown tbody tr")) > 10
         driver.save_screenshot(str(DOCS / "dashboard-declines.png"))
+        driver.find_element(By.LINK_TEXT, "Experiments").click()
+        WebDriverWait(driver, 30).until(lambda d: d.title.startswith("Experiments"))
+        driver.find_element(By.LINK_TEXT, "exp-a").click()
+        WebDriverWait(driver, 60).until(lambda d: d.title.startswith("Experiment exp-a"))
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#arms tbody tr")) == 2
+        assert driver.find_element(By.CSS_SELECTOR, "p.verdict").text.startswith("Verdict:")
+        driver.save_screenshot(str(DOCS / "dashboard-experiment.png"))
         errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert errors == [], errors
 
