@@ -39,6 +39,7 @@ demo: $(VENV)/.installed
 	@echo "The dashboard over the replay's store, with an analyst key created for it:"
 	@RECLAIM_DATABASE_URL=sqlite:///$(DEMO)/replay/reclaim.db $(BIN)/reclaim keys create --role analyst
 	@echo "  RECLAIM_DATABASE_URL=sqlite:///$(DEMO)/replay/reclaim.db \\"
+	@echo "  RECLAIM_REPORT_FX='$$($(BIN)/python -c 'import json; from reclaim.simulator.config import SimulatorConfig; print(json.dumps(SimulatorConfig().usd_per_unit))')' \\"
 	@echo "  RECLAIM_MLFLOW_TRACKING_URI=sqlite:///$(DEMO)/mlflow.db $(BIN)/reclaim serve"
 	@echo "  then open http://localhost:8000/dashboard and sign in with the key above"
 
