@@ -491,7 +491,7 @@ def replay(
 
 
 def _signed_usd(value: float) -> str:
-    return f"{'+' if value >= 0 else '−'}${abs(value):,.2f}"
+    return contract.signed_money(value, "usd")
 
 
 def replay_verdict(usd, control: str) -> str:

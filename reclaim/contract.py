@@ -585,6 +585,22 @@ def major(minor: Any, currency: str) -> float:
     return 0.0 if minor is None else int(minor) / 10 ** decimals(currency)
 
 
+SYMBOLS = {"usd": "$", "eur": "€", "gbp": "£", "jpy": "¥", "inr": "₹", "aud": "A$", "cad": "C$",
+           "brl": "R$"}  # fmt: skip
+
+
+def money(amount: float, currency: str) -> str:
+    """``$1,146.93``, ``¥4,900``, ``CHF 12.00``: major units with the currency's symbol."""
+    number = f"{amount:,.{decimals(currency)}f}"
+    symbol = SYMBOLS.get(currency.lower())
+    return f"{symbol}{number}" if symbol else f"{currency.upper()} {number}"
+
+
+def signed_money(amount: float, currency: str) -> str:
+    """``+$2.48``, ``−€0.10``: a difference of money."""
+    return f"{'+' if amount >= 0 else '−'}{money(abs(amount), currency)}"
+
+
 def _warnings(tables: ContractTables, raw: Mapping[str, pd.DataFrame]) -> list[str]:
     """What is valid but probably wrong: amounts that look like major units, decline codes
     Reclaim does not know (treated as soft declines: retried within the network caps)."""

@@ -27,7 +27,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from reclaim.account_config import PLATFORM, effective
-from reclaim.contract import ContractError, decimals, major
+from reclaim.contract import ContractError, major, money, signed_money
 from reclaim.intervals import ci, interval
 from reclaim.serving.auth import Principal, Role, Unauthorized, authenticate, principal_of
 from reclaim.serving.routes.payments import find_payments, payment_view
@@ -36,21 +36,11 @@ from reclaim.serving.store import configs, experiments, stats
 
 router = APIRouter(include_in_schema=False)
 SESSION, CSRF = "reclaim_session", "reclaim_csrf"
-SYMBOLS = {"usd": "$", "eur": "€", "gbp": "£", "jpy": "¥", "inr": "₹", "aud": "A$", "cad": "C$",
-           "brl": "R$"}  # fmt: skip
-
 _templates = jinja2.Environment(
     loader=jinja2.FileSystemLoader(Path(__file__).with_name("templates")),
     autoescape=True,
     undefined=jinja2.StrictUndefined,
 )
-
-
-def money(amount: float, currency: str) -> str:
-    """``$1,146.93``, ``¥4,900``, ``CHF 12.00``: major units with the currency's symbol."""
-    number = f"{amount:,.{decimals(currency)}f}"
-    symbol = SYMBOLS.get(currency)
-    return f"{symbol}{number}" if symbol else f"{currency.upper()} {number}"
 
 
 def percent(rate: float) -> str:
@@ -206,6 +196,12 @@ def _chosen_period(request: Request) -> tuple[datetime, datetime, date, date, st
     return (*period(start, end), error)
 
 
+def _storable(text: str, limit: int) -> bool:
+    """Whether an id from a page's path could be stored (at most ``limit`` printable
+    characters): anything else is not found without asking the store."""
+    return len(text) <= limit and text.isprintable()
+
+
 def _signed_out() -> RedirectResponse:
     return RedirectResponse("/dashboard/login", status_code=303)
 
@@ -289,8 +285,7 @@ async def account(request: Request, account_id: str) -> Response:
     lo, hi, first, last, error = _chosen_period(request)
     engine = request.app.state.engine
     known = (
-        len(account_id) <= 255
-        and account_id.isprintable()
+        _storable(account_id, 255)
         and principal.sees(account_id)
         and await run_in_threadpool(stats.account_known, engine, account_id)
     )
@@ -385,7 +380,7 @@ async def payment(request: Request, payment_id: str) -> Response:
         return _signed_out()
     engine = request.app.state.engine
     view = None
-    if len(payment_id) <= 255 and payment_id.isprintable():
+    if _storable(payment_id, 255):
         view = await run_in_threadpool(payment_view, engine, payment_id, principal)
     if view is None:
         return _page(
@@ -402,11 +397,6 @@ async def payment(request: Request, payment_id: str) -> Response:
         request, "payment.html", principal=principal, view=view, events=events,
         no_retry=NO_RETRY, plain=plain_reason,
     )  # fmt: skip
-
-
-def signed_money(amount: float, currency: str) -> str:
-    """``+$2.48``, ``−€0.10``: a difference of money."""
-    return f"{'+' if amount >= 0 else '−'}{money(abs(amount), currency)}"
 
 
 EFFECT_LABELS = {
@@ -518,7 +508,7 @@ async def experiment(request: Request, name: str) -> Response:
         return _signed_out()
     engine, settings = request.app.state.engine, request.app.state.settings
     view = None
-    if len(name) <= 100 and name.isprintable():
+    if _storable(name, 100):
         try:
             view = await run_in_threadpool(_experiment_view, engine, name, principal, settings)
         except LookupError:
