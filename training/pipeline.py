@@ -82,6 +82,7 @@ class TrainConfig:
     test_share: float = 0.2
     exploration: float = 0.05
     retry_rounds: int = 300
+    retry_early_stopping: int | None = 25
     channel_rounds: int = 200
     calibration_share: float = 0.2
     weight_clip: float | None = None
@@ -399,7 +400,9 @@ def train(
 
     stage("fitting the retry-time model")
     retry_model = RetryTimeModel(
-        num_boost_round=config.retry_rounds, calibration_share=config.calibration_share
+        num_boost_round=config.retry_rounds,
+        calibration_share=config.calibration_share,
+        early_stopping_rounds=config.retry_early_stopping,
     ).fit(x_retry, y_retry)
     stage("measuring each channel's uplift")
     uplift = measured_uplift(train_rows, config, train_data.keys["payment_id"])
@@ -428,6 +431,7 @@ def train(
     results: dict[str, float] = {
         f"retry_{k}": v for k, v in metrics.classifier_metrics(y_test, p_test).items()
     }
+    results["retry_trees"] = float(retry_model.booster_.num_trees())
     for suffix, found in (("", uplift.overall), ("_first", uplift.first), ("_later", uplift.later)):
         for ch, e in found.items():
             name = f"uplift_{ch}{suffix}"

@@ -53,6 +53,30 @@ def test_calibration_is_isotonic_with_enough_rows_else_sigmoid() -> None:
     assert clone(big).get_params() == big.get_params()
 
 
+def test_boosting_stops_where_the_later_rows_stop_improving() -> None:
+    """Early stopping keeps the trees that help on the calibration rows: fewer than asked
+    for on data with little to learn, no worse held out than every round, and the kept
+    booster is the whole model (nothing past the best round is read by any prediction)."""
+    x, y = _synthetic(6_000)
+    x["noise"] = np.random.default_rng(3).normal(size=len(x))  # room to overfit
+    stopped = RetryTimeModel(num_boost_round=400).fit(x, y)
+    full = RetryTimeModel(num_boost_round=400, early_stopping_rounds=None).fit(x, y)
+    assert stopped.booster_.num_trees() < 200
+    assert full.booster_.num_trees() == 400
+    xt, yt = _synthetic(20_000, seed=1)
+    xt["noise"] = np.random.default_rng(4).normal(size=len(xt))
+
+    def loss(m: RetryTimeModel) -> float:
+        p = np.clip(m.predict_proba(xt)[:, 1], 1e-6, 1 - 1e-6)
+        return float(-np.mean(yt * np.log(p) + (1 - yt) * np.log(1 - p)))
+
+    assert loss(stopped) <= loss(full)
+    raw = stopped.booster_.predict(xt, num_iteration=stopped.booster_.num_trees())
+    np.testing.assert_array_equal(stopped.predict_raw(xt), raw)
+    with pytest.raises(ValueError, match="early_stopping_rounds must be at least 1"):
+        RetryTimeModel(early_stopping_rounds=0).fit(x, y)
+
+
 @pytest.mark.parametrize(
     ("X", "y", "message"),
     [
