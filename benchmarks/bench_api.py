@@ -1,5 +1,5 @@
 """Load benchmark of ``POST /v1/decisions`` under uvicorn on 127.0.0.1, driven by wrk from a
-second process, next to an empty FastAPI endpoint served by the same process in the same run.
+second process, next to an empty FastAPI endpoint served by the same processes in the same run.
 
 Reports throughput and p50/p99 latency at 1, 16 and 64 concurrent clients (median of
 ``--repeats`` runs each), then the time of a 1,000-decision batch and the latency of single
@@ -8,10 +8,13 @@ throughput, p99 under 25 ms at 16 clients, a 1,000-decision batch in under a sec
 
 Every decision request carries a new payment's whole context (a failure the service has not
 seen), so each one validates the input, stores the payment, scores 56 candidate retry times
-and the channels, explains the chosen retry, and logs the decision to the store (SQLite).
+and the channels, explains the chosen retry, and logs the decision to the store (SQLite, or
+a fresh schema on the local PostgreSQL with ``--database postgresql``). ``--workers N`` serves
+with N uvicorn worker processes, as ``reclaim serve --workers N`` does.
 
     make bench-tools   # installs wrk (Debian's package) if it is missing
     .venv/bin/python benchmarks/bench_api.py [--seconds 5] [--repeats 3]
+    .venv/bin/python benchmarks/bench_api.py --workers 2 --database postgresql
 """
 
 from __future__ import annotations
@@ -80,10 +83,8 @@ def _payment(account_id: str) -> dict:
     }
 
 
-def serve(port: int) -> None:
-    """The API plus an empty endpoint, in this process, until killed."""
-    import uvicorn
-
+def bench_app():
+    """The API plus an empty endpoint (each worker process builds its own)."""
     from reclaim.serving.app import create_app
 
     app = create_app()
@@ -92,7 +93,23 @@ def serve(port: int) -> None:
     def empty() -> dict:
         return {}
 
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    return app
+
+
+def serve(port: int, workers: int) -> None:
+    """Serve :func:`bench_app` with ``workers`` processes until killed."""
+    import uvicorn
+
+    uvicorn.run(
+        "bench_api:bench_app",
+        factory=True,
+        app_dir=str(Path(__file__).parent),
+        host="127.0.0.1",
+        port=port,
+        workers=workers,
+        log_level="warning",
+        access_log=False,
+    )
 
 
 def _free_port() -> int:
@@ -101,9 +118,31 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _prepare(folder: Path) -> tuple[dict[str, str], str, str]:
-    """Simulate and train a policy into ``folder``; returns the server's environment, a
-    scheduler key and an account id."""
+PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+def _postgres_schema() -> tuple[str, object]:
+    """A fresh schema on the local PostgreSQL: its URL and a function that drops it."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    schema = f"reclaim_bench_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(PG_URL)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'create schema "{schema}"'))
+
+    def drop() -> None:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'drop schema "{schema}" cascade'))
+        admin.dispose()
+
+    return f"{PG_URL}?options=-csearch_path%3D{schema}", drop
+
+
+def _prepare(folder: Path, database: str | None = None) -> tuple[dict[str, str], str, str]:
+    """Simulate and train a policy into ``folder``; returns the server's environment (its
+    store ``database``, default SQLite in ``folder``), a scheduler key and an account id."""
     from reclaim import contract
     from reclaim.reference import RandomizedLogging
     from reclaim.serving.auth import create_key
@@ -116,7 +155,7 @@ def _prepare(folder: Path) -> tuple[dict[str, str], str, str]:
     contract.write_tables(rollout(market, RandomizedLogging(), seed=5).tables, folder / "sim")
     tracking = f"sqlite:///{folder / 'mlflow.db'}"
     train(folder / "sim", tracking, TrainConfig(experiment="bench"))
-    database = f"sqlite:///{folder / 'api.db'}"
+    database = database or f"sqlite:///{folder / 'api.db'}"
     upgrade(database)
     _, key = create_key(make_engine(database), "scheduler")
     env = {
@@ -216,10 +255,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    parser.add_argument(
+        "--database",
+        choices=("sqlite", "postgresql"),
+        default="sqlite",
+        help=f"the store: SQLite in a temporary folder, or a fresh schema at {PG_URL}",
+    )
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve)
+        serve(args.serve, args.workers)
         return
     if shutil.which("wrk") is None:
         sys.exit("bench_api needs wrk: run `make bench-tools` (Debian's wrk package)")
@@ -227,10 +273,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         print("preparing: simulating 16,000 payments and training a policy ...", flush=True)
-        env, key, account = _prepare(folder)
+        database, drop = (
+            _postgres_schema() if args.database == "postgresql" else (None, lambda: None)
+        )
+        env, key, account = _prepare(folder, database)
+        if args.workers > 1:  # /metrics sums the workers (reclaim serve does the same)
+            (folder / "metrics").mkdir()
+            env["PROMETHEUS_MULTIPROC_DIR"] = str(folder / "metrics")
         port = _free_port()
         base = f"http://127.0.0.1:{port}"
-        server = subprocess.Popen([sys.executable, __file__, "--serve", str(port)], env=env)
+        server = subprocess.Popen(
+            [sys.executable, __file__, "--serve", str(port), "--workers", str(args.workers)],
+            env=env,
+        )
         try:
             _wait_ready(base)
             script = folder / "post.lua"
@@ -265,10 +320,13 @@ def main() -> None:
                 server.wait(30)
             except subprocess.TimeoutExpired:
                 server.kill()
+            drop()
 
     print(
-        f"\nAPI load benchmark: uvicorn (1 worker) on 127.0.0.1, wrk from a second process, "
-        f"{os.cpu_count()} cores; median of {args.repeats} runs of {args.seconds} s"
+        f"\nAPI load benchmark: uvicorn ({args.workers} worker{'s' * (args.workers > 1)}) on "
+        f"127.0.0.1, store {'PostgreSQL' if args.database == 'postgresql' else 'SQLite'}, wrk "
+        f"from a second process, {os.cpu_count()} cores; median of {args.repeats} runs of "
+        f"{args.seconds} s"
     )
     print(f"{'clients':>7}  {'endpoint':<20} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
     for clients in CONCURRENCY:

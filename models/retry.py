@@ -117,10 +117,9 @@ class RetryTimeModel(ClassifierMixin, BaseEstimator):
         """Fit on rows in time order: the last ``calibration_share`` of them calibrate."""
         if not 0.0 <= self.calibration_share < 1.0:
             raise ValueError(f"calibration_share must be in [0, 1), got {self.calibration_share}")
-        if self.early_stopping_rounds is not None and self.early_stopping_rounds < 1:
-            raise ValueError(
-                f"early_stopping_rounds must be at least 1 or None, got {self.early_stopping_rounds}"
-            )
+        stop = self.early_stopping_rounds
+        if stop is not None and stop < 1:
+            raise ValueError(f"early_stopping_rounds must be at least 1 or None, got {stop}")
         frame = as_frame(X, min_samples=2)
         if y is not None and len(frame) != len(np.asarray(y)):
             raise ValueError(f"X has {len(frame)} rows but y has {len(np.asarray(y))}")

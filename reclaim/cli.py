@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -395,19 +396,44 @@ def _evaluate_on_data(
 def serve(
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8000,
-    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Worker processes sharing the store (PostgreSQL for more than one, or "
+            "SQLite's single writer); /metrics sums them all.",
+        ),
+    ] = 1,
 ) -> None:
     """Run the scoring API under uvicorn (settings from RECLAIM_* variables or .env)."""
+    import shutil
+    import tempfile
+
     import uvicorn
 
-    uvicorn.run(
-        "reclaim.serving.app:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_level=get_settings().log_level.lower(),
-    )
+    from reclaim.serving.metrics import MULTIPROCESS_DIR
+
+    made = None
+    if workers > 1:
+        # every worker writes its metrics here; a folder left by an earlier run would be
+        # summed in, so its files go
+        folder = os.environ.get(MULTIPROCESS_DIR) or (made := tempfile.mkdtemp("-metrics"))
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        for old in Path(folder).glob("*.db"):
+            old.unlink()
+        os.environ[MULTIPROCESS_DIR] = folder
+    try:
+        uvicorn.run(
+            "reclaim.serving.app:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level=get_settings().log_level.lower(),
+        )
+    finally:
+        if made:
+            shutil.rmtree(made, ignore_errors=True)
 
 
 @app.command()

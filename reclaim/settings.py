@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     auth_cache_seconds: float = Field(default=5.0, ge=0)
     """How long the API trusts an API key it has checked before reading the store again: a
     revoked key stops working within this time; 0 reads the store on every request."""
+    config_cache_seconds: float = Field(default=5.0, ge=0)
+    """How long an API process trusts an account's configuration it has read: a change made
+    through the same process applies at once, one made elsewhere (another worker, a script)
+    within this time; 0 reads the store for every decision."""
     max_body_bytes: int = Field(default=4_194_304, ge=1024)
     """Largest request body the API reads (a 1,000-decision batch is about 1.5 MB)."""
     policy_uri: str = "models:/reclaim-policy@champion"

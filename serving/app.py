@@ -19,9 +19,10 @@ from reclaim.serving import webhooks as events
 from reclaim.serving.auth import KeyCache
 from reclaim.serving.batcher import DecisionBatcher
 from reclaim.serving.decide import Experiment
-from reclaim.serving.metrics import Metrics
+from reclaim.serving.metrics import Metrics, worker_exited
 from reclaim.serving.policy_holder import PolicyHolder
 from reclaim.serving.routes import accounts, decisions, health, payments, stats, webhooks
+from reclaim.serving.store.configs import ConfigCache
 from reclaim.serving.store.migrate import upgrade
 from reclaim.serving.store.repository import make_engine
 from reclaim.settings import Settings, get_settings
@@ -41,12 +42,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.policy = holder
         metrics = app.state.metrics
         engine, experiment = app.state.engine, app.state.experiment
+        config_cache = app.state.config_cache
 
         def decide(requests: list) -> list:
             loaded = holder.current
             if loaded is None:
                 raise domain.NoPolicy(holder.uri)
-            return domain.decide(requests, engine, loaded, experiment=experiment)
+            return domain.decide(
+                requests, engine, loaded, experiment=experiment, config_cache=config_cache
+            )
 
         batcher = DecisionBatcher(
             decide, lambda ids: domain.accounts_of(engine, ids), settings.decision_batch_max
@@ -73,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             retrier.join(10)
             holder.stop()
             app.state.engine.dispose()
+            worker_exited()
 
     app = FastAPI(
         title="Reclaim",
@@ -83,6 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = Metrics()
     app.state.keys = KeyCache(settings.auth_cache_seconds)
+    app.state.config_cache = ConfigCache(settings.config_cache_seconds)
     app.state.experiment = Experiment.from_settings(settings)
 
     app.add_middleware(guards.RequestMetrics, metrics=app.state.metrics)

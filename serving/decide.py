@@ -9,7 +9,7 @@ and returns the API's answers.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from reclaim import contract, timeutil
-from reclaim.account_config import constraint_row, constraints
+from reclaim.account_config import AccountConfig, constraint_row, constraints
 from reclaim.experiment import ExperimentDesign
 from reclaim.features import single
 from reclaim.models.policy import LearnedPolicy
@@ -173,6 +173,7 @@ def decide_frames(
     now: pd.Timestamp | None = None,
     rules: NetworkRules | None = None,
     experiment: Experiment | None = None,
+    config_cache: configs.ConfigCache | None = None,
 ) -> list[DecisionOut]:
     """:func:`decide` through the batch path (pandas), for a policy that cannot decide on
     plain rows (a reference policy served as the champion, or a model whose categories are
@@ -192,7 +193,7 @@ def decide_frames(
                 "messages": messages,
             },
         )
-    configured = configs.effective_configs(engine, payments["account_id"].unique())
+    configured = _configs(engine, config_cache, payments["account_id"].unique())
     batch = DecisionBatch.from_history(
         payments, attempts, messages, decided_at, constraints(payments["account_id"], configured)
     )
@@ -252,6 +253,14 @@ def decide_frames(
     return out
 
 
+def _configs(
+    engine: Engine, cache: configs.ConfigCache | None, account_ids: Iterable[str]
+) -> dict[str, AccountConfig]:
+    if cache is None:
+        return configs.effective_configs(engine, account_ids)
+    return cache.effective(engine, account_ids)
+
+
 def _log_rows(decisions: list[DecisionOut]) -> list[dict[str, Any]]:
     return [
         {
@@ -285,9 +294,11 @@ def decide(
     now: datetime | pd.Timestamp | None = None,
     rules: NetworkRules | None = None,
     experiment: Experiment | None = None,
+    config_cache: configs.ConfigCache | None = None,
 ) -> list[DecisionOut]:
     """The next action for each request, logged to the store. With an ``experiment``, the
-    control arm's customers get the control policy's action instead of the served one's.
+    control arm's customers get the control policy's action instead of the served one's;
+    with a ``config_cache``, the accounts' configurations come from it.
 
     The served learned policy decides on plain rows (``features.single``): the same
     features, rules and model as the batch path (proven equal by
@@ -297,13 +308,13 @@ def decide(
     policy = loaded.policy
     if not (isinstance(policy, LearnedPolicy) and policy.decides_on_rows()):
         at = None if now is None else pd.Timestamp(now)
-        return decide_frames(requests, engine, loaded, at, rules, experiment)
+        return decide_frames(requests, engine, loaded, at, rules, experiment, config_cache)
     rules = rules or policy.network_rules or NetworkRules()
     default_now = datetime.now(UTC) if now is None else pd.Timestamp(now).to_pydatetime()
     contexts = _row_contexts(requests, engine)
     decided_at = [(r.now.astimezone(UTC) if r.now else default_now) for r in requests]
     payments = [c[0] for c in contexts]
-    configured = configs.effective_configs(engine, {p["account_id"] for p in payments})
+    configured = _configs(engine, config_cache, {p["account_id"] for p in payments})
     limits_of = {a: constraint_row(c) for a, c in configured.items()}
     own = [limits_of[p["account_id"]] for p in payments]
     decisions = single.build(

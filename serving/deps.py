@@ -19,6 +19,7 @@ from reclaim.serving.batcher import DecisionBatcher
 from reclaim.serving.decide import Experiment
 from reclaim.serving.metrics import Metrics
 from reclaim.serving.policy_holder import PolicyHolder
+from reclaim.serving.store.configs import ConfigCache
 from reclaim.settings import Settings
 
 
@@ -42,11 +43,16 @@ async def get_batcher(request: Request) -> DecisionBatcher:
     return request.app.state.batcher
 
 
+async def get_config_cache(request: Request) -> ConfigCache:
+    return request.app.state.config_cache
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 PolicyDep = Annotated[PolicyHolder, Depends(get_policy_holder)]
 BatcherDep = Annotated[DecisionBatcher, Depends(get_batcher)]
+ConfigCacheDep = Annotated[ConfigCache, Depends(get_config_cache)]
 
 
 async def get_experiment(request: Request) -> Experiment | None:

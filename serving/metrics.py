@@ -1,8 +1,40 @@
-"""Prometheus metrics of one app instance (its own registry, so apps in tests don't clash)."""
+"""Prometheus metrics of one app instance (its own registry, so apps in tests don't clash).
+
+Under ``reclaim serve --workers N`` every worker process writes its values to files in
+``PROMETHEUS_MULTIPROC_DIR`` (set by the command) and ``/metrics``, whichever worker answers
+it, reports the sum over all of them (prometheus_client's multiprocess mode).
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import os
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def render_registry(registry: CollectorRegistry) -> bytes:
+    """The exposition of ``registry``, or of every worker's values in multiprocess mode."""
+    folder = os.environ.get(MULTIPROCESS_DIR)
+    if not folder:
+        return generate_latest(registry)
+    merged = CollectorRegistry()
+    multiprocess.MultiProcessCollector(merged, folder)
+    return generate_latest(merged)
+
+
+def worker_exited() -> None:
+    """Drop this process's live gauges from the multiprocess sums (at a worker's shutdown)."""
+    if os.environ.get(MULTIPROCESS_DIR):
+        multiprocess.mark_process_dead(os.getpid())
 
 
 class Metrics:
@@ -48,10 +80,11 @@ class Metrics:
             "reclaim_webhook_events_stuck",
             "Events still unprocessed past RECLAIM_WEBHOOK_STUCK_SECONDS (alert when above 0)",
             registry=self.registry,
+            multiprocess_mode="livemax",  # every worker counts the same store's events
         )
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return render_registry(self.registry)
 
 
 class SchedulerMetrics:

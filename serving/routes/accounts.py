@@ -14,7 +14,7 @@ from pydantic import AwareDatetime, BaseModel, Field
 
 from reclaim.account_config import PLATFORM, AccountConfig, effective, overrides
 from reclaim.serving.auth import Principal
-from reclaim.serving.deps import AdminDep, EngineDep, ReaderDep
+from reclaim.serving.deps import AdminDep, ConfigCacheDep, EngineDep, ReaderDep
 from reclaim.serving.store import configs
 from reclaim.serving.store import repository as repo
 
@@ -81,10 +81,15 @@ def get_config(account_id: AccountId, engine: EngineDep, principal: ReaderDep) -
     responses={**RESPONSES, 403: {"description": "Not an admin key, or a scoped one for `*`"}},
 )
 def put_config(
-    account_id: AccountId, body: AccountConfig, engine: EngineDep, principal: AdminDep
+    account_id: AccountId,
+    body: AccountConfig,
+    engine: EngineDep,
+    principal: AdminDep,
+    cache: ConfigCacheDep,
 ) -> ConfigView:
     _visible(principal, account_id)
     if account_id == PLATFORM and principal.accounts is not None:
         raise HTTPException(403, "only an unscoped admin key can change the platform defaults")
     configs.replace_overrides(engine, account_id, overrides(body))
+    cache.clear()  # this process's next decision reads the change
     return _view(engine, account_id)

@@ -7,7 +7,9 @@ every account that did not override that field.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import threading
+import time
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,6 +39,54 @@ def effective_configs(engine: Engine, account_ids: Iterable[str]) -> dict[str, A
     stored = stored_overrides(engine, ids)
     defaults = stored.get(PLATFORM, {})
     return {a: effective(defaults, stored.get(a, {})) for a in ids}
+
+
+class ConfigCache:
+    """Effective configurations of recently asked accounts, trusted for ``ttl`` seconds: a
+    decision's configuration without a read of the store.
+
+    A change made through this process (:meth:`clear`, called by the API's ``PUT``) applies
+    to the next decision; one made by another process (another API worker, a script) within
+    ``ttl`` (``RECLAIM_CONFIG_CACHE_SECONDS``; 0 reads the store every time). Accounts without
+    overrides are cached too: they follow the platform defaults, which a change also clears.
+    """
+
+    def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic):
+        self.ttl = ttl
+        self._clock = clock
+        self._seen: dict[str, tuple[float, AccountConfig]] = {}
+        self._generation = 0  # moved by clear: a read begun before a change is not kept
+        self._lock = threading.Lock()
+
+    def effective(self, engine: Engine, account_ids: Iterable[str]) -> dict[str, AccountConfig]:
+        """:func:`effective_configs`, from the cache where fresh (one query for the rest)."""
+        ids = set(account_ids)
+        if self.ttl <= 0:
+            return effective_configs(engine, ids)
+        now = self._clock()
+        with self._lock:
+            generation = self._generation
+            fresh = {
+                a: hit[1]
+                for a in ids
+                if (hit := self._seen.get(a)) is not None and now - hit[0] <= self.ttl
+            }
+        missing = ids - fresh.keys()
+        if missing:
+            read = effective_configs(engine, missing)
+            with self._lock:
+                if len(self._seen) + len(read) > 100_000:  # bounded: re-read as needed
+                    self._seen.clear()
+                if generation == self._generation:
+                    self._seen.update({a: (now, c) for a, c in read.items()})
+            fresh.update(read)
+        return fresh
+
+    def clear(self) -> None:
+        """Forget everything (a configuration changed)."""
+        with self._lock:
+            self._seen.clear()
+            self._generation += 1
 
 
 def updated_at(engine: Engine, account_id: str) -> datetime | None:

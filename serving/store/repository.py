@@ -8,6 +8,7 @@ stays its first failure; a redelivered event is counted, not stored twice).
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -45,7 +46,13 @@ def insert_rows_ignoring(conn: sa.Connection, table: sa.Table, rows: list[dict])
     """Insert rows; keys already stored are skipped. Returns how many were new."""
     if not rows:
         return 0
-    dialect = conn.dialect.name
+    return len(conn.execute(_insert_ignoring(conn.dialect.name, table), rows).all())
+
+
+@cache
+def _insert_ignoring(dialect: str, table: sa.Table) -> sa.Insert:
+    """The statement of :func:`insert_rows_ignoring`, built once per dialect and table (the
+    API writes a few rows per call, where building it costs as much as running it)."""
     if dialect == "postgresql":
         stmt = postgresql.insert(table).on_conflict_do_nothing()
     elif dialect == "sqlite":
@@ -54,8 +61,7 @@ def insert_rows_ignoring(conn: sa.Connection, table: sa.Table, rows: list[dict])
         raise ValueError(f"unsupported database {dialect!r}: use SQLite or PostgreSQL")
     # rowcount is unreliable for executemany (psycopg reports -1); RETURNING lists exactly
     # the rows inserted, on SQLite and PostgreSQL alike.
-    key = list(table.primary_key.columns)[0]
-    return len(conn.execute(stmt.returning(key), rows).all())
+    return stmt.returning(list(table.primary_key.columns)[0])
 
 
 def _records(df: pd.DataFrame) -> list[dict]:

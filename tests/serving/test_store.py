@@ -115,3 +115,38 @@ def test_account_configuration_is_upserted_and_validated(engine) -> None:
     assert got["acct_1"].max_retries == 2 and not got["acct_1"].opted_out
     assert got["acct_1"].max_messages == got["acct_2"].max_messages == 1
     assert got["acct_2"].max_retries is None
+
+
+def test_configuration_cache_trusts_a_read_for_its_ttl_and_forgets_on_clear(
+    engine, monkeypatch
+) -> None:
+    """A change made elsewhere shows once the entry is older than ``ttl``; one made through
+    this process (``clear``) at once; a read begun before a clear is not kept."""
+    from reclaim.serving.store import configs
+
+    now = [0.0]
+    cache = configs.ConfigCache(ttl=5.0, clock=lambda: now[0])
+    assert cache.effective(engine, ["acct_1"])["acct_1"].max_retries is None
+    configs.replace_overrides(engine, "acct_1", {"max_retries": 2})  # another process
+    now[0] = 4.0
+    assert cache.effective(engine, ["acct_1"])["acct_1"].max_retries is None  # trusted
+    now[0] = 5.5
+    assert cache.effective(engine, ["acct_1"])["acct_1"].max_retries == 2  # expired, re-read
+    configs.replace_overrides(engine, "*", {"max_messages": 1})  # this process: clear
+    cache.clear()
+    assert cache.effective(engine, ["acct_1"])["acct_1"].max_messages == 1
+
+    read = configs.effective_configs
+
+    def racing(engine, ids):  # a PUT lands while this read is in flight
+        found = read(engine, ids)
+        configs.replace_overrides(engine, "acct_1", {"max_retries": 1})
+        cache.clear()
+        return found
+
+    cache.clear()
+    monkeypatch.setattr(configs, "effective_configs", racing)
+    assert cache.effective(engine, ["acct_1", "acct_2"])["acct_1"].max_retries == 2
+    monkeypatch.setattr(configs, "effective_configs", read)
+    assert cache.effective(engine, ["acct_1"])["acct_1"].max_retries == 1  # not the old read
+    assert configs.ConfigCache(ttl=0).effective(engine, ["acct_1"])["acct_1"].max_retries == 1

@@ -1,0 +1,124 @@
+"""``reclaim serve --workers 2``: two uvicorn worker processes on one store (SQLite and
+PostgreSQL), each deciding with its own policy and batcher, and ``/metrics`` summing both."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import sqlalchemy as sa
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from reclaim.serving.auth import create_key
+from reclaim.serving.store import tables as t
+from reclaim.serving.store.migrate import upgrade
+from reclaim.serving.store.repository import make_engine
+
+from .conftest import _free_port
+
+REQUESTS = 48
+
+
+def _decisions_counted(text: str) -> float:
+    return sum(
+        float(v) for v in re.findall(r"^reclaim_decisions_total\{[^}]*\} (\S+)$", text, re.M)
+    )
+
+
+def _per_worker(folder: Path) -> dict[str, float]:
+    """Decisions each worker process counted, from its own file."""
+    out = {}
+    for path in folder.glob("counter_*.db"):
+        metrics = MultiProcessCollector.merge([str(path)], accumulate=True)
+        out[path.stem.removeprefix("counter_")] = sum(
+            s.value
+            for m in metrics
+            if m.name == "reclaim_decisions"
+            for s in m.samples
+            if s.name == "reclaim_decisions_total"
+        )
+    return out
+
+
+def test_two_workers_share_the_store_and_metrics_sum_them(
+    store_url, trained, inline_payment, tmp_path
+) -> None:
+    upgrade(store_url)
+    engine = make_engine(store_url)
+    _, key = create_key(engine, "scheduler")
+    engine.dispose()
+    port = _free_port()
+    folder = tmp_path / "metrics"
+    folder.mkdir()
+    (folder / "counter_999999.db").write_bytes(b"")  # an earlier run's file: removed
+    env = {
+        **os.environ,
+        "RECLAIM_DATABASE_URL": store_url,
+        "RECLAIM_MLFLOW_TRACKING_URI": trained.tracking_uri,
+        "RECLAIM_POLICY_RELOAD_SECONDS": "3600",
+        "RECLAIM_LOG_LEVEL": "WARNING",
+        "PROMETHEUS_MULTIPROC_DIR": str(folder),
+    }
+    reclaim = Path(sys.executable).with_name("reclaim")
+    server = subprocess.Popen(
+        [str(reclaim), "serve", "--workers", "2", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        ready = 0
+        while ready < 4 and time.monotonic() < deadline:  # both workers load the policy
+            try:
+                ready = ready + 1 if httpx.get(f"{base}/readyz").status_code == 200 else 0
+            except httpx.HTTPError:
+                ready = 0
+            time.sleep(0.25)
+        assert ready, "the workers did not become ready"
+        headers = {"Authorization": f"Bearer {key}"}
+
+        def ask(i: int) -> dict:
+            body = {"payment": {**inline_payment(i % 20), "payment_id": f"in_workers_{i}"},
+                    "now": "2026-05-20T14:00:00Z"}  # fmt: skip
+            # a new connection each time, so the kernel hands them to both workers
+            r = httpx.post(f"{base}/v1/decisions", json=body, headers=headers, timeout=60)
+            assert r.status_code == 200, r.text
+            return r.json()
+
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(ask, range(REQUESTS)))
+        assert [a["payment_id"] for a in answers] == [f"in_workers_{i}" for i in range(REQUESTS)]
+
+        counted = _per_worker(folder)
+        assert "999999" not in counted
+        assert len(counted) == 2 and sum(counted.values()) == REQUESTS, counted
+        for _ in range(4):  # whichever worker answers reports both
+            assert _decisions_counted(httpx.get(f"{base}/metrics").text) == REQUESTS
+
+        engine = make_engine(store_url)
+        with engine.connect() as conn:
+            logged = conn.execute(
+                sa.select(sa.func.count())
+                .select_from(t.decision_log)
+                .where(t.decision_log.c.payment_id.like("in_workers_%"))
+            ).scalar()
+        engine.dispose()
+        assert logged == REQUESTS
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            out, _ = server.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            out, _ = server.communicate()
+    assert "Traceback" not in out, out
