@@ -70,13 +70,6 @@ def _zone(name: str) -> ZoneInfo:
 _CALENDAR = ("local_hour", "local_dow", "local_dom", "days_to_payday")
 
 
-def _calendar(utc_us: np.ndarray, timezone: str | None, prefix: str) -> dict[str, np.ndarray]:
-    """:func:`~reclaim.features.decisions.calendar_features` of UTC instants (epoch
-    microseconds) in the customer's timezone, keyed ``<prefix>local_hour`` and so on."""
-    values = _calendar_array(_local_micros(utc_us, timezone))
-    return {f"{prefix}{name}": v for name, v in zip(_CALENDAR, values, strict=True)}
-
-
 def _retry_extra(
     payments: Sequence[Mapping[str, Any]], now: Sequence[datetime], at_us: np.ndarray
 ) -> dict[str, np.ndarray]:
@@ -260,9 +253,15 @@ def build(
     ]
     times = np.array([np.datetime64(t.astimezone(UTC).replace(tzinfo=None), "us") for t in now])
     acct = accounts.at_arrays([p["account_id"] for p in payments], times)
+    # the decision times' calendar in each customer's zone: one array pass for the batch
+    local = [_local_micros(np.array([_micros(t)]), p["customer_timezone"])[0]
+             for p, t in zip(payments, now, strict=True)]  # fmt: skip
+    calendar = dict(zip(_CALENDAR, _calendar_array(np.array(local, dtype=np.int64)), strict=True))
     features, shown = [], []
     for i, (p, s, lim, t) in enumerate(zip(payments, states, limits, now, strict=True)):
         values = _decision_values(p, s, lim, t)
+        for name in calendar:
+            values[name] = float(calendar[name][i])
         for name in acct:
             values[name] = float(acct[name][i])
         codes, names = {}, {}
@@ -277,7 +276,8 @@ def build(
 def _decision_values(
     p: Mapping[str, Any], s: Mapping[str, Any], lim: Mapping[str, Any], now: datetime
 ) -> dict[str, Any]:
-    """The features of one decision but the account aggregates, categoricals as values."""
+    """The features of one decision but the account aggregates and the local calendar,
+    categoricals as values."""
     last = (s["last_decline_code"], s["last_advice_code"], s["last_network_decline_code"],
             s["last_network_advice_code"])  # fmt: skip
     info = vocab.DECLINE_CODES.get(s["last_decline_code"]) if s["last_decline_code"] else None
@@ -301,10 +301,6 @@ def _decision_values(
         "on_behalf_of": float(bool(p["on_behalf_of"])),
         "log_amount": math.log1p(p["amount"] / minor),
         "timezone_known": float(p["customer_timezone"] is not None),
-        **{
-            name: float(v[0])
-            for name, v in _calendar(np.array([_micros(now)]), p["customer_timezone"], "").items()
-        },
         "hours_since_failure": _hours(now, p["failed_at"]),
         "decision_number": float(s["decision_number"]),
         "retries_left": float(lim["retries_left"] if lim["blocked"] == "" else 0),

@@ -6,6 +6,7 @@ policies, and by the feature pipeline, so that "local hour" means one thing ever
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -24,6 +25,16 @@ def is_timezone(name: str) -> bool:
     except (ZoneInfoNotFoundError, ValueError, TypeError):
         return False
     return True
+
+
+def local_hour(utc: datetime | None, timezone: str | None) -> int | None:
+    """The hour (0–23) of the wall clock in ``timezone`` at the instant ``utc`` (naive means
+    UTC); None where either is unknown or the zone is not one this machine knows."""
+    if utc is None or not timezone or not is_timezone(timezone):
+        return None
+    if utc.tzinfo is None:
+        utc = utc.replace(tzinfo=UTC)
+    return utc.astimezone(ZoneInfo(timezone)).hour
 
 
 def hours_between(later: pd.Series, earlier: pd.Series) -> np.ndarray:

@@ -227,7 +227,13 @@ def _recovery(found: dict[str, Any], first: date, last: date) -> dict[str, Any]:
         "rows": found["currencies"],
         "previous": {row["currency"]: row for row in found["previous"]},
         "charts": [
-            _bars(cur, [d for d in found["by_day"] if d["currency"] == cur], first, last)
+            _bars(
+                cur,
+                [d for d in found["by_day"] if d["currency"] == cur],
+                [d for d in found["previous_by_day"] if d["currency"] == cur],
+                first,
+                last,
+            )
             for cur in [row["currency"] for row in found["currencies"]]
         ],
     }
@@ -532,6 +538,7 @@ BREAKDOWN_TITLES = {
     "charge_model": "Charge model",
     "card_brand": "Card brand",
     "retries": "Merchant retries made",
+    "local_hour": "Customer's local hour at the first failure",
 }
 
 
@@ -582,17 +589,26 @@ def _logout_token(request: Request) -> str:
     return hmac.new(_secret(request), b"logout:" + session.encode(), hashlib.sha256).hexdigest()
 
 
-def _bars(currency: str, days: list[dict[str, Any]], first: date, last: date) -> dict[str, Any]:
-    """An SVG bar chart of failed (light) and recovered (dark) payments per day."""
+def _bars(
+    currency: str,
+    days: list[dict[str, Any]],
+    before: list[dict[str, Any]],
+    first: date,
+    last: date,
+) -> dict[str, Any]:
+    """An SVG bar chart of failed (light) and recovered (dark) payments per day, with the
+    previous period's recovered per day as a line: its first day drawn above ``first``."""
     by_day = {d["day"]: d for d in days}
+    earlier = {d["day"]: d for d in before}
     n = (last - first).days + 1
     width, height, pad = 720, 160, 24
     step = (width - 2 * pad) / max(n, 1)
-    top = max([d["failed"] for d in days] + [1])
-    bars = []
+    top = max([d["failed"] for d in days] + [d["recovered"] for d in before] + [1])
+    empty = {"failed": 0, "recovered": 0, "recovered_amount": 0.0}
+    bars, points = [], []
     for i in range(n):
         day = (first + timedelta(days=i)).isoformat()
-        d = by_day.get(day, {"failed": 0, "recovered": 0, "recovered_amount": 0.0})
+        d = by_day.get(day, empty)
         x = pad + i * step
         for key, cls in (("failed", "failed"), ("recovered", "recovered")):
             h = (height - 2 * pad) * d[key] / top
@@ -604,5 +620,15 @@ def _bars(currency: str, days: list[dict[str, Any]], first: date, last: date) ->
                     f"({money(d['recovered_amount'], currency)})",
                 }
             )  # fmt: skip
+        was = (first - timedelta(days=n - i)).isoformat()
+        then = earlier.get(was, empty)
+        y = height - pad - (height - 2 * pad) * then["recovered"] / top
+        points.append(
+            {"x": round(x + step / 2, 1), "y": round(y, 1),
+             "title": f"{was}: {then['recovered']} recovered of {then['failed']} failed "
+                      f"({money(then['recovered_amount'], currency)})"}
+        )  # fmt: skip
     return {"currency": currency, "bars": bars, "width": width, "height": height, "top": top,
-            "days": sum(1 for d in days if d["failed"])}  # fmt: skip
+            "days": sum(1 for d in days if d["failed"]),
+            "previous": " ".join(f"{p['x']},{p['y']}" for p in points),
+            "previous_points": points}  # fmt: skip

@@ -52,6 +52,9 @@ class Overview(BaseModel):
         description="The same totals for the period of the same length just before."
     )
     by_day: list[DayTotals]
+    previous_by_day: list[DayTotals] = Field(
+        description="The previous period's days (its first day is compared with `start`)."
+    )
 
 
 class AccountTotals(CurrencyTotals):
@@ -145,12 +148,14 @@ class Operations(BaseModel):
     network_cap_hits_30d: int
 
 
-@router.get("/breakdown", summary="Recovery by decline, charge model, brand or retries",
+@router.get("/breakdown", summary="Recovery by decline, charge model, brand, retries or local hour",
             responses=RESPONSES)  # fmt: skip
 async def get_breakdown(
     engine: EngineDep,
     principal: AnalystDep,
-    by: Literal["decline_category", "decline_code", "charge_model", "card_brand", "retries"],
+    by: Literal[
+        "decline_category", "decline_code", "charge_model", "card_brand", "retries", "local_hour"
+    ],
     start: Day = None,
     end: Day = None,
 ) -> list[GroupTotals]:

@@ -39,7 +39,8 @@ def _failed(
     """
     p, a = t.payments.c, t.attempts.c
     columns = [p.payment_id, p.account_id, p.currency, p.amount, p.application_fee_amount,
-               p.failed_at, p.decline_code, p.charge_model, p.card_brand]  # fmt: skip
+               p.failed_at, p.decline_code, p.charge_model, p.card_brand,
+               p.failed_local_hour.label("local_hour")]  # fmt: skip
     if accounts is None and not search:
         ok = (
             sa.select(a.payment_id.label("payment_id"))
@@ -103,50 +104,42 @@ def overview(
     accounts: Collection[str] | None = None,
 ) -> dict[str, Any]:
     """Failed and recovered payments of ``[start, end)`` per currency, with the same totals
-    for the period of the same length just before (``previous``), and per UTC day.
+    for the period of the same length just before (``previous``), and per UTC day for both.
 
-    Returns ``{"currencies": [...], "previous": [...], "by_day": [...]}``; each currency row
-    has ``failed``, ``recovered``, ``recovery_rate`` (in [0, 1]), ``recovered_amount``,
-    ``platform_fee`` and ``account_share`` (major units of that currency); a day row has
-    ``day`` (``YYYY-MM-DD``), ``currency``, ``failed``, ``recovered`` and
-    ``recovered_amount``.
+    Returns ``{"currencies": [...], "previous": [...], "by_day": [...],
+    "previous_by_day": [...]}``; each currency row has ``failed``, ``recovered``,
+    ``recovery_rate`` (in [0, 1]), ``recovered_amount``, ``platform_fee`` and
+    ``account_share`` (major units of that currency); a day row has ``day``
+    (``YYYY-MM-DD``), ``currency``, ``failed``, ``recovered`` and ``recovered_amount``.
+    One query over both periods, each payment counted in the period of its first failure
+    (exact even where a period does not start at midnight).
     """
-
-    def per_currency(lo: datetime, hi: datetime) -> sa.Select:
-        fp = _failed(lo, hi, accounts)
-        return (
-            sa.select(fp.c.currency, *_totals(fp)).group_by(fp.c.currency).order_by(fp.c.currency)
-        )
-
-    fp = _failed(start, end, accounts)
+    fp = _failed(start - (end - start), end, accounts)
+    current = sa.case((fp.c.failed_at >= start, 1), else_=0).label("current")
     day = _day(engine, fp.c.failed_at).label("day")
     daily = (
-        sa.select(day, fp.c.currency, *_totals(fp))
-        .group_by(day, fp.c.currency)
-        .order_by(day, fp.c.currency)
+        sa.select(current, day, fp.c.currency, *_totals(fp))
+        .group_by(current, day, fp.c.currency)
+        .order_by(current, day, fp.c.currency)
     )
     with engine.connect() as conn:
-        before = conn.execute(per_currency(start - (end - start), start)).all()
-        days = conn.execute(daily).all()
-    # the period's totals are its days' totals: exact integers, summed within each currency
-    now: dict[str, list[int]] = {}
-    for _, cur, *counts in days:
-        total = now.setdefault(cur, [0, 0, 0, 0])
+        rows = conn.execute(daily).all()
+    # a period's totals are its days' totals: exact integers, summed within each currency
+    totals: dict[int, dict[str, list[int]]] = {0: {}, 1: {}}
+    days: dict[int, list[dict[str, Any]]] = {0: [], 1: []}
+    for which, d, cur, *counts in rows:
+        total = totals[which].setdefault(cur, [0, 0, 0, 0])
         for k, v in enumerate(counts):
             total[k] += int(v)
+        failed, recovered, amount, _ = counts
+        days[which].append({"day": str(d), "currency": cur, "failed": int(failed),
+                            "recovered": int(recovered),
+                            "recovered_amount": major(amount, cur)})  # fmt: skip
     return {
-        "currencies": [_row(cur, *now[cur]) for cur in sorted(now)],
-        "previous": [_row(*r) for r in before],
-        "by_day": [
-            {
-                "day": str(d),
-                "currency": cur,
-                "failed": int(f),
-                "recovered": int(r),
-                "recovered_amount": major(a, cur),
-            }
-            for d, cur, f, r, a, _ in days
-        ],
+        "currencies": [_row(cur, *totals[1][cur]) for cur in sorted(totals[1])],
+        "previous": [_row(cur, *totals[0][cur]) for cur in sorted(totals[0])],
+        "by_day": days[1],
+        "previous_by_day": days[0],
     }
 
 
@@ -198,8 +191,11 @@ def account_rows(
 
 
 #: What a breakdown may group by: a payment column, the decline category (from the code, by
-#: ``reclaim.vocab``), or how many merchant retries the payment got.
-BREAKDOWNS = ("decline_category", "decline_code", "charge_model", "card_brand", "retries")
+#: ``reclaim.vocab``), how many merchant retries the payment got, or the customer's local
+#: hour when it first failed (``unknown`` where the timezone is).
+BREAKDOWNS = (
+    "decline_category", "decline_code", "charge_model", "card_brand", "retries", "local_hour",
+)  # fmt: skip
 
 
 def account_known(engine: Engine, account_id: str) -> bool:
@@ -248,7 +244,7 @@ def breakdown(
     )
     with engine.connect() as conn:
         rows = [(k, int(f), int(r)) for k, f, r in conn.execute(query)]
-    return _sorted_groups(rows, numeric=by == "retries")
+    return _sorted_groups(rows, numeric=by in ("retries", "local_hour"))
 
 
 def by_category(code_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -263,13 +259,18 @@ def by_category(code_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _sorted_groups(rows: list[tuple[Any, int, int]], numeric: bool) -> list[dict[str, Any]]:
-    """Group rows for people: by key where keys are counts, else the largest group first."""
+    """Group rows for people: by key where keys are numbers (an unknown one last), else the
+    largest group first."""
     out = [
-        {"key": str(k), "failed": f, "recovered": r, "recovery_rate": r / f if f else 0.0}
+        {"key": "unknown" if k is None else str(k), "failed": f, "recovered": r,
+         "recovery_rate": r / f if f else 0.0}
         for k, f, r in rows
-    ]
+    ]  # fmt: skip
     if numeric:
-        return sorted(out, key=lambda row: int(row["key"]))
+        known = [row for row in out if row["key"] != "unknown"]
+        return sorted(known, key=lambda row: int(row["key"])) + [
+            row for row in out if row["key"] == "unknown"
+        ]
     return sorted(out, key=lambda row: (-row["failed"], row["key"]))
 
 

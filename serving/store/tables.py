@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from reclaim import contract
+from reclaim import contract, timeutil
 
 metadata = sa.MetaData(
     naming_convention={
@@ -39,7 +39,17 @@ def _contract_table(table: contract.Table) -> sa.Table:
     return sa.Table(table.name, metadata, *columns)
 
 
+def _failed_local_hour(context: sa.engine.interfaces.ExecutionContext) -> int | None:
+    row = context.get_current_parameters()
+    return timeutil.local_hour(row.get("failed_at"), row.get("customer_timezone"))
+
+
 payments = _contract_table(contract.PAYMENTS)
+# the store's own: the customer's local hour of the first failure, set on every insert (the
+# dashboard groups by it; SQLite has no timezone database to compute it in a query)
+payments.append_column(
+    sa.Column("failed_local_hour", sa.SmallInteger(), default=_failed_local_hour)
+)
 attempts = _contract_table(contract.ATTEMPTS)
 messages = _contract_table(contract.MESSAGES)
 sa.Index("ix_attempts_payment_time", attempts.c.payment_id, attempts.c.attempted_at)

@@ -53,6 +53,16 @@ def store_url(request, tmp_path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'store.db'}"
         return
+    yield from _postgres_schema()
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh schema on the local PostgreSQL (for what only PostgreSQL is meant for)."""
+    yield from _postgres_schema()
+
+
+def _postgres_schema() -> Iterator[str]:
     reason = _postgres_available()
     if reason:
         pytest.skip(reason)

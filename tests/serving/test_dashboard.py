@@ -69,6 +69,8 @@ def _sign_in(client, key: str):
 
 
 PERIOD = "start=2026-01-01&end=2026-12-31"
+# the history's second half: its previous period holds the first half, drawn as a line
+HALF = "start=2026-03-05&end=2026-05-03"
 
 
 def test_signing_in_gives_an_http_only_signed_session(site) -> None:
@@ -359,11 +361,17 @@ def test_the_pages_in_a_real_browser(tmp_path, trained, history) -> None:
             WebDriverWait(driver, 30).until(lambda d: d.title.startswith("Overview"))
 
         sign_in(analyst)
-        driver.get(f"{base}/dashboard?{PERIOD}")
+        driver.get(f"{base}/dashboard?{HALF}")
         assert driver.title.startswith("Overview")
         bars = driver.find_elements(By.CSS_SELECTOR, "svg.chart rect.recovered")
         assert sum(float(b.get_attribute("height")) > 0 for b in bars) > 10, "charts have data"
+        # the previous period is drawn in: a point per day, some above the baseline
+        points = driver.find_elements(By.CSS_SELECTOR, "svg.chart circle.previous")
+        assert len(points) == len(bars)
+        assert sum(float(p.get_attribute("cy")) < 136 for p in points) > 10, "it has data"
         driver.save_screenshot(str(DOCS / "dashboard-overview.png"))
+        chart = driver.find_element(By.CSS_SELECTOR, "svg.chart[data-currency='usd']")
+        chart.screenshot(str(DOCS / "dashboard-chart.png"))
         driver.find_element(By.LINK_TEXT, "Accounts").click()
         WebDriverWait(driver, 30).until(lambda d: d.title.startswith("Accounts"))
         driver.get(f"{base}/dashboard/accounts?{PERIOD}")

@@ -64,7 +64,14 @@ def test_the_overview_equals_pandas_on_both_databases(engine, history) -> None:
     days = pd.DataFrame(got["by_day"]).groupby("currency")[["failed", "recovered"]].sum()
     assert days.sort_index().to_dict() == rows[["failed", "recovered"]].to_dict()
     before = pd.DataFrame(got["previous"]).set_index("currency").sort_index()
-    assert before["failed"].tolist() == _expected(history, lo - (hi - lo), lo)["failed"].tolist()
+    want_before = _expected(history, lo - (hi - lo), lo)
+    for column in ("failed", "recovered"):
+        assert before[column].tolist() == want_before[column].tolist(), column
+    # the previous period's days add up to its totals and lie before the period
+    earlier = pd.DataFrame(got["previous_by_day"])
+    sums = earlier.groupby("currency")[["failed", "recovered"]].sum().sort_index()
+    assert sums.to_dict() == before[["failed", "recovered"]].to_dict()
+    assert earlier["day"].max() <= lo.date().isoformat() <= pd.DataFrame(got["by_day"])["day"].min()
 
 
 def test_accounts_are_sorted_searched_paged_and_scoped(engine, history) -> None:
@@ -116,7 +123,9 @@ def test_the_stats_api_shows_each_key_its_own_accounts(client, history) -> None:
     assert get("/v1/stats/overview", analyst, start="1900-01-01").status_code == 422
 
 
-@pytest.mark.parametrize("by", ["decline_category", "charge_model", "card_brand", "retries"])
+@pytest.mark.parametrize(
+    "by", ["decline_category", "charge_model", "card_brand", "retries", "local_hour"]
+)
 def test_breakdowns_equal_pandas_on_both_databases(engine, history, by) -> None:
     from reclaim import vocab
 
@@ -130,6 +139,13 @@ def test_breakdowns_equal_pandas_on_both_databases(engine, history, by) -> None:
     elif by == "retries":
         merchant = a[(a["initiator"] == "merchant") & (a["attempt_number"] > 0)]
         key = p["payment_id"].map(merchant.groupby("payment_id").size()).fillna(0).astype(int)
+    elif by == "local_hour":  # pandas' own timezone conversion, independent of the store's
+        hour = [
+            "unknown" if tz is None or pd.isna(tz) else str(at.tz_convert(tz).hour)
+            for at, tz in zip(p["failed_at"], p["customer_timezone"], strict=True)
+        ]
+        key = pd.Series(hour, index=p.index)
+        assert key.nunique() > 12  # the history spreads over the clock
     else:
         key = p[by].astype(str)
     want = (

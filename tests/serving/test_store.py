@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from reclaim import contract
 from reclaim.reference import RandomizedLogging
 from reclaim.serving.store import repository as repo
+from reclaim.serving.store.repository import make_engine
 from reclaim.serving.store.tables import metadata
 from reclaim.simulator import generate, rollout
 
@@ -35,6 +36,45 @@ def test_migrations_create_every_table(engine) -> None:
         assert conn.execute(sa.text("select version_num from alembic_version")).scalar() == head
         # the migrations build exactly the tables the code declares
         assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+
+
+def test_the_local_hour_migration_fills_payments_stored_before_it(store_url, history) -> None:
+    """Payments stored at revision 0005 get their customer's local hour of the first failure
+    when the store is upgraded; payments inserted later get it on insert."""
+    from reclaim.serving.store import tables as t
+    from reclaim.serving.store.migrate import upgrade
+
+    upgrade(store_url, "0005")
+    engine = make_engine(store_url)
+    payments = history.payments.head(60).copy()
+    payments.loc[payments.index[:5], "customer_timezone"] = None
+    before = sa.table(
+        "payments",
+        *[sa.column(c.name, t.payments.c[c.name].type) for c in contract.PAYMENTS.columns],
+    )
+    with engine.begin() as conn:
+        conn.execute(sa.insert(before), repo._records(payments.iloc[:40]))
+    upgrade(store_url)
+    later = payments.iloc[40:].reset_index(drop=True)
+    repo.save_contract(
+        engine,
+        {
+            "payments": later,
+            "attempts": contract.first_failures(later),
+            "messages": contract.empty(contract.MESSAGES),
+        },
+    )
+    with engine.connect() as conn:
+        query = sa.select(t.payments.c.payment_id, t.payments.c.failed_local_hour)
+        got = {pid: hour for pid, hour in conn.execute(query)}
+    engine.dispose()
+    want = {
+        pid: None if tz is None or pd.isna(tz) else at.tz_convert(tz).hour
+        for pid, at, tz in payments[["payment_id", "failed_at", "customer_timezone"]].itertuples(
+            index=False
+        )
+    }
+    assert got == want and len({h for h in want.values() if h is not None}) > 10
 
 
 def test_contract_rows_round_trip(engine, history) -> None:

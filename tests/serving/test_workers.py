@@ -1,5 +1,5 @@
-"""``reclaim serve --workers 2``: two uvicorn worker processes on one store (SQLite and
-PostgreSQL), each deciding with its own policy and batcher, and ``/metrics`` summing both."""
+"""``reclaim serve --workers 2``: two uvicorn worker processes sharing PostgreSQL, each
+deciding with its own policy and batcher, and ``/metrics`` summing both."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import pytest
 import sqlalchemy as sa
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -23,7 +24,7 @@ from reclaim.serving.store.repository import make_engine
 
 from .conftest import _free_port
 
-REQUESTS = 48
+REQUESTS = 32
 
 
 def _decisions_counted(text: str) -> float:
@@ -47,9 +48,11 @@ def _per_worker(folder: Path) -> dict[str, float]:
     return out
 
 
-def test_two_workers_share_the_store_and_metrics_sum_them(
-    store_url, trained, inline_payment, tmp_path
+@pytest.mark.postgres
+def test_two_workers_share_postgresql_and_metrics_sum_them(
+    postgres_url, trained, inline_payment, tmp_path
 ) -> None:
+    store_url = postgres_url
     upgrade(store_url)
     engine = make_engine(store_url)
     _, key = create_key(engine, "scheduler")
