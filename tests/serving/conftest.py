@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import socket
+import subprocess
 import threading
 import time
 import uuid
@@ -265,6 +267,19 @@ def _serve(app, port: int) -> uvicorn.Server:
             pass
         time.sleep(0.2)
     raise RuntimeError("the API did not become ready")
+
+
+def stop_process(process: subprocess.Popen) -> str:
+    """Stop a command the way a supervisor does (SIGTERM, then SIGKILL after a minute);
+    returns what it printed."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        out, _ = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        out, _ = process.communicate()
+    return out
 
 
 def _free_port() -> int:

@@ -24,6 +24,8 @@ from reclaim.serving.channels import SignedWebhook, SmtpEmail, signature
 from reclaim.serving.store import tables as t
 from reclaim.simulator.stripe_standin import Faults, StripeStandIn
 
+from .conftest import stop_process
+
 
 def _attempts(loop) -> pd.DataFrame:
     with loop.engine.connect() as conn:
@@ -86,17 +88,6 @@ def _scheduler_process(loop, **env: str) -> subprocess.Popen:
     )
 
 
-def _stop(process: subprocess.Popen) -> str:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-    try:
-        out, _ = process.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        out, _ = process.communicate()
-    return out
-
-
 def test_a_scheduler_killed_mid_run_and_restarted_carries_out_every_action_once(make_loop):
     # a third of the charges answer only after the client gave up: the retry under the same
     # key must be answered from Stripe's record, also across the kill
@@ -115,7 +106,7 @@ def test_a_scheduler_killed_mid_run_and_restarted_carries_out_every_action_once(
     try:
         loop.wait_until_done(timeout=150)
     finally:
-        out = _stop(second)
+        out = stop_process(second)
     assert "leading as" in out, out
     check_exactly_once(loop, max_retries=3)
     assert sum(loop.standin.executed.values()) > sum(killed_at.values())
@@ -132,7 +123,7 @@ def test_two_schedulers_started_at_once_never_both_act(make_loop):
         # the standby first: stopping the leader first would hand it the lease (a failover)
         leader = [p for p in both if f":{p.pid}:" in str(holder)]
         order = [p for p in both if p not in leader] + leader
-        outputs = {p.pid: _stop(p) for p in order}
+        outputs = {p.pid: stop_process(p) for p in order}
     outputs = [outputs[p.pid] for p in both]
     leaders = [o for o in outputs if "leading as" in o]
     assert len(leaders) == 1, outputs

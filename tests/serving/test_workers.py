@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from reclaim.serving.store import tables as t
 from reclaim.serving.store.migrate import upgrade
 from reclaim.serving.store.repository import make_engine
 
-from .conftest import _free_port
+from .conftest import _free_port, stop_process
 
 REQUESTS = 32
 
@@ -118,10 +117,5 @@ def test_two_workers_share_postgresql_and_metrics_sum_them(
         engine.dispose()
         assert logged == REQUESTS
     finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            out, _ = server.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            out, _ = server.communicate()
+        out = stop_process(server)
     assert "Traceback" not in out, out
