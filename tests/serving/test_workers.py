@@ -1,10 +1,12 @@
 """``reclaim serve --workers 2``: two uvicorn worker processes sharing PostgreSQL, each
-deciding with its own policy and batcher, and ``/metrics`` summing both."""
+deciding with its own policy and batcher, both following the registry's alias, and
+``/metrics`` summing both."""
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -14,12 +16,14 @@ from pathlib import Path
 import httpx
 import pytest
 import sqlalchemy as sa
+from mlflow import MlflowClient
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from reclaim.serving.auth import create_key
 from reclaim.serving.store import tables as t
 from reclaim.serving.store.migrate import upgrade
 from reclaim.serving.store.repository import make_engine
+from reclaim.training.pipeline import MODEL_NAME
 
 from .conftest import _free_port, stop_process
 
@@ -48,10 +52,14 @@ def _per_worker(folder: Path) -> dict[str, float]:
 
 
 @pytest.mark.postgres
-def test_two_workers_share_postgresql_and_metrics_sum_them(
+def test_two_workers_share_postgresql_follow_the_alias_and_metrics_sum_them(
     postgres_url, trained, inline_payment, tmp_path
 ) -> None:
     store_url = postgres_url
+    # a copy of the registry, so the session's champion stays version 1 for other tests
+    registry_db = tmp_path / "mlflow.db"
+    shutil.copy(trained.tracking_uri.removeprefix("sqlite:///"), registry_db)
+    tracking = f"sqlite:///{registry_db}"
     upgrade(store_url)
     engine = make_engine(store_url)
     _, key = create_key(engine, "scheduler")
@@ -63,8 +71,8 @@ def test_two_workers_share_postgresql_and_metrics_sum_them(
     env = {
         **os.environ,
         "RECLAIM_DATABASE_URL": store_url,
-        "RECLAIM_MLFLOW_TRACKING_URI": trained.tracking_uri,
-        "RECLAIM_POLICY_RELOAD_SECONDS": "3600",
+        "RECLAIM_MLFLOW_TRACKING_URI": tracking,
+        "RECLAIM_POLICY_RELOAD_SECONDS": "0.5",
         "RECLAIM_LOG_LEVEL": "WARNING",
         "PROMETHEUS_MULTIPROC_DIR": str(folder),
     }
@@ -100,12 +108,28 @@ def test_two_workers_share_postgresql_and_metrics_sum_them(
         with ThreadPoolExecutor(16) as pool:
             answers = list(pool.map(ask, range(REQUESTS)))
         assert [a["payment_id"] for a in answers] == [f"in_workers_{i}" for i in range(REQUESTS)]
+        assert {a["model_version"] for a in answers} == {"1"}
+
+        # the alias moves: every worker swaps to version 2 on its own
+        registry = MlflowClient(tracking, registry_uri=tracking)
+        v1 = registry.get_model_version_by_alias(MODEL_NAME, "champion")
+        v2 = registry.create_model_version(MODEL_NAME, v1.source, run_id=v1.run_id)
+        registry.set_registered_model_alias(MODEL_NAME, "champion", v2.version)
+        asked, deadline = REQUESTS, time.monotonic() + 90
+        with ThreadPoolExecutor(16) as pool:
+            while time.monotonic() < deadline:
+                round_ = list(pool.map(ask, range(asked, asked + 16)))
+                asked += 16
+                if {a["model_version"] for a in round_} == {"2"}:
+                    break
+                time.sleep(0.5)
+        assert {a["model_version"] for a in round_} == {"2"}, "a worker kept version 1"
 
         counted = _per_worker(folder)
         assert "999999" not in counted
-        assert len(counted) == 2 and sum(counted.values()) == REQUESTS, counted
+        assert len(counted) == 2 and sum(counted.values()) == asked, counted
         for _ in range(4):  # whichever worker answers reports both
-            assert _decisions_counted(httpx.get(f"{base}/metrics").text) == REQUESTS
+            assert _decisions_counted(httpx.get(f"{base}/metrics").text) == asked
 
         engine = make_engine(store_url)
         with engine.connect() as conn:
@@ -115,7 +139,7 @@ def test_two_workers_share_postgresql_and_metrics_sum_them(
                 .where(t.decision_log.c.payment_id.like("in_workers_%"))
             ).scalar()
         engine.dispose()
-        assert logged == REQUESTS
+        assert logged == asked
     finally:
         out = stop_process(server)
     assert "Traceback" not in out, out
