@@ -113,7 +113,10 @@ def test_two_workers_share_postgresql_follow_the_alias_and_metrics_sum_them(
         # the alias moves: every worker swaps to version 2 on its own
         registry = MlflowClient(tracking, registry_uri=tracking)
         v1 = registry.get_model_version_by_alias(MODEL_NAME, "champion")
-        v2 = registry.create_model_version(MODEL_NAME, v1.source, run_id=v1.run_id)
+        # the logged model's own folder as the source: a ``models:/`` source is looked up
+        # through MLflow's global tracking URI, which other tests in this process move
+        model = registry.get_logged_model(v1.source.removeprefix("models:/"))
+        v2 = registry.create_model_version(MODEL_NAME, model.artifact_location, run_id=v1.run_id)
         registry.set_registered_model_alias(MODEL_NAME, "champion", v2.version)
         asked, deadline = REQUESTS, time.monotonic() + 90
         with ThreadPoolExecutor(16) as pool:
