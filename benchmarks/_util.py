@@ -1,12 +1,43 @@
-"""Shared helpers for the benchmarks: medians of repeated timings and peak memory."""
+"""Shared helpers for the benchmarks: medians of repeated timings, peak memory, and a fresh
+schema on the local PostgreSQL."""
 
 from __future__ import annotations
 
 import resource
 import statistics
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
+
+PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+class NoPostgres(RuntimeError):
+    """No PostgreSQL server answers at :data:`PG_URL`."""
+
+
+@contextmanager
+def postgres_schema() -> Iterator[str]:
+    """A fresh schema on the local PostgreSQL for one run: yields its URL, dropped after.
+    :class:`NoPostgres` where no server answers."""
+    import sqlalchemy as sa
+
+    schema = f"reclaim_bench_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(PG_URL)
+    try:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'create schema "{schema}"'))
+    except sa.exc.OperationalError as exc:
+        admin.dispose()
+        raise NoPostgres(f"no server at {PG_URL} ({type(exc).__name__})") from exc
+    try:
+        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'drop schema "{schema}" cascade'))
+        admin.dispose()
 
 
 def timed(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:

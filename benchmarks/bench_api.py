@@ -20,6 +20,7 @@ with N uvicorn worker processes, as ``reclaim serve --workers N`` does.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -32,6 +33,9 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _util import PG_URL, postgres_schema
 
 CONCURRENCY = (1, 16, 64)
 
@@ -116,28 +120,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-
-
-def _postgres_schema() -> tuple[str, object]:
-    """A fresh schema on the local PostgreSQL: its URL and a function that drops it."""
-    import uuid
-
-    import sqlalchemy as sa
-
-    schema = f"reclaim_bench_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(PG_URL)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'create schema "{schema}"'))
-
-    def drop() -> None:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'drop schema "{schema}" cascade'))
-        admin.dispose()
-
-    return f"{PG_URL}?options=-csearch_path%3D{schema}", drop
 
 
 def _prepare(folder: Path, database: str | None = None) -> tuple[dict[str, str], str, str]:
@@ -270,12 +252,10 @@ def main() -> None:
     if shutil.which("wrk") is None:
         sys.exit("bench_api needs wrk: run `make bench-tools` (Debian's wrk package)")
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as store:
         folder = Path(tmp)
         print("preparing: simulating 16,000 payments and training a policy ...", flush=True)
-        database, drop = (
-            _postgres_schema() if args.database == "postgresql" else (None, lambda: None)
-        )
+        database = store.enter_context(postgres_schema()) if args.database == "postgresql" else None
         env, key, account = _prepare(folder, database)
         if args.workers > 1:  # /metrics sums the workers (reclaim serve does the same)
             (folder / "metrics").mkdir()
@@ -320,7 +300,6 @@ def main() -> None:
                 server.wait(30)
             except subprocess.TimeoutExpired:
                 server.kill()
-            drop()
 
     print(
         f"\nAPI load benchmark: uvicorn ({args.workers} worker{'s' * (args.workers > 1)}) on "

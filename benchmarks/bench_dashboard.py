@@ -16,7 +16,6 @@ import argparse
 import sys
 import tempfile
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -24,14 +23,13 @@ import numpy as np
 import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _util import timed
+from _util import NoPostgres, postgres_schema, timed
 
 from reclaim.serving.store import stats
 from reclaim.serving.store import tables as t
 from reclaim.serving.store.migrate import upgrade
 from reclaim.serving.store.repository import make_engine
 
-PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 START = datetime(2025, 1, 1, tzinfo=UTC)
 CHUNK = 50_000
 
@@ -135,21 +133,11 @@ def main() -> None:
             args.repeats)  # fmt: skip
     if args.skip_postgres:
         return
-    schema = f"reclaim_bench_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(PG)
     try:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'create schema "{schema}"'))
-    except sa.exc.OperationalError as exc:
-        print(f"PostgreSQL: skipped, no server at {PG} ({type(exc).__name__})")
-        return
-    try:
-        run(f"{PG}?options=-csearch_path%3D{schema}", "PostgreSQL", args.payments,
-            args.accounts, args.repeats)  # fmt: skip
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'drop schema "{schema}" cascade'))
-        admin.dispose()
+        with postgres_schema() as url:
+            run(url, "PostgreSQL", args.payments, args.accounts, args.repeats)
+    except NoPostgres as exc:
+        print(f"PostgreSQL: skipped, {exc}")
 
 
 if __name__ == "__main__":

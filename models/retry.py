@@ -6,8 +6,8 @@ order, fits the booster on the earlier part and the calibrator on the last
 ``calibration_share`` of them — isotonic with at least ``min_isotonic_rows`` rows (isotonic
 overfits below ~1,000), sigmoid (Platt) otherwise. The same later rows stop the boosting
 where their log-loss stops improving: the booster keeps as many trees as help on data it was
-not fitted on (on 16,000 simulated payments, 75 of 300: a better held-out log-loss and a
-quarter of the API's scoring cost).
+not fitted on (on 16,000 simulated payments, 64 of 300: a better held-out log-loss and a
+fifth of the API's scoring cost).
 """
 
 from __future__ import annotations

@@ -605,13 +605,17 @@ def _bars(
     step = (width - 2 * pad) / max(n, 1)
     top = max([d["failed"] for d in days] + [d["recovered"] for d in before] + [1])
     empty = {"failed": 0, "recovered": 0, "recovered_amount": 0.0}
+
+    def tall(count: int) -> float:
+        return (height - 2 * pad) * count / top
+
     bars, points = [], []
     for i in range(n):
         day = (first + timedelta(days=i)).isoformat()
         d = by_day.get(day, empty)
         x = pad + i * step
         for key, cls in (("failed", "failed"), ("recovered", "recovered")):
-            h = (height - 2 * pad) * d[key] / top
+            h = tall(d[key])
             bars.append(
                 {
                     "x": round(x, 1), "y": round(height - pad - h, 1),
@@ -622,9 +626,8 @@ def _bars(
             )  # fmt: skip
         was = (first - timedelta(days=n - i)).isoformat()
         then = earlier.get(was, empty)
-        y = height - pad - (height - 2 * pad) * then["recovered"] / top
         points.append(
-            {"x": round(x + step / 2, 1), "y": round(y, 1),
+            {"x": round(x + step / 2, 1), "y": round(height - pad - tall(then["recovered"]), 1),
              "title": f"{was}: {then['recovered']} recovered of {then['failed']} failed "
                       f"({money(then['recovered_amount'], currency)})"}
         )  # fmt: skip
