@@ -40,6 +40,24 @@ def last_payday(local: np.ndarray, cycle: np.ndarray, phase: np.ndarray) -> np.n
     return out.astype("datetime64[us]")
 
 
+_RETRY_PAYMENT_COLUMNS = ["failed_at", "decline_code", "amount", "card_funding"]
+_RETRY_HIDDEN_COLUMNS = [
+    "true_timezone",
+    "failed_local",
+    "category",
+    "latent_r",
+    "hold_hours",
+    "pay_cycle",
+    "biweekly_phase",
+    "funds_window_days",
+    "funds_never",
+    "usd_per_minor",
+    "card_update_hours",
+    "b2b",
+    "quality",
+]
+
+
 def retry_success_probability(
     market: Marketplace, rows: np.ndarray, at: pd.Series, retry_number: np.ndarray
 ) -> np.ndarray:
@@ -55,8 +73,9 @@ def retry_success_probability(
         Which merchant retry this is (the first retry is 1).
     """
     cfg = market.config
-    p = market.payments.iloc[rows]
-    h = market.hidden.iloc[rows]
+    # only the columns read below: the oracle asks this ~30 times per decision batch
+    p = market.payments[_RETRY_PAYMENT_COLUMNS].iloc[rows]
+    h = market.hidden[_RETRY_HIDDEN_COLUMNS].iloc[rows]
     at = pd.Series(at.to_numpy(), index=p.index)
     hours = timeutil.hours_between(at, p["failed_at"])
     days = hours / 24.0
