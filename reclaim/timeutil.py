@@ -26,7 +26,7 @@ def zone(name: str) -> ZoneInfo:
     zones; customers in more zones than that made every conversion re-read a zone file — 0.3
     ms a call, over a third of the oracle's simulation time (measured).
     """
-    from zoneinfo import _zoneinfo
+    from zoneinfo import _zoneinfo  # type: ignore[attr-defined]
 
     _PURE_PYTHON_ZONES.append(_zoneinfo.ZoneInfo(name))
     return ZoneInfo(name)
