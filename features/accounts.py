@@ -40,6 +40,73 @@ COLUMNS = (
 
 
 @dataclass
+class AccountEvents:
+    """The events an account's history is made of, for one set of payments (each with all its
+    attempts): each payment's first failure (hard or not) and its resolution (recovered or
+    not), and each merchant retry (succeeded or not), by account id.
+
+    Computed per partition of a Dask run and joined by :meth:`AccountHistory.from_events`.
+    """
+
+    failure_account: np.ndarray  # account id per payment (object)
+    failed_at: np.ndarray  # datetime64[us]
+    hard: np.ndarray  # bool: a hard decline
+    resolved_at: np.ndarray  # datetime64[us]: first success within the window, or its end
+    recovered: np.ndarray  # bool
+    retry_account: np.ndarray  # account id per merchant retry (object)
+    retried_at: np.ndarray  # datetime64[us]
+    retry_ok: np.ndarray  # bool
+
+    @classmethod
+    def of(
+        cls, payments: pd.DataFrame, attempts: pd.DataFrame, window_days: float = 30.0
+    ) -> AccountEvents:
+        """The events of ``payments`` and their ``attempts`` (attempts of other payments are
+        ignored)."""
+        failed_at = payments["failed_at"].to_numpy(dtype="datetime64[us]")
+        category = vocab.decline_categories(
+            payments["decline_code"],
+            payments["advice_code"],
+            payments["network_decline_code"],
+            payments["network_advice_code"],
+        )
+        succeeded = attempts[attempts["outcome"] == vocab.Outcome.SUCCEEDED]
+        first_success = succeeded.groupby("payment_id")["attempted_at"].min()
+        recovered_at = first_success.reindex(payments["payment_id"].astype("object")).to_numpy(
+            dtype="datetime64[us]"
+        )
+        window_end = failed_at + np.timedelta64(int(window_days * 86400e6), "us")
+        recovered = ~np.isnat(recovered_at) & (recovered_at <= window_end)
+
+        retry = attempts[
+            (attempts["initiator"] == vocab.Initiator.MERCHANT) & (attempts["attempt_number"] > 0)
+        ]
+        pos = pd.Index(payments["payment_id"]).get_indexer(retry["payment_id"])
+        retry = retry[pos >= 0]
+        account = payments["account_id"].astype("object").to_numpy()
+        return cls(
+            failure_account=account,
+            failed_at=failed_at,
+            hard=(category == vocab.DeclineCategory.HARD).to_numpy(),
+            resolved_at=np.where(recovered, recovered_at, window_end),
+            recovered=recovered,
+            retry_account=account[pos[pos >= 0]],
+            retried_at=retry["attempted_at"].to_numpy(dtype="datetime64[us]"),
+            retry_ok=(retry["outcome"] == vocab.Outcome.SUCCEEDED).to_numpy(),
+        )
+
+    @classmethod
+    def concat(cls, parts: list[AccountEvents]) -> AccountEvents:
+        """One set of events from several (the order of the events does not matter)."""
+        if len(parts) == 1:
+            return parts[0]
+        return cls(**{f: np.concatenate([getattr(p, f) for p in parts]) for f in _EVENT_FIELDS})
+
+
+_EVENT_FIELDS = tuple(AccountEvents.__dataclass_fields__)
+
+
+@dataclass
 class AccountHistory:
     """Per-account timelines built once from contract tables, queried at any times.
 
@@ -66,31 +133,18 @@ class AccountHistory:
         the platform-wide rate used as the prior is as strictly past as the account's own.
         Accounts are integer codes inside the timelines.
         """
-        acct, accounts = pd.factorize(payments["account_id"])
-        failed_at = payments["failed_at"].to_numpy(dtype="datetime64[us]")
-        category = vocab.decline_categories(
-            payments["decline_code"],
-            payments["advice_code"],
-            payments["network_decline_code"],
-            payments["network_advice_code"],
-        )
-        hard = (category == vocab.DeclineCategory.HARD).to_numpy()
+        return cls.from_events([AccountEvents.of(payments, attempts, window_days)], prior_strength)
 
-        succeeded = attempts[attempts["outcome"] == vocab.Outcome.SUCCEEDED]
-        first_success = succeeded.groupby("payment_id")["attempted_at"].min()
-        recovered_at = first_success.reindex(payments["payment_id"].astype("object")).to_numpy(
-            dtype="datetime64[us]"
-        )
-        window_end = failed_at + np.timedelta64(int(window_days * 86400e6), "us")
-        recovered = ~np.isnat(recovered_at) & (recovered_at <= window_end)
-        resolved_at = np.where(recovered, recovered_at, window_end)
-
-        retry = attempts[
-            (attempts["initiator"] == vocab.Initiator.MERCHANT) & (attempts["attempt_number"] > 0)
-        ]
-        pos = pd.Index(payments["payment_id"]).get_indexer(retry["payment_id"])
-        retry = retry[pos >= 0]
-        retry_acct = acct[pos[pos >= 0]]
+    @classmethod
+    def from_events(
+        cls, parts: list[AccountEvents], prior_strength: float = 20.0
+    ) -> AccountHistory:
+        """The history of the events of several sets of payments (each payment in one set,
+        with its attempts: the partitions of a Dask run), as :meth:`from_tables` of them all."""
+        ev = AccountEvents.concat(parts)
+        acct, accounts = pd.factorize(np.concatenate([ev.failure_account, ev.retry_account]))
+        n = len(ev.failure_account)
+        acct, retry_acct = acct[:n], acct[n:]
 
         def both(groups: np.ndarray, times: np.ndarray, **values: np.ndarray) -> Timeline:
             return Timeline(
@@ -99,16 +153,16 @@ class AccountHistory:
                 {k: np.concatenate([v, v]) for k, v in values.items()},
             )
 
-        ones = np.ones(len(acct))
+        ones = np.ones(n)
         return cls(
             accounts=pd.Index(accounts),
-            failures=both(acct, failed_at, n=ones, hard=hard.astype(float)),
-            resolutions=both(acct, resolved_at, n=ones, recovered=recovered.astype(float)),
+            failures=both(acct, ev.failed_at, n=ones, hard=ev.hard.astype(float)),
+            resolutions=both(acct, ev.resolved_at, n=ones, recovered=ev.recovered.astype(float)),
             retries=both(
                 retry_acct,
-                retry["attempted_at"].to_numpy(dtype="datetime64[us]"),
-                n=np.ones(len(retry)),
-                ok=(retry["outcome"] == vocab.Outcome.SUCCEEDED).to_numpy().astype(float),
+                ev.retried_at,
+                n=np.ones(len(retry_acct)),
+                ok=ev.retry_ok.astype(float),
             ),
             prior_strength=prior_strength,
         )

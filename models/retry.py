@@ -126,16 +126,43 @@ class RetryTimeModel(ClassifierMixin, BaseEstimator):
         classes, target = _binary_target(y)
         n_cal = int(round(len(frame) * self.calibration_share))
         n_fit = len(frame) - n_cal
-        params = {**DEFAULT_PARAMS, **(self.params or {})}
-        if n_fit < 2 * params["min_data_in_leaf"]:
-            params["min_data_in_leaf"] = max(1, n_fit // 10)
-            params["min_data_in_bin"] = 1
-        self.booster_ = self._boost(params, frame, target, n_fit)
+        self.booster_ = self._boost(self.lightgbm_params(n_fit), frame, target, n_fit)
         self.feature_names_in_ = np.asarray(frame.columns, dtype=object)
         self.n_features_in_ = frame.shape[1]
         self.classes_ = classes
         raw = self.booster_.predict(frame.iloc[n_fit:]) if n_cal else np.zeros(0)
-        cal_y = target[n_fit:]
+        self._calibrate(raw, target[n_fit:])
+        return self
+
+    def lightgbm_params(self, n_fit: int) -> dict[str, Any]:
+        """The booster's parameters for ``n_fit`` training rows: :attr:`params` over
+        :data:`DEFAULT_PARAMS`, with smaller leaves where the rows are few."""
+        params = {**DEFAULT_PARAMS, **(self.params or {})}
+        if n_fit < 2 * params["min_data_in_leaf"]:
+            params["min_data_in_leaf"] = max(1, n_fit // 10)
+            params["min_data_in_bin"] = 1
+        return params
+
+    def fit_booster(self, booster: lgb.Booster, X_cal: Any, y_cal: Any) -> RetryTimeModel:
+        """Take a booster fitted elsewhere (LightGBM's distributed training, all
+        :attr:`num_boost_round` rounds) and finish the model as :meth:`fit` would on the later
+        rows ``X_cal``, ``y_cal``: keep the trees up to the round where their log-loss stopped
+        improving for :attr:`early_stopping_rounds` rounds, then calibrate on them."""
+        frame = as_frame(X_cal, min_samples=2)
+        classes, target = _binary_target(y_cal)
+        if self.early_stopping_rounds is not None:
+            best = best_round(booster, frame, target, self.early_stopping_rounds)
+            booster = _first_rounds(booster, best)
+        self.booster_ = booster
+        self.feature_names_in_ = np.asarray(frame.columns, dtype=object)
+        self.n_features_in_ = frame.shape[1]
+        self.classes_ = classes
+        self._calibrate(lgbm.predict(booster, frame), target)
+        return self
+
+    def _calibrate(self, raw: np.ndarray, cal_y: np.ndarray) -> None:
+        """Fit the calibrator on the later rows' raw predictions and outcomes."""
+        n_cal = len(raw)
         if n_cal == 0 or len(np.unique(cal_y)) < 2:
             self.calibration_method_ = "none"
             self.calibrator_ = None
@@ -146,7 +173,6 @@ class RetryTimeModel(ClassifierMixin, BaseEstimator):
         else:
             self.calibration_method_ = "sigmoid"
             self.calibrator_ = LogisticRegression().fit(_logit(raw)[:, None], cal_y)
-        return self
 
     def _boost(
         self, params: dict[str, Any], frame: pd.DataFrame, target: np.ndarray, n_fit: int
@@ -164,9 +190,7 @@ class RetryTimeModel(ClassifierMixin, BaseEstimator):
             valid_sets=[held],
             callbacks=[lgb.early_stopping(self.early_stopping_rounds, verbose=False)],
         )
-        # the trees past the best round are dropped, so every prediction (leaf paths and
-        # the API's matrix calls included) reads the same model
-        return lgb.Booster(model_str=booster.model_to_string(num_iteration=booster.best_iteration))
+        return _first_rounds(booster, booster.best_iteration)
 
     def _frame(self, X: Any) -> pd.DataFrame:
         check_is_fitted(self, "booster_")
@@ -238,6 +262,33 @@ class RetryTimeModel(ClassifierMixin, BaseEstimator):
         tags.classifier_tags.multi_class = False
         tags.input_tags.allow_nan = True
         return tags
+
+
+def _first_rounds(booster: lgb.Booster, rounds: int) -> lgb.Booster:
+    """A booster of the first ``rounds`` trees only: every prediction (leaf paths and the
+    API's matrix calls included) then reads the same model."""
+    return lgb.Booster(model_str=booster.model_to_string(num_iteration=rounds))
+
+
+def best_round(booster: lgb.Booster, frame: pd.DataFrame, target: np.ndarray, patience: int) -> int:
+    """The round LightGBM's early stopping would keep had ``frame``, ``target`` been its
+    validation set: the first round of lowest log-loss, looking no further than ``patience``
+    rounds without improvement. Scores one tree at a time (as cheap as one full prediction).
+    """
+    matrix = lgbm.as_matrix(frame, booster.pandas_categorical)
+    x = frame if matrix is None else matrix
+    raw = np.zeros(len(frame))
+    best, best_loss = 0, np.inf
+    y = np.asarray(target, dtype=float)
+    for i in range(booster.current_iteration()):
+        raw += booster.predict(x, start_iteration=i, num_iteration=1, raw_score=True)
+        # log-loss from the raw score: log(1 + e^-z) for successes, log(1 + e^z) for failures
+        loss = float(np.mean(np.logaddexp(0.0, np.where(y > 0, -raw, raw))))
+        if loss < best_loss:
+            best, best_loss = i + 1, loss
+        elif i + 1 - best >= patience:
+            break
+    return best
 
 
 def _logit(p: np.ndarray) -> np.ndarray:

@@ -10,7 +10,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -193,6 +193,20 @@ def train(
             min=0.05, max=0.5, help="Share of payments, the latest by failure, held out for tests."
         ),
     ] = 0.2,
+    dask: Annotated[
+        str | None,
+        typer.Option(
+            help="Build the rows and train the retry-time model on a Dask cluster: a "
+            "scheduler's address (tcp://host:8786), or 'local' for a LocalCluster on this "
+            "machine. Reads Parquet tables only.",
+        ),
+    ] = None,
+    dask_workers: Annotated[
+        int, typer.Option(min=1, help="Worker processes of --dask local (one thread each).")
+    ] = 2,
+    dask_memory: Annotated[
+        str, typer.Option(help="Memory limit per worker of --dask local (Dask's own units).")
+    ] = "4GiB",
 ) -> None:
     """Train the retry-time and channel models, evaluate them on a later time split, log
     everything to MLflow and register the policy as reclaim-policy."""
@@ -202,7 +216,16 @@ def train(
     settings = get_settings()
     uri = tracking_uri or settings.mlflow_tracking_uri
     config = TrainConfig(exploration=exploration, test_share=test_share, experiment=experiment)
-    with _progress() as progress:
+    client = None
+    if dask is not None:
+        from reclaim.training.distributed import connect
+
+        try:
+            client = connect(dask, dask_workers, dask_memory)
+        except (OSError, ValueError) as exc:
+            console.print(f"[red]cannot reach Dask at {dask}:[/red] {exc}", highlight=False)
+            raise typer.Exit(code=1) from exc
+    with _progress() as progress, client or nullcontext():
         task = progress.add_task("training", total=len(STAGES))
 
         def on_stage(name: str) -> None:
@@ -211,7 +234,7 @@ def train(
 
         try:
             result = run_training(
-                data, uri, config, on_stage, artifact_uri or settings.mlflow_artifact_uri
+                data, uri, config, on_stage, artifact_uri or settings.mlflow_artifact_uri, client
             )
         except ValueError as exc:  # ContractError included: bad or insufficient data
             console.print(f"[red]cannot train:[/red] {exc}", markup=True, highlight=False)

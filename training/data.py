@@ -45,15 +45,37 @@ def subset(tables: contract.ContractTables, payment_ids: pd.Index) -> contract.C
     )
 
 
-def time_split(tables: contract.ContractTables, test_share: float = 0.2) -> TimeSplit:
-    """Split by first-failure time: the latest ``test_share`` of payments are the test set."""
+def split_cutoff(failed_at: pd.Series, test_share: float) -> pd.Timestamp:
+    """The first failure time from which payments are tested: the latest ``test_share`` of
+    ``failed_at`` (every payment's first failure) are at or after it."""
     if not 0.0 < test_share < 1.0:
         raise ValueError(f"test_share must be in (0, 1), got {test_share}")
+    return failed_at.sort_values().iloc[int(len(failed_at) * (1 - test_share))]
+
+
+def time_split(
+    tables: contract.ContractTables, test_share: float = 0.2, cutoff: pd.Timestamp | None = None
+) -> TimeSplit:
+    """Split by first-failure time: the latest ``test_share`` of payments are the test set
+    (or, given ``cutoff``, the payments that failed at or after it: a partition of a larger
+    history is split at the whole history's cutoff)."""
     failed = tables.payments["failed_at"]
-    cutoff = failed.sort_values().iloc[int(len(failed) * (1 - test_share))]
+    if cutoff is None:
+        cutoff = split_cutoff(failed, test_share)
     train_ids = pd.Index(tables.payments.loc[failed < cutoff, "payment_id"])
     test_ids = pd.Index(tables.payments.loc[failed >= cutoff, "payment_id"])
     return TimeSplit(subset(tables, train_ids), subset(tables, test_ids), cutoff)
+
+
+def concat_tables(parts: list[contract.ContractTables]) -> contract.ContractTables:
+    """One set of tables from several sets holding different payments (a Dask run's
+    partitions), in their order."""
+    return contract.ContractTables(
+        **{
+            t.name: contract.concat([getattr(p, t.name) for p in parts], t) for t in contract.TABLES
+        },
+        warnings=sorted({w for p in parts for w in p.warnings}),
+    )
 
 
 @dataclass
@@ -63,6 +85,20 @@ class DecisionData:
     batch: DecisionBatch
     keys: pd.DataFrame
     features: pd.DataFrame
+
+    @classmethod
+    def concat(cls, parts: list[DecisionData]) -> DecisionData:
+        """The decisions of several sets of payments, in order, indexed from 0."""
+
+        def cat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+            return pd.concat(frames, ignore_index=True)
+
+        batch = DecisionBatch(
+            cat([p.batch.payments for p in parts]),
+            pd.concat([p.batch.now for p in parts], ignore_index=True),
+            cat([p.batch.state for p in parts]),
+        )
+        return cls(batch, cat([p.keys for p in parts]), cat([p.features for p in parts]))
 
     @classmethod
     def build(
@@ -124,6 +160,26 @@ class ChannelRows(NamedTuple):
 
     def with_propensity(self, propensity: np.ndarray) -> ChannelRows:
         return self._replace(propensity=np.asarray(propensity, dtype=float))
+
+    @classmethod
+    def concat(cls, parts: list[ChannelRows], decisions: list[int]) -> ChannelRows:
+        """The rows of several sets of decisions, in order, each part's ``decision`` moved past
+        the ``decisions`` (counts) of the parts before it, as :meth:`DecisionData.concat`
+        numbers them."""
+        offsets = np.concatenate([[0], np.cumsum(decisions)[:-1]]).astype(int)
+
+        def cat(frames: list[pd.Series] | list[pd.DataFrame]) -> pd.Series | pd.DataFrame:
+            return pd.concat(frames, ignore_index=True)
+
+        return cls(
+            cat([p.features for p in parts]),
+            cat([p.arm for p in parts]),
+            np.concatenate([p.recovered for p in parts]),
+            np.concatenate([p.propensity for p in parts]),
+            np.concatenate([p.decision + o for p, o in zip(parts, offsets, strict=True)]),
+            cat([p.sender for p in parts]),
+            np.concatenate([p.sender_propensity for p in parts]),
+        )
 
     def take(self, rows: np.ndarray) -> ChannelRows:
         return ChannelRows(

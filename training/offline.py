@@ -75,7 +75,9 @@ def compare_offline(
         split.test, AccountHistory.from_tables(tables.payments, tables.attempts)
     )
     train_rows, test_rows, caveats, report = observed_propensities(
-        channel_rows(split.train, train_data), channel_rows(split.test, test_data), tables
+        channel_rows(split.train, train_data),
+        channel_rows(split.test, test_data),
+        randomized(tables),
     )
     stage("fitting the reward model on the earlier period")
     reward = ChannelUpliftModel(num_boost_round=channel_rounds).fit(

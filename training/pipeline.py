@@ -29,30 +29,25 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from reclaim import contract
-from reclaim.features.accounts import AccountHistory
 from reclaim.features.decisions import decision_features, log_amount
 from reclaim.intervals import interval
 from reclaim.models.channel import CONTROL, ChannelCalibration, ChannelUpliftModel
 from reclaim.models.policy import CHANNELS, LearnedPolicy
 from reclaim.models.propensity import ArmPropensityModel, overlap
-from reclaim.models.retry import RetryTimeModel
 from reclaim.policy import ActionBatch, DecisionBatch, merchant_of_record
 from reclaim.rules import NetworkRules, enforce
 from reclaim.training import metrics, ope, plots
-from reclaim.training.data import (
-    ChannelRows,
-    DecisionData,
-    channel_rows,
-    randomized,
-    retry_rows,
-    time_split,
-)
+from reclaim.training.data import ChannelRows, DecisionData, channel_rows
+from reclaim.training.prepared import TrainConfig, prepare
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 log = logging.getLogger(__name__)
 
@@ -76,20 +71,6 @@ STAGES = (
 
 
 @dataclass
-class TrainConfig:
-    """What ``reclaim train`` does, all of it logged as run parameters."""
-
-    test_share: float = 0.2
-    exploration: float = 0.05
-    retry_rounds: int = 300
-    retry_early_stopping: int | None = 25
-    channel_rounds: int = 200
-    calibration_share: float = 0.2
-    weight_clip: float | None = None
-    experiment: str = "reclaim"
-
-
-@dataclass
 class TrainResult:
     """What a training run produced."""
 
@@ -110,17 +91,10 @@ def data_digest(folder: Path) -> str:
         path = folder / table.file
         if path.exists():
             h.update(table.file.encode())
-            h.update(path.read_bytes())
+            with path.open("rb") as f:
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
     return h.hexdigest()[:16]
-
-
-def continuation_factor(model: RetryTimeModel, x: pd.DataFrame) -> float:
-    """How much the model says one more failed attempt scales a retry's success chance."""
-    after = x.copy()
-    after["decision_number"] += 1
-    after["retries_left"] = np.maximum(after["retries_left"] - 1, 0)
-    before = model.predict_proba(x)[:, 1].mean()
-    return float(np.clip(model.predict_proba(after)[:, 1].mean() / max(before, 1e-9), 0, 1))
 
 
 def first_message_ope(
@@ -260,12 +234,12 @@ def revenue_uplift_by_currency(per_account: pd.DataFrame) -> dict[str, float]:
 
 
 def observed_propensities(
-    train_rows: ChannelRows, test_rows: ChannelRows, tables: contract.ContractTables
+    train_rows: ChannelRows, test_rows: ChannelRows, randomized_log: bool
 ) -> tuple[ChannelRows, ChannelRows, list[str], dict[str, Any]]:
     """Propensities for an export without a randomized log, estimated on the training rows
     (``models.propensity``) and applied to both; with the caveats they carry and the test
     rows' overlap report. Rows from a randomized log pass through unchanged."""
-    if randomized(tables):
+    if randomized_log:
         return train_rows, test_rows, [], overlap(test_rows.propensity, test_rows.arm)
     model = ArmPropensityModel().fit(train_rows.features, train_rows.arm)
     train_rows = train_rows.with_propensity(model.logged(train_rows.features, train_rows.arm))
@@ -368,11 +342,14 @@ def train(
     config: TrainConfig | None = None,
     on_stage: Callable[[str], None] | None = None,
     artifact_uri: str | None = None,
+    dask: Client | None = None,
 ) -> TrainResult:
     """Train, evaluate and register a policy from the contract tables in ``data_dir``.
 
     ``artifact_uri`` is where a new experiment keeps its artifacts (default: the tracking
-    store's own choice); ``on_stage`` is told each stage's name as it starts.
+    store's own choice); ``on_stage`` is told each stage's name as it starts. With ``dask``
+    (a ``distributed.Client``) the tables are read and the rows built per payment partition
+    on its cluster, and the retry-time model is trained there (``training.distributed``).
     """
     import mlflow
     from mlflow import MlflowClient
@@ -380,32 +357,26 @@ def train(
     config = config or TrainConfig()
     stage = on_stage or (lambda name: log.info(name))
     stage("reading tables")
-    tables = contract.read_tables(data_dir)
     digest = data_digest(Path(data_dir))
-    split = time_split(tables, config.test_share)
-    observational = not randomized(tables)
-    all_accounts = AccountHistory.from_tables(tables.payments, tables.attempts)
-    train_accounts = AccountHistory.from_tables(split.train.payments, split.train.attempts)
+    if dask is None:
+        stage("building decision rows")
+        prepared = prepare(Path(data_dir), config)
+    else:
+        from reclaim.training import distributed  # Dask is only imported when asked for
 
-    stage("building decision rows")
-    train_data = DecisionData.build(split.train, train_accounts)
-    test_data = DecisionData.build(split.test, all_accounts)
-    x_retry, y_retry, _ = retry_rows(split.train, train_data)
-    train_rows = channel_rows(split.train, train_data)
-    test_rows = channel_rows(split.test, test_data)
+        prepared = distributed.prepare(dask, Path(data_dir), config, stage)
+    observational = prepared.observational
+    train_rows, test_rows = prepared.train_rows, prepared.test_rows
+    test_data, test_tables = prepared.test_data, prepared.test_tables
     stage("estimating message propensities" if observational else "reading message propensities")
     train_rows, test_rows, caveats, overlap_report = observed_propensities(
-        train_rows, test_rows, tables
+        train_rows, test_rows, not observational
     )
 
     stage("fitting the retry-time model")
-    retry_model = RetryTimeModel(
-        num_boost_round=config.retry_rounds,
-        calibration_share=config.calibration_share,
-        early_stopping_rounds=config.retry_early_stopping,
-    ).fit(x_retry, y_retry)
+    retry_model = prepared.retry.fit(config)
     stage("measuring each channel's uplift")
-    uplift = measured_uplift(train_rows, config, train_data.keys["payment_id"])
+    uplift = measured_uplift(train_rows, config, prepared.train_payment_ids)
     closed = uplift.closed()
     if closed:
         caveats.append(
@@ -419,15 +390,14 @@ def train(
     policy = LearnedPolicy(
         retry_model,
         channel_model,
-        all_accounts,
+        prepared.accounts,
         exploration=config.exploration,
-        continuation=continuation_factor(retry_model, x_retry),
+        continuation=prepared.retry.continuation(retry_model),
         channel_calibration=uplift.calibration,
     )
 
     stage("evaluating on the later split")
-    x_test, y_test, _ = retry_rows(split.test, test_data)
-    p_test = retry_model.predict_proba(x_test)[:, 1]
+    y_test, p_test = prepared.retry.test_predictions(retry_model)
     results: dict[str, float] = {
         f"retry_{k}": v for k, v in metrics.classifier_metrics(y_test, p_test).items()
     }
@@ -455,7 +425,7 @@ def train(
             qini_curves[ch] = metrics.qini_curve(score, treated, yc[rows], w)
 
     estimates, terms = first_message_ope(
-        policy, test_data, split.test, channel_model, config.weight_clip, test_rows
+        policy, test_data, test_tables, channel_model, config.weight_clip, test_rows
     )
     for name in ("ips", "snips", "dr", "logging"):
         e = estimates[name]
@@ -483,13 +453,13 @@ def train(
     mlflow.set_experiment(config.experiment)
     manifest = Path(data_dir) / SIMULATION_MANIFEST
     description = (
-        f"Retry-time and channel models trained on {len(split.train.payments):,} payments of "
-        f"{data_dir} before {split.cutoff:%Y-%m-%d %H:%M} UTC and evaluated on the "
-        f"{len(split.test.payments):,} after. "
+        f"Retry-time and channel models trained on {prepared.train_payments:,} payments of "
+        f"{data_dir} before {prepared.cutoff:%Y-%m-%d %H:%M} UTC and evaluated on the "
+        f"{prepared.test_payments:,} after. "
         + ("Randomized log." if not observational else "Observational export. ")
         + (" Caveats: " + "; ".join(caveats) if caveats else "")
     )
-    run_name = _run_name(Path(data_dir), observational, split.cutoff)
+    run_name = _run_name(Path(data_dir), observational, prepared.cutoff)
     with (
         mlflow.start_run(run_name=run_name, description=description) as run,
         tempfile.TemporaryDirectory() as tmp,
@@ -500,10 +470,11 @@ def train(
                 "data_digest": digest,
                 "data_dir": str(data_dir),
                 "data_kind": "observational" if observational else "randomized",
-                "cutoff": str(split.cutoff),
-                "train_payments": len(split.train.payments),
-                "test_payments": len(split.test.payments),
-                "retry_rows": len(x_retry),
+                "cutoff": str(prepared.cutoff),
+                "train_payments": prepared.train_payments,
+                "test_payments": prepared.test_payments,
+                "retry_rows": len(prepared.retry),
+                "dask_workers": 0 if dask is None else len(dask.scheduler_info()["workers"]),
                 "retry_calibration": retry_model.calibration_method_,
                 "channels_closed": "; ".join(closed) or "none",
             }
@@ -515,7 +486,7 @@ def train(
         mlflow.log_dict({"caveats": caveats, "overlap": overlap_report}, "caveats.json")
         figures = {
             "calibration.png": plots.calibration_curve(metrics.calibration_table(y_test, p_test)),
-            "recovery_by_day.png": plots.recovery_by_day(split.test),
+            "recovery_by_day.png": plots.recovery_by_day(test_tables),
         }
         if qini_curves:
             figures["qini.png"] = plots.qini_curves(qini_curves)
@@ -523,7 +494,7 @@ def train(
             mlflow.log_figure(fig, name)
         policy_path = Path(tmp) / "policy.pkl"
         policy_path.write_bytes(pickle.dumps(policy))
-        example, signature = _signature(split.test.payments)
+        example, signature = _signature(test_tables.payments)
         info = mlflow.pyfunc.log_model(
             name="policy",
             python_model=str(POLICY_CODE),
@@ -538,7 +509,7 @@ def train(
             version,
             results,
             test_data,
-            split.test,
+            test_tables,
             channel_model,
             config.weight_clip,
             test_rows,

@@ -77,6 +77,28 @@ def test_boosting_stops_where_the_later_rows_stop_improving() -> None:
         RetryTimeModel(early_stopping_rounds=0).fit(x, y)
 
 
+def test_a_booster_fitted_elsewhere_is_finished_as_fit_would() -> None:
+    """The Dask path boosts every round on the workers and finishes here: it keeps the same
+    trees LightGBM's own early stopping keeps on the same later rows, and calibrates on them,
+    so the model equals :meth:`RetryTimeModel.fit` on the same rows."""
+    import lightgbm as lgb
+
+    x, y = _synthetic(6_000)
+    x["noise"] = np.random.default_rng(3).normal(size=len(x))
+    fitted = RetryTimeModel(num_boost_round=400).fit(x, y)
+    n_fit = len(x) - int(round(len(x) * 0.2))
+    params = fitted.lightgbm_params(n_fit)
+    every_round = lgb.train(params, lgb.Dataset(x.iloc[:n_fit], y[:n_fit]), 400)
+    finished = RetryTimeModel(num_boost_round=400).fit_booster(
+        every_round, x.iloc[n_fit:], y[n_fit:]
+    )
+    assert finished.booster_.num_trees() == fitted.booster_.num_trees() < 400
+    assert finished.calibration_method_ == fitted.calibration_method_ == "isotonic"
+    xt, _ = _synthetic(2_000, seed=1)
+    xt["noise"] = 0.0
+    np.testing.assert_allclose(finished.predict_proba(xt), fitted.predict_proba(xt))
+
+
 @pytest.mark.parametrize(
     ("X", "y", "message"),
     [

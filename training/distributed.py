@@ -1,0 +1,375 @@
+"""``reclaim train --dask``: the rows built per payment partition on a Dask cluster, the
+retry-time model trained there with LightGBM's own distributed training.
+
+1. Each contract table is read as a ``dask.dataframe`` and partitioned by a hash of its
+   ``payment_id`` (:func:`read_partitioned`): partition *i* of every table holds the same
+   payments, and a payment's rows never split. Each partition is validated as contract tables
+   on its worker.
+2. The time split's cutoff comes from every payment's first failure (one column, collected);
+   each partition is split at it.
+3. Account aggregates need every partition's past: each partition's account events
+   (``features.accounts.AccountEvents``, a few columns per payment and retry) are collected,
+   joined into the one ``AccountHistory`` and sent to every worker, so each decision reads
+   only events before its day — whatever partition they came from.
+4. Decision rows, retry rows and channel rows are built per partition by the same functions
+   as in one process (``training.data``): one definition per feature.
+5. The retry-time model's boosting runs on the workers (``lightgbm.DaskLGBMClassifier``,
+   data-parallel) over the earlier training rows; its latest rows (``calibration_share``,
+   collected) choose the number of trees as early stopping would and calibrate it.
+6. The channel rows and the later split's decisions are collected for the channel model,
+   the uplift measurement and the evaluation, which run as in one process.
+
+Only Parquet tables are read this way (CSV has no row groups to split and is read whole).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from reclaim import contract
+from reclaim.features.accounts import AccountEvents, AccountHistory
+from reclaim.features.decisions import build_decision_rows
+from reclaim.models.retry import RetryTimeModel
+from reclaim.training.data import (
+    ChannelRows,
+    DecisionData,
+    TimeSplit,
+    channel_rows,
+    concat_tables,
+    randomized,
+    retry_rows,
+    split_cutoff,
+    time_split,
+)
+from reclaim.training.prepared import (
+    Prepared,
+    TrainConfig,
+    continuation_factor,
+    continuation_sums,
+)
+
+log = logging.getLogger(__name__)
+
+#: Attempts per partition aimed at: a partition's rows, features and retry rows take a few
+#: hundred MiB of a worker's memory at this size.
+PARTITION_ATTEMPTS = 250_000
+
+#: LightGBM's native parameter names (``models.retry.DEFAULT_PARAMS``) as its scikit-learn
+#: estimator (which ``lightgbm.dask`` wraps) spells them.
+SKLEARN_NAMES = {
+    "min_data_in_leaf": "min_child_samples",
+    "feature_fraction": "colsample_bytree",
+    "bagging_fraction": "subsample",
+    "bagging_freq": "subsample_freq",
+    "lambda_l2": "reg_lambda",
+    "seed": "random_state",
+    "num_threads": "n_jobs",
+}
+
+
+def connect(address: str, workers: int = 2, memory_limit: str = "4GiB") -> Any:
+    """A ``distributed.Client``: of the scheduler at ``address``, or, for ``local``, of a new
+    ``LocalCluster`` of ``workers`` processes with one thread and ``memory_limit`` each."""
+    from distributed import Client
+
+    logging.getLogger("distributed.shuffle").setLevel(logging.ERROR)  # a note per shuffle
+    if address == "local":  # the client owns this cluster: closing it stops the workers
+        return Client(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            memory_limit=memory_limit,
+            dashboard_address=None,
+        )
+    return Client(address, timeout="10s")
+
+
+def partition_count(folder: Path, workers: int) -> int:
+    """Partitions for the tables in ``folder``: about :data:`PARTITION_ATTEMPTS` attempts
+    each, and at least two per worker."""
+    path = Path(folder) / contract.ATTEMPTS.file
+    attempts = pq.ParquetFile(path).metadata.num_rows if path.exists() else 0
+    return max(2 * workers, math.ceil(attempts / PARTITION_ATTEMPTS))
+
+
+def partition_of(payment_id: pd.Series, npartitions: int) -> pd.Series:
+    """The partition of each payment id: a hash that is the same in every process."""
+    values = payment_id.astype("object").to_numpy()
+    return pd.Series(
+        (pd.util.hash_array(values) % npartitions).astype("int64"), index=payment_id.index
+    )
+
+
+def read_partitioned(folder: Path, npartitions: int) -> dict[str, Any]:
+    """The contract tables in ``folder`` as ``dask.dataframe``s of ``npartitions``
+    partitions by payment: partition *i* of each holds the rows of the same payments, with the
+    partition number as index. A missing optional table is left out; a missing required one
+    is a :class:`~reclaim.contract.ContractProblems` naming it."""
+    import dask.dataframe as dd
+
+    folder = Path(folder)
+    frames: dict[str, Any] = {}
+    missing = []
+    for table in contract.TABLES:
+        path = folder / table.file
+        if not path.exists():
+            if table.required:
+                csv = folder / f"{table.name}.csv"
+                why = "file not found" + (
+                    f" ({csv.name} is there: --dask reads Parquet only)" if csv.exists() else ""
+                )
+                missing.append(contract.ContractError(str(path), None, why))
+            continue
+        ddf = dd.read_parquet(str(path))
+        part = ddf["payment_id"].map_partitions(
+            partition_of, npartitions, meta=("_partition", "int64")
+        )
+        divisions = [*range(npartitions), npartitions - 1]
+        frames[table.name] = ddf.assign(_partition=part).set_index(
+            "_partition", divisions=divisions
+        )
+    if missing:
+        raise contract.ContractProblems(missing)
+    return frames
+
+
+def partitions(client: Any, folder: Path, npartitions: int) -> list[Any]:
+    """Futures of the validated contract tables of each partition (``ContractTables``)."""
+    import dask
+
+    frames = read_partitioned(folder, npartitions)
+    delayed = {name: f.to_delayed() for name, f in frames.items()}
+    tasks = [
+        dask.delayed(_validate)({name: parts[i] for name, parts in delayed.items()})
+        for i in range(npartitions)
+    ]
+    return client.compute(tasks)
+
+
+def _validate(raw: dict[str, pd.DataFrame]) -> contract.ContractTables:
+    return contract.validate({k: v.reset_index(drop=True) for k, v in raw.items()})
+
+
+def decision_rows(client: Any, folder: Path, npartitions: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """:func:`~reclaim.features.decisions.build_decision_rows` of the tables in ``folder``,
+    built per partition on the cluster and collected: ``(keys, features)`` indexed from 0,
+    the partitions' rows one after another."""
+    parts = partitions(client, folder, npartitions)
+    events = client.gather(client.map(_all_events, parts))
+    accounts = client.scatter(AccountHistory.from_events(events), broadcast=True, hash=False)
+    built = client.gather(client.map(_decision_rows, parts, accounts=accounts))
+    keys = pd.concat([k for k, _ in built], ignore_index=True)
+    return keys, pd.concat([f for _, f in built], ignore_index=True)
+
+
+def _all_events(tables: contract.ContractTables) -> AccountEvents:
+    return AccountEvents.of(tables.payments, tables.attempts)
+
+
+def _decision_rows(
+    tables: contract.ContractTables, accounts: AccountHistory
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    return build_decision_rows(tables, accounts=accounts)
+
+
+@dataclass
+class PartitionRows:
+    """One partition's rows, kept on its worker: the earlier payments' retry rows (time
+    order) and the later payments' retry rows."""
+
+    x: pd.DataFrame
+    y: np.ndarray
+    at: np.ndarray  # each retry's time, datetime64[us]
+    x_test: pd.DataFrame
+    y_test: np.ndarray
+
+
+@dataclass
+class PartitionCollected:
+    """What is collected of one partition: counts, channel rows and the later decisions."""
+
+    train_payments: int
+    test_payments: int
+    train_payment_ids: pd.Series
+    train_decisions: int
+    train_rows: ChannelRows
+    test_data: DecisionData
+    test_rows: ChannelRows
+    test_tables: contract.ContractTables
+    randomized: bool
+
+
+def _split(tables: contract.ContractTables, cutoff: pd.Timestamp) -> TimeSplit:
+    return time_split(tables, cutoff=cutoff)
+
+
+def _events(split: TimeSplit) -> tuple[AccountEvents, AccountEvents]:
+    return (
+        AccountEvents.of(split.train.payments, split.train.attempts),
+        AccountEvents.of(split.test.payments, split.test.attempts),
+    )
+
+
+def _rows(
+    split: TimeSplit, train_accounts: AccountHistory, all_accounts: AccountHistory
+) -> tuple[PartitionRows, PartitionCollected]:
+    train_data = DecisionData.build(split.train, train_accounts)
+    test_data = DecisionData.build(split.test, all_accounts)
+    x, y, at = retry_rows(split.train, train_data)
+    x_test, y_test, _ = retry_rows(split.test, test_data)
+    rows = PartitionRows(x, y, at.to_numpy(dtype="datetime64[us]"), x_test, y_test)
+    collected = PartitionCollected(
+        train_payments=len(split.train.payments),
+        test_payments=len(split.test.payments),
+        train_payment_ids=train_data.keys["payment_id"],
+        train_decisions=len(train_data.keys),
+        train_rows=channel_rows(split.train, train_data),
+        test_data=test_data,
+        test_rows=channel_rows(split.test, test_data),
+        test_tables=split.test,
+        randomized=randomized(split.train) or randomized(split.test),
+    )
+    return rows, collected
+
+
+def _first(pair: tuple[Any, Any]) -> Any:
+    return pair[0]
+
+
+def _second(pair: tuple[Any, Any]) -> Any:
+    return pair[1]
+
+
+def _times(rows: PartitionRows) -> np.ndarray:
+    return rows.at
+
+
+def _before(rows: PartitionRows, threshold: np.datetime64) -> tuple[pd.DataFrame, pd.Series]:
+    keep = rows.at < threshold
+    return rows.x[keep].reset_index(drop=True), pd.Series(rows.y[keep], name="y")
+
+
+def _from(rows: PartitionRows, threshold: np.datetime64) -> tuple[pd.DataFrame, np.ndarray]:
+    keep = rows.at >= threshold
+    return rows.x[keep].reset_index(drop=True), rows.y[keep]
+
+
+def _continuation(rows: PartitionRows, model: RetryTimeModel) -> np.ndarray:
+    return continuation_sums(model, rows.x)
+
+
+def _test_predictions(rows: PartitionRows, model: RetryTimeModel) -> tuple[np.ndarray, np.ndarray]:
+    return rows.y_test, model.predict_proba(rows.x_test)[:, 1]
+
+
+@dataclass
+class DaskRetryRows:
+    """Retry rows kept on the workers, partition by partition (``training.prepared.RetryRows``)."""
+
+    client: Any
+    parts: list[Any]  # futures of PartitionRows
+    rows: int
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def fit(self, config: TrainConfig) -> RetryTimeModel:
+        """Boost on the workers over the rows before the latest ``calibration_share`` (by
+        time, as in one process), then stop and calibrate on those latest rows, collected."""
+        import dask.dataframe as dd
+        import lightgbm as lgb
+
+        model = config.retry_model()
+        times = np.sort(np.concatenate(self.client.gather(self.client.map(_times, self.parts))))
+        n_fit = len(times) - int(round(len(times) * config.calibration_share))
+        threshold = times[n_fit] if n_fit < len(times) else np.datetime64("9999-12-31", "us")
+        fit = self.client.map(_before, self.parts, threshold=threshold)
+        x_meta, y_meta = self.client.submit(_before, self.parts[0], times[0]).result()
+        x = dd.from_delayed(self.client.map(_first, fit), meta=x_meta.iloc[:0])
+        y = dd.from_delayed(self.client.map(_second, fit), meta=y_meta.iloc[:0])
+        cal = self.client.gather(self.client.map(_from, self.parts, threshold=threshold))
+        x_cal = pd.concat([c[0] for c in cal], ignore_index=True)
+        y_cal = np.concatenate([c[1] for c in cal])
+
+        params = model.lightgbm_params(n_fit)
+        threads = max(self.client.nthreads().values())
+        params["num_threads"] = threads
+        kwargs = {SKLEARN_NAMES.get(k, k): v for k, v in params.items()}
+        booster = (
+            lgb.DaskLGBMClassifier(client=self.client, n_estimators=model.num_boost_round, **kwargs)
+            .fit(x, y)
+            .to_local()
+            .booster_
+        )
+        return model.fit_booster(booster, x_cal, y_cal)
+
+    def continuation(self, model: RetryTimeModel) -> float:
+        shared = self.client.scatter(model, broadcast=True, hash=False)
+        sums = self.client.gather(self.client.map(_continuation, self.parts, model=shared))
+        return continuation_factor(np.sum(sums, axis=0))
+
+    def test_predictions(self, model: RetryTimeModel) -> tuple[np.ndarray, np.ndarray]:
+        shared = self.client.scatter(model, broadcast=True, hash=False)
+        found = self.client.gather(self.client.map(_test_predictions, self.parts, model=shared))
+        return np.concatenate([y for y, _ in found]), np.concatenate([p for _, p in found])
+
+
+def prepare(
+    client: Any,
+    folder: Path,
+    config: TrainConfig,
+    on_stage: Callable[[str], None] | None = None,
+    npartitions: int | None = None,
+) -> Prepared:
+    """:func:`training.prepared.prepare` on the cluster of ``client``: the same rows, built per
+    payment partition; the retry rows stay on the workers."""
+    stage = on_stage or (lambda name: log.info(name))
+    workers = len(client.scheduler_info()["workers"])
+    n = npartitions or partition_count(folder, workers)
+    parts = partitions(client, folder, n)
+    failed = client.gather(client.map(lambda t: t.payments["failed_at"], parts))
+    cutoff = split_cutoff(pd.concat(failed, ignore_index=True), config.test_share)
+    splits = client.map(_split, parts, cutoff=cutoff)
+    del parts  # the splits hold every row; the unsplit tables can go
+
+    stage("building decision rows")
+    events = client.gather(client.map(_events, splits))
+    train_accounts = AccountHistory.from_events([e[0] for e in events])
+    all_accounts = AccountHistory.from_events([e[0] for e in events] + [e[1] for e in events])
+    built = client.map(
+        _rows,
+        splits,
+        train_accounts=client.scatter(train_accounts, broadcast=True, hash=False),
+        all_accounts=client.scatter(all_accounts, broadcast=True, hash=False),
+    )
+    del splits
+    retry = client.map(_first, built)
+    collected: list[PartitionCollected] = client.gather(client.map(_second, built))
+    del built
+    rows = sum(client.gather(client.map(len, client.map(_times, retry))))
+    decisions = [c.train_decisions for c in collected]
+    test_data = [c.test_data for c in collected]
+    return Prepared(
+        cutoff=cutoff,
+        observational=not any(c.randomized for c in collected),
+        train_payments=sum(c.train_payments for c in collected),
+        test_payments=sum(c.test_payments for c in collected),
+        retry=DaskRetryRows(client, retry, rows),
+        train_payment_ids=pd.concat([c.train_payment_ids for c in collected], ignore_index=True),
+        train_rows=ChannelRows.concat([c.train_rows for c in collected], decisions),
+        test_rows=ChannelRows.concat(
+            [c.test_rows for c in collected], [len(d.keys) for d in test_data]
+        ),
+        test_data=DecisionData.concat(test_data),
+        test_tables=concat_tables([c.test_tables for c in collected]),
+        accounts=all_accounts,
+    )

@@ -1,0 +1,157 @@
+"""What ``reclaim train`` learns from and is evaluated on, however it was built.
+
+:func:`prepare` builds it in this process from the contract tables; ``training.distributed``
+builds the same from the tables partitioned over a Dask cluster. Either way the retry rows
+stay where they were built (:class:`RetryRows`: fit, continuation, test predictions), and the
+channel rows, the later decisions and their tables are frames in this process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+
+from reclaim import contract
+from reclaim.features.accounts import AccountHistory
+from reclaim.models.retry import RetryTimeModel
+from reclaim.training.data import (
+    ChannelRows,
+    DecisionData,
+    channel_rows,
+    randomized,
+    retry_rows,
+    time_split,
+)
+
+
+@dataclass
+class TrainConfig:
+    """What ``reclaim train`` does, all of it logged as run parameters."""
+
+    test_share: float = 0.2
+    exploration: float = 0.05
+    retry_rounds: int = 300
+    retry_early_stopping: int | None = 25
+    channel_rounds: int = 200
+    calibration_share: float = 0.2
+    weight_clip: float | None = None
+    experiment: str = "reclaim"
+
+    def retry_model(self) -> RetryTimeModel:
+        """The retry-time model this configuration asks for, unfitted."""
+        return RetryTimeModel(
+            num_boost_round=self.retry_rounds,
+            calibration_share=self.calibration_share,
+            early_stopping_rounds=self.retry_early_stopping,
+        )
+
+
+class RetryRows(Protocol):
+    """The retry-time model's rows (training and later), wherever they are."""
+
+    def __len__(self) -> int:
+        """Training rows."""
+        ...
+
+    def fit(self, config: TrainConfig) -> RetryTimeModel:
+        """The retry-time model fitted on the training rows."""
+        ...
+
+    def continuation(self, model: RetryTimeModel) -> float:
+        """:func:`continuation_factor` of ``model`` over the training rows."""
+        ...
+
+    def test_predictions(self, model: RetryTimeModel) -> tuple[np.ndarray, np.ndarray]:
+        """Outcomes (0/1) of the later rows and ``model``'s calibrated probabilities."""
+        ...
+
+
+@dataclass
+class Prepared:
+    """Everything after the rows are built: counts, channel rows, later decisions."""
+
+    cutoff: pd.Timestamp
+    observational: bool
+    train_payments: int
+    test_payments: int
+    retry: RetryRows
+    train_payment_ids: pd.Series  # the payment of each training decision
+    train_rows: ChannelRows
+    test_rows: ChannelRows
+    test_data: DecisionData
+    test_tables: contract.ContractTables  # the later payments with their history
+    accounts: AccountHistory  # every payment's account events (the policy's)
+
+
+def continuation_sums(model: RetryTimeModel, x: pd.DataFrame) -> np.ndarray:
+    """The sums :func:`continuation_factor` divides, over ``x``: the predicted success chance
+    as the rows are and after one more failed attempt, and the rows counted."""
+    after = x.copy()
+    after["decision_number"] += 1
+    after["retries_left"] = np.maximum(after["retries_left"] - 1, 0)
+    before = model.predict_proba(x)[:, 1].sum()
+    return np.array([before, model.predict_proba(after)[:, 1].sum(), len(x)], dtype=float)
+
+
+def continuation_factor(sums: np.ndarray) -> float:
+    """How much the model says one more failed attempt scales a retry's success chance, from
+    :func:`continuation_sums` (added up over parts of the rows)."""
+    before, after = sums[0], sums[1]
+    return float(np.clip(after / max(before, 1e-9 * max(sums[2], 1.0)), 0, 1))
+
+
+@dataclass
+class LocalRetryRows:
+    """Retry rows in this process: the earlier payments' (time order) and the later ones'."""
+
+    x: pd.DataFrame
+    y: np.ndarray
+    x_test: pd.DataFrame
+    y_test: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def fit(self, config: TrainConfig) -> RetryTimeModel:
+        return config.retry_model().fit(self.x, self.y)
+
+    def continuation(self, model: RetryTimeModel) -> float:
+        return continuation_factor(continuation_sums(model, self.x))
+
+    def test_predictions(self, model: RetryTimeModel) -> tuple[np.ndarray, np.ndarray]:
+        return self.y_test, model.predict_proba(self.x_test)[:, 1]
+
+
+def prepare(data_dir: Path, config: TrainConfig) -> Prepared:
+    """Read the contract tables in ``data_dir``, split them by time and build every row, in
+    this process."""
+    tables = contract.read_tables(data_dir)
+    return prepare_tables(tables, config)
+
+
+def prepare_tables(tables: contract.ContractTables, config: TrainConfig) -> Prepared:
+    """:func:`prepare` of tables already read."""
+    split = time_split(tables, config.test_share)
+    all_accounts = AccountHistory.from_tables(tables.payments, tables.attempts)
+    train_accounts = AccountHistory.from_tables(split.train.payments, split.train.attempts)
+    train_data = DecisionData.build(split.train, train_accounts)
+    test_data = DecisionData.build(split.test, all_accounts)
+    x_retry, y_retry, _ = retry_rows(split.train, train_data)
+    x_test, y_test, _ = retry_rows(split.test, test_data)
+    return Prepared(
+        cutoff=split.cutoff,
+        observational=not randomized(tables),
+        train_payments=len(split.train.payments),
+        test_payments=len(split.test.payments),
+        retry=LocalRetryRows(x_retry, y_retry, x_test, y_test),
+        train_payment_ids=train_data.keys["payment_id"],
+        train_rows=channel_rows(split.train, train_data),
+        test_rows=channel_rows(split.test, test_data),
+        test_data=test_data,
+        test_tables=split.test,
+        accounts=all_accounts,
+    )
