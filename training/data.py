@@ -45,6 +45,33 @@ def subset(tables: contract.ContractTables, payment_ids: pd.Index) -> contract.C
     )
 
 
+def payment_hash(payment_id: pd.Series) -> np.ndarray:
+    """A 64-bit hash of each payment id, the same in every process and on every run: Dask
+    partitions take its low bits, samples its high ones."""
+    return pd.util.hash_array(payment_id.astype("object").to_numpy())
+
+
+def in_sample(payment_id: pd.Series, rate: float) -> np.ndarray:
+    """Whether each payment is in the ``rate`` sample of payments (by :func:`payment_hash`:
+    a payment is in or out with all its decisions, in one process as on a cluster)."""
+    if rate >= 1.0:
+        return np.ones(len(payment_id), dtype=bool)
+    return (payment_hash(payment_id) >> np.uint64(32)) < np.uint64(int(rate * 2**32))
+
+
+def sample_payments(tables: contract.ContractTables, rate: float) -> contract.ContractTables:
+    """The tables of the ``rate`` sample of their payments (:func:`in_sample`)."""
+    if rate >= 1.0:
+        return tables
+    p = tables.payments
+    return subset(tables, pd.Index(p.loc[in_sample(p["payment_id"], rate), "payment_id"]))
+
+
+def sample_rate(payments: int, most: int | None) -> float:
+    """The share of ``payments`` that keeps about ``most`` of them (1 when they are fewer)."""
+    return 1.0 if most is None or payments <= most else most / payments
+
+
 def split_cutoff(failed_at: pd.Series, test_share: float) -> pd.Timestamp:
     """The first failure time from which payments are tested: the latest ``test_share`` of
     ``failed_at`` (every payment's first failure) are at or after it."""

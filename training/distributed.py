@@ -45,8 +45,10 @@ from reclaim.training.data import (
     TimeSplit,
     channel_rows,
     concat_tables,
+    payment_hash,
     randomized,
     retry_rows,
+    sample_payments,
     split_cutoff,
     time_split,
 )
@@ -55,6 +57,8 @@ from reclaim.training.prepared import (
     TrainConfig,
     continuation_factor,
     continuation_sums,
+    sample_rates,
+    sampled_channel_rows,
 )
 
 log = logging.getLogger(__name__)
@@ -102,11 +106,10 @@ def partition_count(folder: Path, workers: int) -> int:
 
 
 def partition_of(payment_id: pd.Series, npartitions: int) -> pd.Series:
-    """The partition of each payment id: a hash that is the same in every process."""
-    values = payment_id.astype("object").to_numpy()
-    return pd.Series(
-        (pd.util.hash_array(values) % npartitions).astype("int64"), index=payment_id.index
-    )
+    """The partition of each payment id (``training.data.payment_hash``, the same in every
+    process)."""
+    part = payment_hash(payment_id) % np.uint64(npartitions)
+    return pd.Series(part.astype("int64"), index=payment_id.index)
 
 
 def read_partitioned(folder: Path, npartitions: int) -> dict[str, Any]:
@@ -200,7 +203,6 @@ class PartitionCollected:
     train_payments: int
     test_payments: int
     train_payment_ids: pd.Series
-    train_decisions: int
     train_rows: ChannelRows
     test_data: DecisionData
     test_rows: ChannelRows
@@ -220,25 +222,36 @@ def _events(split: TimeSplit) -> tuple[AccountEvents, AccountEvents]:
 
 
 def _rows(
-    split: TimeSplit, train_accounts: AccountHistory, all_accounts: AccountHistory
+    split: TimeSplit,
+    train_accounts: AccountHistory,
+    all_accounts: AccountHistory,
+    rates: tuple[float, float],
 ) -> tuple[PartitionRows, PartitionCollected]:
+    """As ``training.prepared.prepare_tables`` builds them, for one partition's payments."""
     train_data = DecisionData.build(split.train, train_accounts)
     test_data = DecisionData.build(split.test, all_accounts)
     x, y, at = retry_rows(split.train, train_data)
     x_test, y_test, _ = retry_rows(split.test, test_data)
     rows = PartitionRows(x, y, at.to_numpy(dtype="datetime64[us]"), x_test, y_test)
+    test_tables = sample_payments(split.test, rates[1])
+    if rates[1] < 1.0:
+        test_data = DecisionData.build(test_tables, all_accounts)
+    train_rows, train_payment_ids = sampled_channel_rows(split.train, train_data, rates[0])
     collected = PartitionCollected(
         train_payments=len(split.train.payments),
         test_payments=len(split.test.payments),
-        train_payment_ids=train_data.keys["payment_id"],
-        train_decisions=len(train_data.keys),
-        train_rows=channel_rows(split.train, train_data),
+        train_payment_ids=train_payment_ids,
+        train_rows=train_rows,
         test_data=test_data,
-        test_rows=channel_rows(split.test, test_data),
-        test_tables=split.test,
+        test_rows=channel_rows(test_tables, test_data),
+        test_tables=test_tables,
         randomized=randomized(split.train) or randomized(split.test),
     )
     return rows, collected
+
+
+def _counts(split: TimeSplit) -> tuple[int, int]:
+    return len(split.train.payments), len(split.test.payments)
 
 
 def _first(pair: tuple[Any, Any]) -> Any:
@@ -342,6 +355,8 @@ def prepare(
     del parts  # the splits hold every row; the unsplit tables can go
 
     stage("building decision rows")
+    counts = np.sum(client.gather(client.map(_counts, splits)), axis=0)
+    rates = sample_rates(config, int(counts[0]), int(counts[1]))
     events = client.gather(client.map(_events, splits))
     train_accounts = AccountHistory.from_events([e[0] for e in events])
     all_accounts = AccountHistory.from_events([e[0] for e in events] + [e[1] for e in events])
@@ -350,13 +365,14 @@ def prepare(
         splits,
         train_accounts=client.scatter(train_accounts, broadcast=True, hash=False),
         all_accounts=client.scatter(all_accounts, broadcast=True, hash=False),
+        rates=rates,
     )
     del splits
     retry = client.map(_first, built)
     collected: list[PartitionCollected] = client.gather(client.map(_second, built))
     del built
     rows = sum(client.gather(client.map(len, client.map(_times, retry))))
-    decisions = [c.train_decisions for c in collected]
+    decisions = [len(c.train_payment_ids) for c in collected]
     test_data = [c.test_data for c in collected]
     return Prepared(
         cutoff=cutoff,

@@ -474,6 +474,8 @@ def train(
                 "train_payments": prepared.train_payments,
                 "test_payments": prepared.test_payments,
                 "retry_rows": len(prepared.retry),
+                "channel_rows": len(train_rows.arm),
+                "evaluation_payments": len(test_tables.payments),
                 "dask_workers": 0 if dask is None else len(dask.scheduler_info()["workers"]),
                 "retry_calibration": retry_model.calibration_method_,
                 "channels_closed": "; ".join(closed) or "none",

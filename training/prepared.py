@@ -22,8 +22,11 @@ from reclaim.training.data import (
     ChannelRows,
     DecisionData,
     channel_rows,
+    in_sample,
     randomized,
     retry_rows,
+    sample_payments,
+    sample_rate,
     time_split,
 )
 
@@ -40,6 +43,12 @@ class TrainConfig:
     calibration_share: float = 0.2
     weight_clip: float | None = None
     experiment: str = "reclaim"
+    #: The channel model and the uplift measurement learn from at most about this many
+    #: earlier payments (a sample by payment id, each with all its decisions); None: all.
+    max_channel_payments: int | None = 250_000
+    #: The off-policy evaluation reads at most about this many later payments (sampled the
+    #: same way; the retry model's test metrics always read every later retry); None: all.
+    max_evaluation_payments: int | None = 250_000
 
     def retry_model(self) -> RetryTimeModel:
         """The retry-time model this configuration asks for, unfitted."""
@@ -79,7 +88,7 @@ class Prepared:
     train_payments: int
     test_payments: int
     retry: RetryRows
-    train_payment_ids: pd.Series  # the payment of each training decision
+    train_payment_ids: pd.Series  # the payment of each training channel row
     train_rows: ChannelRows
     test_rows: ChannelRows
     test_data: DecisionData
@@ -142,16 +151,47 @@ def prepare_tables(tables: contract.ContractTables, config: TrainConfig) -> Prep
     test_data = DecisionData.build(split.test, all_accounts)
     x_retry, y_retry, _ = retry_rows(split.train, train_data)
     x_test, y_test, _ = retry_rows(split.test, test_data)
+    rates = sample_rates(config, len(split.train.payments), len(split.test.payments))
+    train_rows, train_payment_ids = sampled_channel_rows(split.train, train_data, rates[0])
+    test_tables = sample_payments(split.test, rates[1])
+    if rates[1] < 1.0:
+        test_data = DecisionData.build(test_tables, all_accounts)
     return Prepared(
         cutoff=split.cutoff,
         observational=not randomized(tables),
         train_payments=len(split.train.payments),
         test_payments=len(split.test.payments),
         retry=LocalRetryRows(x_retry, y_retry, x_test, y_test),
-        train_payment_ids=train_data.keys["payment_id"],
-        train_rows=channel_rows(split.train, train_data),
-        test_rows=channel_rows(split.test, test_data),
+        train_payment_ids=train_payment_ids,
+        train_rows=train_rows,
+        test_rows=channel_rows(test_tables, test_data),
         test_data=test_data,
-        test_tables=split.test,
+        test_tables=test_tables,
         accounts=all_accounts,
     )
+
+
+def sample_rates(
+    config: TrainConfig, train_payments: int, test_payments: int
+) -> tuple[float, float]:
+    """The sampled shares of the earlier payments (channel rows) and of the later ones
+    (evaluation), from :attr:`TrainConfig.max_channel_payments` and
+    :attr:`TrainConfig.max_evaluation_payments`."""
+    return (
+        sample_rate(train_payments, config.max_channel_payments),
+        sample_rate(test_payments, config.max_evaluation_payments),
+    )
+
+
+def sampled_channel_rows(
+    tables: contract.ContractTables, data: DecisionData, rate: float
+) -> tuple[ChannelRows, pd.Series]:
+    """:func:`channel_rows` of the ``rate`` sample of the payments, and the payment of each
+    row (the rows' ``decision`` numbers them from 0: all the uplift measurement needs of
+    ``data``)."""
+    rows = channel_rows(tables, data)
+    payment = data.keys["payment_id"].iloc[rows.decision].reset_index(drop=True)
+    if rate < 1.0:
+        keep = np.flatnonzero(in_sample(payment, rate))
+        rows, payment = rows.take(keep), payment.iloc[keep].reset_index(drop=True)
+    return rows._replace(decision=np.arange(len(payment))), payment
