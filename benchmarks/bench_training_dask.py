@@ -4,10 +4,11 @@ fit.
 
 The history is simulated in chunks (each chunk a marketplace of 1,000 accounts with its own
 seed, so 5,000,000 attempts are ~1,060,000 payments of ~5,000 accounts) and appended to one
-Parquet file per table, row group by row group. Each run then starts in a fresh process whose
-data segment is limited to ``--limit-gib`` (RLIMIT_DATA: the heap and private mappings;
-Dask's worker processes inherit it, and their own ``memory_limit`` is set to the same), so
-"the single process runs out" means a MemoryError there, not a guess.
+Parquet file per table, row group by row group. Each run then starts in a fresh process, and
+every process of it (the driver and Dask's workers) is held to ``--limit-gib`` of resident
+memory by a watchdog that stops the run when one goes over (RLIMIT_DATA/RLIMIT_AS would count
+the address space pyarrow's and glibc's allocators reserve, not memory used); Dask's own
+``memory_limit`` per worker is set to the same.
 
     .venv/bin/python benchmarks/bench_training_dask.py [--attempts N] [--limit-gib G]
         [--workers W] [--data FOLDER]   # --data keeps (or reuses) the simulated tables
@@ -17,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -101,36 +104,82 @@ def _peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _tree(pid: int) -> list[int]:
+    """``pid`` and every process under it (read from /proc)."""
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                todo += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                pass
+    return found
+
+
+def _rss_mib(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 def run(folder: Path, mode: str, workers: int, limit_gib: float) -> dict:
-    """A fresh process under the memory limit; what it printed, or how it failed."""
-    limit = int(limit_gib * 2**30)
-
-    def limited() -> None:
-        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
-
+    """A fresh process (and the workers it starts), each held to ``limit_gib`` of resident
+    memory: a watchdog reads every process's RSS five times a second and stops the whole run
+    when one goes over, as an out-of-memory killer would. What the run printed, or how it
+    ended."""
+    limit_mib = limit_gib * 1024
     start = time.perf_counter()
-    done = subprocess.run(
-        [
-            sys.executable,
-            __file__,
-            "--measure",
-            mode,
-            "--workers",
-            str(workers),
-            "--limit-gib",
-            str(limit_gib),
-            str(folder),
-        ],
-        capture_output=True,
-        text=True,
-        preexec_fn=limited,
-    )
-    for line in done.stdout.splitlines():
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--measure",
+                mode,
+                "--workers",
+                str(workers),
+                "--limit-gib",
+                str(limit_gib),
+                str(folder),
+            ],
+            stdout=out,
+            stderr=err,
+            text=True,
+            start_new_session=True,
+        )
+        over = None
+        while proc.poll() is None:
+            for pid in _tree(proc.pid):
+                rss = _rss_mib(pid)
+                if rss > limit_mib:
+                    over = (pid, rss)
+            if over:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                break
+            time.sleep(0.2)
+        seconds = time.perf_counter() - start
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if over:
+        who = "the process" if over[0] == proc.pid else f"a child process ({over[0]})"
+        return {
+            "failed": f"{who} went over {limit_gib:g} GiB ({over[1]:,.0f} MiB resident)",
+            "seconds": seconds,
+        }
+    for line in stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[7:])
-    err = [ln for ln in done.stderr.splitlines() if ln.strip()]
-    why = next((ln for ln in reversed(err) if "Error" in ln), err[-1] if err else "no output")
-    return {"failed": why[:200], "seconds": time.perf_counter() - start, "rc": done.returncode}
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    why = next((ln for ln in reversed(lines) if "Error" in ln), lines[-1] if lines else "")
+    return {"failed": f"exit {proc.returncode}: {why[:200]}", "seconds": seconds}
 
 
 def main() -> None:
@@ -151,7 +200,7 @@ def main() -> None:
         if not (folder / "attempts.parquet").exists():
             print(f"simulating {args.attempts:,} attempts into {folder}", flush=True)
             simulate(folder, args.attempts)
-        print(f"reclaim train, each process limited to {args.limit_gib:g} GiB (RLIMIT_DATA):")
+        print(f"reclaim train, each process held to {args.limit_gib:g} GiB resident:")
         results = {
             "one process": run(folder, "single", args.workers, args.limit_gib),
             f"--dask local ({args.workers} workers)": run(
@@ -160,7 +209,7 @@ def main() -> None:
         }
     for name, r in results.items():
         if "failed" in r:
-            print(f"  {name:28s} ran out after {r['seconds']:.0f} s: {r['failed']}")
+            print(f"  {name:28s} stopped after {r['seconds']:.0f} s: {r['failed']}")
             continue
         peaks = ", ".join(f"{k} {v:,.0f} MiB" for k, v in r["peak_mib"].items())
         print(

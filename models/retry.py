@@ -12,6 +12,7 @@ fifth of the API's scoring cost).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import lightgbm as lgb
@@ -150,14 +151,32 @@ class RetryTimeModel(ClassifierMixin, BaseEstimator):
         improving for :attr:`early_stopping_rounds` rounds, then calibrate on them."""
         frame = as_frame(X_cal, min_samples=2)
         classes, target = _binary_target(y_cal)
-        if self.early_stopping_rounds is not None:
-            best = best_round(booster, frame, target, self.early_stopping_rounds)
-            booster = _first_rounds(booster, best)
-        self.booster_ = booster
-        self.feature_names_in_ = np.asarray(frame.columns, dtype=object)
-        self.n_features_in_ = frame.shape[1]
+        losses = round_losses(booster, frame, target) / len(frame)
+        self.finish(
+            booster, list(frame.columns), losses, lambda b: (lgbm.predict(b, frame), target)
+        )
         self.classes_ = classes
-        self._calibrate(lgbm.predict(booster, frame), target)
+        return self
+
+    def finish(
+        self,
+        booster: lgb.Booster,
+        columns: list[str],
+        losses: np.ndarray,
+        predict_later: Callable[[lgb.Booster], tuple[np.ndarray, np.ndarray]],
+    ) -> RetryTimeModel:
+        """:meth:`fit_booster` from its parts, for later rows kept elsewhere (a cluster's
+        workers): the mean log-loss of the later rows after each round (:func:`round_losses`
+        over their count), and a function giving the kept booster's raw predictions of them
+        with their outcomes (0/1)."""
+        if self.early_stopping_rounds is not None:
+            booster = _first_rounds(booster, best_round(losses, self.early_stopping_rounds))
+        raw, target = predict_later(booster)
+        self.booster_ = booster
+        self.feature_names_in_ = np.asarray(columns, dtype=object)
+        self.n_features_in_ = len(columns)
+        self.classes_ = np.array([0, 1])
+        self._calibrate(np.asarray(raw, dtype=float), np.asarray(target, dtype=float))
         return self
 
     def _calibrate(self, raw: np.ndarray, cal_y: np.ndarray) -> None:
@@ -270,20 +289,28 @@ def _first_rounds(booster: lgb.Booster, rounds: int) -> lgb.Booster:
     return lgb.Booster(model_str=booster.model_to_string(num_iteration=rounds))
 
 
-def best_round(booster: lgb.Booster, frame: pd.DataFrame, target: np.ndarray, patience: int) -> int:
-    """The round LightGBM's early stopping would keep had ``frame``, ``target`` been its
-    validation set: the first round of lowest log-loss, looking no further than ``patience``
-    rounds without improvement. Scores one tree at a time (as cheap as one full prediction).
-    """
+def round_losses(booster: lgb.Booster, frame: pd.DataFrame, target: np.ndarray) -> np.ndarray:
+    """The log-loss of rows ``frame`` with outcomes ``target`` (0/1) after each of the
+    booster's rounds, summed over the rows (so parts of the rows add up). One tree at a time:
+    as cheap as one full prediction."""
     matrix = lgbm.as_matrix(frame, booster.pandas_categorical)
     x = frame if matrix is None else matrix
     raw = np.zeros(len(frame))
-    best, best_loss = 0, np.inf
     y = np.asarray(target, dtype=float)
-    for i in range(booster.current_iteration()):
+    out = np.zeros(booster.current_iteration())
+    for i in range(len(out)):
         raw += booster.predict(x, start_iteration=i, num_iteration=1, raw_score=True)
         # log-loss from the raw score: log(1 + e^-z) for successes, log(1 + e^z) for failures
-        loss = float(np.mean(np.logaddexp(0.0, np.where(y > 0, -raw, raw))))
+        out[i] = np.logaddexp(0.0, np.where(y > 0, -raw, raw)).sum()
+    return out
+
+
+def best_round(losses: np.ndarray, patience: int) -> int:
+    """The round LightGBM's early stopping keeps, given the validation log-loss after each
+    round: the first round of lowest loss, looking no further than ``patience`` rounds
+    without improvement."""
+    best, best_loss = 0, np.inf
+    for i, loss in enumerate(losses):
         if loss < best_loss:
             best, best_loss = i + 1, loss
         elif i + 1 - best >= patience:

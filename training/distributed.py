@@ -38,7 +38,8 @@ import pyarrow.parquet as pq
 from reclaim import contract
 from reclaim.features.accounts import AccountEvents, AccountHistory
 from reclaim.features.decisions import build_decision_rows
-from reclaim.models.retry import RetryTimeModel
+from reclaim.models import lgbm
+from reclaim.models.retry import RetryTimeModel, round_losses
 from reclaim.training.data import (
     ChannelRows,
     DecisionData,
@@ -132,7 +133,7 @@ def read_partitioned(folder: Path, npartitions: int) -> dict[str, Any]:
                 )
                 missing.append(contract.ContractError(str(path), None, why))
             continue
-        ddf = dd.read_parquet(str(path))
+        ddf = dd.read_parquet(str(path), split_row_groups=True)  # a partition per row group
         part = ddf["payment_id"].map_partitions(
             partition_of, npartitions, meta=("_partition", "int64")
         )
@@ -254,6 +255,10 @@ def _counts(split: TimeSplit) -> tuple[int, int]:
     return len(split.train.payments), len(split.test.payments)
 
 
+def _field(obj: Any, field: str) -> Any:
+    return getattr(obj, field)
+
+
 def _first(pair: tuple[Any, Any]) -> Any:
     return pair[0]
 
@@ -271,9 +276,23 @@ def _before(rows: PartitionRows, threshold: np.datetime64) -> tuple[pd.DataFrame
     return rows.x[keep].reset_index(drop=True), pd.Series(rows.y[keep], name="y")
 
 
-def _from(rows: PartitionRows, threshold: np.datetime64) -> tuple[pd.DataFrame, np.ndarray]:
+def _later_losses(rows: PartitionRows, threshold: np.datetime64, booster: Any) -> np.ndarray:
+    """The summed log-loss of the partition's calibration rows after each round."""
     keep = rows.at >= threshold
-    return rows.x[keep].reset_index(drop=True), rows.y[keep]
+    if not keep.any():
+        return np.zeros(booster.current_iteration())
+    return round_losses(booster, rows.x[keep], rows.y[keep])
+
+
+def _later_raw(
+    rows: PartitionRows, threshold: np.datetime64, booster: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """The kept booster's raw predictions of the partition's calibration rows, and their
+    outcomes."""
+    keep = rows.at >= threshold
+    if not keep.any():
+        return np.zeros(0), np.zeros(0)
+    return lgbm.predict(booster, rows.x[keep]), rows.y[keep]
 
 
 def _continuation(rows: PartitionRows, model: RetryTimeModel) -> np.ndarray:
@@ -297,25 +316,24 @@ class DaskRetryRows:
 
     def fit(self, config: TrainConfig) -> RetryTimeModel:
         """Boost on the workers over the rows before the latest ``calibration_share`` (by
-        time, as in one process), then stop and calibrate on those latest rows, collected."""
+        time, as in one process), then choose the trees and calibrate on those latest rows,
+        which stay on the workers: only each round's summed log-loss and the kept model's raw
+        predictions come back."""
         import dask.dataframe as dd
         import lightgbm as lgb
 
         model = config.retry_model()
         times = np.sort(np.concatenate(self.client.gather(self.client.map(_times, self.parts))))
-        n_fit = len(times) - int(round(len(times) * config.calibration_share))
-        threshold = times[n_fit] if n_fit < len(times) else np.datetime64("9999-12-31", "us")
+        n_cal = int(round(len(times) * config.calibration_share))
+        n_fit = len(times) - n_cal
+        threshold = times[n_fit] if n_cal else np.datetime64("9999-12-31", "us")
         fit = self.client.map(_before, self.parts, threshold=threshold)
         x_meta, y_meta = self.client.submit(_before, self.parts[0], times[0]).result()
         x = dd.from_delayed(self.client.map(_first, fit), meta=x_meta.iloc[:0])
         y = dd.from_delayed(self.client.map(_second, fit), meta=y_meta.iloc[:0])
-        cal = self.client.gather(self.client.map(_from, self.parts, threshold=threshold))
-        x_cal = pd.concat([c[0] for c in cal], ignore_index=True)
-        y_cal = np.concatenate([c[1] for c in cal])
 
         params = model.lightgbm_params(n_fit)
-        threads = max(self.client.nthreads().values())
-        params["num_threads"] = threads
+        params["num_threads"] = max(self.client.nthreads().values())
         kwargs = {SKLEARN_NAMES.get(k, k): v for k, v in params.items()}
         booster = (
             lgb.DaskLGBMClassifier(client=self.client, n_estimators=model.num_boost_round, **kwargs)
@@ -323,7 +341,24 @@ class DaskRetryRows:
             .to_local()
             .booster_
         )
-        return model.fit_booster(booster, x_cal, y_cal)
+        if n_cal == 0:
+            model.early_stopping_rounds = None
+        shared = self.client.scatter(booster, broadcast=True, hash=False)
+        losses = np.sum(
+            self.client.gather(
+                self.client.map(_later_losses, self.parts, threshold=threshold, booster=shared)
+            ),
+            axis=0,
+        ) / max(n_cal, 1)
+
+        def predict_later(kept: Any) -> tuple[np.ndarray, np.ndarray]:
+            on = self.client.scatter(kept, broadcast=True, hash=False)
+            found = self.client.gather(
+                self.client.map(_later_raw, self.parts, threshold=threshold, booster=on)
+            )
+            return np.concatenate([r for r, _ in found]), np.concatenate([t for _, t in found])
+
+        return model.finish(booster, list(x_meta.columns), losses, predict_later)
 
     def continuation(self, model: RetryTimeModel) -> float:
         shared = self.client.scatter(model, broadcast=True, hash=False)
@@ -360,6 +395,7 @@ def prepare(
     events = client.gather(client.map(_events, splits))
     train_accounts = AccountHistory.from_events([e[0] for e in events])
     all_accounts = AccountHistory.from_events([e[0] for e in events] + [e[1] for e in events])
+    del events  # the driver keeps only the histories (the policy needs every account's)
     built = client.map(
         _rows,
         splits,
@@ -367,25 +403,34 @@ def prepare(
         all_accounts=client.scatter(all_accounts, broadcast=True, hash=False),
         rates=rates,
     )
-    del splits
+    del splits, train_accounts
     retry = client.map(_first, built)
-    collected: list[PartitionCollected] = client.gather(client.map(_second, built))
+    collected = client.map(_second, built)
     del built
+
+    def gathered(field: str) -> list[Any]:
+        # one field of every partition at a time: the driver never holds a field twice over
+        return client.gather(client.map(_field, collected, field=field))
+
     rows = sum(client.gather(client.map(len, client.map(_times, retry))))
-    decisions = [len(c.train_payment_ids) for c in collected]
-    test_data = [c.test_data for c in collected]
+    counts = {f: gathered(f) for f in ("train_payments", "test_payments", "randomized")}
+    train_payment_ids = gathered("train_payment_ids")
+    decisions = [len(ids) for ids in train_payment_ids]
+    train_rows = ChannelRows.concat(gathered("train_rows"), decisions)
+    test_data = gathered("test_data")
+    test_decisions = [len(d.keys) for d in test_data]
+    test_data_all = DecisionData.concat(test_data)
+    del test_data
     return Prepared(
         cutoff=cutoff,
-        observational=not any(c.randomized for c in collected),
-        train_payments=sum(c.train_payments for c in collected),
-        test_payments=sum(c.test_payments for c in collected),
+        observational=not any(counts["randomized"]),
+        train_payments=sum(counts["train_payments"]),
+        test_payments=sum(counts["test_payments"]),
         retry=DaskRetryRows(client, retry, rows),
-        train_payment_ids=pd.concat([c.train_payment_ids for c in collected], ignore_index=True),
-        train_rows=ChannelRows.concat([c.train_rows for c in collected], decisions),
-        test_rows=ChannelRows.concat(
-            [c.test_rows for c in collected], [len(d.keys) for d in test_data]
-        ),
-        test_data=DecisionData.concat(test_data),
-        test_tables=concat_tables([c.test_tables for c in collected]),
+        train_payment_ids=pd.concat(train_payment_ids, ignore_index=True),
+        train_rows=train_rows,
+        test_rows=ChannelRows.concat(gathered("test_rows"), test_decisions),
+        test_data=test_data_all,
+        test_tables=concat_tables(gathered("test_tables")),
         accounts=all_accounts,
     )

@@ -105,3 +105,27 @@ def test_csv_tables_are_refused_by_name(client, trained, tmp_path) -> None:
     tables.payments.head(5).to_csv(tmp_path / "payments.csv", index=False)
     with pytest.raises(contract.ContractProblems, match="Parquet only"):
         distributed.prepare(client, tmp_path, distributed.TrainConfig())
+
+
+def test_large_runs_sample_the_same_payments_in_one_process_and_on_dask(client, trained) -> None:
+    """Above max_channel_payments / max_evaluation_payments the channel rows and the
+    evaluation read a sample by payment: about the size asked, whole payments, and the same
+    payments on a cluster as in one process."""
+    from reclaim.training.prepared import TrainConfig, prepare
+
+    config = TrainConfig(max_channel_payments=3_000, max_evaluation_payments=1_000)
+    local = prepare(trained.data_dir, config)
+    spread = distributed.prepare(client, trained.data_dir, config, npartitions=3)
+    for found in (local, spread):
+        sampled = set(found.train_payment_ids)
+        assert 2_400 <= len(sampled) <= 3_600 < found.train_payments
+        assert len(found.train_payment_ids) == len(found.train_rows.arm)
+        assert 800 <= len(found.test_tables.payments) <= 1_200 < found.test_payments
+        assert set(found.test_data.keys["payment_id"]) == set(
+            found.test_tables.payments["payment_id"]
+        )
+    assert set(local.train_payment_ids) == set(spread.train_payment_ids)
+    assert set(local.test_tables.payments["payment_id"]) == set(
+        spread.test_tables.payments["payment_id"]
+    )
+    assert len(local.retry) == len(spread.retry)  # the retry model still reads every row
