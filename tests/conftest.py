@@ -3,7 +3,10 @@ small trained policy in its own temporary MLflow store (built only when a test a
 
 from __future__ import annotations
 
+import fcntl
 import json
+import pickle
+import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,9 +44,8 @@ class Trained:
     result: TrainResult
 
 
-@pytest.fixture(scope="session")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
-    root = tmp_path_factory.mktemp("training")
+def _train_into(root: Path) -> None:
+    """Simulate, write and train into ``root`` (``sim/``, ``mlflow.db``, ``result.pkl``)."""
     market = generate(ACCOUNTS, PAYMENTS, SEED)
     tables = rollout(market, RandomizedLogging(), seed=SEED).tables
     data_dir = root / "sim"
@@ -51,6 +53,31 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     (data_dir / "simulation.json").write_text(
         json.dumps({"accounts": ACCOUNTS, "payments": PAYMENTS, "seed": SEED})
     )
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    result = train(data_dir, uri, TrainConfig(experiment="tests"))
-    return Trained(market, data_dir, uri, result)
+    result = train(data_dir, f"sqlite:///{root / 'mlflow.db'}", TrainConfig(experiment="tests"))
+    (root / "result.pkl").write_bytes(pickle.dumps(result))
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Trained:
+    """The policy trained once for the whole run: the first test worker to ask trains it
+    into a folder all workers share (under a lock; the others wait), and each worker works
+    on its own copy of the data and the MLflow store, as if it had trained it itself (the
+    same seed gives the same run)."""
+    if worker_id == "master":  # not under xdist
+        shared = tmp_path_factory.mktemp("trained-once")
+    else:
+        shared = tmp_path_factory.getbasetemp().parent / "trained-once"
+    with open(shared.parent / "trained-once.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not (shared / "result.pkl").exists():
+                shared.mkdir(exist_ok=True)
+                _train_into(shared)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    root = tmp_path_factory.mktemp("training")
+    shutil.copytree(shared / "sim", root / "sim")
+    shutil.copy2(shared / "mlflow.db", root / "mlflow.db")
+    result = pickle.loads((shared / "result.pkl").read_bytes())
+    market = generate(ACCOUNTS, PAYMENTS, SEED)
+    return Trained(market, root / "sim", f"sqlite:///{root / 'mlflow.db'}", result)
