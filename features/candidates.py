@@ -62,7 +62,7 @@ def expand_retry_times(
     retry_at = sub.now + pd.to_timedelta(np.tile(delays_hours, n), unit="h")
     expanded = retry_features(sub, features.iloc[rows].reset_index(drop=True), retry_at)
     expanded.insert(0, "decision", rows)
-    expanded["retry_at"] = retry_at.to_numpy()
+    expanded["retry_at"] = retry_at.array  # tz-aware as it is (to_numpy() boxes every time)
     return expanded
 
 

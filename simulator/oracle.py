@@ -47,23 +47,35 @@ class Oracle(Policy):
         tz = hidden["true_timezone"]
 
         local_day = timeutil.local_times(batch.now, tz).dt.normalize()
-        candidates = [earliest]
-        for d in range(self.horizon_days + 1):
-            for hour in (10.0, 0.5):
-                candidates.append(timeutil.to_utc(local_day + pd.Timedelta(days=d, hours=hour), tz))
+        # every local candidate of every payment converted in one call (one pass per zone)
+        offsets = [
+            pd.Timedelta(days=d, hours=h) for d in range(self.horizon_days + 1) for h in (10.0, 0.5)
+        ]
+        local = pd.concat([local_day + o for o in offsets], ignore_index=True)
+        utc = timeutil.to_utc(local, pd.concat([tz] * len(offsets), ignore_index=True))
+        candidates = [earliest] + [
+            pd.Series(utc.array[k * n : (k + 1) * n], index=batch.payments.index)
+            for k in range(len(offsets))
+        ]
         failed = batch.payments["failed_at"]
         for hours in (hidden["hold_hours"], hidden["card_update_hours"]):
             finite = np.isfinite(hours.to_numpy())
             offset = pd.to_timedelta(np.where(finite, hours.to_numpy() + 0.25, 0.0), unit="h")
             candidates.append((failed + offset).where(finite, earliest))
+        candidates = [at.where(at >= earliest, earliest) for at in candidates]
 
+        # the true success chance of every candidate, in one call over the stacked candidates
         retry_number = batch.state["decision_number"].to_numpy() + 1
+        k = len(candidates)
+        stacked = pd.Series(pd.concat(candidates, ignore_index=True).array)
+        p_all = truth.retry_success_probability(
+            market, np.tile(rows, k), stacked, np.tile(retry_number, k)
+        ).reshape(k, n)
         best_p = np.full(n, -1.0)
         best_at = pd.Series(pd.NaT, index=batch.payments.index, dtype=earliest.dtype)
-        for at in candidates:
-            at = at.where(at >= earliest, earliest)
+        for at, p in zip(candidates, p_all, strict=True):
             ok = (at <= lim["window_end"]).to_numpy()
-            p = np.where(ok, truth.retry_success_probability(market, rows, at, retry_number), -1.0)
+            p = np.where(ok, p, -1.0)
             better = p > best_p + 1e-12
             best_p = np.where(better, p, best_p)
             best_at = best_at.where(~better, at)
