@@ -77,7 +77,12 @@ class ChannelUpliftModel(BaseEstimator):
         weight = np.ones(len(frame)) if propensity is None else 1.0 / np.asarray(propensity, float)
         if not np.all(np.isfinite(weight)) or np.any(weight <= 0):
             raise ValueError("propensities must be in (0, 1]")
-        params = {**DEFAULT_PARAMS, "num_leaves": 31, **(self.params or {})}
+        params = {
+            **DEFAULT_PARAMS,
+            "num_leaves": 31,
+            "num_threads": lgbm.threads(),
+            **(self.params or {}),
+        }
         self.arms_ = [self.control, *arms]
         self.boosters_: dict[str, lgb.Booster] = {}
         for name in self.arms_:

@@ -19,6 +19,8 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from reclaim.settings import get_settings
+
 
 def as_matrix(frame: pd.DataFrame, trained: list[list[Any]] | None) -> np.ndarray | None:
     """``frame`` as LightGBM would see it, or None when its categorical columns' categories
@@ -42,9 +44,15 @@ def as_matrix(frame: pd.DataFrame, trained: list[list[Any]] | None) -> np.ndarra
     return matrix
 
 
+def threads() -> int:
+    """Threads per LightGBM call (``RECLAIM_LIGHTGBM_THREADS``; 0: every core)."""
+    return get_settings().lightgbm_threads
+
+
 def predict(booster: lgb.Booster, frame: pd.DataFrame, **kwargs: Any) -> np.ndarray:
     """``booster.predict(frame, **kwargs)``, through a float matrix where that is the same."""
     matrix = as_matrix(frame, booster.pandas_categorical)
+    kwargs.setdefault("num_threads", threads())
     return booster.predict(frame if matrix is None else matrix, **kwargs)
 
 
@@ -60,7 +68,7 @@ def predict_matrix(booster: lgb.Booster, matrix: np.ndarray, **kwargs: Any) -> n
     on one thread, in process.
     """
     x = np.asarray(matrix, dtype=np.float64)
-    return booster.predict(x, num_threads=1 if len(x) < 1000 else 0, **kwargs)
+    return booster.predict(x, num_threads=1 if len(x) < 1000 else threads(), **kwargs)
 
 
 def predict_each(boosters: dict[str, lgb.Booster], frame: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -72,7 +80,7 @@ def predict_each(boosters: dict[str, lgb.Booster], frame: pd.DataFrame) -> dict[
         if key not in converted:
             converted[key] = as_matrix(frame, booster.pandas_categorical)
         matrix = converted[key]
-        out[name] = booster.predict(frame if matrix is None else matrix)
+        out[name] = booster.predict(frame if matrix is None else matrix, num_threads=threads())
     return out
 
 

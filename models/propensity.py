@@ -62,7 +62,7 @@ class ArmPropensityModel(BaseEstimator):
             self.booster_ = None
         else:
             self.booster_ = lgb.train(
-                {**PARAMS, "num_class": len(self.arms_)},
+                {**PARAMS, "num_class": len(self.arms_), "num_threads": lgbm.threads()},
                 lgb.Dataset(frame, codes.astype(float)),
                 self.num_boost_round,
             )

@@ -36,7 +36,6 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "bagging_fraction": 0.8,
     "bagging_freq": 1,
     "lambda_l2": 1.0,
-    "num_threads": 2,
     "verbose": -1,
     "seed": 0,
 }
@@ -138,7 +137,7 @@ class RetryTimeModel(ClassifierMixin, BaseEstimator):
     def lightgbm_params(self, n_fit: int) -> dict[str, Any]:
         """The booster's parameters for ``n_fit`` training rows: :attr:`params` over
         :data:`DEFAULT_PARAMS`, with smaller leaves where the rows are few."""
-        params = {**DEFAULT_PARAMS, **(self.params or {})}
+        params = {**DEFAULT_PARAMS, "num_threads": lgbm.threads(), **(self.params or {})}
         if n_fit < 2 * params["min_data_in_leaf"]:
             params["min_data_in_leaf"] = max(1, n_fit // 10)
             params["min_data_in_bin"] = 1

@@ -40,6 +40,10 @@ class Settings(BaseSettings):
     store URI. Unset: MLflow's default, ``./mlruns`` of the working directory for a local
     store."""
     log_level: str = "INFO"
+    lightgbm_threads: int = Field(default=0, ge=0)
+    """Threads per LightGBM call, training and scoring; 0: LightGBM's default, every core.
+    Where several processes share the cores (API workers, parallel test workers), set it to
+    cores / processes: LightGBM's idle threads spin, so oversubscribed cores lose time."""
 
     stripe_api_key: SecretStr | None = None
     """The platform's secret key. No default: commands that call Stripe refuse to run without

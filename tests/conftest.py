@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 import pickle
 import shutil
 import warnings
@@ -19,6 +20,11 @@ from reclaim.simulator import Marketplace, Rollout, generate, rollout
 from reclaim.training.pipeline import TrainConfig, TrainResult, train
 
 warnings.filterwarnings("error", category=FutureWarning, module="reclaim")
+
+# `make test` runs one test process per core: LightGBM's threads would spin on the cores the
+# other process needs, so each process (and what it starts) scores and trains on one thread
+if "PYTEST_XDIST_WORKER" in os.environ:
+    os.environ.setdefault("RECLAIM_LIGHTGBM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")
