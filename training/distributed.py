@@ -95,7 +95,7 @@ def connect(address: str, workers: int = 2, memory_limit: str = "4GiB") -> Any:
             memory_limit=memory_limit,
             dashboard_address=None,
         )
-    return Client(address, timeout="10s")
+    return Client(address)
 
 
 def partition_count(folder: Path, workers: int) -> int:
