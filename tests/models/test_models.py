@@ -158,3 +158,25 @@ def test_models_survive_an_mlflow_round_trip(tmp_path) -> None:
     mlflow.sklearn.save_model(channel, tmp_path / "channel", serialization_format="cloudpickle")
     again = mlflow.sklearn.load_model(str(tmp_path / "channel"))
     pd.testing.assert_frame_equal(again.predict(x), channel.predict(x))
+
+
+def test_lightgbm_threads_come_from_the_settings(monkeypatch) -> None:
+    """RECLAIM_LIGHTGBM_THREADS reaches every booster the models train; a negative count is
+    refused by name."""
+    from pydantic import ValidationError
+
+    from reclaim.settings import Settings, get_settings
+
+    x, y = _synthetic(2_000)
+    monkeypatch.setenv("RECLAIM_LIGHTGBM_THREADS", "3")
+    get_settings.cache_clear()
+    try:
+        retry = RetryTimeModel(num_boost_round=2, early_stopping_rounds=None).fit(x, y)
+        assert retry.booster_.params["num_threads"] == 3
+        arm = np.where(np.arange(len(x)) % 2 == 0, "none", "email")
+        channel = ChannelUpliftModel(num_boost_round=2).fit(x, arm, y)
+        assert {b.params["num_threads"] for b in channel.boosters_.values()} == {3}
+    finally:
+        get_settings.cache_clear()
+    with pytest.raises(ValidationError, match="lightgbm_threads"):
+        Settings(lightgbm_threads=-1)
