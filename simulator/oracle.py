@@ -67,7 +67,7 @@ class Oracle(Policy):
         # the true success chance of every candidate, in one call over the stacked candidates
         retry_number = batch.state["decision_number"].to_numpy() + 1
         k = len(candidates)
-        stacked = pd.Series(pd.concat(candidates, ignore_index=True).array)
+        stacked = pd.concat(candidates, ignore_index=True)
         p_all = truth.retry_success_probability(
             market, np.tile(rows, k), stacked, np.tile(retry_number, k)
         ).reshape(k, n)

@@ -76,7 +76,7 @@ def retry_success_probability(
     # only the columns read below: the oracle asks this ~30 times per decision batch
     p = market.payments[_RETRY_PAYMENT_COLUMNS].iloc[rows]
     h = market.hidden[_RETRY_HIDDEN_COLUMNS].iloc[rows]
-    at = pd.Series(at.to_numpy(), index=p.index)
+    at = pd.Series(at.array, index=p.index)  # to_numpy() would box every time
     hours = timeutil.hours_between(at, p["failed_at"])
     days = hours / 24.0
     local = timeutil.local_times(at, h["true_timezone"]).to_numpy(dtype="datetime64[us]")

@@ -44,22 +44,20 @@ from reclaim.training.data import (
     ChannelRows,
     DecisionData,
     TimeSplit,
-    channel_rows,
     concat_tables,
     payment_hash,
     randomized,
-    retry_rows,
-    sample_payments,
     split_cutoff,
     time_split,
 )
 from reclaim.training.prepared import (
     Prepared,
+    SplitRows,
     TrainConfig,
     continuation_factor,
     continuation_sums,
     sample_rates,
-    sampled_channel_rows,
+    split_rows,
 )
 
 log = logging.getLogger(__name__)
@@ -186,18 +184,6 @@ def _decision_rows(
 
 
 @dataclass
-class PartitionRows:
-    """One partition's rows, kept on its worker: the earlier payments' retry rows (time
-    order) and the later payments' retry rows."""
-
-    x: pd.DataFrame
-    y: np.ndarray
-    at: np.ndarray  # each retry's time, datetime64[us]
-    x_test: pd.DataFrame
-    y_test: np.ndarray
-
-
-@dataclass
 class PartitionCollected:
     """What is collected of one partition: counts, channel rows and the later decisions."""
 
@@ -227,28 +213,21 @@ def _rows(
     train_accounts: AccountHistory,
     all_accounts: AccountHistory,
     rates: tuple[float, float],
-) -> tuple[PartitionRows, PartitionCollected]:
-    """As ``training.prepared.prepare_tables`` builds them, for one partition's payments."""
-    train_data = DecisionData.build(split.train, train_accounts)
-    test_data = DecisionData.build(split.test, all_accounts)
-    x, y, at = retry_rows(split.train, train_data)
-    x_test, y_test, _ = retry_rows(split.test, test_data)
-    rows = PartitionRows(x, y, at.to_numpy(dtype="datetime64[us]"), x_test, y_test)
-    test_tables = sample_payments(split.test, rates[1])
-    if rates[1] < 1.0:
-        test_data = DecisionData.build(test_tables, all_accounts)
-    train_rows, train_payment_ids = sampled_channel_rows(split.train, train_data, rates[0])
+) -> tuple[SplitRows, PartitionCollected]:
+    """One partition's rows: the whole ``SplitRows`` stays on the worker (its retry rows are
+    read there), and what the driver collects of it."""
+    built = split_rows(split, train_accounts, all_accounts, rates)
     collected = PartitionCollected(
         train_payments=len(split.train.payments),
         test_payments=len(split.test.payments),
-        train_payment_ids=train_payment_ids,
-        train_rows=train_rows,
-        test_data=test_data,
-        test_rows=channel_rows(test_tables, test_data),
-        test_tables=test_tables,
+        train_payment_ids=built.train_payment_ids,
+        train_rows=built.train_rows,
+        test_data=built.test_data,
+        test_rows=built.test_rows,
+        test_tables=built.test_tables,
         randomized=randomized(split.train) or randomized(split.test),
     )
-    return rows, collected
+    return built, collected
 
 
 def _counts(split: TimeSplit) -> tuple[int, int]:
@@ -267,16 +246,16 @@ def _second(pair: tuple[Any, Any]) -> Any:
     return pair[1]
 
 
-def _times(rows: PartitionRows) -> np.ndarray:
+def _times(rows: SplitRows) -> np.ndarray:
     return rows.at
 
 
-def _before(rows: PartitionRows, threshold: np.datetime64) -> tuple[pd.DataFrame, pd.Series]:
+def _before(rows: SplitRows, threshold: np.datetime64) -> tuple[pd.DataFrame, pd.Series]:
     keep = rows.at < threshold
     return rows.x[keep].reset_index(drop=True), pd.Series(rows.y[keep], name="y")
 
 
-def _later_losses(rows: PartitionRows, threshold: np.datetime64, booster: Any) -> np.ndarray:
+def _later_losses(rows: SplitRows, threshold: np.datetime64, booster: Any) -> np.ndarray:
     """The summed log-loss of the partition's calibration rows after each round."""
     keep = rows.at >= threshold
     if not keep.any():
@@ -285,7 +264,7 @@ def _later_losses(rows: PartitionRows, threshold: np.datetime64, booster: Any) -
 
 
 def _later_raw(
-    rows: PartitionRows, threshold: np.datetime64, booster: Any
+    rows: SplitRows, threshold: np.datetime64, booster: Any
 ) -> tuple[np.ndarray, np.ndarray]:
     """The kept booster's raw predictions of the partition's calibration rows, and their
     outcomes."""
@@ -295,11 +274,11 @@ def _later_raw(
     return lgbm.predict(booster, rows.x[keep]), rows.y[keep]
 
 
-def _continuation(rows: PartitionRows, model: RetryTimeModel) -> np.ndarray:
+def _continuation(rows: SplitRows, model: RetryTimeModel) -> np.ndarray:
     return continuation_sums(model, rows.x)
 
 
-def _test_predictions(rows: PartitionRows, model: RetryTimeModel) -> tuple[np.ndarray, np.ndarray]:
+def _test_predictions(rows: SplitRows, model: RetryTimeModel) -> tuple[np.ndarray, np.ndarray]:
     return rows.y_test, model.predict_proba(rows.x_test)[:, 1]
 
 
@@ -308,7 +287,7 @@ class DaskRetryRows:
     """Retry rows kept on the workers, partition by partition (``training.prepared.RetryRows``)."""
 
     client: Any
-    parts: list[Any]  # futures of PartitionRows
+    parts: list[Any]  # futures of SplitRows
     rows: int
 
     def __len__(self) -> int:

@@ -21,6 +21,7 @@ from reclaim.models.retry import RetryTimeModel
 from reclaim.training.data import (
     ChannelRows,
     DecisionData,
+    TimeSplit,
     channel_rows,
     in_sample,
     randomized,
@@ -147,27 +148,67 @@ def prepare_tables(tables: contract.ContractTables, config: TrainConfig) -> Prep
     split = time_split(tables, config.test_share)
     all_accounts = AccountHistory.from_tables(tables.payments, tables.attempts)
     train_accounts = AccountHistory.from_tables(split.train.payments, split.train.attempts)
-    train_data = DecisionData.build(split.train, train_accounts)
-    test_data = DecisionData.build(split.test, all_accounts)
-    x_retry, y_retry, _ = retry_rows(split.train, train_data)
-    x_test, y_test, _ = retry_rows(split.test, test_data)
     rates = sample_rates(config, len(split.train.payments), len(split.test.payments))
-    train_rows, train_payment_ids = sampled_channel_rows(split.train, train_data, rates[0])
-    test_tables = sample_payments(split.test, rates[1])
-    if rates[1] < 1.0:
-        test_data = DecisionData.build(test_tables, all_accounts)
+    built = split_rows(split, train_accounts, all_accounts, rates)
     return Prepared(
         cutoff=split.cutoff,
         observational=not randomized(tables),
         train_payments=len(split.train.payments),
         test_payments=len(split.test.payments),
-        retry=LocalRetryRows(x_retry, y_retry, x_test, y_test),
+        retry=LocalRetryRows(built.x, built.y, built.x_test, built.y_test),
+        train_payment_ids=built.train_payment_ids,
+        train_rows=built.train_rows,
+        test_rows=built.test_rows,
+        test_data=built.test_data,
+        test_tables=built.test_tables,
+        accounts=all_accounts,
+    )
+
+
+@dataclass
+class SplitRows:
+    """Every row built from one time split (all payments, or a Dask partition's)."""
+
+    x: pd.DataFrame  # the earlier payments' retry rows, in time order
+    y: np.ndarray
+    at: np.ndarray  # each of those retries' time, datetime64[us]
+    x_test: pd.DataFrame  # the later payments' retry rows
+    y_test: np.ndarray
+    train_payment_ids: pd.Series  # the payment of each channel row
+    train_rows: ChannelRows  # sampled at the first rate
+    test_data: DecisionData  # the later decisions, sampled at the second rate
+    test_rows: ChannelRows
+    test_tables: contract.ContractTables
+
+
+def split_rows(
+    split: TimeSplit,
+    train_accounts: AccountHistory,
+    all_accounts: AccountHistory,
+    rates: tuple[float, float],
+) -> SplitRows:
+    """The retry rows of both sides of ``split`` (all of them), the earlier channel rows and
+    the later decisions (sampled at ``rates``, :func:`sample_rates`); the earlier side reads
+    ``train_accounts``, the later ``all_accounts``."""
+    train_data = DecisionData.build(split.train, train_accounts)
+    test_data = DecisionData.build(split.test, all_accounts)
+    x, y, at = retry_rows(split.train, train_data)
+    x_test, y_test, _ = retry_rows(split.test, test_data)
+    train_rows, train_payment_ids = sampled_channel_rows(split.train, train_data, rates[0])
+    test_tables = sample_payments(split.test, rates[1])
+    if rates[1] < 1.0:
+        test_data = DecisionData.build(test_tables, all_accounts)
+    return SplitRows(
+        x=x,
+        y=y,
+        at=at.to_numpy(dtype="datetime64[us]"),
+        x_test=x_test,
+        y_test=y_test,
         train_payment_ids=train_payment_ids,
         train_rows=train_rows,
-        test_rows=channel_rows(test_tables, test_data),
         test_data=test_data,
+        test_rows=channel_rows(test_tables, test_data),
         test_tables=test_tables,
-        accounts=all_accounts,
     )
 
 
