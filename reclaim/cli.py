@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import pandas as pd
 import typer
@@ -46,7 +46,7 @@ def main(
     """Reclaim's commands. Settings come from RECLAIM_* environment variables or .env."""
     level = logging.DEBUG if verbose else getattr(logging, get_settings().log_level.upper())
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    for chatty in ("httpx", "stripe", "alembic"):  # a line per request, or per migration step
+    for chatty in ("httpx", "stripe", "alembic", "distributed"):  # a line per request, step, worker
         logging.getLogger(chatty).setLevel(max(level, logging.WARNING))
 
 
@@ -75,6 +75,35 @@ def _rollout_task(progress: Progress, total: int) -> Callable[[str], Callable[[i
         return on_step
 
     return for_policy
+
+
+DaskWorkers = Annotated[
+    int, typer.Option(min=1, help="Worker processes of --dask local (one thread each).")
+]
+DaskMemory = Annotated[
+    str, typer.Option(help="Memory limit per worker of --dask local (Dask's own units).")
+]
+DaskRollouts = Annotated[
+    str | None,
+    typer.Option(
+        help="Spread the rollouts over a Dask cluster (same results for the same seed): a "
+        "scheduler's address (tcp://host:8786), or 'local' for a LocalCluster on this machine."
+    ),
+]
+
+
+def _dask_client(address: str | None, workers: int, memory: str) -> Any | None:
+    """A ``distributed.Client`` for ``--dask ADDRESS`` (None without it); exit 1 if the
+    cluster cannot be reached or started."""
+    if address is None:
+        return None
+    from reclaim.cluster import connect
+
+    try:
+        return connect(address, workers, memory)
+    except (OSError, ValueError) as exc:
+        console.print(f"[red]cannot reach Dask at {address}:[/red] {exc}", highlight=False)
+        raise typer.Exit(code=1) from exc
 
 
 def _money(value: float) -> str:
@@ -118,6 +147,9 @@ def simulate(
     evaluate: Annotated[
         bool, typer.Option("--evaluate", help="Also compare the reference policies.")
     ] = False,
+    dask: DaskRollouts = None,
+    dask_workers: DaskWorkers = 2,
+    dask_memory: DaskMemory = "4GiB",
 ) -> None:
     """Simulate a marketplace's failed payments and write their history as contract tables.
 
@@ -127,41 +159,36 @@ def simulate(
     confidence intervals.
     """
     from reclaim.reference import RandomizedLogging
-    from reclaim.simulator import compare, generate, reference_policies, rollout
+    from reclaim.simulator import compare, generate, reference_policies
 
     out = out or get_settings().data_dir / "sim"
     with console.status(f"Drawing {payments:,} failed payments over {accounts:,} accounts…"):
         market = generate(accounts, payments, seed)
-    with _progress() as progress:
-        history = rollout(
-            market,
-            RandomizedLogging(),
-            seed=seed,
-            on_step=_rollout_task(progress, payments)("logging history"),
+    client = _dask_client(dask, dask_workers, dask_memory)
+    with client or nullcontext():
+        with _progress() as progress:
+            logging_policy = {"logging history": RandomizedLogging()}
+            _, rollouts = compare(
+                market, logging_policy, seed, _rollout_task(progress, payments), client
+            )
+        t = rollouts["logging history"].tables
+        contract.write_tables(t, out)
+        # Lets `reclaim evaluate --simulator` re-create this marketplace later.
+        (out / "simulation.json").write_text(
+            json.dumps({"accounts": accounts, "payments": payments, "seed": seed})
         )
-    contract.write_tables(history.tables, out)
-    # Lets `reclaim evaluate --simulator` re-create this marketplace later.
-    (out / "simulation.json").write_text(
-        json.dumps({"accounts": accounts, "payments": payments, "seed": seed})
-    )
-    t = history.tables
-    console.print(
-        f"Wrote {len(t.payments):,} payments, {len(t.attempts):,} attempts, "
-        f"{len(t.messages):,} messages and {len(t.decisions):,} decisions to {out}/"
-    )
-    if evaluate:
+        console.print(
+            f"Wrote {len(t.payments):,} payments, {len(t.attempts):,} attempts, "
+            f"{len(t.messages):,} messages and {len(t.decisions):,} decisions to {out}/"
+        )
+        if not evaluate:
+            return
         with _progress() as progress:
             table, _ = compare(
-                market,
-                reference_policies(market),
-                seed=seed,
-                on_policy=_rollout_task(progress, payments),
+                market, reference_policies(market), seed, _rollout_task(progress, payments), client
             )
-        console.print(
-            _policy_table(
-                table, f"Reference policies on {payments:,} simulated failed payments (seed {seed})"
-            )
-        )
+    title = f"Reference policies on {payments:,} simulated failed payments (seed {seed})"
+    console.print(_policy_table(table, title))
 
 
 @app.command()
@@ -201,12 +228,8 @@ def train(
             "machine. Reads Parquet tables only.",
         ),
     ] = None,
-    dask_workers: Annotated[
-        int, typer.Option(min=1, help="Worker processes of --dask local (one thread each).")
-    ] = 2,
-    dask_memory: Annotated[
-        str, typer.Option(help="Memory limit per worker of --dask local (Dask's own units).")
-    ] = "4GiB",
+    dask_workers: DaskWorkers = 2,
+    dask_memory: DaskMemory = "4GiB",
 ) -> None:
     """Train the retry-time and channel models, evaluate them on a later time split, log
     everything to MLflow and register the policy as reclaim-policy."""
@@ -216,15 +239,7 @@ def train(
     settings = get_settings()
     uri = tracking_uri or settings.mlflow_tracking_uri
     config = TrainConfig(exploration=exploration, test_share=test_share, experiment=experiment)
-    client = None
-    if dask is not None:
-        from reclaim.training.distributed import connect
-
-        try:
-            client = connect(dask, dask_workers, dask_memory)
-        except (OSError, ValueError) as exc:
-            console.print(f"[red]cannot reach Dask at {dask}:[/red] {exc}", highlight=False)
-            raise typer.Exit(code=1) from exc
+    client = _dask_client(dask, dask_workers, dask_memory)
     with _progress() as progress, client or nullcontext():
         task = progress.add_task("training", total=len(STAGES))
 
@@ -309,6 +324,9 @@ def evaluate(
     tracking_uri: Annotated[
         str | None, typer.Option(help="MLflow tracking URI. Default: RECLAIM_MLFLOW_TRACKING_URI.")
     ] = None,
+    dask: DaskRollouts = None,
+    dask_workers: DaskWorkers = 2,
+    dask_memory: DaskMemory = "4GiB",
 ) -> None:
     """Evaluate a registered policy: against the simulator's truth (--simulator), or off-policy
     on a platform's own history with the reference policies and a candidate (--data)."""
@@ -316,15 +334,19 @@ def evaluate(
     if simulator == (data is not None):
         console.print("[red]error:[/red] give exactly one of --simulator and --data DIR")
         raise typer.Exit(code=2)
+    if dask is not None and not simulator:
+        console.print("[red]error:[/red] --dask spreads --simulator's rollouts only")
+        raise typer.Exit(code=2)
     if data is not None:
         _evaluate_on_data(data, model, candidate, uri, test_share, min_ess)
         return
     from reclaim.training.evaluate import evaluate_in_simulator
 
+    client = _dask_client(dask, dask_workers, dask_memory)
     try:
-        with _progress() as progress:
+        with _progress() as progress, client or nullcontext():
             table, run_id = evaluate_in_simulator(
-                model, uri, payments, seed, on_policy=_rollout_task(progress, payments)
+                model, uri, payments, seed, _rollout_task(progress, payments), client
             )
     except ValueError as exc:
         console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)

@@ -361,17 +361,18 @@ class DecisionRandom:
 
     So the same decision asked twice gets the same answer, exploration included, whatever
     else is decided with it (alone, in a scheduler's batch, or merged with other clients'
-    requests by the API's batcher). Draws come from SHA-512 of ``"{payment}@{time}#{block}"``,
-    eight 53-bit uniforms per block.
+    requests by the API's batcher). Draws come from SHA-512 of
+    ``"{stream}{payment}@{time}#{block}"``, eight 53-bit uniforms per block; ``stream`` (empty
+    when serving) gives a simulator's rollout with another seed its own draws.
     """
 
     _PER_BLOCK = 8
 
-    def __init__(self, payment_ids: Sequence[str], decided_at: Sequence[Any]):
+    def __init__(self, payment_ids: Sequence[str], decided_at: Sequence[Any], stream: str = ""):
         if len(payment_ids) != len(decided_at):
             raise ValueError(f"{len(payment_ids)} payment ids but {len(decided_at)} decision times")
         self._keys = [
-            f"{p}@{pd.Timestamp(t).isoformat()}"
+            f"{stream}{p}@{pd.Timestamp(t).isoformat()}"
             for p, t in zip(payment_ids, decided_at, strict=True)
         ]
         self._drawn = 0

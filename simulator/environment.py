@@ -8,19 +8,22 @@ customer paid or cancelled first. A payment with no retry left to try waits for 
 customer until the recovery window closes.
 
 Randomness: the world draws from the marketplace's fixed noise (per payment and per decision
-number), the policy from its own generator, so two policies meet identical luck.
+number), so two policies meet identical luck; the policy draws per decision
+(:class:`~reclaim.policy.DecisionRandom` with the rollout's seed as its stream), so a payment's
+rollout does not depend on which other payments are rolled out with it and the payments can be
+split across processes (``simulator.distributed``) with the same result.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from reclaim import contract, rules, vocab
-from reclaim.policy import ActionBatch, DecisionBatch, Policy
+from reclaim.policy import ActionBatch, DecisionBatch, DecisionRandom, Policy
 from reclaim.simulator import truth
 from reclaim.simulator.marketplace import Marketplace
 
@@ -55,6 +58,29 @@ class Rollout:
     policy: str
     tables: contract.ContractTables
     outcomes: pd.DataFrame
+
+    @classmethod
+    def concat(cls, parts: Sequence[Rollout]) -> Rollout:
+        """One rollout from the rollouts of consecutive slices of a marketplace's payments
+        (``Marketplace.subset`` of consecutive positions, in order): the same rows in the
+        same order as one rollout of the whole marketplace gives."""
+        if not parts:
+            raise ValueError("no rollouts to join")
+        tables = [p.tables for p in parts]
+        decisions = contract.concat([t.decisions for t in tables], contract.DECISIONS)
+        # one rollout logs its decisions step by step, each step in payment order
+        step = decisions["decision_number"].to_numpy()
+        decisions = decisions.iloc[np.argsort(step, kind="stable")].reset_index(drop=True)
+        return cls(
+            parts[0].policy,
+            contract.ContractTables(
+                payments=pd.concat([t.payments for t in tables], ignore_index=True),
+                attempts=contract.concat([t.attempts for t in tables], contract.ATTEMPTS),
+                messages=contract.concat([t.messages for t in tables], contract.MESSAGES),
+                decisions=decisions,
+            ),
+            pd.concat([p.outcomes for p in parts], ignore_index=True),
+        )
 
 
 def _attempt_rows(
@@ -110,7 +136,8 @@ def rollout(
     Parameters
     ----------
     seed
-        Seeds the policy's own randomness (exploration), not the world's.
+        Seeds the policy's own randomness (exploration), not the world's: each decision's
+        draws depend on the seed, its payment and its time only.
     network_rules
         Hard limits; the marketplace config's by default.
     on_step
@@ -120,7 +147,6 @@ def rollout(
     limits = network_rules or cfg.rules
     pay = market.payments
     n = len(pay)
-    policy_rng = np.random.default_rng([seed, 7919])
     failed_ns = pay["failed_at"].to_numpy(dtype="datetime64[us]")
     window_end = failed_ns + np.timedelta64(int(limits.window_days * 86400e6), "us")
     never = np.datetime64("NaT", "us")
@@ -166,7 +192,8 @@ def rollout(
             messages_so_far,
             pd.Series(pd.DatetimeIndex(now[rows]).tz_localize("UTC")),
         )
-        raw: ActionBatch = policy.act(batch, policy_rng)
+        draws = DecisionRandom(batch.payments["payment_id"], batch.now, stream=f"rollout {seed}/")
+        raw: ActionBatch = policy.act(batch, draws)
         if len(raw) != len(rows):
             raise ValueError(
                 f"policy {policy.name!r} returned {len(raw)} actions for {len(rows)} rows"

@@ -8,6 +8,7 @@ numbers), so differences between rows come from the policies, not from luck.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -78,18 +79,38 @@ def compare(
     policies: Mapping[str, Policy],
     seed: int = 0,
     on_policy: Callable[[str], Callable[[int, int], None] | None] | None = None,
+    client: Any | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Rollout]]:
     """Roll each policy out on ``market`` and tabulate :func:`summarize` per policy.
 
+    ``on_policy(name)`` gives a policy's ``on_step(decision_number, active_payments)``
+    callback. With ``client`` (a ``distributed.Client``) the rollouts run on its cluster
+    (``simulator.distributed``, the same result), and ``on_step`` is called as slices of
+    payments settle, with decision number -1.
+
     Returns the table (one row per policy, in the order given) and the rollouts.
     """
-    rollouts: dict[str, Rollout] = {}
-    rows = []
-    for name, policy in policies.items():
-        result = rollout(market, policy, seed=seed, on_step=on_policy(name) if on_policy else None)
-        rollouts[name] = result
-        rows.append({"policy": name, **summarize(result.outcomes)})
-    return pd.DataFrame(rows).set_index("policy"), rollouts
+    steps = {name: on_policy(name) if on_policy else None for name in policies}
+    if client is not None:
+        from reclaim.simulator.distributed import rollout_on
+
+        active = dict.fromkeys(policies, len(market))
+
+        def on_done(name: str, payments: int) -> None:
+            active[name] -= payments
+            if (on_step := steps[name]) is not None:
+                on_step(-1, active[name])
+
+        rollouts = rollout_on(client, market, policies, seed, on_done=on_done)
+    else:
+        rollouts = {
+            name: rollout(market, policy, seed=seed, on_step=steps[name])
+            for name, policy in policies.items()
+        }
+    table = pd.DataFrame(
+        [{"policy": name, **summarize(rollouts[name].outcomes)} for name in policies]
+    )
+    return table.set_index("policy"), rollouts
 
 
 def reference_policies(market: Marketplace) -> dict[str, Policy]:

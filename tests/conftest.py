@@ -87,3 +87,16 @@ def trained(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Trained
     result = pickle.loads((shared / "result.pkl").read_bytes())
     market = generate(ACCOUNTS, PAYMENTS, SEED)
     return Trained(market, root / "sim", f"sqlite:///{root / 'mlflow.db'}", result)
+
+
+@pytest.fixture(scope="module")
+def dask_client():
+    """A ``distributed.Client`` of a two-worker LocalCluster (one thread each), for a module."""
+    distributed = pytest.importorskip("distributed")
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        yield client

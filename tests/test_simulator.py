@@ -164,3 +164,26 @@ def test_every_parameter_has_a_source_and_is_documented() -> None:
 def test_generate_rejects_empty_marketplaces() -> None:
     with pytest.raises(ValueError, match="at least one account and one payment"):
         generate(0, 10, seed=1)
+
+
+def test_slices_rolled_out_apart_join_into_the_same_rollout() -> None:
+    """A payment's rollout depends on its own draws only, so slices of a marketplace rolled
+    out apart (as on Dask) join into the whole marketplace's rollout, row for row; another
+    seed draws another exploration."""
+    from reclaim.simulator import Oracle
+    from reclaim.simulator.distributed import slices
+
+    market = generate(12, 900, seed=9)
+    for make in (lambda m: RandomizedLogging(), Oracle):
+        whole = rollout(market, make(market), seed=9)
+        parts = [rollout(market.subset(s), make(market.subset(s)), seed=9) for s in slices(900, 4)]
+        joined = Rollout.concat(parts)
+        for name in ("payments", "attempts", "messages", "decisions"):
+            pd.testing.assert_frame_equal(
+                getattr(joined.tables, name), getattr(whole.tables, name), check_exact=True
+            )
+        pd.testing.assert_frame_equal(joined.outcomes, whole.outcomes, check_exact=True)
+    other = rollout(market, RandomizedLogging(), seed=10).tables.decisions
+    first = rollout(market, RandomizedLogging(), seed=9).tables.decisions
+    assert not other["retry_at"].equals(first["retry_at"])
+    assert [len(s) for s in slices(10, 4)] == [3, 3, 2, 2] and len(slices(3, 8)) == 3

@@ -36,6 +36,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from reclaim import contract
+from reclaim.cluster import worker_count
 from reclaim.features.accounts import AccountEvents, AccountHistory
 from reclaim.features.decisions import build_decision_rows
 from reclaim.models import lgbm
@@ -77,23 +78,6 @@ SKLEARN_NAMES = {
     "seed": "random_state",
     "num_threads": "n_jobs",
 }
-
-
-def connect(address: str, workers: int = 2, memory_limit: str = "4GiB") -> Any:
-    """A ``distributed.Client``: of the scheduler at ``address``, or, for ``local``, of a new
-    ``LocalCluster`` of ``workers`` processes with one thread and ``memory_limit`` each."""
-    from distributed import Client
-
-    logging.getLogger("distributed.shuffle").setLevel(logging.ERROR)  # a note per shuffle
-    if address == "local":  # the client owns this cluster: closing it stops the workers
-        return Client(
-            n_workers=workers,
-            threads_per_worker=1,
-            processes=True,
-            memory_limit=memory_limit,
-            dashboard_address=None,
-        )
-    return Client(address)
 
 
 def partition_count(folder: Path, workers: int) -> int:
@@ -360,8 +344,7 @@ def prepare(
     """:func:`training.prepared.prepare` on the cluster of ``client``: the same rows, built per
     payment partition; the retry rows stay on the workers."""
     stage = on_stage or (lambda name: log.info(name))
-    workers = len(client.scheduler_info()["workers"])
-    n = npartitions or partition_count(folder, workers)
+    n = npartitions or partition_count(folder, worker_count(client))
     parts = partitions(client, folder, n)
     failed = client.gather(client.map(lambda t: t.payments["failed_at"], parts))
     cutoff = split_cutoff(pd.concat(failed, ignore_index=True), config.test_share)

@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 
+from reclaim.cluster import worker_count
 from reclaim.simulator import (
     Marketplace,
     compare,
@@ -45,9 +46,11 @@ def evaluate_in_simulator(
     n_payments: int = 50_000,
     seed: int = 1,
     on_policy: Callable[[str], Callable[[int, int], None] | None] | None = None,
+    client: Any | None = None,
 ) -> tuple[pd.DataFrame, str]:
-    """Roll the model and the reference policies out on fresh payments; log and return the
-    table (one row per policy, see ``simulator.evaluation.summarize``) and the run id."""
+    """Roll the model and the reference policies out on fresh payments (on the Dask cluster
+    of ``client`` if given, with the same result); log and return the table (one row per
+    policy, see ``simulator.evaluation.summarize``) and the run id."""
     import mlflow
     from mlflow import MlflowClient
 
@@ -58,7 +61,7 @@ def evaluate_in_simulator(
     fresh = fresh_payments(market, n_payments, seed)
     policies = reference_policies(fresh)
     policies["learned"] = policy
-    table, _ = compare(fresh, policies, seed=seed, on_policy=on_policy)
+    table, _ = compare(fresh, policies, seed, on_policy, client)
     fixed, oracle = table.loc["fixed_schedule", "net_usd"], table.loc["oracle", "net_usd"]
     gap = (table.loc["learned", "net_usd"] - fixed) / (oracle - fixed)
 
@@ -70,6 +73,7 @@ def evaluate_in_simulator(
                 "payments": n_payments,
                 "seed": seed,
                 "model_run_id": model.metadata.run_id,
+                "dask_workers": worker_count(client) if client is not None else 0,
             }
         )
         for name, row in table.iterrows():

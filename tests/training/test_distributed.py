@@ -21,18 +21,6 @@ from reclaim.training import distributed
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def client():
-    distributed_ = pytest.importorskip("distributed")
-    with (
-        distributed_.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
-        ) as cluster,
-        distributed_.Client(cluster) as c,
-    ):
-        yield c
-
-
 def _in_key_order(keys: pd.DataFrame, features: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     order = np.lexsort(
         (keys["decision_number"].to_numpy(), keys["payment_id"].astype(str).to_numpy())
@@ -40,9 +28,9 @@ def _in_key_order(keys: pd.DataFrame, features: pd.DataFrame) -> tuple[pd.DataFr
     return keys.iloc[order].reset_index(drop=True), features.iloc[order].reset_index(drop=True)
 
 
-def test_decision_rows_equal_the_single_process_rows(client, trained) -> None:
+def test_decision_rows_equal_the_single_process_rows(dask_client, trained) -> None:
     """One definition per feature: every row, every column, exactly."""
-    keys, features = distributed.decision_rows(client, trained.data_dir, 5)
+    keys, features = distributed.decision_rows(dask_client, trained.data_dir, 5)
     local_keys, local_features = build_decision_rows(contract.read_tables(trained.data_dir))
     keys, features = _in_key_order(keys, features)
     local_keys, local_features = _in_key_order(local_keys, local_features)
@@ -51,8 +39,8 @@ def test_decision_rows_equal_the_single_process_rows(client, trained) -> None:
     pd.testing.assert_frame_equal(features, local_features, check_exact=True)
 
 
-def test_each_payment_lives_in_one_partition(client, trained) -> None:
-    tables = client.gather(distributed.partitions(client, trained.data_dir, 3))
+def test_each_payment_lives_in_one_partition(dask_client, trained) -> None:
+    tables = dask_client.gather(distributed.partitions(dask_client, trained.data_dir, 3))
     ids = [set(t.payments["payment_id"]) for t in tables]
     assert all(ids), "every partition holds payments"
     assert sum(map(len, ids)) == len(set().union(*ids)), "no payment in two partitions"
@@ -64,7 +52,7 @@ def test_each_payment_lives_in_one_partition(client, trained) -> None:
     assert sum(len(t.attempts) for t in tables) == len(whole.attempts)
 
 
-def test_train_on_dask_matches_the_single_process_model(client, trained, tmp_path) -> None:
+def test_train_on_dask_matches_the_single_process_model(dask_client, trained, tmp_path) -> None:
     """`reclaim train --dask <scheduler>` on the same tables: the same split and rows, and a
     retry model whose held-out AUC is within 0.005 of the single-process one's."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -78,7 +66,7 @@ def test_train_on_dask_matches_the_single_process_model(client, trained, tmp_pat
             "--tracking-uri",
             uri,
             "--dask",
-            client.scheduler.address,
+            dask_client.scheduler.address,
         ],
         capture_output=True,
         text=True,
@@ -100,14 +88,16 @@ def test_train_on_dask_matches_the_single_process_model(client, trained, tmp_pat
     assert metrics["ope_dr_lo"] <= metrics["ope_dr"] <= metrics["ope_dr_hi"]
 
 
-def test_csv_tables_are_refused_by_name(client, trained, tmp_path) -> None:
+def test_csv_tables_are_refused_by_name(dask_client, trained, tmp_path) -> None:
     tables = contract.read_tables(trained.data_dir)
     tables.payments.head(5).to_csv(tmp_path / "payments.csv", index=False)
     with pytest.raises(contract.ContractProblems, match="Parquet only"):
-        distributed.prepare(client, tmp_path, distributed.TrainConfig())
+        distributed.prepare(dask_client, tmp_path, distributed.TrainConfig())
 
 
-def test_large_runs_sample_the_same_payments_in_one_process_and_on_dask(client, trained) -> None:
+def test_large_runs_sample_the_same_payments_in_one_process_and_on_dask(
+    dask_client, trained
+) -> None:
     """Above max_channel_payments / max_evaluation_payments the channel rows and the
     evaluation read a sample by payment: about the size asked, whole payments, and the same
     payments on a cluster as in one process."""
@@ -115,7 +105,7 @@ def test_large_runs_sample_the_same_payments_in_one_process_and_on_dask(client, 
 
     config = TrainConfig(max_channel_payments=3_000, max_evaluation_payments=1_000)
     local = prepare(trained.data_dir, config)
-    spread = distributed.prepare(client, trained.data_dir, config, npartitions=3)
+    spread = distributed.prepare(dask_client, trained.data_dir, config, npartitions=3)
     for found in (local, spread):
         sampled = set(found.train_payment_ids)
         assert 2_400 <= len(sampled) <= 3_600 < found.train_payments
