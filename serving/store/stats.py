@@ -1,16 +1,25 @@
-"""Recovery statistics computed in the database: what the ``/v1/stats`` API serves.
+"""Recovery statistics computed in the database: what the ``/v1/stats`` API and the dashboard
+serve.
 
 Each query aggregates in SQL (SQLite and PostgreSQL alike) over the failed payments of a
-period — by the time of their first failure — and whether each was recovered (a succeeded
-attempt). Money is summed per currency in minor units, exactly, and converted to major units
-only on the way out; it is never summed across currencies. ``accounts`` restricts every query
-to the connected accounts a scoped key may see (None: all).
+period — by the time of their first failure — and whether each was recovered. Money is summed
+per currency in minor units, exactly, and converted to major units only on the way out; it is
+never summed across currencies. ``accounts`` restricts every query to the connected accounts a
+scoped key may see (None: all).
+
+Platform-wide queries read rollups that database triggers keep as payments and attempts are
+stored (migration 0007): per UTC day and currency (``stats_days``), per month, account and
+currency (``stats_account_months``) and per day and breakdown group (``stats_groups``). A
+period's whole days (or months) come from the rollups and its partial days at either end from
+the payments themselves, so any period is exact. A scoped key's queries read its accounts'
+payments through their index, which is fast without rollups. Each payment carries its own
+``recovered`` flag and ``merchant_retries`` count, kept by the same triggers.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -23,47 +32,65 @@ from reclaim.serving.store import tables as t
 #: Columns the accounts table may be sorted by.
 ACCOUNT_SORTS = ("failed", "recovered", "recovery_rate", "recovered_amount", "account_id")
 
+Span = tuple[datetime, datetime]
+
+
+def _utc(at: datetime) -> datetime:
+    return at.astimezone(UTC) if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+def _next_month(at: datetime) -> datetime:
+    return (at.replace(day=28) + timedelta(days=4)).replace(day=1)
+
+
+def split_period(
+    start: datetime, end: datetime, unit: str
+) -> tuple[tuple[str, str] | None, list[Span]]:
+    """``[start, end)`` as the whole UTC days (``unit`` ``day``) or months (``month``) a
+    rollup holds — their keys ``[first, last)`` as the rollup writes them (``YYYY-MM-DD`` or
+    ``YYYY-MM``), None if there is none — and the partial spans before and after them."""
+    start, end = _utc(start), _utc(end)
+    midnight = start.replace(hour=0, minute=0, second=0, microsecond=0)
+    if unit == "day":
+        first = midnight if midnight == start else midnight + timedelta(days=1)
+        last = end.replace(hour=0, minute=0, second=0, microsecond=0)
+        fmt = "%Y-%m-%d"
+    else:
+        first = midnight.replace(day=1)
+        first = first if first == start else _next_month(first)
+        last = end.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        fmt = "%Y-%m"
+    if first >= last:
+        return None, [(start, end)] if start < end else []
+    edges = [(a, b) for a, b in ((start, first), (last, end)) if a < b]
+    return (first.strftime(fmt), last.strftime(fmt)), edges
+
 
 def _failed(
-    start: datetime,
-    end: datetime,
+    spans: list[Span],
     accounts: Collection[str] | None,
     search: str | None = None,
 ) -> sa.Subquery:
-    """The failed payments of ``[start, end)`` (within ``accounts``; account ids containing
-    ``search``) with ``won``: 1 where a succeeded attempt exists.
-
-    For a few accounts, a correlated EXISTS on the attempts' payment index reads only their
-    attempts (≈100× faster for one account of 500); for the whole platform, one pass over the
-    succeeded attempts joined to the payments is the faster plan on both databases.
-    """
-    p, a = t.payments.c, t.attempts.c
+    """The failed payments of the ``spans`` (within ``accounts``; account ids containing
+    ``search``) with ``won`` (1 if recovered) and ``retries`` (merchant retries made)."""
+    p = t.payments.c
     columns = [p.payment_id, p.account_id, p.currency, p.amount, p.application_fee_amount,
                p.failed_at, p.decline_code, p.charge_model, p.card_brand,
-               p.failed_local_hour.label("local_hour")]  # fmt: skip
-    if accounts is None and not search:
-        ok = (
-            sa.select(a.payment_id.label("payment_id"))
-            .where(a.outcome == "succeeded")
-            .group_by(a.payment_id)
-            .subquery("ok")
-        )
-        won: Any = ok.c.payment_id.is_not(None)
-        source: Any = t.payments.outerjoin(ok, ok.c.payment_id == p.payment_id)
-    else:
-        won = sa.exists().where(a.payment_id == p.payment_id, a.outcome == "succeeded")
-        source = t.payments
-    query = (
-        sa.select(*columns, sa.case((won, 1), else_=0).label("won"))
-        .select_from(source)
-        .where(p.failed_at >= start, p.failed_at < end)
-    )
+               p.failed_local_hour.label("local_hour"), p.recovered.label("won"),
+               p.merchant_retries.label("retries")]  # fmt: skip
+    within = [sa.and_(p.failed_at >= a, p.failed_at < b) for a, b in spans]
+    query = sa.select(*columns).where(sa.or_(*within) if within else sa.false())
+    return _visible(query, p.account_id, accounts, search).subquery("fp")
+
+
+def _visible(query: Any, account: Any, accounts: Collection[str] | None, search: str | None) -> Any:
+    """``query`` restricted to ``accounts`` and to account ids containing ``search``."""
     if accounts is not None:
-        query = query.where(p.account_id.in_(sorted(accounts)))
+        query = query.where(account.in_(sorted(accounts)))
     if search:
         escaped = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        query = query.where(p.account_id.like(f"%{escaped}%", escape="\\"))
-    return query.subquery("fp")
+        query = query.where(account.like(f"%{escaped}%", escape="\\"))
+    return query
 
 
 def _totals(fp: sa.Subquery) -> list[Any]:
@@ -76,6 +103,21 @@ def _totals(fp: sa.Subquery) -> list[Any]:
             sa.func.sum(fp.c.won * sa.func.coalesce(fp.c.application_fee_amount, 0)), 0
         ).label("fee"),
     ]
+
+
+def _summed(parts: list[Any], keys: list[str], counts: tuple[str, ...]) -> Any:
+    """The rows of ``parts`` (selects of the same columns: a rollup's and the payments') summed
+    per ``keys``; groups with no failed payment left out (a rollup keeps zero rows)."""
+    both = (sa.union_all(*parts) if len(parts) > 1 else parts[0]).subquery("parts")
+    sums = [sa.func.sum(both.c[name]).label(name) for name in counts]
+    return (
+        sa.select(*[both.c[k] for k in keys], *sums)
+        .group_by(*[both.c[k] for k in keys])
+        .having(sa.func.sum(both.c.failed) > 0)
+    )
+
+
+_MONEY = ("failed", "recovered", "amount", "fee")
 
 
 def _row(currency: str, failed: int, recovered: int, amount: int, fee: int) -> dict[str, Any]:
@@ -97,6 +139,30 @@ def _day(engine: Engine, column: Any) -> Any:
     return sa.func.strftime("%Y-%m-%d", column)
 
 
+def _daily(
+    engine: Engine, start: datetime, end: datetime, accounts: Collection[str] | None, period: int
+) -> list[Any]:
+    """Selects of ``(period, day, currency, failed, recovered, amount, fee)`` covering
+    ``[start, end)``: the whole days from ``stats_days`` (platform-wide only), the rest from
+    the payments."""
+    whole, spans = split_period(start, end, "day") if accounts is None else (None, [(start, end)])
+    mark = sa.literal_column(str(period)).label("period")
+    parts: list[Any] = []
+    if whole is not None:
+        d = t.stats_days.c
+        parts.append(
+            sa.select(mark, d.day, d.currency, *[d[c] for c in _MONEY]).where(
+                d.day >= whole[0], d.day < whole[1]
+            )
+        )
+    fp = _failed(spans, accounts)
+    day = _day(engine, fp.c.failed_at)
+    parts.append(
+        sa.select(mark, day.label("day"), fp.c.currency, *_totals(fp)).group_by(day, fp.c.currency)
+    )
+    return parts
+
+
 def overview(
     engine: Engine,
     start: datetime,
@@ -114,27 +180,23 @@ def overview(
     One query over both periods, each payment counted in the period of its first failure
     (exact even where a period does not start at midnight).
     """
-    fp = _failed(start - (end - start), end, accounts)
-    current = sa.case((fp.c.failed_at >= start, 1), else_=0).label("current")
-    day = _day(engine, fp.c.failed_at).label("day")
-    daily = (
-        sa.select(current, day, fp.c.currency, *_totals(fp))
-        .group_by(current, day, fp.c.currency)
-        .order_by(current, day, fp.c.currency)
+    parts = _daily(engine, start - (end - start), start, accounts, 0) + _daily(
+        engine, start, end, accounts, 1
     )
+    daily = _summed(parts, ["period", "day", "currency"], _MONEY)
     with engine.connect() as conn:
         rows = conn.execute(daily).all()
     # a period's totals are its days' totals: exact integers, summed within each currency
     totals: dict[int, dict[str, list[int]]] = {0: {}, 1: {}}
     days: dict[int, list[dict[str, Any]]] = {0: [], 1: []}
-    for which, d, cur, *counts in rows:
-        total = totals[which].setdefault(cur, [0, 0, 0, 0])
+    for which, d, cur, *counts in sorted(rows, key=lambda r: (int(r[0]), str(r[1]), r[2])):
+        total = totals[int(which)].setdefault(cur, [0, 0, 0, 0])
         for k, v in enumerate(counts):
             total[k] += int(v)
         failed, recovered, amount, _ = counts
-        days[which].append({"day": str(d), "currency": cur, "failed": int(failed),
-                            "recovered": int(recovered),
-                            "recovered_amount": major(amount, cur)})  # fmt: skip
+        days[int(which)].append({"day": str(d), "currency": cur, "failed": int(failed),
+                                 "recovered": int(recovered),
+                                 "recovered_amount": major(int(amount), cur)})  # fmt: skip
     return {
         "currencies": [_row(cur, *totals[1][cur]) for cur in sorted(totals[1])],
         "previous": [_row(cur, *totals[0][cur]) for cur in sorted(totals[0])],
@@ -156,15 +218,25 @@ def account_rows(
 ) -> tuple[list[dict[str, Any]], int]:
     """One row per connected account and currency of ``[start, end)``, sorted and paged in
     the database; with the number of rows in all pages. ``search`` matches account ids by
-    substring."""
+    substring. Whole months come from ``stats_account_months``, the rest from the payments."""
     if sort not in ACCOUNT_SORTS:
         raise ValueError(f"sort must be one of {ACCOUNT_SORTS}, got {sort!r}")
-    fp = _failed(start, end, accounts, search)
-    table = (
-        sa.select(fp.c.account_id, fp.c.currency, *_totals(fp))
-        .group_by(fp.c.account_id, fp.c.currency)
-        .subquery("per_account")
+    whole, spans = split_period(start, end, "month")
+    parts: list[Any] = []
+    if whole is not None:
+        m = t.stats_account_months.c
+        rollup = sa.select(m.account_id, m.currency, *[m[c] for c in _MONEY]).where(
+            m.month >= whole[0], m.month < whole[1]
+        )
+        parts.append(_visible(rollup, m.account_id, accounts, search))
+    fp = _failed(spans, accounts, search)
+    parts.append(
+        sa.select(fp.c.account_id, fp.c.currency, *_totals(fp)).group_by(
+            fp.c.account_id, fp.c.currency
+        )
     )
+    table = _summed(parts, ["account_id", "currency"], _MONEY).subquery("per_account")
+
     keys = {
         "failed": table.c.failed,
         "recovered": table.c.recovered,
@@ -218,32 +290,33 @@ def breakdown(
     accounts: Collection[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Failed and recovered payments of ``[start, end)`` and the recovery rate per group of
-    ``by`` (one of :data:`BREAKDOWNS`): counts only, so currencies never mix."""
+    ``by`` (one of :data:`BREAKDOWNS`): counts only, so currencies never mix. Platform-wide,
+    whole days come from ``stats_groups``, the rest from the payments."""
     if by not in BREAKDOWNS:
         raise ValueError(f"by must be one of {BREAKDOWNS}, got {by!r}")
     if by == "decline_category":
         return by_category(breakdown(engine, start, end, "decline_code", accounts))
-    a = t.attempts.c
-    fp = _failed(start, end, accounts)
-    source: Any = fp
-    if by == "retries":
-        tried = (
-            sa.select(a.payment_id.label("payment_id"), sa.func.count().label("n"))
-            .where(a.initiator == "merchant", a.attempt_number > 0)
-            .group_by(a.payment_id)
-            .subquery("tried")
+    whole, spans = split_period(start, end, "day") if accounts is None else (None, [(start, end)])
+    parts: list[Any] = []
+    if whole is not None:
+        g = t.stats_groups.c
+        parts.append(
+            sa.select(g.key, g.failed, g.recovered).where(
+                g.dimension == by, g.day >= whole[0], g.day < whole[1]
+            )
         )
-        source = fp.outerjoin(tried, tried.c.payment_id == fp.c.payment_id)
-        key: Any = sa.func.coalesce(tried.c.n, 0)
-    else:
-        key = fp.c[by]
-    query = (
-        sa.select(key.label("key"), sa.func.count(), sa.func.coalesce(sa.func.sum(fp.c.won), 0))
-        .select_from(source)
-        .group_by(key)
+    fp = _failed(spans, accounts)
+    key = sa.func.coalesce(sa.cast(fp.c[by], sa.String), "")  # as the rollup keeps it
+    parts.append(
+        sa.select(
+            key.label("key"),
+            sa.func.count().label("failed"),
+            sa.func.coalesce(sa.func.sum(fp.c.won), 0).label("recovered"),
+        ).group_by(key)
     )
+    query = _summed(parts, ["key"], ("failed", "recovered"))
     with engine.connect() as conn:
-        rows = [(k, int(f), int(r)) for k, f, r in conn.execute(query)]
+        rows = [(k if k != "" else None, int(f), int(r)) for k, f, r in conn.execute(query)]
     return _sorted_groups(rows, numeric=by in ("retries", "local_hour"))
 
 

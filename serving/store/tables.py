@@ -50,11 +50,53 @@ payments = _contract_table(contract.PAYMENTS)
 payments.append_column(
     sa.Column("failed_local_hour", sa.SmallInteger(), default=_failed_local_hour)
 )
+# kept by the database's triggers (migration 0007) as attempts arrive: whether the payment
+# was recovered (a succeeded attempt) and how many merchant retries it got
+payments.append_column(
+    sa.Column("recovered", sa.SmallInteger(), nullable=False, server_default="0")
+)
+payments.append_column(
+    sa.Column("merchant_retries", sa.Integer(), nullable=False, server_default="0")
+)
 attempts = _contract_table(contract.ATTEMPTS)
 messages = _contract_table(contract.MESSAGES)
 sa.Index("ix_attempts_payment_time", attempts.c.payment_id, attempts.c.attempted_at)
 sa.Index("ix_messages_payment", messages.c.payment_id)
 sa.Index("ix_payments_account", payments.c.account_id)
+sa.Index("ix_payments_failed_at", payments.c.failed_at)
+
+
+def _counts(money: bool) -> list[sa.Column]:
+    names = ("failed", "recovered", "amount", "fee") if money else ("failed", "recovered")
+    return [sa.Column(name, sa.BigInteger(), nullable=False) for name in names]
+
+
+# Rollups of the payments, kept by the database's triggers as payments and attempts are
+# inserted (migration 0007; serving.store.stats reads them): by the UTC day (or month) of the
+# first failure, money in minor units per currency.
+stats_days = sa.Table(
+    "stats_days",
+    metadata,
+    sa.Column("day", sa.String(10), primary_key=True),  # YYYY-MM-DD
+    sa.Column("currency", sa.String(40), primary_key=True),
+    *_counts(money=True),
+)
+stats_account_months = sa.Table(
+    "stats_account_months",
+    metadata,
+    sa.Column("month", sa.String(7), primary_key=True),  # YYYY-MM
+    sa.Column("account_id", sa.String(255), primary_key=True),
+    sa.Column("currency", sa.String(40), primary_key=True),
+    *_counts(money=True),
+)
+stats_groups = sa.Table(
+    "stats_groups",
+    metadata,
+    sa.Column("day", sa.String(10), primary_key=True),
+    sa.Column("dimension", sa.String(20), primary_key=True),  # a breakdown: decline_code, …
+    sa.Column("key", sa.String(255), primary_key=True),  # its value as text, '' if unknown
+    *_counts(money=False),
+)
 
 stripe_events = sa.Table(
     "stripe_events",
