@@ -247,18 +247,24 @@ def account_rows(
     key = keys[sort].desc() if descending else keys[sort].asc()
     # amounts compare only within a currency: sorted by amount, rows go currency by currency
     first = [table.c.currency] if sort == "recovered_amount" else []
+    # the number of rows in all pages comes with the page (a window over the same grouping),
+    # so the grouping runs once; only a page past the end needs a count of its own
     query = (
-        sa.select(table)
+        sa.select(table, sa.func.count().over().label("total"))
         .order_by(*first, key, table.c.account_id, table.c.currency)
         .limit(limit)
         .offset(offset)
     )
     with engine.connect() as conn:
         rows = conn.execute(query).all()
-        total = conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
+        total = (
+            rows[0].total
+            if rows
+            else conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
+        )
     return [
         {"account_id": account, **_row(currency, f, r, a, fee)}
-        for account, currency, f, r, a, fee in rows
+        for account, currency, f, r, a, fee, _ in rows
     ], int(total)
 
 
