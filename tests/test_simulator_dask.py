@@ -22,7 +22,7 @@ TABLES = ("payments", "attempts", "messages", "decisions")
 def test_rollouts_on_dask_equal_one_process(dask_client, trained) -> None:
     """The learned policy (which explores), the randomized references and the oracle (which
     reads each slice's hidden state): every table and figure equal, row for row."""
-    market = fresh_payments(trained.market, 1_500, seed=3)
+    market = fresh_payments(trained.market, 800, seed=3)
     policies = {**reference_policies(market), "learned": trained.result.policy}
     table, rollouts = compare(market, policies, seed=3)
     steps: list[tuple[int, int]] = []
@@ -47,7 +47,7 @@ def test_rollouts_on_dask_equal_one_process(dask_client, trained) -> None:
 
 def _simulate(tmp_path: Path, name: str, *dask: str) -> Path:
     out = tmp_path / name
-    args = ["simulate", "--payments", "2000", "--accounts", "20", "--seed", "4", "--out", str(out)]
+    args = ["simulate", "--payments", "1000", "--accounts", "20", "--seed", "4", "--out", str(out)]
     done = CliRunner().invoke(app, [*args, *dask])
     assert done.exit_code == 0, done.output
     return out
@@ -66,7 +66,7 @@ def test_simulate_on_dask_writes_the_same_files(dask_client, tmp_path) -> None:
 def test_evaluate_on_dask_logs_the_same_figures(dask_client, trained) -> None:
     model = f"models:/reclaim-policy/{trained.result.model_version}"
     args = ["evaluate", "--simulator", "--model", model, "--tracking-uri", trained.tracking_uri]
-    args += ["--payments", "600", "--seed", "5"]
+    args += ["--payments", "300", "--seed", "5"]
     for extra in ([], ["--dask", dask_client.scheduler.address]):
         done = CliRunner().invoke(app, [*args, *extra])
         assert done.exit_code == 0, done.output
