@@ -58,12 +58,25 @@ payments.append_column(
 payments.append_column(
     sa.Column("merchant_retries", sa.Integer(), nullable=False, server_default="0")
 )
+# the time of its first succeeded attempt, kept by triggers too (migration 0008)
+payments.append_column(sa.Column("recovered_at", sa.DateTime(timezone=True)))
 attempts = _contract_table(contract.ATTEMPTS)
 messages = _contract_table(contract.MESSAGES)
 sa.Index("ix_attempts_payment_time", attempts.c.payment_id, attempts.c.attempted_at)
 sa.Index("ix_messages_payment", messages.c.payment_id)
 sa.Index("ix_payments_account", payments.c.account_id)
-sa.Index("ix_payments_failed_at", payments.c.failed_at)
+# a period's failed payments by time, with what the accounts table and an experiment's
+# pre-period read: from the index alone (migration 0008)
+sa.Index(
+    "ix_payments_failed_cover",
+    payments.c.failed_at,
+    payments.c.account_id,
+    payments.c.currency,
+    payments.c.amount,
+    payments.c.application_fee_amount,
+    payments.c.recovered,
+    payments.c.recovered_at,
+)
 
 
 def _counts(money: bool) -> list[sa.Column]:

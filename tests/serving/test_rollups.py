@@ -1,4 +1,5 @@
-"""The recovery rollups kept by the database's triggers (migration 0007) equal the payments they
+"""The recovery rollups kept by the database's triggers (migrations 0007 and 0008) and each
+payment's recovered flag, merchant retries and first recovery time equal the payments they
 summarise — whatever writes them, in whatever order, and for a store the migration upgrades —
 on SQLite and PostgreSQL; a period's whole days and months read from them plus its partial
 days read from the payments equal pandas."""
@@ -127,6 +128,23 @@ def test_rollups_equal_the_payments_in_any_write_order(engine, history) -> None:
     assert own["merchant_retries"].to_dict() == want["retries"].astype(int).to_dict()
     assert 0 < want["recovered"].mean() < 1 and want["retries"].max() >= 3
     assert _stored(engine) == _expected(facts)
+    assert _recovered_at(engine) == _first_successes(history)
+
+
+def _recovered_at(engine) -> dict[str, pd.Timestamp]:
+    """Each stored payment's ``recovered_at`` (the recovered ones), as UTC timestamps."""
+    p = t.payments.c
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(p.payment_id, p.recovered_at).where(p.recovered_at.is_not(None))
+        ).all()
+    return {pid: pd.Timestamp(repo.aware(at)).tz_convert("UTC") for pid, at in rows}
+
+
+def _first_successes(history: contract.ContractTables) -> dict[str, pd.Timestamp]:
+    a = history.attempts
+    first = a[a["outcome"] == "succeeded"].groupby("payment_id", observed=True)["attempted_at"]
+    return {str(pid): at.tz_convert("UTC") for pid, at in first.min().items()}
 
 
 def test_a_recovery_moves_a_payment_between_groups(engine, history) -> None:
@@ -154,6 +172,7 @@ def test_a_recovery_moves_a_payment_between_groups(engine, history) -> None:
         {**history.as_dict(), "attempts": pd.concat([a, retry], ignore_index=True)}
     )
     assert _stored(engine) == _expected(_facts(updated, _local_hours(engine)))
+    assert _recovered_at(engine) == _first_successes(updated)
 
 
 def test_the_migration_fills_the_rollups_of_a_store_it_upgrades(store_url, history) -> None:
@@ -164,13 +183,14 @@ def test_the_migration_fills_the_rollups_of_a_store_it_upgrades(store_url, histo
             known = [
                 c.name
                 for c in t.payments.columns
-                if c.name not in ("recovered", "merchant_retries")
+                if c.name not in ("recovered", "merchant_retries", "recovered_at")
             ]
             payments = sa.table("payments", *[sa.column(name) for name in known])
             conn.execute(sa.insert(payments), _rows_with_hour(history.payments))
             conn.execute(sa.insert(t.attempts), repo._records(history.attempts))
         upgrade(store_url)
         assert _stored(engine) == _expected(_facts(history, _local_hours(engine)))
+        assert _recovered_at(engine) == _first_successes(history)
     finally:
         engine.dispose()
 
