@@ -655,16 +655,17 @@ def report(
     try:
         with console.status("reading the experiment ..."):
             if tables is not None:
-                data, assignments, opted_out = (
+                data, assignments, opted_out, pre = (
                     contract.read_tables(tables),
                     read_assignments(tables),
                     set(),
+                    None,
                 )
             else:
                 from reclaim.serving.store.experiments import report_inputs
                 from reclaim.serving.store.repository import make_engine
 
-                data, assignments, opted_out = report_inputs(
+                data, assignments, opted_out, pre = report_inputs(
                     make_engine(settings.database_url), experiment
                 )
         with console.status("computing the report ..."):
@@ -675,6 +676,7 @@ def report(
                 rates,
                 currency or settings.report_currency,
                 opted_out=opted_out,
+                pre=pre,
             )
     except (ReportError, LookupError, contract.ContractError) as exc:
         console.print(f"[red]error:[/red] {exc}")

@@ -2,8 +2,9 @@
 
 Input: contract tables (payments, attempts, messages — from the operational store or a folder)
 and the experiment's stored assignments (``payment_id``, ``unit_id``, ``segment``, ``arm``,
-arms named ``control`` and ``treatment``). Payments not assigned and failed before the first
-assigned one are the pre-period, which gives each connected account the CUPED covariate.
+arms named ``control`` and ``treatment``). Payments failed before the first assigned one are
+the pre-period, which gives each connected account the CUPED covariate: its recovery rate then
+(from the tables, or counted by the store: ``pre``).
 
 Every interval comes from :func:`reclaim.training.ab_stats.difference`, clustered by the
 randomization unit wherever a unit holds several payments. Revenue is in one reporting
@@ -65,13 +66,34 @@ class ExperimentReport:
         return out
 
 
+def pre_period_counts(
+    tables: contract.ContractTables, start: pd.Timestamp, window_days: float
+) -> pd.DataFrame:
+    """The pre-period of an experiment whose first assigned payment failed at ``start``: per
+    connected account (index ``account_id``), its ``payments`` that failed before ``start``
+    and how many of them were ``recovered`` within ``window_days`` of their failure.
+    ``serving.store.experiments.pre_period_counts`` computes the same in the database."""
+    pay = tables.payments.astype({"payment_id": "object", "account_id": "object"})
+    before = pay[pay["failed_at"] < start]
+    won = recovered_in_window(tables, window_days).reindex(before["payment_id"]).to_numpy()
+    counts = pd.DataFrame({"account_id": before["account_id"].to_numpy(), "recovered": won})
+    return counts.groupby("account_id").agg(
+        payments=("recovered", "size"), recovered=("recovered", "sum")
+    )
+
+
 def experiment_frame(
     tables: contract.ContractTables,
     assignments: pd.DataFrame,
     fx: Mapping[str, float],
     rules: NetworkRules | None = None,
+    pre: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """One row per assigned payment with what every table of the report needs.
+
+    ``pre`` (:func:`pre_period_counts`) gives each account's CUPED covariate, its recovery
+    rate before the experiment (the rate over every account where it has none); without it,
+    it is computed from ``tables``, which must then hold the pre-period's payments too.
 
     Columns: ``payment_id``, ``account_id``, ``unit_id``, ``segment``, ``arm``, ``treated``,
     ``charge_model``, ``decline_category``, ``channel`` (first message, or ``none``),
@@ -131,9 +153,11 @@ def experiment_frame(
         p["decline_code"], p["advice_code"], p["network_decline_code"], p["network_advice_code"]
     )
 
-    pre = pay[(pay["failed_at"] < pay.loc[ids, "failed_at"].min()) & ~pay.index.isin(ids)]
-    pre_rates = recovered_all.reindex(pre.index).groupby(pre["account_id"]).mean()
-    overall_pre = float(recovered_all.reindex(pre.index).mean()) if len(pre) else np.nan
+    if pre is None:
+        pre = pre_period_counts(tables, pay.loc[ids, "failed_at"].min(), rules.window_days)
+    pre_rates = pre["recovered"] / pre["payments"]
+    total = int(pre["payments"].sum())
+    overall_pre = int(pre["recovered"].sum()) / total if total else np.nan
     pre_rate = p["account_id"].map(pre_rates).astype(float).fillna(overall_pre).to_numpy()
 
     return pd.DataFrame(
@@ -273,9 +297,11 @@ def build_report(
     currency: str = "usd",
     opted_out: set[str] | None = None,
     min_per_arm: int = 20,
+    pre: pd.DataFrame | None = None,
 ) -> ExperimentReport:
-    """Everything the report shows, from contract tables and assignments (see the module)."""
-    frame = experiment_frame(tables, assignments, fx)
+    """Everything the report shows, from contract tables and assignments (see the module);
+    ``pre`` as :func:`experiment_frame` takes it."""
+    frame = experiment_frame(tables, assignments, fx, pre=pre)
     cluster = "unit_id"
     arms = (
         frame.groupby("arm")

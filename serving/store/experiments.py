@@ -16,6 +16,7 @@ from sqlalchemy.engine import Engine
 
 from reclaim import contract
 from reclaim.experiment import ExperimentDesign
+from reclaim.rules import NetworkRules
 from reclaim.serving.store import configs
 from reclaim.serving.store import repository as repo
 from reclaim.serving.store import tables as t
@@ -123,11 +124,13 @@ def arm_policies(engine: Engine, experiment: str) -> dict[str, str]:
 
 
 def report_inputs(
-    engine: Engine, experiment: str
-) -> tuple[contract.ContractTables, pd.DataFrame, set[str]]:
+    engine: Engine, experiment: str, window_days: float | None = None
+) -> tuple[contract.ContractTables, pd.DataFrame, set[str], pd.DataFrame]:
     """What :func:`reclaim.training.ab_report.build_report` needs from the store: the contract
-    tables, the experiment's assignments, and the accounts whose configuration opts out.
-    Raises LookupError naming the stored experiments when ``experiment`` has none."""
+    tables of the experiment's payments, its assignments, the accounts whose configuration
+    opts out, and the pre-period's counts (:func:`pre_period_counts`, its ``pre``) — not the
+    whole store. Raises LookupError naming the stored experiments when ``experiment`` has
+    none. ``window_days``: the recovery window (default: the network rules')."""
     assignments = load_assignments(engine, experiment)
     if assignments.empty:
         known = experiments(engine)
@@ -135,7 +138,52 @@ def report_inputs(
             f"no payments are assigned to experiment {experiment!r}; stored experiments: "
             f"{known or 'none'}"
         )
-    tables = repo.load_contract(engine)
+    e = t.experiment_assignments.c
+    assigned = sa.select(e.payment_id).where(e.experiment == experiment)
+    tables = repo.load_contract(engine, assigned)
     accounts = list(set(tables.payments["account_id"].astype("object")))
     opted_out = {a for a, c in configs.effective_configs(engine, accounts).items() if c.opted_out}
-    return tables, assignments, opted_out
+    window = NetworkRules().window_days if window_days is None else window_days
+    pre = pre_period_counts(engine, experiment, window)
+    return tables, assignments, opted_out, pre
+
+
+def pre_period_counts(engine: Engine, experiment: str, window_days: float) -> pd.DataFrame:
+    """Per connected account (index ``account_id``): its ``payments`` that failed before the
+    experiment's first assigned payment and how many were ``recovered`` (a succeeded attempt
+    within ``window_days`` of the failure) — in the database, as
+    :func:`reclaim.training.ab_report.pre_period_counts` counts them from tables."""
+    p, e = t.payments.c, t.experiment_assignments.c
+    start = (
+        sa.select(sa.func.min(p.failed_at))
+        .select_from(t.experiment_assignments.join(t.payments, p.payment_id == e.payment_id))
+        .where(e.experiment == experiment)
+        .scalar_subquery()
+    )
+    seconds = round(window_days * 86400)
+    if engine.dialect.name == "sqlite":
+        # stored as 'YYYY-MM-DD HH:MM:SS.ffffff' (UTC): whole seconds added to the part before
+        # the fraction (SQLite's date functions round a fraction to milliseconds, so .9999995
+        # would become the next second), the fraction put back: the bound compares as text
+        whole = sa.func.substr(p.failed_at, 1, 19)
+        end = sa.func.strftime("%Y-%m-%d %H:%M:%S", whole, f"+{seconds} seconds").op("||")(
+            sa.func.substr(p.failed_at, 20)
+        )
+    else:
+        end = p.failed_at + sa.literal(timedelta(seconds=seconds))
+    # `recovered_at`: the first succeeded attempt's time, kept by the store's triggers
+    won = sa.case((p.recovered_at.is_(None), 0), (p.recovered_at <= end, 1), else_=0)
+    # grouped by an expression, not the column: on the column SQLite walks the account index
+    # to spare a sort and visits every row of the table; this way it reads the covering index
+    # on failed_at alone (a million payments: 1.3 s against 3.4 s)
+    account = p.account_id.concat("")
+    query = (
+        sa.select(account.label("account_id"), sa.func.count().label("payments"),
+                  sa.func.sum(won).label("recovered"))
+        .where(p.failed_at < start)
+        .group_by(account)
+    )  # fmt: skip
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
+    counts = pd.DataFrame(rows, columns=["account_id", "payments", "recovered"])
+    return counts.astype({"payments": "int64", "recovered": "int64"}).set_index("account_id")

@@ -97,8 +97,11 @@ def save_contract(engine: Engine, tables: contract.ContractTables | dict) -> dic
         }
 
 
-def load_contract(engine: Engine, payment_ids: list[str] | None = None) -> contract.ContractTables:
-    """The stored payments (all, or ``payment_ids``) with their attempts and messages."""
+def load_contract(
+    engine: Engine, payment_ids: list[str] | sa.Select | None = None
+) -> contract.ContractTables:
+    """The stored payments (all, or ``payment_ids``: a list, or a select of one column of
+    them, which any number of ids may come from) with their attempts and messages."""
     frames = {}
     with engine.connect() as conn:
         for name, table in _CONTRACT.items():
@@ -106,11 +109,13 @@ def load_contract(engine: Engine, payment_ids: list[str] | None = None) -> contr
             if payment_ids is not None:
                 query = query.where(table.c.payment_id.in_(payment_ids))
             spec = contract.TABLES_BY_NAME[name]
-            rows = conn.execute(query).mappings().all()
+            rows = conn.execute(query).all()
             if not rows:
                 frames[name] = contract.empty(spec)
                 continue
-            df = pd.DataFrame(rows, columns=[c.name for c in table.columns])
+            # column by column: twice as fast as a frame from row records
+            columns = zip(*rows, strict=True)
+            df = pd.DataFrame(dict(zip([c.name for c in table.columns], columns, strict=True)))
             for column in spec.columns:
                 if column.kind == "timestamp":
                     # SQLite hands back naive datetimes: they were stored as UTC.

@@ -216,7 +216,9 @@ def test_an_experiment_page_shows_the_numbers_of_reclaim_report(tmp_path, traine
         engine = c.app.state.engine
         repo.save_contract(engine, history)
         arms = _run_experiment(engine, history)
-        tables, assignments, opted_out = experiments.report_inputs(engine, "exp-a")
+        # the whole store, as `reclaim report` on exported tables reads it
+        tables = repo.load_contract(engine)
+        _, assignments, opted_out, _ = experiments.report_inputs(engine, "exp-a")
         expected = build_report("exp-a", tables, assignments, SIM_FX, "usd", opted_out=opted_out)
         mine = sorted(history.payments["account_id"].unique())[0]
         _, analyst = create_key(engine, "analyst")
