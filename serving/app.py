@@ -21,6 +21,7 @@ from reclaim.serving.batcher import DecisionBatcher
 from reclaim.serving.decide import Experiment
 from reclaim.serving.metrics import Metrics, worker_exited
 from reclaim.serving.policy_holder import PolicyHolder
+from reclaim.serving.report_cache import ReportCache
 from reclaim.serving.routes import accounts, decisions, health, payments, stats, webhooks
 from reclaim.serving.store.configs import ConfigCache
 from reclaim.serving.store.migrate import upgrade
@@ -89,6 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = Metrics()
     app.state.keys = KeyCache(settings.auth_cache_seconds)
     app.state.config_cache = ConfigCache(settings.config_cache_seconds)
+    app.state.reports = ReportCache(settings.report_cache_seconds)
     app.state.experiment = Experiment.from_settings(settings)
 
     app.add_middleware(guards.RequestMetrics, metrics=app.state.metrics)

@@ -419,21 +419,23 @@ class ReportUnavailable(ValueError):
     """The experiment's report cannot be computed from what is stored and set."""
 
 
-def _experiment_view(engine, name: str, principal: Principal, settings) -> dict[str, Any]:
+def experiment_view(engine, name: str, principal: Principal, settings) -> dict[str, Any]:
     """What the experiment page shows: ``reclaim report``'s numbers (the same
     ``build_report`` on the same store and settings), for the accounts the key sees.
     LookupError where the key sees no payment of the experiment."""
     from reclaim.training.ab_report import ReportError, build_report
     from reclaim.training.ab_stats import Difference, verdict
 
-    tables, assignments, opted_out = experiments.report_inputs(engine, name)
+    tables, assignments, opted_out, pre = experiments.report_inputs(engine, name)
     if principal.accounts is not None:
         assignments = assignments[assignments["account_id"].isin(principal.accounts)]
         if assignments.empty:
             raise LookupError(f"no payments are assigned to experiment {name!r}")
     cur = settings.report_currency
     try:
-        report = build_report(name, tables, assignments, settings.report_fx, cur, opted_out)
+        report = build_report(
+            name, tables, assignments, settings.report_fx, cur, opted_out, pre=pre
+        )
     except (ReportError, ContractError) as exc:  # e.g. a currency without a stated rate
         raise ReportUnavailable(str(exc)) from exc
     policies = experiments.arm_policies(engine, name)
@@ -516,7 +518,13 @@ async def experiment(request: Request, name: str) -> Response:
     view = None
     if _storable(name, 100):
         try:
-            view = await run_in_threadpool(_experiment_view, engine, name, principal, settings)
+            view, computed_at = await run_in_threadpool(
+                request.app.state.reports.get,
+                (name, principal.accounts),
+                lambda: experiment_view(engine, name, principal, settings),
+            )
+            kept = request.app.state.reports.ttl
+            view = {**view, "computed_at": computed_at, "kept_seconds": kept}
         except LookupError:
             view = None
         except ReportUnavailable as exc:
