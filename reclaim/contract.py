@@ -597,8 +597,8 @@ def money(amount: float, currency: str) -> str:
 
 
 def signed_money(amount: float, currency: str) -> str:
-    """``+$2.48``, ``−€0.10``: a difference of money."""
-    return f"{'+' if amount >= 0 else '−'}{money(abs(amount), currency)}"
+    """``+$2.48``, ``-€0.10``: a difference of money, signed as every interval is (ASCII)."""
+    return f"{'+' if amount >= 0 else '-'}{money(abs(amount), currency)}"
 
 
 def _warnings(tables: ContractTables, raw: Mapping[str, pd.DataFrame]) -> list[str]:
