@@ -66,8 +66,9 @@ class Settings(BaseSettings):
     """How long the API trusts an API key it has checked before reading the store again: a
     revoked key stops working within this time; 0 reads the store on every request."""
     report_cache_seconds: float = Field(default=300.0, ge=0)
-    """How long an API process keeps an experiment report it computed for the dashboard (the
-    page says when it was computed); 0 computes it on every view."""
+    """How old an experiment report an API process computed for the dashboard may get before a
+    view starts its recomputation in the background (the view still gets the kept one at once;
+    the page says when it was computed); 0 computes it on every view."""
     config_cache_seconds: float = Field(default=5.0, ge=0)
     """How long an API process trusts an account's configuration it has read: a change made
     through the same process applies at once, one made elsewhere (another worker, a script)
