@@ -1,4 +1,5 @@
-"""At 50,000 payments the reference policies order as they should, with room to spare."""
+"""At 25,000 payments the reference policies order as they should, with room to spare (the
+narrowest gap, rules over fixed_schedule, is ~$107,000 between their intervals)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from reclaim.simulator import SimulatorConfig, compare, generate, reference_poli
 
 @pytest.fixture(scope="module")
 def table() -> pd.DataFrame:
-    market = generate(300, 50_000, seed=7)
+    market = generate(300, 25_000, seed=7)
     result, _ = compare(market, reference_policies(market), seed=7)
     return result
 
