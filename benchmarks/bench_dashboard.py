@@ -16,7 +16,8 @@ so every insert goes through the triggers (what the API and scheduler pay per wr
 a busy machine such a fill of PostgreSQL did not finish within a session).
 
 Last, the payments of the last 30 days are assigned to an experiment and its page's report
-is timed as computed (``serving.dashboard.experiment_view``) and as kept for a later view.
+is timed as computed (``serving.dashboard.experiment_view``), as kept for a later view, and as
+computed for a key scoped to one account (that account's payments alone).
 
     .venv/bin/python benchmarks/bench_dashboard.py [--payments 1000000] [--skip-postgres]
 """
@@ -171,6 +172,9 @@ def measure(engine: sa.Engine, repeats: int) -> list[tuple[str, float]]:
         lambda: experiment_view(engine, "bench", analyst, settings), repeats)[0]))  # fmt: skip
     view()
     out.append(("experiment page, kept (a later view)", timed(view, repeats)[0]))
+    scoped = Principal("bench", Role.ANALYST, one)
+    out.append(("experiment page, one account's key, computed", timed(
+        lambda: experiment_view(engine, "bench", scoped, settings), repeats)[0]))  # fmt: skip
     return out
 
 

@@ -70,6 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             timedelta(seconds=settings.webhook_stuck_seconds),
             counted,
         )
+        app.state.report_warm_up = dashboard.warm_reports(app)
         try:
             yield
         finally:

@@ -14,7 +14,9 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import secrets
+import threading
 import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -34,6 +36,7 @@ from reclaim.serving.routes.payments import find_payments, payment_view
 from reclaim.serving.routes.stats import period
 from reclaim.serving.store import configs, experiments, stats
 
+log = logging.getLogger(__name__)
 router = APIRouter(include_in_schema=False)
 SESSION, CSRF = "reclaim_session", "reclaim_csrf"
 _templates = jinja2.Environment(
@@ -421,16 +424,14 @@ class ReportUnavailable(ValueError):
 
 def experiment_view(engine, name: str, principal: Principal, settings) -> dict[str, Any]:
     """What the experiment page shows: ``reclaim report``'s numbers (the same
-    ``build_report`` on the same store and settings), for the accounts the key sees.
+    ``build_report`` on the same store and settings); for a key scoped to accounts, the
+    experiment as it ran on those accounts alone (nothing of another account is read).
     LookupError where the key sees no payment of the experiment."""
     from reclaim.training.ab_report import ReportError, build_report
     from reclaim.training.ab_stats import Difference, verdict
 
-    tables, assignments, opted_out, pre = experiments.report_inputs(engine, name)
-    if principal.accounts is not None:
-        assignments = assignments[assignments["account_id"].isin(principal.accounts)]
-        if assignments.empty:
-            raise LookupError(f"no payments are assigned to experiment {name!r}")
+    inputs = experiments.report_inputs(engine, name, accounts=principal.accounts)
+    tables, assignments, opted_out, pre = inputs
     cur = settings.report_currency
     try:
         report = build_report(
@@ -498,6 +499,34 @@ def experiment_view(engine, name: str, principal: Principal, settings) -> dict[s
         "report": report, "arms": arms, "effects": effects, "verdicts": verdicts,
         "accounts": accounts, "rates": sorted(settings.report_fx.items()), "currency": cur,
     }  # fmt: skip
+
+
+def warm_reports(app: Any) -> threading.Thread | None:
+    """Compute the platform-wide report of every stored experiment into the app's report
+    cache, in a background thread (so the first analyst's view does not wait for it); None
+    where reports are not kept (``RECLAIM_REPORT_CACHE_SECONDS`` 0)."""
+    cache, engine, settings = app.state.reports, app.state.engine, app.state.settings
+    if cache.ttl <= 0:
+        return None
+    platform = Principal("report-warm-up", Role.ANALYST, None)
+
+    def warm() -> None:
+        try:
+            names = experiments.experiments(engine)
+        except Exception:  # the store went away (the app is stopping)
+            log.exception("listing the experiments to warm their reports failed")
+            return
+        for name in names:
+            try:
+                cache.get(
+                    (name, None), lambda n=name: experiment_view(engine, n, platform, settings)
+                )
+            except Exception:  # an experiment whose report cannot be made: its page says why
+                log.warning("the report of experiment %r could not be warmed", name, exc_info=True)
+
+    worker = threading.Thread(target=warm, name="report-warm-up", daemon=True)
+    worker.start()
+    return worker
 
 
 @router.get("/dashboard/experiments")

@@ -62,6 +62,12 @@ class ReportCache:
                 return hit[2], hit[1]
             return self._compute(key, compute)
 
+    def computed_at(self, key: Hashable) -> datetime | None:
+        """When the kept view of ``key`` was computed; None if none is kept."""
+        with self._lock:
+            hit = self._views.get(key)
+        return None if hit is None else hit[1]
+
     def wait(self, timeout: float | None = None) -> None:
         """Until the background recomputations started so far have ended."""
         with self._lock:

@@ -8,7 +8,9 @@ processes assigning the same payment at once keep the first one's arm.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime, timedelta
+from typing import Any
 
 import pandas as pd
 import sqlalchemy as sa
@@ -85,14 +87,22 @@ def _stored(engine: Engine, experiment: str, payment_ids: list[str]) -> dict[str
         )
 
 
-def load_assignments(engine: Engine, experiment: str) -> pd.DataFrame:
-    """Every stored assignment of ``experiment``: ``payment_id``, ``unit_id``,
-    ``account_id``, ``segment``, ``arm``, ``assigned_at``."""
+def load_assignments(
+    engine: Engine, experiment: str, accounts: Collection[str] | None = None
+) -> pd.DataFrame:
+    """Every stored assignment of ``experiment`` (on ``accounts`` only, if given):
+    ``payment_id``, ``unit_id``, ``account_id``, ``segment``, ``arm``, ``assigned_at``."""
     e = t.experiment_assignments
+    query = _assigned(sa.select(e), experiment, accounts).order_by(e.c.payment_id)
     with engine.connect() as conn:
-        return pd.read_sql(
-            sa.select(e).where(e.c.experiment == experiment).order_by(e.c.payment_id), conn
-        ).drop(columns="experiment")
+        return pd.read_sql(query, conn).drop(columns="experiment")
+
+
+def _assigned(query: Any, experiment: str, accounts: Collection[str] | None) -> Any:
+    """``query`` restricted to the assignments of ``experiment`` on ``accounts`` (None: all)."""
+    e = t.experiment_assignments.c
+    query = query.where(e.experiment == experiment)
+    return query if accounts is None else query.where(e.account_id.in_(sorted(accounts)))
 
 
 def experiments(engine: Engine) -> dict[str, int]:
@@ -124,42 +134,52 @@ def arm_policies(engine: Engine, experiment: str) -> dict[str, str]:
 
 
 def report_inputs(
-    engine: Engine, experiment: str, window_days: float | None = None
+    engine: Engine,
+    experiment: str,
+    window_days: float | None = None,
+    accounts: Collection[str] | None = None,
 ) -> tuple[contract.ContractTables, pd.DataFrame, set[str], pd.DataFrame]:
     """What :func:`reclaim.training.ab_report.build_report` needs from the store: the contract
     tables of the experiment's payments, its assignments, the accounts whose configuration
     opts out, and the pre-period's counts (:func:`pre_period_counts`, its ``pre``) — not the
-    whole store. Raises LookupError naming the stored experiments when ``experiment`` has
-    none. ``window_days``: the recovery window (default: the network rules')."""
-    assignments = load_assignments(engine, experiment)
+    whole store. With ``accounts``, the experiment as it ran on those accounts alone: their
+    assignments, payments and pre-period, nothing read of any other account. Raises
+    LookupError naming the stored experiments when ``experiment`` has no assignment (there).
+    ``window_days``: the recovery window (default: the network rules')."""
+    assignments = load_assignments(engine, experiment, accounts)
     if assignments.empty:
+        if accounts is not None:
+            raise LookupError(f"no payments of these accounts are in experiment {experiment!r}")
         known = experiments(engine)
         raise LookupError(
             f"no payments are assigned to experiment {experiment!r}; stored experiments: "
             f"{known or 'none'}"
         )
     e = t.experiment_assignments.c
-    assigned = sa.select(e.payment_id).where(e.experiment == experiment)
-    tables = repo.load_contract(engine, assigned)
-    accounts = list(set(tables.payments["account_id"].astype("object")))
-    opted_out = {a for a, c in configs.effective_configs(engine, accounts).items() if c.opted_out}
+    tables = repo.load_contract(engine, _assigned(sa.select(e.payment_id), experiment, accounts))
+    owners = list(set(tables.payments["account_id"].astype("object")))
+    opted_out = {a for a, c in configs.effective_configs(engine, owners).items() if c.opted_out}
     window = NetworkRules().window_days if window_days is None else window_days
-    pre = pre_period_counts(engine, experiment, window)
+    pre = pre_period_counts(engine, experiment, window, accounts)
     return tables, assignments, opted_out, pre
 
 
-def pre_period_counts(engine: Engine, experiment: str, window_days: float) -> pd.DataFrame:
+def pre_period_counts(
+    engine: Engine,
+    experiment: str,
+    window_days: float,
+    accounts: Collection[str] | None = None,
+) -> pd.DataFrame:
     """Per connected account (index ``account_id``): its ``payments`` that failed before the
     experiment's first assigned payment and how many were ``recovered`` (a succeeded attempt
     within ``window_days`` of the failure) — in the database, as
-    :func:`reclaim.training.ab_report.pre_period_counts` counts them from tables."""
+    :func:`reclaim.training.ab_report.pre_period_counts` counts them from tables. With
+    ``accounts``, those accounts only, before the first of their assigned payments."""
     p, e = t.payments.c, t.experiment_assignments.c
-    start = (
-        sa.select(sa.func.min(p.failed_at))
-        .select_from(t.experiment_assignments.join(t.payments, p.payment_id == e.payment_id))
-        .where(e.experiment == experiment)
-        .scalar_subquery()
+    first = sa.select(sa.func.min(p.failed_at)).select_from(
+        t.experiment_assignments.join(t.payments, p.payment_id == e.payment_id)
     )
+    start = _assigned(first, experiment, accounts).scalar_subquery()
     seconds = round(window_days * 86400)
     if engine.dialect.name == "sqlite":
         # stored as 'YYYY-MM-DD HH:MM:SS.ffffff' (UTC): whole seconds added to the part before
@@ -183,6 +203,8 @@ def pre_period_counts(engine: Engine, experiment: str, window_days: float) -> pd
         .where(p.failed_at < start)
         .group_by(account)
     )  # fmt: skip
+    if accounts is not None:
+        query = query.where(p.account_id.in_(sorted(accounts)))
     with engine.connect() as conn:
         rows = conn.execute(query).all()
     counts = pd.DataFrame(rows, columns=["account_id", "payments", "recovered"])

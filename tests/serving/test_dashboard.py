@@ -265,6 +265,26 @@ def test_an_experiment_page_shows_the_numbers_of_reclaim_report(tmp_path, traine
         assert page.status_code == 200 and "cannot be computed" in page.text
 
 
+def test_a_restarted_api_warms_the_reports_of_stored_experiments(tmp_path, trained, history):
+    """The platform-wide report of every stored experiment is computed in the background at
+    start, so an analyst's first view gets it at once."""
+    settings = _settings(tmp_path, trained)
+    with TestClient(create_app(settings), base_url="https://testserver") as c:
+        repo.save_contract(c.app.state.engine, history)
+        _run_experiment(c.app.state.engine, history)
+        analyst = create_key(c.app.state.engine, "analyst")[1]
+        assert c.app.state.reports.computed_at(("exp-a", None)) is None  # nothing at its start
+    with TestClient(create_app(settings), base_url="https://testserver") as c:
+        c.app.state.report_warm_up.join(120)
+        warmed = c.app.state.reports.computed_at(("exp-a", None))
+        assert warmed is not None
+        _sign_in(c, analyst)
+        page = c.get("/dashboard/experiments/exp-a")
+        assert (
+            page.status_code == 200 and f"Computed at {warmed:%Y-%m-%d %H:%M:%S} UTC" in page.text
+        )
+
+
 def test_a_payment_page_tells_its_story_in_plain_words(site, history) -> None:
     client, keys, accounts = site
     # a decision through the API, so the payment has one with reasons

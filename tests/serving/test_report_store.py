@@ -9,6 +9,7 @@ import dataclasses
 from datetime import UTC, datetime
 
 import pandas as pd
+import pytest
 from typer.testing import CliRunner
 
 from reclaim import contract
@@ -83,6 +84,33 @@ def test_the_stores_inputs_give_the_report_of_the_whole_tables(engine):
     for part in ("arms", "effects", "accounts", "guardrails"):
         pd.testing.assert_frame_equal(getattr(mine, part), getattr(full, part))
     assert "recovery_rate_cuped" in mine.effects.index
+
+
+def test_a_scoped_report_reads_its_accounts_alone(engine):
+    """For a key scoped to some accounts: their assignments, payments and pre-period only; the
+    report is the one of the experiment as it ran on those accounts (tables holding nothing
+    else)."""
+    experiment = synthetic_experiment(n_accounts=12, n_payments=1500, uplift=0.05, seed=7)
+    _store_experiment(engine, experiment)
+    whole = repo.load_contract(engine)
+    mine = set(sorted(whole.payments["account_id"].astype(str).unique())[:3])
+    tables, assignments, opted_out, pre = experiments.report_inputs(engine, "stored", accounts=mine)
+    assert set(assignments["account_id"]) == mine == set(tables.payments["account_id"])
+    assert set(pre.index) == mine
+
+    def only(frame: pd.DataFrame, ids: set) -> pd.DataFrame:
+        return frame[frame["payment_id"].isin(ids)].reset_index(drop=True)
+
+    ids = set(whole.payments.loc[whole.payments["account_id"].isin(mine), "payment_id"])
+    alone = contract.validate({name: only(getattr(whole, name), ids)
+                               for name in ("payments", "attempts", "messages")})  # fmt: skip
+    fx = dict(SimulatorConfig().usd_per_unit)
+    mine_report = ab_report.build_report("s", tables, assignments, fx, opted_out=opted_out, pre=pre)
+    expected = ab_report.build_report("s", alone, assignments, fx, opted_out=opted_out)
+    for part in ("arms", "effects", "accounts"):
+        pd.testing.assert_frame_equal(getattr(mine_report, part), getattr(expected, part))
+    with pytest.raises(LookupError, match="no payments of these accounts"):
+        experiments.report_inputs(engine, "stored", accounts={"acct_nobody"})
 
 
 def test_pre_period_counts_a_recovery_at_the_windows_very_end(engine):
