@@ -258,3 +258,9 @@ experiment_assignments = sa.Table(
     sa.Column("arm", sa.String(20), nullable=False),
     sa.Column("assigned_at", sa.DateTime(timezone=True), nullable=False),
 )
+# a scoped key's experiment page reads its accounts' assignments alone (migration 0008)
+sa.Index(
+    "ix_experiment_assignments_account",
+    experiment_assignments.c.experiment,
+    experiment_assignments.c.account_id,
+)
