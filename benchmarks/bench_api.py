@@ -3,8 +3,9 @@ second process, next to an empty FastAPI endpoint served by the same processes i
 
 Reports throughput and p50/p99 latency at 1, 16 and 64 concurrent clients (median of
 ``--repeats`` runs each), then the time of a 1,000-decision batch sent alone, and of such
-batches while single decisions are asked on another connection, with those singles' latency. Aims: decisions at least half the empty endpoint's
-throughput, p99 under 25 ms at 16 clients, a 1,000-decision batch in under a second.
+batches while single decisions are asked on another connection, with those singles' latency.
+Aims: decisions at least half the empty endpoint's throughput, p99 under 25 ms at 16 clients,
+a 1,000-decision batch in under a second.
 
 Every decision request carries a new payment's whole context (a failure the service has not
 seen), so each one validates the input, stores the payment, scores 56 candidate retry times
