@@ -323,7 +323,9 @@ def _coerce(table: Table, col: Column, s: pd.Series) -> pd.Series:
     if col.kind == "category":
         allowed = {m.value for m in col.enum or ()}
         values = s.astype("object")
-        bad = values.notna() & ~values.isin(allowed)
+        # membership by hash (pandas' isin on text goes value by value through pyarrow)
+        known = pd.Index(sorted(allowed)).get_indexer(values) >= 0
+        bad = values.notna() & ~known
         if bad.any():
             unknown = sorted({str(v) for v in values[bad]})[:5]
             raise ContractError(
@@ -533,12 +535,12 @@ def _check_rows(tables: ContractTables) -> list[ContractError]:
         (MESSAGES, m, "sent_at"),
         (DECISIONS, d, "decided_at"),
     ):
-        known = df["payment_id"].isin(failed_at.index).to_numpy()
+        pos = failed_at.index.get_indexer(df["payment_id"])
+        known = pos >= 0
         _problem(
             out, table, "payment_id", f"{table.name} for unknown payments (not in payments)",
             df, ~known, ["payment_id"],
         )  # fmt: skip
-        pos = failed_at.index.get_indexer(df["payment_id"])
         first = failed_at.to_numpy(dtype="datetime64[us]")[np.maximum(pos, 0)]
         early = known & (df[time_col].to_numpy(dtype="datetime64[us]") < first)
         _problem(
