@@ -134,10 +134,7 @@ def arm_policies(engine: Engine, experiment: str) -> dict[str, str]:
 
 
 def report_inputs(
-    engine: Engine,
-    experiment: str,
-    window_days: float | None = None,
-    accounts: Collection[str] | None = None,
+    engine: Engine, experiment: str, accounts: Collection[str] | None = None
 ) -> tuple[contract.ContractTables, pd.DataFrame, set[str], pd.DataFrame]:
     """What :func:`reclaim.training.ab_report.build_report` needs from the store: the contract
     tables of the experiment's payments, its assignments, the accounts whose configuration
@@ -145,7 +142,7 @@ def report_inputs(
     whole store. With ``accounts``, the experiment as it ran on those accounts alone: their
     assignments, payments and pre-period, nothing read of any other account. Raises
     LookupError naming the stored experiments when ``experiment`` has no assignment (there).
-    ``window_days``: the recovery window (default: the network rules')."""
+    Recovered means within the network rules' window, as the report counts it."""
     assignments = load_assignments(engine, experiment, accounts)
     if assignments.empty:
         if accounts is not None:
@@ -159,8 +156,7 @@ def report_inputs(
     tables = repo.load_contract(engine, _assigned(sa.select(e.payment_id), experiment, accounts))
     owners = list(set(tables.payments["account_id"].astype("object")))
     opted_out = {a for a, c in configs.effective_configs(engine, owners).items() if c.opted_out}
-    window = NetworkRules().window_days if window_days is None else window_days
-    pre = pre_period_counts(engine, experiment, window, accounts)
+    pre = pre_period_counts(engine, experiment, NetworkRules().window_days, accounts)
     return tables, assignments, opted_out, pre
 
 
