@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 
 #: Metadata keys that may name the connected account of a separate charge.
 ACCOUNT_METADATA_KEYS = ("connected_account", "account_id", "seller_account", "destination_account")
+#: The decline code of a failure whose decline Stripe did not give: unknown codes are hard
+#: (``reclaim.vocab.decline_category``), so no merchant retry follows it.
+UNKNOWN_DECLINE = "unknown"
 #: Metadata Reclaim writes on its own retries, read back so logs keep their propensities.
 POLICY_METADATA_KEY = "reclaim_policy"
 PROPENSITY_METADATA_KEY = "reclaim_propensity"
@@ -107,7 +110,7 @@ class Batch:
 # --- small readers ------------------------------------------------------------------------
 
 
-def _get(obj: Mapping[str, Any] | None, *path: str) -> Any:
+def get_path(obj: Mapping[str, Any] | None, *path: str) -> Any:
     """``obj[path[0]][path[1]]…`` or None where any step is missing or not a mapping."""
     cur: Any = obj
     for key in path:
@@ -151,7 +154,7 @@ def connect_info(obj: Mapping[str, Any], account: str | None) -> ConnectInfo:
     obo = object_id(obj.get("on_behalf_of"))
     if account:
         return ConnectInfo(account, vocab.ChargeModel.DIRECT, obo is not None)
-    destination = object_id(_get(obj, "transfer_data", "destination"))
+    destination = object_id(get_path(obj, "transfer_data", "destination"))
     if destination:
         return ConnectInfo(destination, vocab.ChargeModel.DESTINATION, obo is not None)
     metadata = obj.get("metadata") or {}
@@ -201,9 +204,9 @@ def card_of(*sources: Mapping[str, Any] | None) -> dict[str, Any]:
     """Brand, funding and country of the first card found in the given objects."""
     for src in sources:
         card = (
-            _get(src, "payment_method_details", "card")
-            or _get(src, "card")
-            or _get(src, "payment_method", "card")
+            get_path(src, "payment_method_details", "card")
+            or get_path(src, "card")
+            or get_path(src, "payment_method", "card")
         )
         if isinstance(card, Mapping) and card.get("brand"):
             brand = str(card["brand"]).lower().replace(" ", "_")
@@ -225,8 +228,8 @@ def location_of(
     card_country: str | None,
 ) -> dict[str, Any]:
     """Customer country and timezone, most trusted source first (RESEARCH.md section 4)."""
-    addresses = [_get(customer, "address"), _get(invoice, "customer_address")]
-    addresses += [_get(b, "billing_details", "address") for b in billing_sources]
+    addresses = [get_path(customer, "address"), get_path(invoice, "customer_address")]
+    addresses += [get_path(b, "billing_details", "address") for b in billing_sources]
     country, zone = first_location(addresses, card_country)
     return {"customer_country": country, "customer_timezone": zone}
 
@@ -252,7 +255,7 @@ def invoice_payment_intents(invoice: Mapping[str, Any]) -> list[Any]:
     """The payment intents of an invoice (ids or expanded objects), basil and older."""
     found = [
         p.get("payment", {}).get("payment_intent")
-        for p in _get(invoice, "payments", "data") or []
+        for p in get_path(invoice, "payments", "data") or []
         if isinstance(p, Mapping)
     ]
     found = [pi for pi in found if pi]
@@ -298,10 +301,10 @@ def payment_row(
         obo = obj.get("on_behalf_of") or payment_intent.get("on_behalf_of")
         connect_source = {**payment_intent, "on_behalf_of": obo}
     connect = connect_info(connect_source, account)
-    error_pm = _get(
+    error_pm = get_path(
         payment_intent or (obj if not is_invoice else None), "last_payment_error", "payment_method"
     )
-    card = card_of(charge, error_pm, _get(payment_intent, "payment_method"))
+    card = card_of(charge, error_pm, get_path(payment_intent, "payment_method"))
     billing_reason = obj.get("billing_reason") if is_invoice else "manual"
     if billing_reason not in {b.value for b in vocab.BillingReason}:
         billing_reason = "manual"
@@ -388,7 +391,7 @@ def normalize_event(event: Mapping[str, Any]) -> EventRows:
     if not isinstance(event, Mapping) or event.get("object") != "event":
         raise Unsupported("not_an_event")
     etype = event.get("type")
-    obj = _get(event, "data", "object")
+    obj = get_path(event, "data", "object")
     if not isinstance(etype, str) or not isinstance(obj, Mapping):
         raise Unsupported("malformed_event", f"event {event.get('id')} lacks type or data.object")
     account = event.get("account")
@@ -416,7 +419,7 @@ def normalize_event(event: Mapping[str, Any]) -> EventRows:
     kind = "failure" if etype in FAILURE_EVENTS else "recovery"
     oname = obj.get("object")
     if oname == "invoice":
-        return _invoice_event(obj, account, kind, created)
+        return _invoice_event(obj, account, kind, created, etype)
     if oname == "payment_intent":
         return _payment_intent_event(obj, account, kind, created)
     if oname == "charge":
@@ -425,19 +428,28 @@ def normalize_event(event: Mapping[str, Any]) -> EventRows:
 
 
 def _invoice_event(
-    invoice: Mapping[str, Any], account: str | None, kind: str, at: datetime
+    invoice: Mapping[str, Any], account: str | None, kind: str, at: datetime, etype: str = ""
 ) -> EventRows:
     pid = _require(invoice, "id", str, "invoice")
     pis = invoice_payment_intents(invoice)
     pi = _expanded(pis[-1]) if pis else None
     if kind == "recovery":
         return EventRows(kind, attempt=attempt_row(pid, at, None, pi))
-    # Without the expanded intent the decline is unknown here; the charge.failed event or
-    # the backfill supplies it, so record the failure with Stripe's generic code.
-    decline = decline_from_error(_get(pi, "last_payment_error")) or Decline(
-        "generic_decline", None, None, None
+    # Stripe never expands an event's objects: whoever applies the event reads the intent
+    # first (serving.stripe_reads). Without it the decline is not known, and is recorded as
+    # such (UNKNOWN_DECLINE: no merchant retry), never as a guessed soft code.
+    decline = decline_from_error(get_path(pi, "last_payment_error"))
+    if decline is None and etype == "invoice.payment_action_required":
+        decline = Decline("authentication_required", None, None, None)
+    decline = decline or Decline(UNKNOWN_DECLINE, None, None, None)
+    row = payment_row(
+        invoice,
+        account,
+        at,
+        decline,
+        payment_intent=pi,
+        charge=_expanded(get_path(pi, "latest_charge")),
     )
-    row = payment_row(invoice, account, at, decline, payment_intent=pi)
     return EventRows(kind, payment=row, attempt=attempt_row(pid, at, decline, pi))
 
 
@@ -476,7 +488,7 @@ def normalize_events(events: Iterable[Mapping[str, Any]]) -> Batch:
             rows = normalize_event(event)
         except Unsupported as exc:
             batch.skipped[exc.reason] += 1
-            log.warning("skipped event %s: %s", _get(event, "id"), exc)
+            log.warning("skipped event %s: %s", get_path(event, "id"), exc)
             continue
         if rows.kind == "ignored":
             batch.skipped["ignored_event_type"] += 1

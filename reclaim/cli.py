@@ -502,7 +502,7 @@ def replay(
     in simulated time, as an A/B test; print recovered revenue per arm and the verdict."""
     import mlflow
 
-    from reclaim.serving.replay import ReplayConfig, run_replay
+    from reclaim.replay import ReplayConfig, run_replay
     from reclaim.training.ab_stats import difference
     from reclaim.training.evaluate import simulated_market
 

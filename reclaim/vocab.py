@@ -191,11 +191,12 @@ def decline_categories(
     """Classify declines, one per row, as a :data:`DECLINE_CATEGORY_DTYPE` series.
 
     Any signal that forbids a retry wins: a hard Stripe code, ``advice_code=do_not_try_again``,
-    a Visa category-1 network code, or a Mastercard stop code. Unknown Stripe codes are soft:
-    the networks allow a retry, and the caps still bound how many. Nulls (no decline) are null.
+    a Visa category-1 network code, or a Mastercard stop code. A Stripe code Reclaim does not
+    know is hard: a retry is never made on a guess that the decline is soft (a Visa
+    category-1 decline retried is a breach and a fee). Nulls (no decline) are null.
     """
     present = decline_code.notna().to_numpy()
-    base = lookup(decline_code, _CATEGORY_BY_CODE, DeclineCategory.SOFT.value)
+    base = lookup(decline_code, _CATEGORY_BY_CODE, DeclineCategory.HARD.value)
     hard = present & (
         (advice_code == AdviceCode.DO_NOT_TRY_AGAIN.value).fillna(False).to_numpy(dtype=bool)
         | network_decline_code.isin(list(VISA_CATEGORY_1_CODES)).to_numpy(dtype=bool)
@@ -223,7 +224,7 @@ def decline_category(
         or network_advice_code in MASTERCARD_STOP_CODES
     ):
         return DeclineCategory.HARD.value
-    return str(_CATEGORY_BY_CODE.get(decline_code, DeclineCategory.SOFT.value))
+    return str(_CATEGORY_BY_CODE.get(decline_code, DeclineCategory.HARD.value))
 
 
 def _dtype(enum: type[StrEnum]) -> pd.CategoricalDtype:

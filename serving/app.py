@@ -26,6 +26,7 @@ from reclaim.serving.routes import accounts, decisions, health, payments, stats,
 from reclaim.serving.store.configs import ConfigCache
 from reclaim.serving.store.migrate import upgrade
 from reclaim.serving.store.repository import make_engine
+from reclaim.serving.stripe_reads import StripeReader
 from reclaim.settings import Settings, get_settings
 
 
@@ -69,6 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.webhook_retry_seconds,
             timedelta(seconds=settings.webhook_stuck_seconds),
             counted,
+            app.state.stripe_reader,
         )
         app.state.report_warm_up = dashboard.warm_reports(app)
         try:
@@ -93,6 +95,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.config_cache = ConfigCache(settings.config_cache_seconds)
     app.state.reports = ReportCache(settings.report_cache_seconds)
     app.state.experiment = Experiment.from_settings(settings)
+    # what webhook events lack is read from Stripe; without a key such events wait (and say so)
+    app.state.stripe_reader = (
+        StripeReader(settings.stripe_client()) if settings.stripe_api_key is not None else None
+    )
 
     app.add_middleware(guards.RequestMetrics, metrics=app.state.metrics)
     app.add_exception_handler(RequestValidationError, guards.validation_error)

@@ -58,6 +58,7 @@ OPEN = ("scheduled", "in_flight")
 PLAN_BATCH = 200  # decisions asked per tick: keeps a tick well inside the lease
 ACT_BATCH = 200  # due actions re-checked and recorded together
 RECONCILE_SECONDS = 15.0
+DECLINE_COLUMNS = ("decline_code", "advice_code", "network_decline_code", "network_advice_code")
 
 # APScheduler stores a job's function by name, so jobs call this module-level function, which
 # hands them to the scheduler of this process.
@@ -712,7 +713,7 @@ class Scheduler:
                 "initiator": "merchant",
                 "outcome": "succeeded" if s else "failed",
                 "decline_code": None if s else r.decline_code,
-                "advice_code": None,
+                "advice_code": None if s else r.advice_code,
                 "network_decline_code": r.network_decline_code,
                 "network_advice_code": r.network_advice_code,
                 "policy": policy,
@@ -724,20 +725,27 @@ class Scheduler:
         with self.engine.begin() as conn:
             if charged:
                 repo.insert_rows_ignoring(conn, t.attempts, rows)
-                # The webhook may have recorded these attempts first: keep the decision's fields.
+                # The webhook may have recorded these attempts first: keep the decision's
+                # fields, and Stripe's answer to the call itself (the decline as the card
+                # error gave it), which the webhook's copy of the object may lack.
                 conn.execute(
                     sa.update(t.attempts)
                     .where(at_.payment_id == sa.bindparam("pid"))
                     .where(at_.attempt_number == sa.bindparam("n"))
-                    .values(policy=sa.bindparam("pol"), propensity=sa.bindparam("prop")),
+                    .values(
+                        policy=sa.bindparam("pol"),
+                        propensity=sa.bindparam("prop"),
+                        **{c: sa.bindparam(f"v_{c}") for c in DECLINE_COLUMNS},
+                    ),
                     [
                         {
-                            "pid": x["payment_id"],
-                            "n": x["attempt_number"],
-                            "pol": policy,
-                            "prop": x["propensity"],
+                            "pid": row["payment_id"],
+                            "n": row["attempt_number"],
+                            "pol": row["policy"],
+                            "prop": row["propensity"],
+                            **{f"v_{c}": row[c] for c in DECLINE_COLUMNS},
                         }
-                        for (x, _), policy in zip(charged, policies, strict=True)
+                        for row in rows
                     ],
                 )
             conn.execute(

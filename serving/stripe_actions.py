@@ -23,6 +23,7 @@ import stripe
 
 from reclaim import vocab
 from reclaim.features.stripe_backfill import Backoff
+from reclaim.features.stripe_normalize import UNKNOWN_DECLINE
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,8 @@ def scope(payment: Mapping[str, Any]) -> str | None:
 def _decline(error: Mapping[str, Any]) -> ChargeResult:
     return ChargeResult(
         "declined",
-        decline_code=error.get("decline_code") or error.get("code") or "generic_decline",
+        # a decline Stripe did not name is recorded as unknown, which no merchant retry follows
+        decline_code=error.get("decline_code") or error.get("code") or UNKNOWN_DECLINE,
         advice_code=error.get("advice_code"),
         network_decline_code=error.get("network_decline_code"),
         network_advice_code=error.get("network_advice_code"),

@@ -13,6 +13,10 @@ Stripe reports one failure through up to three events (``invoice.payment_failed`
 ``payment_intent.payment_failed``, ``charge.failed``): a failure within
 :data:`SAME_ATTEMPT_WINDOW` of one already stored for the payment is the same attempt. Real
 retries are at least an hour apart under the network rules, so the window cannot merge two.
+Before an event is applied, what it lacks is read from Stripe (:mod:`reclaim.serving.stripe_reads`:
+an invoice's payment intent with the decline, the invoice an intent or charge belongs to), so
+the stored rows hold what an export of the same payments holds; an intent or charge event
+updates the invoice's payment it belongs to (``payment_aliases``).
 """
 
 from __future__ import annotations
@@ -35,11 +39,25 @@ from reclaim.features import stripe_normalize as sn
 from reclaim.fields import storable
 from reclaim.serving.store import repository as repo
 from reclaim.serving.store import tables as t
+from reclaim.serving.stripe_reads import StripeReader, complete
 
 log = logging.getLogger(__name__)
 
 SAME_ATTEMPT_WINDOW = timedelta(minutes=5)
 ENDPOINTS = ("platform", "connect")
+#: The event types to subscribe both endpoints to (docs/operations.md). ``charge.*`` events
+#: are handled too, but add nothing an intent's events lack: each is one more delivery.
+SUBSCRIBED_EVENTS = frozenset(
+    {
+        "invoice.payment_failed",
+        "invoice.payment_action_required",
+        "invoice.paid",
+        "payment_intent.payment_failed",
+        "payment_intent.succeeded",
+        "payment_method.automatically_updated",
+        "account.application.deauthorized",
+    }
+)
 
 
 class InvalidWebhook(ValueError):
@@ -129,8 +147,10 @@ def receive(
     secret: str,
     tolerance: int = 300,
     retry_base: timedelta = RETRY_BASE,
+    reader: StripeReader | None = None,
 ) -> Receipt:
-    """Verify, store and process one webhook delivery.
+    """Verify, store and process one webhook delivery (``reader`` reads from Stripe what an
+    event lacks).
 
     A first delivery is processed; a repeat of an event that is stored but not yet processed
     (it failed before) is processed again, so Stripe's own redelivery is a retry too. The
@@ -151,7 +171,7 @@ def receive(
         livemode=bool(event.get("livemode")),
         payload=payload.decode(),
     )
-    status = process_event(engine, event["id"], retry_base)
+    status = process_event(engine, event["id"], retry_base, reader)
     return Receipt(event["id"], str(event.get("type")), first, status)
 
 
@@ -159,7 +179,12 @@ class _Taken(Exception):
     """Another process is applying, or has applied, this event."""
 
 
-def process_event(engine: Engine, event_id: str, retry_base: timedelta = RETRY_BASE) -> str:
+def process_event(
+    engine: Engine,
+    event_id: str,
+    retry_base: timedelta = RETRY_BASE,
+    reader: StripeReader | None = None,
+) -> str:
     """Process a stored event once; returns its status afterwards.
 
     Already processed or ignored events are left alone. An error while processing marks the
@@ -179,6 +204,8 @@ def process_event(engine: Engine, event_id: str, retry_base: timedelta = RETRY_B
         return row.status
     e = t.stripe_events.c
     try:
+        # what the event lacks is read from Stripe first, outside the store's transaction
+        done = complete(json.loads(row.payload), reader, lambda oid: owner_of(engine, oid))
         with engine.begin() as conn:
             # Claim the event in the transaction that applies it: a second process (another
             # API worker's retrier, a redelivery) waits on this row, then finds it taken.
@@ -190,7 +217,7 @@ def process_event(engine: Engine, event_id: str, retry_base: timedelta = RETRY_B
             ).rowcount
             if not claimed:
                 raise _Taken
-            status, note = _apply(conn, json.loads(row.payload), event_id)
+            status, note = _apply(conn, done.event, event_id, done.payment_id)
             _set_status(conn, event_id, status, note, tries=row.tries + 1)
         return status
     except _Taken:
@@ -212,7 +239,10 @@ def process_event(engine: Engine, event_id: str, retry_base: timedelta = RETRY_B
 
 
 def process_pending(
-    engine: Engine, now: datetime | None = None, retry_base: timedelta = RETRY_BASE
+    engine: Engine,
+    now: datetime | None = None,
+    retry_base: timedelta = RETRY_BASE,
+    reader: StripeReader | None = None,
 ) -> dict[str, int]:
     """Retry every stored event not yet processed whose next try is due (all of them with
     ``now`` far enough ahead); returns the count per resulting status."""
@@ -237,7 +267,7 @@ def process_pending(
         )
     counts: dict[str, int] = {}
     for event_id in ids:
-        status = process_event(engine, event_id, retry_base)
+        status = process_event(engine, event_id, retry_base, reader)
         counts[status] = counts.get(status, 0) + 1
     return counts
 
@@ -262,6 +292,7 @@ def retry_in_background(
     every_seconds: float,
     stuck_after: timedelta,
     on_round: Any = None,
+    reader: StripeReader | None = None,
 ) -> tuple[threading.Thread, threading.Event]:
     """Start a thread that retries due events (:func:`process_pending`) every
     ``every_seconds`` (also the backoff's first wait) and counts the stuck ones, until the
@@ -275,7 +306,9 @@ def retry_in_background(
     def loop() -> None:
         while not stop.wait(every_seconds):
             try:
-                counts = process_pending(engine, retry_base=timedelta(seconds=every_seconds))
+                counts = process_pending(
+                    engine, retry_base=timedelta(seconds=every_seconds), reader=reader
+                )
                 stuck = stuck_events(engine, stuck_after)
             except Exception:  # the store is down: try again next round
                 log.exception("retrying stored webhook events failed")
@@ -315,8 +348,44 @@ def _set_status(
 OWN_RETRY = re.compile(r"^reclaim-retry-.+-(\d+)$")
 
 
-def _apply(conn: sa.Connection, event: dict[str, Any], event_id: str) -> tuple[str, str | None]:
-    """Write one event's rows inside ``conn``'s transaction; returns (status, note)."""
+def owner_of(engine: Engine, object_id: str) -> str | None:
+    """The stored payment a Stripe object id stands for: the payment itself, or the payment
+    an alias names (an invoice's payment intent); None when neither is stored."""
+    with engine.connect() as conn:
+        return _owner(conn, object_id)
+
+
+def _owner(conn: sa.Connection, object_id: str) -> str | None:
+    alias = conn.execute(
+        sa.select(t.payment_aliases.c.payment_id).where(t.payment_aliases.c.object_id == object_id)
+    ).scalar()
+    if alias is not None:
+        return str(alias)
+    stored = conn.execute(
+        sa.select(t.payments.c.payment_id).where(t.payments.c.payment_id == object_id)
+    ).scalar()
+    return None if stored is None else str(stored)
+
+
+def _remember_aliases(conn: sa.Connection, event: dict[str, Any], payment: dict) -> None:
+    """An invoice's payment intents stand for the invoice's payment from now on."""
+    obj = sn.get_path(event, "data", "object") or {}
+    if obj.get("object") != "invoice":
+        return
+    rows = [
+        {"object_id": oid, "payment_id": payment["payment_id"], "account_id": payment["account_id"]}
+        for oid in (sn.object_id(pi) for pi in sn.invoice_payment_intents(obj))
+        if oid and oid != payment["payment_id"]
+    ]
+    repo.insert_rows_ignoring(conn, t.payment_aliases, rows)
+
+
+def _apply(
+    conn: sa.Connection, event: dict[str, Any], event_id: str, payment_id: str | None = None
+) -> tuple[str, str | None]:
+    """Write one event's rows inside ``conn``'s transaction; returns (status, note).
+    ``payment_id``: the stored payment the event's attempt belongs to, when its own object's
+    id is not that payment's (an invoice's payment intent or charge)."""
     try:
         rows = sn.normalize_event(event)
     except sn.Unsupported as exc:
@@ -340,6 +409,10 @@ def _apply(conn: sa.Connection, event: dict[str, Any], event_id: str) -> tuple[s
         return "processed", rows.kind
     attempt = rows.attempt
     assert attempt is not None  # failures and recoveries always carry an attempt
+    if payment_id is None:
+        payment_id = _owner(conn, attempt["payment_id"])
+    if payment_id is not None:
+        attempt["payment_id"] = payment_id
     pid = attempt["payment_id"]
     stored = conn.execute(
         sa.select(
@@ -353,6 +426,7 @@ def _apply(conn: sa.Connection, event: dict[str, Any], event_id: str) -> tuple[s
         if rows.payment is None:
             return "ignored", "payment not known yet"
         _insert(conn, contract.PAYMENTS, t.payments, rows.payment)
+        _remember_aliases(conn, event, rows.payment)
         stored = []
     own = OWN_RETRY.match(str((event.get("request") or {}).get("idempotency_key") or ""))
     if own:  # Reclaim's own retry: its number is in the key, and the scheduler records it too
@@ -360,6 +434,10 @@ def _apply(conn: sa.Connection, event: dict[str, Any], event_id: str) -> tuple[s
         attempt["initiator"] = "merchant"
         _insert(conn, contract.ATTEMPTS, t.attempts, attempt)
         return "processed", "reclaim's own retry"
+    if rows.kind == "recovery":
+        # Not Reclaim's retry: with Stripe's own retries off (docs/operations.md), whoever
+        # paid is the customer, as the export records such a payment
+        attempt["initiator"] = "customer"
     at = _utc(attempt["attempted_at"])
     if any(
         outcome == attempt["outcome"] and abs(_utc(when) - at) <= SAME_ATTEMPT_WINDOW

@@ -130,6 +130,7 @@ def rollout(
     seed: int = 0,
     network_rules: rules.NetworkRules | None = None,
     on_step: Callable[[int, int], None] | None = None,
+    stream: str | None = None,
 ) -> Rollout:
     """Roll ``policy`` out over every payment of ``market``.
 
@@ -142,6 +143,9 @@ def rollout(
         Hard limits; the marketplace config's by default.
     on_step
         Called as ``on_step(decision_number, active_payments)`` for progress display.
+    stream
+        The policy's draw stream (default ``"rollout {seed}/"``); ``""`` draws as the scoring
+        API does, so a rollout and a replay of the same payments meet the same draws.
     """
     cfg = market.config
     limits = network_rules or cfg.rules
@@ -192,7 +196,11 @@ def rollout(
             messages_so_far,
             pd.Series(pd.DatetimeIndex(now[rows]).tz_localize("UTC")),
         )
-        draws = DecisionRandom(batch.payments["payment_id"], batch.now, stream=f"rollout {seed}/")
+        draws = DecisionRandom(
+            batch.payments["payment_id"],
+            batch.now,
+            stream=f"rollout {seed}/" if stream is None else stream,
+        )
         raw: ActionBatch = policy.act(batch, draws)
         if len(raw) != len(rows):
             raise ValueError(
@@ -229,12 +237,15 @@ def rollout(
                 market, m_rows, t_now[msg], channel, sender, sent[m_rows]
             )
             u = market.noise
-            responds = u["respond"][m_rows, step] < respond
-            delay_h = -cfg.response_delay_mean_hours * np.log1p(-u["delay"][m_rows, step])
+            # the k-th message a customer gets meets the k-th draw, however many decisions
+            # came before it: the replay's simulated customer draws the same way
+            k = np.minimum(sent[m_rows], u["respond"].shape[1] - 1)
+            responds = u["respond"][m_rows, k] < respond
+            delay_h = -cfg.response_delay_mean_hours * np.log1p(-u["delay"][m_rows, k])
             t_msg = now[m_rows]
             reply = t_msg + (delay_h * 3600e6).astype("timedelta64[us]")
             customer_at[m_rows] = first(customer_at[m_rows], np.where(responds, reply, never))
-            cancels = u["cancel"][m_rows, step] < cancel
+            cancels = u["cancel"][m_rows, k] < cancel
             cancel_at[m_rows] = first(cancel_at[m_rows], np.where(cancels, t_msg, never))
             cost_cents[m_rows] += np.array([cfg.message_cost_cents[c] for c in channel])
             messages.append(

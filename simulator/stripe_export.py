@@ -189,6 +189,7 @@ def to_stripe_objects(tables: contract.ContractTables) -> dict[Scope, dict[str, 
                             {
                                 "id": f"inpay_{p.payment_id[3:]}",
                                 "object": "invoice_payment",
+                                "invoice": p.payment_id,
                                 "payment": {"type": "payment_intent", "payment_intent": pi_id},
                                 "status": "paid" if paid else "open",
                             }

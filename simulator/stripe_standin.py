@@ -9,17 +9,28 @@ that callers back off. Every request is recorded for assertions.
 
 It also moves (pretend) money: ``POST /v1/invoices/{id}/pay`` and
 ``POST /v1/payment_intents/{id}/confirm`` draw their outcome from ``outcome`` (the simulator's
-ground truth in the demo), answer a decline as Stripe does (402, ``card_error`` with the
-decline code), and honour idempotency keys as Stripe does: a key seen before gets the first
-answer again and moves no money. ``executed`` counts the requests that really ran, per key —
-the tests' proof that nothing was charged twice. A timeout fault runs the request and then
-answers too late, the case idempotency keys exist for.
+ground truth in the demo) and answer as Stripe does: each attempt creates a Charge (with its
+``outcome``: reason, advice and the network's decline and advice codes), the payment intent's
+``last_payment_error`` and ``latest_charge`` follow it, and a decline is a 402 ``card_error``
+carrying ``decline_code``, ``advice_code``, ``network_decline_code``, ``network_advice_code``,
+``charge`` and ``payment_method`` (``stripe/_error_object.py``'s fields). Idempotency keys are
+honoured as Stripe does: a key seen before gets the first answer again and moves no money.
+``executed`` counts the requests that really ran, per key — the tests' proof that nothing was
+charged twice. A timeout fault runs the request and then answers too late, the case
+idempotency keys exist for.
 
-Each payment outcome is also sent as a signed webhook event (``invoice.paid``,
-``invoice.payment_failed``, ``payment_intent.succeeded``, ``payment_intent.payment_failed``) to
-the endpoints in ``webhooks``: direct charges' events to the Connect endpoint with their
-``account``, the rest to the platform endpoint, each carrying ``request.idempotency_key`` as
-Stripe's do. Faults can deliver events twice and out of order.
+Reads answer as Stripe's do: ``expand[]`` replaces ids with their objects (``latest_charge``,
+``payments.data.payment.payment_intent``, ``customer``), and ``GET /v1/invoice_payments``
+filtered by ``payment[payment_intent]`` tells which invoice an intent pays (since
+2025-03-31.basil an intent no longer names its invoice).
+
+Each attempt is also sent as the signed webhook events Stripe sends for it (``charge.failed``
+or ``charge.succeeded``, ``payment_intent.payment_failed`` or ``payment_intent.succeeded``, and
+for an invoice ``invoice.payment_failed`` or ``invoice.paid``), each endpoint getting only the
+types it is subscribed to (``enabled_events``, as a Stripe webhook endpoint): direct charges'
+events to the Connect endpoint with their ``account``, the rest to the platform endpoint, each
+carrying ``request.idempotency_key`` as Stripe's do. Event objects are never expanded. Faults
+can deliver events twice and out of order.
 
 stripe-mock cannot be installed here and ``localstripe`` is GPL and returns no decline codes
 (RESEARCH.md section 5), so Reclaim carries its own.
@@ -35,7 +46,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -48,6 +59,13 @@ import stripe
 Scope = str | None  # None: the platform; "acct_…": a connected account
 
 LISTABLE = ("accounts", "charges", "customers", "invoices", "payment_intents")
+#: Which resource an id names, by its prefix (for ``expand[]``).
+RESOURCE_OF_PREFIX = {
+    "ch": "charges",
+    "cus": "customers",
+    "in": "invoices",
+    "pi": "payment_intents",
+}
 
 
 @dataclass
@@ -67,12 +85,52 @@ class Faults:
 
 
 #: ``outcome(scope, resource, obj, attempt_time)``: None for a successful charge, else the
-#: decline code. The default declines everything with ``insufficient_funds``.
-Outcome = Callable[[Scope, str, dict[str, Any], datetime], str | None]
+#: decline: its code, or a mapping with ``decline_code`` and optionally ``advice_code``,
+#: ``network_decline_code`` and ``network_advice_code``. The default declines everything with
+#: ``insufficient_funds`` (Visa's network code 51).
+Outcome = Callable[[Scope, str, dict[str, Any], datetime], "str | Mapping[str, Any] | None"]
+
+DECLINE_FIELDS = ("decline_code", "advice_code", "network_decline_code", "network_advice_code")
+
+#: Every event type the stand-in sends; an endpoint without ``enabled_events`` gets them all.
+EVENT_TYPES = frozenset(
+    {
+        "charge.failed",
+        "charge.succeeded",
+        "payment_intent.payment_failed",
+        "payment_intent.succeeded",
+        "invoice.payment_failed",
+        "invoice.paid",
+        "payment_method.automatically_updated",
+        "account.application.deauthorized",
+    }
+)
 
 
-def _decline_all(scope: Scope, resource: str, obj: dict[str, Any], at: datetime) -> str | None:
-    return "insufficient_funds"
+#: The event type Stripe sends for each object an attempt touches, by the attempt's result.
+ATTEMPT_EVENTS = {
+    "failed": {
+        "charge": "charge.failed",
+        "payment_intent": "payment_intent.payment_failed",
+        "invoice": "invoice.payment_failed",
+    },
+    "succeeded": {
+        "charge": "charge.succeeded",
+        "payment_intent": "payment_intent.succeeded",
+        "invoice": "invoice.paid",
+    },
+}
+
+
+def _decline_all(scope: Scope, resource: str, obj: dict[str, Any], at: datetime) -> Any:
+    return {"decline_code": "insufficient_funds", "network_decline_code": "51"}
+
+
+def as_decline(value: str | Mapping[str, Any]) -> dict[str, Any]:
+    """An outcome's decline as the four fields Stripe reports (missing ones None)."""
+    if isinstance(value, str):
+        value = {"decline_code": value}
+    return {k: value.get(k) for k in DECLINE_FIELDS}
 
 
 @dataclass(frozen=True)
@@ -98,6 +156,8 @@ class StripeStandIn:
     outcome: Outcome = _decline_all
     webhooks: dict[str, tuple[str, str]] = field(default_factory=dict)
     """``{"platform"|"connect": (url, signing secret)}``."""
+    enabled_events: frozenset[str] = EVENT_TYPES
+    """The event types the endpoints are subscribed to (Stripe sends no others)."""
     now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     """The stand-in's clock (the simulated one in accelerated runs)."""
     blocked_accounts: set[str] = field(default_factory=set)
@@ -123,6 +183,7 @@ class StripeStandIn:
         self.delivered: list[tuple[str, str, int]] = []  # (event id, endpoint, status)
         self._sender: threading.Thread | None = None
         self._event_seq = 0
+        self._charge_seq = 0
 
     # --- data ---------------------------------------------------------------------------
     def add(self, resource: str, obj: dict[str, Any], account: Scope = None) -> None:
@@ -200,6 +261,8 @@ class StripeStandIn:
         action = re.fullmatch(r"/v1/(invoices|payment_intents)/([\w-]+)/(pay|confirm)", path)
         if action and method == "POST":
             return self._move_money(account, *action.groups(), headers.get("Idempotency-Key"))
+        if path == "/v1/invoice_payments" and method == "GET":
+            return 200, self._invoice_payments(account, query)
         match = re.fullmatch(r"/v1/(\w+)(?:/([\w-]+))?", path)
         if not match or match.group(1) not in LISTABLE:
             return 404, _error("invalid_request_error", f"Unrecognized request URL ({path}).")
@@ -217,8 +280,50 @@ class StripeStandIn:
                     f"No such {resource[:-1]}: '{oid}'",
                     code="resource_missing",
                 )
-            return 200, store[oid]
+            return 200, self._expand(account, store[oid], _expansions(query))
         return 200, _list(resource, list(store.values()), query)
+
+    def _expand(self, account: Scope, obj: dict[str, Any], paths: list[str]) -> dict[str, Any]:
+        """A copy of ``obj`` with the ids at each dotted path replaced by their objects (on the
+        same scope), as Stripe's ``expand[]``; ``data`` steps go through a list's items."""
+        out = json.loads(json.dumps(obj))
+        for path in paths:
+            self._expand_path(account, out, path.split("."))
+        return out
+
+    def _expand_path(self, account: Scope, node: Any, steps: list[str]) -> None:
+        if not steps or not isinstance(node, dict):
+            return
+        head, rest = steps[0], steps[1:]
+        value = node.get(head)
+        if head == "data" and isinstance(value, list):
+            for item in value:
+                self._expand_path(account, item, rest)
+            return
+        if isinstance(value, str) and not rest:
+            resource = RESOURCE_OF_PREFIX.get(value.split("_", 1)[0])
+            with self._lock:
+                found = self.objects[account][resource].get(value) if resource else None
+            if found is not None:
+                node[head] = json.loads(json.dumps(found))
+            return
+        self._expand_path(account, value, rest)
+
+    def _invoice_payments(self, account: Scope, query: dict[str, str]) -> dict[str, Any]:
+        """``GET /v1/invoice_payments``: the invoice payments of this scope, filtered by
+        ``invoice`` or ``payment[payment_intent]``."""
+        with self._lock:
+            invoices = list(self.objects[account]["invoices"].values())
+        wanted_pi = query.get("payment[payment_intent]")
+        wanted_invoice = query.get("invoice")
+        found = [
+            {**pay, "invoice": inv["id"]}
+            for inv in invoices
+            for pay in inv.get("payments", {}).get("data", [])
+            if (wanted_invoice is None or inv["id"] == wanted_invoice)
+            and (wanted_pi is None or pay.get("payment", {}).get("payment_intent") == wanted_pi)
+        ]
+        return _list("invoice_payments", found, query)
 
     # --- money ---------------------------------------------------------------------------
     def _move_money(
@@ -268,30 +373,137 @@ class StripeStandIn:
             )
             return 400, _error("invalid_request_error", f"{oid} is already paid.", code=code)
         at = self.now()
-        decline = self.outcome(account, resource, obj, at)
-        kind = "invoice" if resource == "invoices" else "payment_intent"
+        outcome = self.outcome(account, resource, obj, at)
+        intent = self.intent_of(account, obj)
+        decline = None if outcome is None else as_decline(outcome)
+        charge = self._charge(account, obj, intent, decline, at)
+        if intent is not None:
+            intent["latest_charge"] = charge["id"]
         if decline is None:
             obj["status"] = done
-            self._emit(
-                f"{kind}.{'paid' if kind == 'invoice' else 'succeeded'}", obj, account, at, key
-            )
+            if intent is not None:
+                intent["status"] = "succeeded"
+            for pay in obj.get("payments", {}).get("data", []):
+                pay["status"] = "paid"
+            self.emit_attempt(account, obj, charge, at, key)
             return 200, obj
         error = {
             "type": "card_error",
             "code": "card_declined",
-            "decline_code": decline,
+            **decline,
             "message": "Your card was declined.",
+            "charge": charge["id"],
+            "payment_method": _payment_method(intent),
         }
-        if resource == "payment_intents":
-            obj["status"] = "requires_payment_method"
-            obj["last_payment_error"] = {**(obj.get("last_payment_error") or {}), **error}
-        self._emit(f"{kind}.payment_failed", obj, account, at, key)
+        if intent is not None:
+            intent["status"] = "requires_payment_method"
+            intent["last_payment_error"] = error
+            if resource == "payment_intents":  # Stripe's error names the intent it was for
+                error = {**error, "payment_intent": json.loads(json.dumps(intent))}
+        self.emit_attempt(account, obj, charge, at, key)
         return 402, {"error": error}
 
+    def customer_pays(self, account: Scope, resource: str, oid: str, at: datetime) -> bool:
+        """The customer pays ``oid`` themselves at ``at`` (on the hosted invoice page, or by
+        confirming the intent in session): a succeeded charge and its events, with no
+        idempotency key of the platform's. False if it was already paid."""
+        with self._money_lock:
+            obj = self.objects[account][resource][oid]
+            if obj.get("status") in ("paid", "succeeded"):
+                return False
+            intent = self.intent_of(account, obj)
+            charge = self._charge(account, obj, intent, None, at)
+            obj["status"] = "paid" if resource == "invoices" else "succeeded"
+            if intent is not None:
+                intent["status"], intent["latest_charge"] = "succeeded", charge["id"]
+            for pay in obj.get("payments", {}).get("data", []):
+                pay["status"] = "paid"
+            self.emit_attempt(account, obj, charge, at)
+            return True
+
+    def intent_of(self, account: Scope, obj: dict[str, Any]) -> dict[str, Any] | None:
+        """The payment intent an invoice's latest payment uses (or ``obj`` itself)."""
+        if obj.get("object") == "payment_intent":
+            return obj
+        pays = obj.get("payments", {}).get("data", [])
+        pi = pays[-1].get("payment", {}).get("payment_intent") if pays else None
+        pi_id = pi.get("id") if isinstance(pi, dict) else pi
+        return self.objects[account]["payment_intents"].get(pi_id) if pi_id else None
+
+    def _charge(
+        self,
+        account: Scope,
+        obj: dict[str, Any],
+        intent: dict[str, Any] | None,
+        decline: dict[str, Any] | None,
+        at: datetime,
+    ) -> dict[str, Any]:
+        """A new Charge for one attempt at ``obj`` (as Stripe creates one per attempt)."""
+        before = (intent or {}).get("latest_charge")
+        before = self.objects[account]["charges"].get(before) if isinstance(before, str) else None
+        card = _get(before, "payment_method_details") or {
+            "type": "card",
+            "card": _get(_payment_method(intent), "card"),
+        }
+        self._charge_seq += 1
+        failed = decline is not None
+        charge = {
+            "id": f"ch_standin_{self._charge_seq}",
+            "object": "charge",
+            "amount": obj.get("amount_due", obj.get("amount")),
+            "currency": obj.get("currency"),
+            "customer": obj.get("customer"),
+            "created": int(at.timestamp()),
+            "payment_intent": (intent or {}).get("id"),
+            "status": "failed" if failed else "succeeded",
+            "paid": not failed,
+            "failure_code": "card_declined" if failed else None,
+            "outcome": {
+                "type": "issuer_declined" if failed else "authorized",
+                "reason": decline["decline_code"] if failed else None,
+                "advice_code": decline["advice_code"] if failed else None,
+                "network_decline_code": decline["network_decline_code"] if failed else None,
+                "network_advice_code": decline["network_advice_code"] if failed else None,
+                "network_status": "declined_by_network" if failed else "approved_by_network",
+            },
+            "payment_method_details": card,
+            "billing_details": (before or {}).get("billing_details", {"address": None}),
+            "application_fee_amount": (intent or obj).get("application_fee_amount"),
+            "on_behalf_of": (intent or obj).get("on_behalf_of"),
+            "transfer_data": (intent or obj).get("transfer_data"),
+            "transfer_group": (intent or obj).get("transfer_group"),
+            "metadata": dict((intent or obj).get("metadata") or {}),
+            "livemode": False,
+        }
+        self.objects[account]["charges"][charge["id"]] = charge
+        return charge
+
     # --- webhooks ------------------------------------------------------------------------
+    def emit_attempt(
+        self,
+        account: Scope,
+        obj: dict[str, Any],
+        charge: dict[str, Any] | None,
+        at: datetime,
+        key: str | None = None,
+    ) -> None:
+        """Send the events Stripe sends for one attempt at ``obj`` (an invoice or a standalone
+        intent): its charge's, its intent's and, for an invoice, the invoice's; each as the
+        object is now. ``charge`` None: the intent's latest charge."""
+        intent = self.intent_of(account, obj)
+        if charge is None and intent is not None:
+            charge = self.objects[account]["charges"].get(intent.get("latest_charge") or "")
+        failed = obj.get("status") not in ("paid", "succeeded")
+        types = ATTEMPT_EVENTS["failed" if failed else "succeeded"]
+        for thing in (charge, intent if intent is not obj else None, obj):
+            if thing is not None:
+                self._emit(types[thing["object"]], thing, account, at, key)
+
     def _emit(
         self, etype: str, obj: dict[str, Any], account: Scope, at: datetime, key: str | None
     ) -> None:
+        if etype not in self.enabled_events:
+            return
         self._event_seq += 1
         event = {
             "id": f"evt_standin_{self._event_seq}",
@@ -300,7 +512,7 @@ class StripeStandIn:
             "created": int(at.timestamp()),
             "livemode": False,
             "data": {"object": json.loads(json.dumps(obj))},
-            "request": {"id": f"req_{self._event_seq}", "idempotency_key": key},
+            "request": {"id": f"req_{self._event_seq}" if key else None, "idempotency_key": key},
             **({"account": account} if account else {}),
         }
         self.send_event(event)
@@ -385,6 +597,22 @@ class StripeStandIn:
 def sign(payload: bytes, secret: str) -> str:
     """A ``Stripe-Signature`` header for ``payload`` signed now, by the SDK's own helper."""
     return stripe.WebhookSignature.generate_signature_header(payload.decode(), secret)
+
+
+def _get(obj: Any, key: str) -> Any:
+    return obj.get(key) if isinstance(obj, dict) else None
+
+
+def _payment_method(intent: dict[str, Any] | None) -> Any:
+    """The card an intent last tried (its error's payment method, else its own)."""
+    return _get(_get(intent, "last_payment_error"), "payment_method") or _get(
+        intent, "payment_method"
+    )
+
+
+def _expansions(query: dict[str, str]) -> list[str]:
+    """The ``expand[]`` paths of a request (``expand[0]=…`` as the SDK encodes them)."""
+    return [v for k, v in sorted(query.items()) if k == "expand" or k.startswith("expand[")]
 
 
 def _error(kind: str, message: str, code: str | None = None) -> dict[str, Any]:

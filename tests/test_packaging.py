@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).parents[1]
-SUBPACKAGES = ["features", "models", "training", "serving", "simulator"]
+SUBPACKAGES = ["features", "models", "training", "serving", "simulator", "replay"]
 
 
 @pytest.mark.parametrize("name", SUBPACKAGES)
@@ -40,3 +40,33 @@ def test_wheel_contains_only_the_reclaim_package(tmp_path: Path) -> None:
     assert tops == {"reclaim", next(t for t in tops if t.endswith(".dist-info"))}
     names = zipfile.ZipFile(wheel).namelist()
     assert "reclaim/simulator/environment.py" in names and "reclaim/cli.py" in names
+
+
+#: What each part may not import: data flows features → models → training or serving, and
+#: the replay composes the simulator with serving above both.
+FORBIDDEN = {
+    "features": ("models", "training", "serving", "simulator", "replay"),
+    "models": ("training", "serving", "simulator", "replay"),
+    "serving": ("simulator", "replay"),
+    "simulator": ("serving", "replay"),
+}
+
+
+@pytest.mark.parametrize("part", sorted(FORBIDDEN))
+def test_a_lower_layer_never_imports_a_higher_one(part: str) -> None:
+    import ast
+
+    found = []
+    for path in (ROOT / part).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else []
+            )
+            for name in names:
+                if any(name.startswith(f"reclaim.{other}") for other in FORBIDDEN[part]):
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno} imports {name}")
+    assert not found, found

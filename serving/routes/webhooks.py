@@ -36,6 +36,7 @@ async def _receive(
             secret.get_secret_value(),
             settings.webhook_tolerance_seconds,
             timedelta(seconds=settings.webhook_retry_seconds),
+            request.app.state.stripe_reader,
         )
     except webhooks.InvalidWebhook as exc:
         metrics.webhooks.labels(endpoint, "unknown", "rejected").inc()

@@ -149,6 +149,7 @@ decision_log = sa.Table(
     sa.Column("propensity", sa.Float, nullable=False),
     sa.Column("reason", sa.String(40), nullable=False, server_default=""),
     sa.Column("explanation", sa.Text),
+    sa.Column("features", sa.Text),  # JSON: the feature row the decision was made on
 )
 sa.Index("ix_decision_log_payment", decision_log.c.payment_id, decision_log.c.decided_at)
 
@@ -227,6 +228,15 @@ card_updates = sa.Table(
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
 )
 sa.Index("ix_card_updates_customer", card_updates.c.customer_id)
+
+# A Stripe object (an invoice's payment intent) that stands for a stored payment (the invoice).
+payment_aliases = sa.Table(
+    "payment_aliases",
+    metadata,
+    sa.Column("object_id", sa.String(255), primary_key=True),
+    sa.Column("payment_id", sa.String(255), nullable=False),
+    sa.Column("account_id", sa.String(255), nullable=False),
+)
 
 account_status = sa.Table(
     "account_status",

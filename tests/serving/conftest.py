@@ -34,6 +34,7 @@ from reclaim.serving.scheduler import Scheduler, ScoringClient
 from reclaim.serving.store import tables as t
 from reclaim.serving.store.migrate import upgrade
 from reclaim.serving.store.repository import make_engine
+from reclaim.serving.stripe_reads import StripeReader
 from reclaim.settings import Settings
 from reclaim.simulator.stripe_export import payment_event, payment_objects, to_stripe_objects
 from reclaim.simulator.stripe_standin import Faults, StripeStandIn
@@ -88,14 +89,32 @@ def engine(store_url: str):
     engine.dispose()
 
 
+@pytest.fixture(scope="session")
+def stripe_api() -> Iterator[StripeStandIn]:
+    """A Stripe stand-in holding no objects: what the webhook tests' reads reach (a payment
+    intent no invoice pays is a standalone one)."""
+    with StripeStandIn() as standin:
+        yield standin
+
+
 @pytest.fixture
-def client(tmp_path, trained):
+def stripe_reader(stripe_api: StripeStandIn) -> StripeReader:
+    """Reads from :func:`stripe_api` through the official SDK, as the API makes them."""
+    return StripeReader(
+        stripe.StripeClient(stripe_api.api_key, base_addresses={"api": stripe_api.url})
+    )
+
+
+@pytest.fixture
+def client(tmp_path, trained, stripe_api):
     """The API on SQLite serving the trained policy, called with a scheduler key."""
     settings = Settings(
         database_url=f"sqlite:///{tmp_path / 'api.db'}",
         mlflow_tracking_uri=trained.tracking_uri,
         stripe_webhook_secret_platform=SecretStr("whsec_p"),
         stripe_webhook_secret_connect=SecretStr("whsec_c"),
+        stripe_api_key=SecretStr(stripe_api.api_key),
+        stripe_api_base=stripe_api.url,
         policy_reload_seconds=3600,
     )
     with TestClient(create_app(settings)) as c:
@@ -302,18 +321,6 @@ def make_loop(tmp_path, trained):
         port = _free_port()
         api_url = f"http://127.0.0.1:{port}"
         secrets_ = {"platform": "whsec_loop_p", "connect": "whsec_loop_c"}
-        settings = Settings(
-            database_url=database,
-            mlflow_tracking_uri=trained.tracking_uri,
-            stripe_webhook_secret_platform=SecretStr(secrets_["platform"]),
-            stripe_webhook_secret_connect=SecretStr(secrets_["connect"]),
-            policy_reload_seconds=3600,
-        )
-        upgrade(database)
-        engine = make_engine(database)
-        _, scheduler_key = create_key(engine, "scheduler")
-        _, admin_key = create_key(engine, "admin")
-        server = _serve(create_app(settings), port)
         # a week of simulated time passes in about 8 seconds
         origin = datetime(2026, 6, 1, 12, tzinfo=UTC)
         clock = Clock(speed=72_000.0, origin=origin, wall_origin=datetime.now(UTC))
@@ -324,6 +331,20 @@ def make_loop(tmp_path, trained):
             now=clock.now,
         )
         standin.__enter__()
+        settings = Settings(
+            database_url=database,
+            mlflow_tracking_uri=trained.tracking_uri,
+            stripe_webhook_secret_platform=SecretStr(secrets_["platform"]),
+            stripe_webhook_secret_connect=SecretStr(secrets_["connect"]),
+            stripe_api_key=SecretStr(standin.api_key),
+            stripe_api_base=standin.url,
+            policy_reload_seconds=3600,
+        )
+        upgrade(database)
+        engine = make_engine(database)
+        _, scheduler_key = create_key(engine, "scheduler")
+        _, admin_key = create_key(engine, "admin")
+        server = _serve(create_app(settings), port)
         started.append((server, standin))
         httpx.put(
             f"{api_url}/v1/accounts/*/config",

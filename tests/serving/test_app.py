@@ -55,8 +55,12 @@ def test_ready_once_the_champion_is_loaded(tmp_path, trained) -> None:
         assert ready.status_code == 200 and ready.json()["policy_version"] == "1"
 
 
-def test_webhook_routes_verify_with_their_own_secret(tmp_path) -> None:
-    with TestClient(create_app(_settings(tmp_path))) as client:
+def test_webhook_routes_verify_with_their_own_secret(tmp_path, stripe_api) -> None:
+    stripe_settings = {
+        "stripe_api_key": SecretStr(stripe_api.api_key),
+        "stripe_api_base": stripe_api.url,
+    }
+    with TestClient(create_app(_settings(tmp_path, **stripe_settings))) as client:
         body, header = _signed("destination_pi_generic_decline", "whsec_platform")
         ok = client.post(
             "/v1/webhooks/stripe/platform", content=body, headers={"Stripe-Signature": header}

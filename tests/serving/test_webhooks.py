@@ -14,6 +14,7 @@ import stripe
 
 from reclaim.serving import webhooks
 from reclaim.serving.store import repository as repo
+from reclaim.serving.stripe_reads import StripeReader
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "stripe"
 SECRET = "whsec_test_platform"
@@ -28,6 +29,27 @@ def _sign(body: bytes, secret: str = SECRET, at: int | None = None) -> str:
     return stripe.WebhookSignature.generate_signature_header(body.decode(), secret, timestamp=ts)
 
 
+READER: list[StripeReader] = []
+
+
+@pytest.fixture(autouse=True)
+def _stripe(stripe_reader: StripeReader):
+    """Every delivery here reads what it lacks from the (empty) Stripe stand-in."""
+    READER[:] = [stripe_reader]
+
+
+def _receive(*args, **kwargs) -> webhooks.Receipt:
+    return webhooks.receive(*args, reader=READER[0], **kwargs)
+
+
+def _process_pending(*args, **kwargs) -> dict[str, int]:
+    return webhooks.process_pending(*args, reader=READER[0], **kwargs)
+
+
+def _process_event(*args, **kwargs) -> str:
+    return webhooks.process_event(*args, reader=READER[0], **kwargs)
+
+
 def _events(engine) -> list[tuple]:
     with engine.connect() as conn:
         return conn.execute(
@@ -37,7 +59,7 @@ def _events(engine) -> list[tuple]:
 
 def test_a_signed_failure_is_stored_and_becomes_contract_rows(engine) -> None:
     body = _body("destination_pi_generic_decline")
-    receipt = webhooks.receive(engine, "platform", body, _sign(body), SECRET)
+    receipt = _receive(engine, "platform", body, _sign(body), SECRET)
     assert receipt.first_delivery and receipt.status == "processed"
     tables = repo.load_contract(engine)
     assert list(tables.payments["payment_id"]) == ["pi_dest_gen"]
@@ -61,7 +83,7 @@ def test_forged_unsigned_and_stale_deliveries_store_nothing(engine, header, secr
     elif header == "stale":
         header = _sign(body, at=int(time.time()) - 3600)
     with pytest.raises(webhooks.InvalidWebhook, match=message):
-        webhooks.receive(engine, "platform", body, header, secret)
+        _receive(engine, "platform", body, header, secret)
     assert _events(engine) == []
     assert len(repo.load_contract(engine).payments) == 0
 
@@ -69,31 +91,31 @@ def test_forged_unsigned_and_stale_deliveries_store_nothing(engine, header, secr
 def test_duplicate_deliveries_are_processed_once(engine) -> None:
     body = _body("direct_invoice_insufficient_funds")
     for _ in range(3):
-        webhooks.receive(engine, "connect", body, _sign(body), SECRET)
+        _receive(engine, "connect", body, _sign(body), SECRET)
     assert _events(engine) == [("evt_d_if", "processed", 3)]
     assert len(repo.load_contract(engine).attempts) == 1
 
 
 def test_the_same_failure_reported_twice_is_one_attempt(engine) -> None:
     first = _body("separate_pi_expired_card")
-    webhooks.receive(engine, "platform", first, _sign(first), SECRET)
+    _receive(engine, "platform", first, _sign(first), SECRET)
     event = json.loads(first)
     event["id"], event["type"] = "evt_sep_exp_again", "payment_intent.payment_failed"
     event["created"] += 30
     again = json.dumps(event).encode()
-    webhooks.receive(engine, "platform", again, _sign(again), SECRET)
+    _receive(engine, "platform", again, _sign(again), SECRET)
     later = _body("separate_charge_failed")  # a day later: a real second attempt
-    webhooks.receive(engine, "platform", later, _sign(later), SECRET)
+    _receive(engine, "platform", later, _sign(later), SECRET)
     attempts = repo.load_contract(engine).attempts
     assert list(attempts["attempt_number"]) == [0, 1]
 
 
 def test_a_recovery_and_unknown_types(engine) -> None:
     failed, paid = _body("direct_invoice_insufficient_funds"), _body("direct_invoice_paid")
-    webhooks.receive(engine, "connect", failed, _sign(failed), SECRET)
-    assert webhooks.receive(engine, "connect", paid, _sign(paid), SECRET).status == "processed"
+    _receive(engine, "connect", failed, _sign(failed), SECRET)
+    assert _receive(engine, "connect", paid, _sign(paid), SECRET).status == "processed"
     ignored = _body("customer_created_ignored")
-    assert webhooks.receive(engine, "platform", ignored, _sign(ignored), SECRET).status == "ignored"
+    assert _receive(engine, "platform", ignored, _sign(ignored), SECRET).status == "ignored"
     attempts = repo.load_contract(engine).attempts
     assert list(attempts["outcome"].astype(str)) == ["failed", "succeeded"]
 
@@ -101,7 +123,7 @@ def test_a_recovery_and_unknown_types(engine) -> None:
 def test_a_connect_event_needs_its_account(engine) -> None:
     body = _body("destination_pi_generic_decline")  # a platform event
     with pytest.raises(webhooks.InvalidWebhook, match="must name its account"):
-        webhooks.receive(engine, "connect", body, _sign(body), SECRET)
+        _receive(engine, "connect", body, _sign(body), SECRET)
 
 
 def test_an_event_that_fails_processing_is_kept_and_retried(engine, monkeypatch) -> None:
@@ -112,15 +134,15 @@ def test_an_event_that_fails_processing_is_kept_and_retried(engine, monkeypatch)
         raise RuntimeError("database hiccup")
 
     monkeypatch.setattr(webhooks.sn, "normalize_event", broken)
-    receipt = webhooks.receive(engine, "platform", body, _sign(body), SECRET)
+    receipt = _receive(engine, "platform", body, _sign(body), SECRET)
     assert receipt.status == "failed"
     assert _events(engine) == [("evt_sep_auth", "failed", 1)]
     assert len(repo.load_contract(engine).payments) == 0
 
     monkeypatch.setattr(webhooks.sn, "normalize_event", real)
-    assert webhooks.process_pending(engine) == {}  # it backs off before the next try
+    assert _process_pending(engine) == {}  # it backs off before the next try
     later = datetime.now(UTC) + webhooks.RETRY_BASE + timedelta(seconds=1)
-    assert webhooks.process_pending(engine, now=later) == {"processed": 1}
+    assert _process_pending(engine, now=later) == {"processed": 1}
     assert _events(engine) == [("evt_sep_auth", "processed", 1)]
     assert list(repo.load_contract(engine).payments["payment_id"]) == ["pi_sep_auth"]
 
@@ -131,23 +153,21 @@ def test_an_event_retried_by_several_processes_at_once_is_applied_once(engine, m
     body = _body("separate_obo_pi_authentication_required")
     real = webhooks.sn.normalize_event
     monkeypatch.setattr(webhooks.sn, "normalize_event", lambda event: 1 / 0)
-    assert webhooks.receive(engine, "platform", body, _sign(body), SECRET).status == "failed"
+    assert _receive(engine, "platform", body, _sign(body), SECRET).status == "failed"
     monkeypatch.setattr(webhooks.sn, "normalize_event", real)
 
     applied = []
     apply = webhooks._apply
 
-    def slow_apply(conn, event, event_id):  # hold the transaction open, as a slow store would
+    def slow_apply(conn, event, event_id, payment_id=None):  # held open, as a slow store would
         applied.append(event_id)
         time.sleep(0.3)
-        return apply(conn, event, event_id)
+        return apply(conn, event, event_id, payment_id)
 
     monkeypatch.setattr(webhooks, "_apply", slow_apply)
     results: list[str] = []
     workers = [
-        threading.Thread(
-            target=lambda: results.append(webhooks.process_event(engine, "evt_sep_auth"))
-        )
+        threading.Thread(target=lambda: results.append(_process_event(engine, "evt_sep_auth")))
         for _ in range(4)
     ]
     for w in workers:

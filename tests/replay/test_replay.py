@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from reclaim.serving.replay import ReplayConfig, run_replay
+from reclaim.replay import ReplayConfig, run_replay
 
 
 def test_a_replay_runs_both_arms_charges_each_key_once_and_repeats_for_its_seed(tmp_path, trained):
@@ -21,10 +21,16 @@ def test_a_replay_runs_both_arms_charges_each_key_once_and_repeats_for_its_seed(
     assert (table["recovered"] == table["by_retry"] + table["by_customer"]).all()
     assert (table["retries"] > 0).all()  # both arms' decisions were carried out
     assert table.attrs["messages"] > 0  # the policies messaged and the customer heard them
+    # what reached the store through webhooks, reads and the scheduler's records is what the
+    # simulator drew: the same declines, cards and network codes, and no hard decline retried
+    mix = table.attrs["data_path"].dropna()
+    assert (mix["simulated"] - mix["stored"]).abs().max() < 1e-12, mix
+    assert table.attrs["hard_retries"] == 0
 
     again = run_replay(trained.market, trained.tracking_uri, tmp_path / "second", config)
     pd.testing.assert_frame_equal(table, again)
     pd.testing.assert_frame_equal(table.attrs["per_payment"], again.attrs["per_payment"])
-    assert {k: v for k, v in table.attrs.items() if k != "per_payment"} == {
-        k: v for k, v in again.attrs.items() if k != "per_payment"
+    frames = ("per_payment", "data_path")
+    assert {k: v for k, v in table.attrs.items() if k not in frames} == {
+        k: v for k, v in again.attrs.items() if k not in frames
     }

@@ -3,11 +3,15 @@
 A month of new failed payments of a simulated marketplace is replayed against the real stack:
 the scoring API (``reclaim serve``) runs as its own process on a SQLite store, the scheduler
 runs in this process on the same store, and the Stripe stand-in answers them from the
-simulator's ground truth. Each payment's failure reaches Reclaim as a signed webhook at its
-simulated time; the scheduler asks the API for decisions over HTTP and retries through the
-official SDK; customers who pay on their own (the simulator's hidden ``self_cure_hours``) do so
-through the stand-in, and cards the networks refresh (``card_update_hours``) arrive as
-``payment_method.automatically_updated``, each told to Reclaim by webhook. Messages go through
+simulator's ground truth. Everything the truth knows of a failure reaches Reclaim as it would
+from Stripe: each payment's first failure as the signed webhook events Stripe sends for it
+(the endpoints subscribed as ``serving.webhooks.SUBSCRIBED_EVENTS`` says; an invoice's event
+names its payment intent by id only, so the API reads the intent, with the decline and the
+card, from the stand-in), each retry's decline as Stripe's card error (with the network's
+codes) and again by webhook. The scheduler asks the API for decisions over HTTP and retries
+through the official SDK; customers who pay on their own (the simulator's hidden
+``self_cure_hours``) do so through the stand-in, and expired cards the networks refresh
+(``card_update_hours``) arrive as ``payment_method.automatically_updated``. Messages go through
 the scheduler's outbox to a channel that plays the customer: whether and when they pay, or
 cancel, comes from the simulator's truth (``truth.message_effect``). The API runs an A/B test
 — the served policy against a reference policy (``stripe_like``), assigned by a hash of the
@@ -52,12 +56,14 @@ from reclaim.serving.channels import OutgoingMessage
 from reclaim.serving.clock import SimulatedClock
 from reclaim.serving.leader import Lease
 from reclaim.serving.scheduler import Scheduler, ScoringClient
+from reclaim.serving.store import tables as t
 from reclaim.serving.store.experiments import load_assignments
 from reclaim.serving.store.migrate import upgrade
 from reclaim.serving.store.repository import make_engine
+from reclaim.serving.webhooks import SUBSCRIBED_EVENTS
 from reclaim.simulator import Marketplace, fresh_payments, truth
-from reclaim.simulator.stripe_export import payment_event, payment_objects, to_stripe_objects
-from reclaim.simulator.stripe_standin import StripeStandIn
+from reclaim.simulator.stripe_export import payment_objects, to_stripe_objects
+from reclaim.simulator.stripe_standin import DECLINE_FIELDS, StripeStandIn
 
 
 @dataclass(frozen=True)
@@ -89,6 +95,12 @@ class World:
         self.messages: Counter[str] = Counter()
         self.paid_by: dict[str, str] = {}
         self.cancelled: set[str] = set()
+        self.hard_retries = 0
+        codes = market.payments[list(DECLINE_FIELDS)].astype(object)
+        self.declines = [
+            {k: (None if pd.isna(v) else str(v)) for k, v in zip(DECLINE_FIELDS, row, strict=True)}
+            for row in codes.itertuples(index=False)
+        ]
         self._events: list[tuple[datetime, int, str, str]] = []  # (at, seq, kind, payment)
         self._seq = 0
 
@@ -108,15 +120,19 @@ class World:
             out.append((at, kind, pid))
         return out
 
-    def outcome(self, scope: Any, resource: str, obj: dict[str, Any], at: datetime) -> str | None:
-        """A merchant retry at ``at``: None if it succeeds, else the decline code."""
+    def outcome(self, scope: Any, resource: str, obj: dict[str, Any], at: datetime) -> Any:
+        """A merchant retry at ``at``: None if it succeeds, else the decline as Stripe reports
+        it (the payment's decline again, with its advice and network codes, as the
+        simulator's rollout logs a failed retry)."""
         pid = obj["id"]  # invoices and standalone intents carry the payment's id
         i = self.row[pid]
         n = self.retries[pid]
         self.retries[pid] += 1
-        code = str(self.market.payments["decline_code"].iloc[i])
+        if self.market.hidden["category"].iloc[i] == "hard":
+            self.hard_retries += 1  # a breach of the network rules: counted, reported
+        decline = self.declines[i]
         if pid in self.cancelled:  # the customer cancelled: no card will pay any more
-            return code
+            return decline
         p = truth.retry_success_probability(
             self.market, np.array([i]), pd.Series([pd.Timestamp(at)]), np.array([n + 1])
         )[0]
@@ -124,7 +140,7 @@ class World:
         if noise[i, min(n, noise.shape[1] - 1)] < p:
             self.paid_by[pid] = "retry"
             return None
-        return code
+        return decline
 
     def message(self, message: OutgoingMessage, at: datetime) -> None:
         """A message reaches the customer at ``at``: from the truth, they pay some hours
@@ -246,35 +262,40 @@ def run_replay(
     port = _free_port()
     api_url = f"http://127.0.0.1:{port}"
     reclaim = str(Path(sys.executable).with_name("reclaim"))
-    api = subprocess.Popen(
-        [reclaim, "serve", "--port", str(port)],
-        env={
-            **os.environ,
-            "RECLAIM_DATABASE_URL": database,
-            "RECLAIM_LOG_LEVEL": "WARNING",
-            "RECLAIM_MLFLOW_TRACKING_URI": tracking_uri,
-            "RECLAIM_STRIPE_WEBHOOK_SECRET_PLATFORM": secret["platform"],
-            "RECLAIM_STRIPE_WEBHOOK_SECRET_CONNECT": secret["connect"],
-            "RECLAIM_EXPERIMENT_CONTROL": config.control,
-            "RECLAIM_EXPERIMENT_CONTROL_SHARE": str(config.control_share),
-            "RECLAIM_EXPERIMENT_NAME": config.experiment,
-            "RECLAIM_POLICY_RELOAD_SECONDS": "3600",
-        },
+    standin = StripeStandIn(
+        outcome=world.outcome,
+        webhooks={k: (f"{api_url}/v1/webhooks/stripe/{k}", v) for k, v in secret.items()},
+        now=clock.now,
+        deliver_on_demand=True,
+        enabled_events=SUBSCRIBED_EVENTS,
     )
-    try:
-        _wait_ready(api_url, api)
-        if not config.messages:
-            httpx.put(
-                f"{api_url}/v1/accounts/*/config",
-                json={"allowed_channels": []},
-                headers={"Authorization": f"Bearer {admin_key}"},
-            ).raise_for_status()
-        with StripeStandIn(
-            outcome=world.outcome,
-            webhooks={k: (f"{api_url}/v1/webhooks/stripe/{k}", v) for k, v in secret.items()},
-            now=clock.now,
-            deliver_on_demand=True,
-        ) as standin:
+    with standin:
+        api = subprocess.Popen(
+            [reclaim, "serve", "--port", str(port)],
+            env={
+                **os.environ,
+                "RECLAIM_DATABASE_URL": database,
+                "RECLAIM_LOG_LEVEL": "WARNING",
+                "RECLAIM_MLFLOW_TRACKING_URI": tracking_uri,
+                "RECLAIM_STRIPE_WEBHOOK_SECRET_PLATFORM": secret["platform"],
+                "RECLAIM_STRIPE_WEBHOOK_SECRET_CONNECT": secret["connect"],
+                # the API reads what webhook events lack from Stripe: here, the stand-in
+                "RECLAIM_STRIPE_API_KEY": standin.api_key,
+                "RECLAIM_STRIPE_API_BASE": standin.url,
+                "RECLAIM_EXPERIMENT_CONTROL": config.control if config.control_share else "",
+                "RECLAIM_EXPERIMENT_CONTROL_SHARE": str(config.control_share),
+                "RECLAIM_EXPERIMENT_NAME": config.experiment,
+                "RECLAIM_POLICY_RELOAD_SECONDS": "3600",
+            },
+        )
+        try:
+            _wait_ready(api_url, api)
+            if not config.messages:
+                httpx.put(
+                    f"{api_url}/v1/accounts/*/config",
+                    json={"allowed_channels": []},
+                    headers={"Authorization": f"Bearer {admin_key}"},
+                ).raise_for_status()
             tables = contract.ContractTables(
                 payments=payments,
                 attempts=contract.first_failures(payments),
@@ -299,9 +320,9 @@ def run_replay(
                 raise RuntimeError("another scheduler holds this replay store's lease")
             _play(world, standin, objects, scheduler, clock, horizon, progress)
             return _report(world, standin, engine, config)
-    finally:
-        _stop(api)
-        engine.dispose()
+        finally:
+            _stop(api)
+            engine.dispose()
 
 
 def _play(
@@ -315,9 +336,12 @@ def _play(
 ) -> None:
     """Run the month: at each moment something is due, do all of it, then move the clock."""
     market = world.market
+    expired = market.payments["decline_code"].eq("expired_card").to_numpy()
     later = {  # what happens to the customer, hours after the failure
         "cure": market.hidden["self_cure_hours"].to_numpy(),  # pays unprompted
-        "card": market.hidden["card_update_hours"].to_numpy(),  # card refreshed by the network
+        # the networks' updaters refresh reissued cards: an expired one (the truth reads
+        # card_update_hours for expired cards only)
+        "card": np.where(expired, market.hidden["card_update_hours"].to_numpy(), np.inf),
     }
     window = timedelta(days=market.config.rules.window_days).total_seconds()
     where: dict[str, tuple[Any, str]] = {}
@@ -337,15 +361,12 @@ def _play(
         for at, kind, pid in world.pop_due(now):
             scope, resource = where[pid]
             obj = standin.objects[scope][resource][pid]
-            if kind == "fail":
-                standin.send_event(payment_event("payment_failed", obj, scope, at))
+            if kind == "fail":  # the events Stripe sends for the first failure
+                standin.emit_attempt(scope, standin.objects[scope][resource][pid], None, at)
             elif kind == "card":
                 standin.send_event(_card_update_event(obj, scope, at))
-            elif pid not in world.cancelled and obj.get("status") not in ("paid", "succeeded"):
-                obj["status"] = "paid" if resource == "invoices" else "succeeded"
+            elif pid not in world.cancelled and standin.customer_pays(scope, resource, pid, at):
                 world.paid_by[pid] = "customer"
-                ok = "paid" if resource == "invoices" else "succeeded"
-                standin.send_event(payment_event(ok, obj, scope, at))
         standin.wait_delivered()
         scheduler.work_due(settle=standin.wait_delivered)
         due = [t for t in (world.next_event(), scheduler.next_due()) if t is not None]
@@ -364,7 +385,12 @@ def _report(
     p = world.market.payments
     usd = p["amount"].to_numpy() * world.market.hidden["usd_per_minor"].to_numpy()
     paid_by = p["payment_id"].map(world.paid_by)
-    stored = load_assignments(engine, config.experiment).set_index("payment_id")["arm"]
+    if config.control_share > 0:
+        stored = load_assignments(engine, config.experiment).set_index("payment_id")["arm"]
+    else:  # no experiment: every payment decided for is the served policy's
+        with engine.connect() as conn:
+            ids = conn.execute(sa.select(t.decision_log.c.payment_id).distinct()).scalars()
+            stored = pd.Series("treatment", index=list(ids), dtype=object)
     arm_of = p["payment_id"].map(stored)
     control = arm_of.eq("control").to_numpy()
     treated = arm_of.eq("treatment").to_numpy()
@@ -408,4 +434,42 @@ def _report(
     undecided = arm_of.isna().to_numpy()
     table.attrs["undecided"] = int(undecided.sum())
     table.attrs["undecided_paid_by_customer"] = int((paid_by[undecided] == "customer").sum())
+    table.attrs["hard_retries"] = world.hard_retries
+    table.attrs["data_path"] = stored_mix(engine, p)
     return table
+
+
+def stored_mix(engine: sa.Engine, truth_payments: pd.DataFrame) -> pd.DataFrame:
+    """What reached the store against what the simulator drew, for the same payments: the
+    share of first declines per code, of card brands, and of payments and failed attempts
+    without a network decline code. Rows ``what``/``value``; columns ``simulated``,
+    ``stored``."""
+    with engine.connect() as conn:
+        stored = pd.read_sql(
+            sa.select(t.payments.c.decline_code, t.payments.c.card_brand,
+                      t.payments.c.network_decline_code), conn
+        )  # fmt: skip
+        failed = pd.read_sql(
+            sa.select(t.attempts.c.network_decline_code).where(t.attempts.c.outcome == "failed"),
+            conn,
+        )
+    rows = []
+    for what in ("decline_code", "card_brand"):
+        both = pd.concat(
+            {
+                "simulated": truth_payments[what].astype(object).value_counts(normalize=True),
+                "stored": stored[what].astype(object).value_counts(normalize=True),
+            },
+            axis=1,
+        ).fillna(0.0)
+        rows += [(what, str(v), *both.loc[v]) for v in both.index]
+    rows.append(
+        ("missing", "network_decline_code (payments)",
+         float(truth_payments["network_decline_code"].isna().mean()),
+         float(stored["network_decline_code"].isna().mean()) if len(stored) else np.nan)
+    )  # fmt: skip
+    rows.append(
+        ("missing", "network_decline_code (failed attempts)", np.nan,
+         float(failed["network_decline_code"].isna().mean()) if len(failed) else np.nan)
+    )  # fmt: skip
+    return pd.DataFrame(rows, columns=["what", "value", "simulated", "stored"])

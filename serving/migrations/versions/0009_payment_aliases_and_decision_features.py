@@ -1,0 +1,39 @@
+"""payment aliases (the Stripe objects that stand for a stored payment) and each decision's
+features
+
+Revision ID: 0009
+Revises: 0008
+Create Date: 2026-12-04 23:30:00
+
+Stripe reports an invoice's attempts through its payment intent and charges too
+(``payment_intent.payment_failed``, ``charge.failed``), and since 2025-03-31.basil an intent
+no longer names its invoice. ``payment_aliases`` maps such an object, on its account, to the
+payment it belongs to, so a charge event updates the invoice's payment whatever order events
+arrive in. ``decision_log.features`` keeps the feature row each decision was made on (JSON):
+the record an explanation, an audit or a train/serve comparison reads.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0009"
+down_revision = "0008"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "payment_aliases",
+        sa.Column("object_id", sa.String(255), primary_key=True),
+        sa.Column("payment_id", sa.String(255), nullable=False),
+        sa.Column("account_id", sa.String(255), nullable=False),
+    )
+    op.add_column("decision_log", sa.Column("features", sa.Text))
+
+
+def downgrade() -> None:
+    op.drop_column("decision_log", "features")
+    op.drop_table("payment_aliases")

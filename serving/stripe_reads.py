@@ -1,0 +1,171 @@
+"""What a webhook event lacks, read from Stripe before Reclaim acts on it.
+
+Stripe never expands the objects in an event. An ``invoice.payment_failed`` names its payment
+intent by id only, so the decline (code, advice, the network's codes) and the card are not in
+it; and since 2025-03-31.basil a payment intent or charge no longer names the invoice it pays.
+Production integrations read the missing parts through the API, on the connected account for
+direct charges; so does Reclaim, here, before the event is applied (never inside the store's
+transaction). A read that fails leaves the event unprocessed, to be retried: a decision is
+never made on a guess.
+
+:func:`complete` returns the event to apply and the stored payment it belongs to:
+
+- an invoice failure whose intent is not expanded with its error gets the intent (with its
+  latest charge) read and put in place;
+- a payment intent's or charge's event is attributed to the invoice that intent pays (the
+  store's alias, else ``GET /v1/invoice_payments?payment[payment_intent]=…``); when that
+  invoice is not stored yet, the event becomes the invoice's own failure, read from Stripe.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import stripe
+
+from reclaim.features import stripe_normalize as sn
+from reclaim.features.stripe_backfill import Backoff
+
+
+class StripeUnavailable(RuntimeError):
+    """An event needs a read from Stripe that could not be made (no key, or Stripe failed);
+    the event stays unprocessed and is retried."""
+
+
+@dataclass
+class StripeReader:
+    """Reads through the official SDK, with backoff; ``account`` None is the platform."""
+
+    client: stripe.StripeClient
+    backoff: Backoff | None = None
+
+    def _call(self, fn: Callable[[], Any], what: str) -> dict[str, Any]:
+        backoff = self.backoff or Backoff(base_seconds=0.2, max_seconds=5.0, max_tries=4)
+        try:
+            return backoff.call(fn, what).to_dict()
+        except stripe.StripeError as exc:
+            raise StripeUnavailable(f"{what}: {type(exc).__name__}: {exc.user_message}") from exc
+
+    @staticmethod
+    def _options(account: str | None) -> dict[str, Any]:
+        return {"stripe_account": account} if account else {}
+
+    def intent(self, intent_id: str, account: str | None) -> dict[str, Any]:
+        """A payment intent with its latest charge expanded."""
+        return self._call(
+            lambda: self.client.v1.payment_intents.retrieve(
+                intent_id, {"expand": ["latest_charge"]}, self._options(account)
+            ),
+            f"read payment intent {intent_id}",
+        )
+
+    def invoice(self, invoice_id: str, account: str | None) -> dict[str, Any]:
+        """An invoice (its payment intents by id)."""
+        return self._call(
+            lambda: self.client.v1.invoices.retrieve(invoice_id, None, self._options(account)),
+            f"read invoice {invoice_id}",
+        )
+
+    def invoice_of_intent(self, intent_id: str, account: str | None) -> str | None:
+        """The invoice a payment intent pays, or None for a standalone intent."""
+        page = self._call(
+            lambda: self.client.v1.invoice_payments.list(
+                {"payment": {"type": "payment_intent", "payment_intent": intent_id}, "limit": 1},
+                self._options(account),
+            ),
+            f"find the invoice of payment intent {intent_id}",
+        )
+        for item in page.get("data") or []:
+            invoice = sn.object_id(item.get("invoice"))
+            if invoice:
+                return invoice
+        return None
+
+
+@dataclass(frozen=True)
+class Completed:
+    """The event to apply, and the stored payment id its attempt belongs to (None: the id the
+    event's own object gives)."""
+
+    event: dict[str, Any]
+    payment_id: str | None = None
+
+
+#: ``owner(object_id)``: the payment a stored alias or payment gives for an object id, or None.
+Owner = Callable[[str], "str | None"]
+
+
+def complete(event: Mapping[str, Any], reader: StripeReader | None, owner: Owner) -> Completed:
+    """The event with what Reclaim needs read from Stripe (see the module). Raises
+    :class:`StripeUnavailable` when a read is needed and cannot be made."""
+    etype = event.get("type")
+    obj = sn.get_path(event, "data", "object")
+    if not isinstance(obj, Mapping) or not isinstance(etype, str):
+        return Completed(dict(event))
+    account = event.get("account") if isinstance(event.get("account"), str) else None
+    failure = etype in sn.FAILURE_EVENTS
+    if obj.get("object") == "invoice":
+        if failure and _needs_intent(obj):
+            return Completed(_with_intent(event, _need(reader, event), account))
+        return Completed(dict(event))
+    if obj.get("object") not in ("payment_intent", "charge"):
+        return Completed(dict(event))
+    if etype not in sn.FAILURE_EVENTS | sn.RECOVERY_EVENTS:
+        return Completed(dict(event))
+    intent_id = obj.get("id") if obj.get("object") == "payment_intent" else None
+    intent_id = intent_id or sn.object_id(obj.get("payment_intent"))
+    if not isinstance(intent_id, str):
+        return Completed(dict(event))
+    known = owner(intent_id)
+    if known is not None:
+        return Completed(dict(event), known)
+    invoice_id = _need(reader, event).invoice_of_intent(intent_id, account)
+    if invoice_id is None:  # a standalone intent: the event speaks for itself
+        return Completed(dict(event))
+    if owner(invoice_id) is not None or not failure:
+        return Completed(dict(event), invoice_id)
+    # the invoice's own failure, not stored yet: read it, as invoice.payment_failed would say
+    invoice = _need(reader, event).invoice(invoice_id, account)
+    as_invoice = {**event, "type": "invoice.payment_failed", "data": {"object": invoice}}
+    return Completed(_with_intent(as_invoice, _need(reader, event), account), invoice_id)
+
+
+def _need(reader: StripeReader | None, event: Mapping[str, Any]) -> StripeReader:
+    if reader is None:
+        raise StripeUnavailable(
+            f"event {event.get('id')} ({event.get('type')}) needs a read from Stripe and "
+            "RECLAIM_STRIPE_API_KEY is not set"
+        )
+    return reader
+
+
+def _needs_intent(invoice: Mapping[str, Any]) -> bool:
+    """True when the invoice's latest payment intent is not expanded with its error."""
+    intents = sn.invoice_payment_intents(invoice)
+    if not intents:
+        return False
+    last = intents[-1]
+    return not (isinstance(last, Mapping) and last.get("last_payment_error"))
+
+
+def _with_intent(
+    event: Mapping[str, Any], reader: StripeReader, account: str | None
+) -> dict[str, Any]:
+    """A copy of an invoice event whose latest payment intent is read and put in place."""
+    out = copy.deepcopy(dict(event))
+    invoice = out["data"]["object"]
+    payments = sn.get_path(invoice, "payments", "data") or []
+    for item in reversed(payments):
+        payment = item.get("payment") if isinstance(item, dict) else None
+        if isinstance(payment, dict) and payment.get("payment_intent"):
+            intent_id = sn.object_id(payment["payment_intent"])
+            if intent_id:
+                payment["payment_intent"] = reader.intent(intent_id, account)
+            return out
+    legacy = sn.object_id(invoice.get("payment_intent"))  # before basil
+    if legacy:
+        invoice["payment_intent"] = reader.intent(legacy, account)
+    return out
