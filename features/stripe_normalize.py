@@ -52,6 +52,10 @@ FAILURE_EVENTS = frozenset(
 )
 RECOVERY_EVENTS = frozenset({"invoice.paid", "payment_intent.succeeded", "charge.succeeded"})
 CARD_UPDATE_EVENTS = frozenset({"payment_method.automatically_updated"})
+#: The payment can no longer be collected: nothing more is tried for it.
+CLOSED_EVENTS = frozenset(
+    {"invoice.voided", "invoice.marked_uncollectible", "payment_intent.canceled"}
+)
 DEAUTHORIZED_EVENTS = frozenset({"account.application.deauthorized"})
 
 
@@ -88,8 +92,9 @@ class EventRows:
 
     ``payment`` is a contract payment row (``failed_at`` and the decline are this failure's;
     a store keeps the earliest); ``attempt`` a contract attempt row without ``attempt_number``
-    (numbered by whoever assembles the history). ``card_update`` and ``deauthorized_account``
-    describe the other event kinds Reclaim acts on.
+    (numbered by whoever assembles the history). ``card_update``, ``deauthorized_account`` and
+    ``closed`` (the id of the object that can no longer be collected, and when) describe the
+    other event kinds Reclaim acts on.
     """
 
     kind: str
@@ -97,6 +102,7 @@ class EventRows:
     attempt: dict[str, Any] | None = None
     card_update: dict[str, Any] | None = None
     deauthorized_account: str | None = None
+    closed: tuple[str, datetime] | None = None
 
 
 @dataclass
@@ -412,6 +418,8 @@ def normalize_event(event: Mapping[str, Any]) -> EventRows:
                 **card_of(obj),
             },
         )
+    if etype in CLOSED_EVENTS:
+        return EventRows("closed", closed=(_require(obj, "id", str, str(etype)), created))
     if etype not in FAILURE_EVENTS | RECOVERY_EVENTS:
         return EventRows("ignored")
 

@@ -72,8 +72,9 @@ class ReplayConfig:
 
     payments: int = 300
     failure_days: int = 20
-    """Failures arrive over this many days; the replay runs ``horizon_days`` in all."""
-    horizon_days: int = 30
+    """Failures arrive over this many days."""
+    horizon_days: int | None = None
+    """None: until the last payment's recovery window has closed."""
     messages: bool = True
     """Let the policies message customers (the simulated customer answers); False turns every
     channel off through the platform's account configuration."""
@@ -96,6 +97,7 @@ class World:
         self.paid_by: dict[str, str] = {}
         self.cancelled: set[str] = set()
         self.hard_retries = 0
+        self.close: Callable[[str, datetime], Any] = lambda pid, at: None
         codes = market.payments[list(DECLINE_FIELDS)].astype(object)
         self.declines = [
             {k: (None if pd.isna(v) else str(v)) for k, v in zip(DECLINE_FIELDS, row, strict=True)}
@@ -160,6 +162,7 @@ class World:
         noise = self.market.noise
         if noise["cancel"][i, k] < cancel[0]:
             self.cancelled.add(pid)
+            self.close(pid, at)  # the platform stops collecting: Stripe voids the invoice
             return
         if noise["respond"][i, k] < respond[0]:
             hours = -self.market.config.response_delay_mean_hours * np.log1p(-noise["delay"][i, k])
@@ -225,6 +228,12 @@ def _stop(process: subprocess.Popen) -> None:
             process.kill()
 
 
+def replayed_payments(market: Marketplace, config: ReplayConfig) -> Marketplace:
+    """The fresh payments a replay of ``market`` plays (its seed, size and failure days)."""
+    month = replace(market, config=replace(market.config, period_days=config.failure_days))
+    return fresh_payments(month, config.payments, config.seed)
+
+
 def run_replay(
     market: Marketplace,
     tracking_uri: str,
@@ -239,12 +248,15 @@ def run_replay(
     """
     config = config or ReplayConfig()
     progress = on_progress or (lambda share, note: None)
-    month = replace(market, config=replace(market.config, period_days=config.failure_days))
-    fresh = fresh_payments(month, config.payments, config.seed)
+    fresh = replayed_payments(market, config)
     world = World(fresh)
     payments = fresh.payments
     origin = payments["failed_at"].min().to_pydatetime() - timedelta(hours=1)
-    horizon = origin + timedelta(days=config.horizon_days)
+    if config.horizon_days is None:  # every payment's window closes inside the replay
+        window = timedelta(days=market.config.rules.window_days)
+        horizon = payments["failed_at"].max().to_pydatetime() + window + timedelta(hours=1)
+    else:
+        horizon = origin + timedelta(days=config.horizon_days)
     clock = SimulatedClock(origin)
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -353,6 +365,7 @@ def _play(
         for kind, hours in later.items():
             if np.isfinite(hours[i]) and hours[i] * 3600 <= window:
                 world.schedule(failed + timedelta(hours=float(hours[i])), kind, obj["id"])
+    world.close = lambda pid, at: standin.close(*where[pid], pid, at)
     start = clock.now()
     total = (horizon - start).total_seconds()
     while True:

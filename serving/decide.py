@@ -9,6 +9,7 @@ and returns the API's answers.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -261,7 +262,20 @@ def _configs(
     return cache.effective(engine, account_ids)
 
 
-def _log_rows(decisions: list[DecisionOut]) -> list[dict[str, Any]]:
+def _features_json(row: dict[str, Any] | None) -> str | None:
+    """A decision's feature row as JSON (categories by name, numbers as floats, unknown as
+    null)."""
+    if row is None:
+        return None
+    return json.dumps(
+        {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}
+    )
+
+
+def _log_rows(
+    decisions: list[DecisionOut], features: list[dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    rows = features or [None] * len(decisions)
     return [
         {
             "payment_id": d.payment_id,
@@ -274,8 +288,9 @@ def _log_rows(decisions: list[DecisionOut]) -> list[dict[str, Any]]:
             "propensity": d.propensity,
             "reason": d.no_retry_reason or "",
             "explanation": json.dumps(d.reasons),
+            "features": _features_json(row),
         }
-        for d in decisions
+        for d, row in zip(decisions, rows, strict=True)
     ]
 
 
@@ -365,7 +380,7 @@ def decide(
                 reasons=reasons[i],
             )
         )
-    _save_and_log(engine, requests, contexts, out)
+    _save_and_log(engine, requests, contexts, out, decisions.shown)
     return out
 
 
@@ -474,13 +489,14 @@ def _save_and_log(
     requests: list[DecisionRequest],
     contexts: list[tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]],
     decisions: list[DecisionOut],
+    features: list[dict[str, Any]],
 ) -> None:
-    """Store what inline requests told (first write wins) and log the decisions, in one
-    transaction."""
+    """Store what inline requests told (first write wins) and log the decisions with the
+    feature rows they were made on, in one transaction."""
     inline = [c for r, c in zip(requests, contexts, strict=True) if r.payment is not None]
     with engine.begin() as conn:
         if inline:
             repo.insert_rows_ignoring(conn, t.payments, [c[0] for c in inline])
             repo.insert_rows_ignoring(conn, t.attempts, [a for c in inline for a in c[1]])
             repo.insert_rows_ignoring(conn, t.messages, [m for c in inline for m in c[2]])
-        conn.execute(t.decision_log.insert(), _log_rows(decisions))
+        conn.execute(t.decision_log.insert(), _log_rows(decisions, features))

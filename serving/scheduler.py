@@ -377,7 +377,7 @@ class Scheduler:
         query = (
             sa.select(last.c.payment_id, last.c.n, replans)
             .join(t.payments, p.payment_id == last.c.payment_id)
-            .where(~recovered, ~acted)
+            .where(~recovered, ~acted, p.closed_at.is_(None))
             .where(p.account_id.not_in(sa.select(t.account_status.c.account_id)))
             .order_by(last.c.payment_id)
             .limit(limit)
@@ -683,6 +683,9 @@ class Scheduler:
                 verdicts[i] = ("replan", "card_updated")
                 continue
             payment, attempts, messages = history[pid]
+            if payment.get("closed_at") is not None:
+                verdicts[i] = ("cancelled", "payment_closed")
+                continue
             state = summarize_row(payment, attempts, messages, now)
             own = constraint_row(config[payment["account_id"]])
             lim = rules.limits_row(payment, state, now, self.rules, own)
@@ -701,7 +704,7 @@ class Scheduler:
         at: datetime,
     ) -> None:
         """The attempts as contract rows, and their actions done, in one transaction."""
-        charged = [(x, r) for x, r in finished if r.outcome != "already_paid"]
+        charged = [(x, r) for x, r in finished if r.outcome not in stripe_actions.NOT_CHARGED]
         ok = [r.outcome == "succeeded" for _, r in charged]
         policies = [f"reclaim@{x['model_version']}" for x, _ in charged]
         when = repo.aware(at).astimezone(UTC)

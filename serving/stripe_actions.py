@@ -7,6 +7,10 @@ idempotency key derived from the account, the payment and the attempt number, so
 repeated after a timeout, a crash or a second scheduler is answered by Stripe from its record
 of the first, never charged again.
 
+Before any charge, the object is read: one already paid (the customer paid, or an event said
+so first) is ``already_paid``, one Stripe can no longer collect (an invoice voided or marked
+uncollectible, an intent canceled) is ``closed``; neither is charged.
+
 Outcomes: a ``CardError`` is a decline, recorded like any other; rate limits, connection
 errors and 5xx are retried with backoff under the same key and, if they persist, surface as
 :class:`Transient` for the scheduler to try again later (same key again); an authentication or
@@ -25,11 +29,17 @@ from reclaim import vocab
 from reclaim.features.stripe_backfill import Backoff
 from reclaim.features.stripe_normalize import UNKNOWN_DECLINE
 
+#: Results of a retry that charged nothing.
+NOT_CHARGED = ("already_paid", "closed")
+#: Statuses of an object Stripe will no longer collect.
+CLOSED_STATUSES = {"invoices": ("void", "uncollectible"), "payment_intents": ("canceled",)}
+
 
 @dataclass(frozen=True)
 class ChargeResult:
-    """What one retry did: ``succeeded``, ``declined`` (with Stripe's codes) or ``already_paid``
-    (the object was paid by other means before the retry reached it)."""
+    """What one retry did: ``succeeded``, ``declined`` (with Stripe's codes), ``already_paid``
+    (the object was paid by other means before the retry reached it) or ``closed`` (it can no
+    longer be collected)."""
 
     outcome: str
     decline_code: str | None = None
@@ -100,6 +110,13 @@ def retry_payment(
     what = f"retry {pid} (attempt {attempt_number})"
     try:
         if payment["object"] == vocab.PaymentObject.INVOICE.value:
+            invoice = backoff.call(
+                lambda: client.v1.invoices.retrieve(pid, None, read), what
+            ).to_dict()
+            if invoice.get("status") == "paid":
+                return ChargeResult("already_paid")
+            if invoice.get("status") in CLOSED_STATUSES["invoices"]:
+                return ChargeResult("closed")
             obj = backoff.call(
                 lambda: client.v1.invoices.pay(pid, {"off_session": True}, write), what
             ).to_dict()
@@ -110,6 +127,8 @@ def retry_payment(
             ).to_dict()
             if intent.get("status") == "succeeded":
                 return ChargeResult("already_paid")
+            if intent.get("status") in CLOSED_STATUSES["payment_intents"]:
+                return ChargeResult("closed")
             params: dict[str, Any] = {"off_session": True}
             method = _payment_method(intent)
             if method:

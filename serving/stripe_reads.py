@@ -14,7 +14,8 @@ never made on a guess.
   latest charge) read and put in place;
 - a payment intent's or charge's event is attributed to the invoice that intent pays (the
   store's alias, else ``GET /v1/invoice_payments?payment[payment_intent]=…``); when that
-  invoice is not stored yet, the event becomes the invoice's own failure, read from Stripe.
+  invoice is not stored yet, the event becomes the invoice's own failure, read from Stripe;
+- a standalone intent's first failure gets its customer read (address, email).
 """
 
 from __future__ import annotations
@@ -69,6 +70,13 @@ class StripeReader:
             f"read invoice {invoice_id}",
         )
 
+    def customer(self, customer_id: str, account: str | None) -> dict[str, Any]:
+        """A customer (its address and email)."""
+        return self._call(
+            lambda: self.client.v1.customers.retrieve(customer_id, None, self._options(account)),
+            f"read customer {customer_id}",
+        )
+
     def invoice_of_intent(self, intent_id: str, account: str | None) -> str | None:
         """The invoice a payment intent pays, or None for a standalone intent."""
         page = self._call(
@@ -114,7 +122,7 @@ def complete(event: Mapping[str, Any], reader: StripeReader | None, owner: Owner
     if obj.get("object") not in ("payment_intent", "charge"):
         return Completed(dict(event))
     if etype not in sn.FAILURE_EVENTS | sn.RECOVERY_EVENTS:
-        return Completed(dict(event))
+        return Completed(dict(event), owner(str(obj.get("id"))))
     intent_id = obj.get("id") if obj.get("object") == "payment_intent" else None
     intent_id = intent_id or sn.object_id(obj.get("payment_intent"))
     if not isinstance(intent_id, str):
@@ -123,7 +131,9 @@ def complete(event: Mapping[str, Any], reader: StripeReader | None, owner: Owner
     if known is not None:
         return Completed(dict(event), known)
     invoice_id = _need(reader, event).invoice_of_intent(intent_id, account)
-    if invoice_id is None:  # a standalone intent: the event speaks for itself
+    if invoice_id is None:  # a standalone intent, not stored yet
+        if failure and obj.get("object") == "payment_intent":
+            return Completed(_with_customer(event, _need(reader, event), account))
         return Completed(dict(event))
     if owner(invoice_id) is not None or not failure:
         return Completed(dict(event), invoice_id)
@@ -140,6 +150,19 @@ def _need(reader: StripeReader | None, event: Mapping[str, Any]) -> StripeReader
             "RECLAIM_STRIPE_API_KEY is not set"
         )
     return reader
+
+
+def _with_customer(
+    event: Mapping[str, Any], reader: StripeReader, account: str | None
+) -> dict[str, Any]:
+    """A copy of a payment intent's event with its customer read and put in place: where the
+    customer lives (their local time) and whether they have an email are on the customer."""
+    out = copy.deepcopy(dict(event))
+    intent = out["data"]["object"]
+    customer = sn.object_id(intent.get("customer"))
+    if customer and not isinstance(intent.get("customer"), Mapping):
+        intent["customer"] = reader.customer(customer, account)
+    return out
 
 
 def _needs_intent(invoice: Mapping[str, Any]) -> bool:

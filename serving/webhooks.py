@@ -54,6 +54,9 @@ SUBSCRIBED_EVENTS = frozenset(
         "invoice.paid",
         "payment_intent.payment_failed",
         "payment_intent.succeeded",
+        "invoice.voided",
+        "invoice.marked_uncollectible",
+        "payment_intent.canceled",
         "payment_method.automatically_updated",
         "account.application.deauthorized",
     }
@@ -407,6 +410,13 @@ def _apply(
     if rows.kind == "deauthorized":
         block_account(conn, str(rows.deauthorized_account), "deauthorized", event_id)
         return "processed", rows.kind
+    if rows.kind == "closed":
+        object_id, at = rows.closed or ("", None)
+        closed = payment_id or _owner(conn, object_id)
+        if closed is None:
+            return "ignored", "closed payment not known"
+        close_payment(conn, closed, _utc(at).to_pydatetime())
+        return "processed", rows.kind
     attempt = rows.attempt
     assert attempt is not None  # failures and recoveries always carry an attempt
     if payment_id is None:
@@ -448,6 +458,24 @@ def _apply(
     attempt["attempt_number"] = 1 + max((n for n, _, _ in stored), default=-1)
     _insert(conn, contract.ATTEMPTS, t.attempts, attempt)
     return "processed", None
+
+
+def close_payment(conn: sa.Connection, payment_id: str, at: datetime) -> None:
+    """Nothing more is tried for a payment Stripe can no longer collect: its closing time
+    is kept (the earliest) and its open actions are cancelled."""
+    p = t.payments.c
+    conn.execute(
+        sa.update(t.payments)
+        .where(p.payment_id == payment_id)
+        .where(sa.or_(p.closed_at.is_(None), p.closed_at > at))
+        .values(closed_at=at)
+    )
+    conn.execute(
+        sa.update(t.scheduled_actions)
+        .where(t.scheduled_actions.c.payment_id == payment_id)
+        .where(t.scheduled_actions.c.status == "scheduled")
+        .values(status="cancelled", outcome="payment_closed", updated_at=datetime.now(UTC))
+    )
 
 
 def block_account(conn: sa.Connection, account_id: str, reason: str, detail: str) -> None:

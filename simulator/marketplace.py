@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from reclaim import contract, timeutil, vocab
+from reclaim.features.geo import first_location
 from reclaim.simulator.config import SimulatorConfig
 
 SEGMENTS = ("email", "sms", "any", "none", "backfire")
@@ -219,6 +220,7 @@ def draw_payments(
     mac[stop] = np.where(rng.random(stop.sum()) < 0.5, "03", "21")
     mac[mc & (code == "expired_card")] = "01"
 
+    card_zone = np.array([first_location([], c)[1] for c in card_country], dtype=object)
     billing = _choice(rng, config.billing_reason_mix, n)
     obj = np.where(billing == "manual", "payment_intent", "invoice")
     start_ts = pd.Timestamp(start, tz="UTC")
@@ -243,7 +245,9 @@ def draw_payments(
                 object
             ),
             "customer_country": np.where(known, country, None),
-            "customer_timezone": np.where(known, true_tz, None),
+            # where the customer's address is not known, the platform's records place them by
+            # their card's country, as Reclaim's Stripe normalizer does (features.geo)
+            "customer_timezone": np.where(known, true_tz, card_zone),
             "card_brand": brand,
             "card_funding": funding,
             "card_country": card_country,

@@ -101,6 +101,8 @@ EVENT_TYPES = frozenset(
         "payment_intent.succeeded",
         "invoice.payment_failed",
         "invoice.paid",
+        "invoice.voided",
+        "payment_intent.canceled",
         "payment_method.automatically_updated",
         "account.application.deauthorized",
     }
@@ -365,6 +367,14 @@ class StripeStandIn:
                 code="resource_missing",
             )
         done = "paid" if resource == "invoices" else "succeeded"
+        if obj.get("status") in ("void", "canceled"):
+            return 400, _error(
+                "invalid_request_error",
+                f"{oid} is {obj['status']} and can no longer be paid.",
+                code="invoice_not_open"
+                if resource == "invoices"
+                else "payment_intent_unexpected_state",
+            )
         if obj.get("status") == done:
             code = (
                 "invoice_already_paid"
@@ -419,6 +429,24 @@ class StripeStandIn:
             for pay in obj.get("payments", {}).get("data", []):
                 pay["status"] = "paid"
             self.emit_attempt(account, obj, charge, at)
+            return True
+
+    def close(self, account: Scope, resource: str, oid: str, at: datetime) -> bool:
+        """The platform stops collecting ``oid`` (the customer cancelled): an invoice is
+        voided, a standalone intent canceled, with Stripe's event. False if it was already
+        paid or closed."""
+        with self._money_lock:
+            obj = self.objects[account][resource][oid]
+            if obj.get("status") in ("paid", "succeeded", "void", "canceled"):
+                return False
+            intent = self.intent_of(account, obj)
+            if intent is not None:
+                intent["status"] = "canceled"
+            if resource == "invoices":
+                obj["status"] = "void"
+                self._emit("invoice.voided", obj, account, at, None)
+            else:
+                self._emit("payment_intent.canceled", obj, account, at, None)
             return True
 
     def intent_of(self, account: Scope, obj: dict[str, Any]) -> dict[str, Any] | None:

@@ -60,6 +60,8 @@ payments.append_column(
 )
 # the time of its first succeeded attempt, kept by triggers too (migration 0008)
 payments.append_column(sa.Column("recovered_at", sa.DateTime(timezone=True)))
+# when Stripe said it can no longer be collected: voided, uncollectible, canceled (0009)
+payments.append_column(sa.Column("closed_at", sa.DateTime(timezone=True)))
 attempts = _contract_table(contract.ATTEMPTS)
 messages = _contract_table(contract.MESSAGES)
 sa.Index("ix_attempts_payment_time", attempts.c.payment_id, attempts.c.attempted_at)

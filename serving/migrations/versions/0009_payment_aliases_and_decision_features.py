@@ -1,5 +1,5 @@
-"""payment aliases (the Stripe objects that stand for a stored payment) and each decision's
-features
+"""payment aliases (the Stripe objects that stand for a stored payment), each decision's
+features, and when a payment was closed
 
 Revision ID: 0009
 Revises: 0008
@@ -10,7 +10,9 @@ Stripe reports an invoice's attempts through its payment intent and charges too
 no longer names its invoice. ``payment_aliases`` maps such an object, on its account, to the
 payment it belongs to, so a charge event updates the invoice's payment whatever order events
 arrive in. ``decision_log.features`` keeps the feature row each decision was made on (JSON):
-the record an explanation, an audit or a train/serve comparison reads.
+the record an explanation, an audit or a train/serve comparison reads. ``payments.closed_at``
+is when Stripe said the payment can no longer be collected (the invoice voided or marked
+uncollectible, the intent canceled): nothing is tried for it after that.
 """
 
 from __future__ import annotations
@@ -32,8 +34,11 @@ def upgrade() -> None:
         sa.Column("account_id", sa.String(255), nullable=False),
     )
     op.add_column("decision_log", sa.Column("features", sa.Text))
+    # outside batch mode: SQLite's batch mode may copy the table, which would drop its triggers
+    op.add_column("payments", sa.Column("closed_at", sa.DateTime(timezone=True)))
 
 
 def downgrade() -> None:
+    op.drop_column("payments", "closed_at")
     op.drop_column("decision_log", "features")
     op.drop_table("payment_aliases")
