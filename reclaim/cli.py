@@ -91,6 +91,11 @@ DaskRollouts = Annotated[
     ),
 ]
 
+JsonOut = Annotated[
+    Path | None,
+    typer.Option("--json", help="Also write the results to this file as JSON (for scripts, CI)."),
+]
+
 
 def _dask_client(address: str | None, workers: int, memory: str) -> Any | None:
     """A ``distributed.Client`` for ``--dask ADDRESS`` (None without it); exit 1 if the
@@ -327,6 +332,7 @@ def evaluate(
     dask: DaskRollouts = None,
     dask_workers: DaskWorkers = 2,
     dask_memory: DaskMemory = "4GiB",
+    json_out: JsonOut = None,
 ) -> None:
     """Evaluate a registered policy: against the simulator's truth (--simulator), or off-policy
     on a platform's own history with the reference policies and a candidate (--data)."""
@@ -338,7 +344,7 @@ def evaluate(
         console.print("[red]error:[/red] --dask spreads --simulator's rollouts only")
         raise typer.Exit(code=2)
     if data is not None:
-        _evaluate_on_data(data, model, candidate, uri, test_share, min_ess)
+        _evaluate_on_data(data, model, candidate, uri, test_share, min_ess, json_out)
         return
     from reclaim.training.evaluate import evaluate_in_simulator
 
@@ -362,6 +368,25 @@ def evaluate(
         f"learned policy closes {gap:.1%} of the net-revenue gap between "
         f"fixed_schedule and the oracle (logged as run {run_id})"
     )
+    if json_out is not None:
+        rows = {
+            str(name): {
+                "payments": int(r["payments"]),
+                "recovery_rate": float(r["recovery_rate"]),
+                "recovery_rate_lo": float(r["recovery_rate_lo"]),
+                "recovery_rate_hi": float(r["recovery_rate_hi"]),
+                "usd_per_payment": float(r["recovered_usd"] / r["payments"]),
+                "net_usd_per_payment": float(r["net_usd"] / r["payments"]),
+                "retries_per_payment": float(r["retries_per_payment"]),
+                "messages_per_payment": float(r["messages_per_payment"]),
+            }
+            for name, r in table.iterrows()
+        }
+        _write_json(
+            json_out,
+            {"policies": rows, "gap_closed": float(gap), "payments": payments, "seed": seed,
+             "model": model, "run_id": run_id},
+        )  # fmt: skip
 
 
 def _newest_version(uri: str, model: str) -> str | None:
@@ -383,7 +408,13 @@ def _newest_version(uri: str, model: str) -> str | None:
 
 
 def _evaluate_on_data(
-    data: Path, model: str, candidate: str | None, uri: str, test_share: float, min_ess: float
+    data: Path,
+    model: str,
+    candidate: str | None,
+    uri: str,
+    test_share: float,
+    min_ess: float,
+    json_out: Path | None = None,
 ) -> None:
     from mlflow.exceptions import MlflowException
 
@@ -435,6 +466,28 @@ def _evaluate_on_data(
     for caveat in result.caveats:
         console.print(f"caveat: {caveat}", markup=False, highlight=False)
     console.print(f"logged as run {result.run_id}", markup=False)
+    if json_out is not None:
+        rows = {}
+        for name, r in t.iterrows():
+            rows[str(name)] = (
+                {"refused": str(r["refused"]), "ess": float(r["ess"])}
+                if r["refused"]
+                else {
+                    # the off-policy (doubly robust) value of the first message
+                    "recovery_rate": float(r["dr"]),
+                    "recovery_rate_lo": float(r["dr_lo"]),
+                    "recovery_rate_hi": float(r["dr_hi"]),
+                    "snips": float(r["snips"]),
+                    "ess": float(r["ess"]),
+                    "vs_logging_pts": float(r["vs_logging"]),
+                }
+            )
+        _write_json(
+            json_out,
+            {"policies": rows, "logging_recovery_rate": float(t.attrs["logging"]),
+             "decisions": int(result.decisions), "run_id": result.run_id,
+             "caveats": list(result.caveats)},
+        )  # fmt: skip
 
 
 @app.command()
@@ -496,7 +549,14 @@ def replay(
         "stripe_like"
     ),
     seed: Annotated[int, typer.Option(help="Seed of the replayed payments and their truth.")] = 8,
+    control_share: Annotated[
+        float,
+        typer.Option(
+            min=0.0, max=1.0, help="Share of customers in the control arm (0: no experiment)."
+        ),
+    ] = 0.5,
     out: Annotated[Path | None, typer.Option(help="Folder for the replay's store.")] = None,
+    json_out: JsonOut = None,
 ) -> None:
     """Replay a month of new failures through the API, the scheduler and the Stripe stand-in,
     in simulated time, as an A/B test; print recovered revenue per arm and the verdict."""
@@ -513,7 +573,13 @@ def replay(
     except (ValueError, mlflow.exceptions.MlflowException) as exc:
         console.print(f"[red]cannot replay:[/red] {exc}")
         raise typer.Exit(code=2) from exc
-    config = ReplayConfig(payments=payments, messages=messages, control=control, seed=seed)
+    config = ReplayConfig(
+        payments=payments,
+        messages=messages,
+        control=control,
+        seed=seed,
+        control_share=control_share,
+    )
     with _progress() as progress:
         task = progress.add_task("replaying a month", total=100)
 
@@ -541,14 +607,31 @@ def replay(
         out_table.add_row(*(str(v) for v in row))
     console.print(out_table)
     per = table.attrs["per_payment"]
-    rate = difference(per["recovered"].to_numpy(), per["treated"].to_numpy())
-    usd = difference(per["usd"].to_numpy(), per["treated"].to_numpy())
+    arms_run = table[table["payments"] > 0]
+    diff_json: dict[str, Any] = {}
+    if len(arms_run) == 2:
+        rate = difference(per["recovered"].to_numpy(), per["treated"].to_numpy())
+        usd = difference(per["usd"].to_numpy(), per["treated"].to_numpy())
+        console.print(
+            f"learned − {control}: recovery {interval(rate.diff, rate.lo, rate.hi, pts=True)}; "
+            "recovered revenue per failed payment "
+            + ci(_signed_usd(usd.diff), _signed_usd(usd.lo), _signed_usd(usd.hi))
+        )
+        console.print(replay_verdict(usd, control))
+        diff_json = {
+            "recovery_rate_pts": [100 * rate.diff, 100 * rate.lo, 100 * rate.hi],
+            "usd_per_payment": [usd.diff, usd.lo, usd.hi],
+        }
     console.print(
-        f"learned − {control}: recovery {interval(rate.diff, rate.lo, rate.hi, pts=True)}; "
-        "recovered revenue per failed payment "
-        + ci(_signed_usd(usd.diff), _signed_usd(usd.lo), _signed_usd(usd.hi))
+        f"merchant retries after a decline the simulator's truth calls hard: "
+        f"{table.attrs['hard_retries']:,}"
     )
-    console.print(replay_verdict(usd, control))
+    mix = table.attrs["data_path"]
+    off = (mix["simulated"] - mix["stored"]).abs().max(skipna=True)
+    console.print(
+        "what reached the store against what the simulator drew (declines, card brands, "
+        f"network codes): largest difference in a share {off:.1%}"
+    )
     console.print(
         f"charges executed by the Stripe stand-in: {table.attrs['charges']:,}; "
         f"most for one idempotency key: {table.attrs['most_per_key']}; messages sent: "
@@ -559,6 +642,45 @@ def replay(
             f"{table.attrs['undecided']} payment(s) were paid by their customers before any "
             "decision and are in neither arm"
         )
+    if json_out is not None:
+        arms = {
+            str(arm): {
+                "payments": int(r["payments"]),
+                "recovery_rate": float(r["recovery_rate"]),
+                "recovery_rate_lo": float(r["recovery_rate"] - r["rate_ci95"]),
+                "recovery_rate_hi": float(r["recovery_rate"] + r["rate_ci95"]),
+                "usd_per_payment": float(r["usd_per_payment"]),
+                "retries_per_payment": float(r["retries"] / r["payments"]),
+                "messages_per_payment": float(r["messages"] / r["payments"]),
+            }
+            for arm, r in arms_run.iterrows()
+        }
+        _write_json(
+            json_out,
+            {"arms": arms, "difference": diff_json, "seed": seed,
+             "hard_retries": int(table.attrs["hard_retries"]),
+             "charges": int(table.attrs["charges"]),
+             "most_charges_per_key": int(table.attrs["most_per_key"]),
+             "data_path": mix.to_dict(orient="records")},
+        )  # fmt: skip
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Results for scripts and CI: NaN written as null."""
+    import math
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, float) and math.isnan(value):
+            return None
+        if isinstance(value, dict):
+            return {str(k): clean(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [clean(v) for v in value]
+        return value
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(clean(payload), indent=2) + "\n")
+    console.print(f"results written to {path}", markup=False, highlight=False)
 
 
 def _signed_usd(value: float) -> str:

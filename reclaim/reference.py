@@ -8,14 +8,23 @@ of the action actually taken.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from reclaim import timeutil, vocab
-from reclaim.policy import ActionBatch, DecisionBatch, Policy, Uniforms, merchant_of_record
-from reclaim.rules import NetworkRules, limits
+from reclaim.policy import (
+    ActionBatch,
+    DecisionBatch,
+    Policy,
+    Uniforms,
+    merchant_of_record,
+    merchant_of_record_row,
+)
+from reclaim.rules import NetworkRules, limits, limits_row
 
 
 def _schedule(
@@ -52,7 +61,60 @@ class NoRetry(Policy):
         return ActionBatch.build(len(batch))
 
 
-class FixedSchedule(Policy):
+def _scheduled_row(
+    days: Sequence[float],
+    payment: Mapping[str, Any],
+    state: Mapping[str, Any],
+    now: datetime,
+    rules: NetworkRules,
+    constraints: Mapping[str, Any] | None,
+) -> datetime | None:
+    """:func:`_schedule` then :func:`_within_limits` for one decision given as plain values."""
+    k = int(state["decision_number"])
+    if k >= len(days):
+        return None
+    at = payment["failed_at"] + timedelta(days=float(days[k]))
+    lim = limits_row(payment, state, now, rules, constraints)
+    at = max(at, lim["earliest_retry_at"])
+    return at if lim["blocked"] == "" and at <= lim["window_end"] else None
+
+
+class ScheduledRows:
+    """The row path of a fixed-schedule policy (``days``, ``network_rules`` and whether it
+    emails at the first failure): the scoring API's control arm decides on plain rows, with
+    no pandas, exactly as :meth:`Policy.act` does (``tests/test_reference_rows.py``)."""
+
+    days: Sequence[float]
+    network_rules: NetworkRules | None
+    email_first: bool = False
+
+    def act_rows(
+        self,
+        payments: Sequence[Mapping[str, Any]],
+        states: Sequence[Mapping[str, Any]],
+        now: Sequence[datetime],
+        constraints: Sequence[Mapping[str, Any] | None],
+    ) -> list[dict[str, Any]]:
+        """Per decision: ``retry_at``, ``channel``, ``sender``, both propensities (1: the
+        policy is deterministic) and ``reason`` (empty)."""
+        rules = self.network_rules or NetworkRules()
+        out = []
+        for p, s, t, c in zip(payments, states, now, constraints, strict=True):
+            first = self.email_first and int(s["decision_number"]) == 0
+            out.append(
+                {
+                    "retry_at": _scheduled_row(self.days, p, s, t, rules, c),
+                    "channel": vocab.Channel.EMAIL.value if first else None,
+                    "sender": merchant_of_record_row(p) if first else None,
+                    "retry_propensity": 1.0,
+                    "channel_propensity": 1.0,
+                    "reason": "",
+                }
+            )
+        return out
+
+
+class FixedSchedule(ScheduledRows, Policy):
     """Retries at fixed days after the first failure (default 1, 3, 5, 7), no messages."""
 
     name = "fixed_schedule"
@@ -70,7 +132,7 @@ class FixedSchedule(Policy):
         return ActionBatch.build(len(batch), retry_at=at)
 
 
-class StripeLike(Policy):
+class StripeLike(ScheduledRows, Policy):
     """Stripe's recommended default: 8 retries within 2 weeks, and an email at the first failure.
 
     The days (1, 2, 3, 5, 7, 9, 11, 14) spread 8 tries over 2 weeks (RESEARCH.md section 3:
@@ -78,6 +140,7 @@ class StripeLike(Policy):
     """
 
     name = "stripe_like"
+    email_first = True
 
     def __init__(
         self,

@@ -28,7 +28,7 @@ from reclaim.experiment import ExperimentDesign
 from reclaim.features import single
 from reclaim.models.policy import LearnedPolicy
 from reclaim.policy import DecisionBatch, DecisionRandom, Policy
-from reclaim.reference import REFERENCE_POLICIES
+from reclaim.reference import REFERENCE_POLICIES, ScheduledRows
 from reclaim.rules import NetworkRules, enforce, enforce_row, other_processor_allowed
 from reclaim.serving.policy_holder import Loaded
 from reclaim.serving.schemas import DecisionOut, DecisionRequest, RetryOut
@@ -341,7 +341,9 @@ def decide(
     actions = policy.act_rows(decisions, rng)
     names = [getattr(policy, "name", "policy")] * len(actions)
     if experiment is not None:
-        actions, names = _control_arm(engine, experiment, contexts, decided_at, own, actions, names)
+        actions, names = _control_arm(
+            engine, experiment, contexts, decisions.states, decided_at, own, actions, names
+        )
     enforced = [
         enforce_row(s, lim, t, a, c, p)
         for s, lim, t, a, c, p in zip(
@@ -442,6 +444,7 @@ def _control_arm(
     engine: Engine,
     experiment: Experiment,
     contexts: list[tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]],
+    states: list[dict[str, Any]],
     decided_at: list[datetime],
     own: list[dict[str, Any]],
     actions: list[dict[str, Any]],
@@ -455,6 +458,17 @@ def _control_arm(
     if not control:
         return actions, names
     sub = [contexts[i] for i in control]
+    if isinstance(experiment.control, ScheduledRows):  # a schedule decides on plain rows
+        rows = experiment.control.act_rows(
+            [c[0] for c in sub],
+            [states[i] for i in control],
+            [decided_at[i] for i in control],
+            [own[i] for i in control],
+        )
+        actions, names = list(actions), list(names)
+        for j, i in enumerate(control):
+            actions[i], names[i] = rows[j], experiment.control.name
+        return actions, names
     frame = contract.conform(contract.PAYMENTS, pd.DataFrame([c[0] for c in sub]))
     attempts = contract.conform(contract.ATTEMPTS, pd.DataFrame([a for c in sub for a in c[1]]))
     rows = [m for c in sub for m in c[2]]

@@ -70,12 +70,21 @@ class StripeReader:
             f"read invoice {invoice_id}",
         )
 
-    def customer(self, customer_id: str, account: str | None) -> dict[str, Any]:
-        """A customer (its address and email)."""
-        return self._call(
-            lambda: self.client.v1.customers.retrieve(customer_id, None, self._options(account)),
-            f"read customer {customer_id}",
-        )
+    def customer(self, customer_id: str, account: str | None) -> dict[str, Any] | None:
+        """A customer (its address and email); None when Stripe has no such customer (it was
+        deleted): a definite answer, so the payment is placed by its card instead."""
+        try:
+            return self._call(
+                lambda: self.client.v1.customers.retrieve(
+                    customer_id, None, self._options(account)
+                ),
+                f"read customer {customer_id}",
+            )
+        except StripeUnavailable as exc:
+            cause = exc.__cause__
+            if isinstance(cause, stripe.InvalidRequestError) and cause.code == "resource_missing":
+                return None
+            raise
 
     def invoice_of_intent(self, intent_id: str, account: str | None) -> str | None:
         """The invoice a payment intent pays, or None for a standalone intent."""
@@ -161,7 +170,9 @@ def _with_customer(
     intent = out["data"]["object"]
     customer = sn.object_id(intent.get("customer"))
     if customer and not isinstance(intent.get("customer"), Mapping):
-        intent["customer"] = reader.customer(customer, account)
+        found = reader.customer(customer, account)
+        if found is not None:
+            intent["customer"] = found
     return out
 
 

@@ -19,6 +19,7 @@ from reclaim.features.candidates import expand_retry_times
 from reclaim.features.decisions import decision_features
 from reclaim.models import lgbm
 from reclaim.policy import STATE_COLUMNS, DecisionBatch, summarize_row
+from reclaim.reference import REFERENCE_POLICIES
 from reclaim.rules import NetworkRules, enforce, enforce_row, limits, limits_row
 
 CONTEXTS = 3000
@@ -252,3 +253,27 @@ def test_the_row_path_equals_the_batch_path(policy, trained, seed):
     np.testing.assert_allclose(p_rows, p_batch, rtol=0, atol=1e-12)
     assert why_rows == why_batch
     assert sum(1 for w in why_rows if w) > 25
+
+
+@pytest.mark.parametrize("name", ["stripe_like", "fixed_schedule"])
+def test_a_schedule_decides_the_same_on_rows_as_on_the_batch(trained, name):
+    """The API's control arm decides on plain rows: the same retries, messages and senders as
+    the policy's batch path, within each account's limits."""
+    accounts = [*trained.market.payments["account_id"].unique()[:5], "acct_never_seen"]
+    payments, attempts, messages, now, configs = _contexts(7, 600, accounts)
+    batch = _batch(payments, attempts, messages, now, configs)
+    policy = REFERENCE_POLICIES[name]()
+    acts = policy.act(batch, np.random.default_rng(0))
+    states = [summarize_row(*x) for x in zip(payments, attempts, messages, now, strict=True)]
+    rows_c = [constraint_row(configs[p["account_id"]]) for p in payments]
+    mine = policy.act_rows(payments, states, now, rows_c)
+    assert [a["retry_at"] for a in mine] == [
+        None if pd.isna(t) else t.to_pydatetime() for t in acts.retry_at
+    ]
+    assert [a["channel"] for a in mine] == acts.channel.astype(object).where(
+        acts.channel.notna(), None
+    ).tolist()
+    assert [a["sender"] for a in mine] == acts.sender.astype(object).where(
+        acts.sender.notna(), None
+    ).tolist()
+    assert any(a["retry_at"] for a in mine) and any(a["retry_at"] is None for a in mine)

@@ -253,7 +253,7 @@ def test_a_signature_from_the_future_and_a_huge_body_are_refused(api):
 
 
 def test_a_failed_event_is_answered_503_and_retried_until_processed_across_a_restart(
-    store_url, trained, monkeypatch
+    store_url, trained, monkeypatch, stripe_api
 ):
     fixture = json.loads(
         (
@@ -264,7 +264,13 @@ def test_a_failed_event_is_answered_503_and_retried_until_processed_across_a_res
         ).read_text()  # fmt: skip
     )
     body = json.dumps(fixture).encode()
-    settings = _settings(store_url, trained, webhook_retry_seconds=0.1)
+    settings = _settings(
+        store_url,
+        trained,
+        webhook_retry_seconds=0.1,
+        stripe_api_key=SecretStr(stripe_api.api_key),
+        stripe_api_base=stripe_api.url,
+    )
     real = webhooks.sn.normalize_event
 
     def broken(event):
