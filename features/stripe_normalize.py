@@ -240,21 +240,35 @@ def location_of(
     return {"customer_country": country, "customer_timezone": zone}
 
 
+#: Customer metadata where a platform records how it may reach the customer ("true"/"false"):
+#: a phone number is not consent to SMS, and whether they use the app is the platform's to know.
+REACHABILITY_METADATA = {
+    "reachable_sms": "reclaim_reachable_sms",
+    "reachable_in_app": "reclaim_reachable_in_app",
+}
+
+
 def reachability_of(
     customer: Mapping[str, Any] | None, invoice: Mapping[str, Any] | None
 ) -> dict[str, Any]:
     """``reachable_email``: false only where Stripe says there is no address (the invoice's
-    ``customer_email`` and the expanded customer's ``email`` both given and empty); otherwise
-    left to the contract's default. A phone number is not consent to SMS, and the app is the
-    platform's to know: those keep their defaults."""
+    ``customer_email`` and the expanded customer's ``email`` both given and empty).
+    ``reachable_sms`` and ``reachable_in_app``: what the customer's metadata says
+    (:data:`REACHABILITY_METADATA`). Anything not said keeps the contract's default."""
+    out: dict[str, Any] = {}
     known = [
         obj[key]
         for obj, key in ((invoice, "customer_email"), (customer, "email"))
         if isinstance(obj, Mapping) and key in obj
     ]
     if known and not any(known):
-        return {"reachable_email": False}
-    return {}
+        out["reachable_email"] = False
+    metadata = (customer or {}).get("metadata") if isinstance(customer, Mapping) else None
+    for column, key in REACHABILITY_METADATA.items():
+        said = str((metadata or {}).get(key, "")).strip().lower()
+        if said in ("true", "false"):
+            out[column] = said == "true"
+    return out
 
 
 def invoice_payment_intents(invoice: Mapping[str, Any]) -> list[Any]:

@@ -40,6 +40,7 @@ from reclaim.features import schema
 from reclaim.features.accounts import AccountHistory
 from reclaim.features.candidates import expand_retry_times, retry_features
 from reclaim.features.decisions import decision_features, log_amount
+from reclaim.features.drift import FeatureReference
 from reclaim.features.single import Decisions
 from reclaim.models.channel import ChannelCalibration, ChannelUpliftModel
 from reclaim.models.retry import RetryTimeModel
@@ -110,6 +111,7 @@ class LearnedPolicy(Policy):
         costs: Costs | None = None,
         delays_hours: np.ndarray = POLICY_DELAYS_HOURS,
         channel_calibration: dict[str, ChannelCalibration] | None = None,
+        feature_reference: FeatureReference | None = None,
     ):
         self.retry_model = retry_model
         self.channel_model = channel_model
@@ -122,6 +124,8 @@ class LearnedPolicy(Policy):
         self.costs = costs
         self.delays_hours = delays_hours
         self.channel_calibration = channel_calibration
+        # the training rows' feature distribution: what serving compares its decisions with
+        self.feature_reference = feature_reference
 
     def __setstate__(self, state: dict) -> None:
         # A policy pickled by an older Reclaim lacks parameters added since: give them their

@@ -83,6 +83,9 @@ class ReplayConfig:
     experiment: str = "replay"
     """The experiment's name in the store (``reclaim report --experiment``)."""
     seed: int = 8
+    strip_network_codes: bool = False
+    """Stripe's answers without network codes (older charges, older integrations): what the
+    skew monitor must notice."""
 
 
 class World:
@@ -280,6 +283,7 @@ def run_replay(
         now=clock.now,
         deliver_on_demand=True,
         enabled_events=SUBSCRIBED_EVENTS,
+        strip_network_codes=config.strip_network_codes,
     )
     with standin:
         api = subprocess.Popen(
@@ -331,7 +335,9 @@ def run_replay(
             if not scheduler.lease.acquire():
                 raise RuntimeError("another scheduler holds this replay store's lease")
             _play(world, standin, objects, scheduler, clock, horizon, progress)
-            return _report(world, standin, engine, config)
+            table = _report(world, standin, engine, config)
+            table.attrs["skew_alerts"] = drifting_features(httpx.get(f"{api_url}/metrics").text)
+            return table
         finally:
             _stop(api)
             engine.dispose()
@@ -450,6 +456,15 @@ def _report(
     table.attrs["hard_retries"] = world.hard_retries
     table.attrs["data_path"] = stored_mix(engine, p)
     return table
+
+
+def drifting_features(metrics: str) -> list[str]:
+    """The features the API's skew monitor reports drifting, from its ``/metrics`` text."""
+    found = []
+    for line in metrics.splitlines():
+        if line.startswith("reclaim_feature_drift{") and line.rstrip().endswith(" 1.0"):
+            found.append(line.split('feature="', 1)[1].split('"', 1)[0])
+    return sorted(found)
 
 
 def stored_mix(engine: sa.Engine, truth_payments: pd.DataFrame) -> pd.DataFrame:

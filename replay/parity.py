@@ -12,6 +12,10 @@ each decision (the feature row it scored, as ``decision_log.features`` holds it,
 action); :func:`compare` joins them on ``(payment_id, decided_at)`` and lists every
 difference, column by column.
 
+:func:`compare_payments` compares the payment rows themselves, column by column: what a
+decision reads beyond the model's features (how the customer may be reached, the amount, the
+account) must be the export's too.
+
 A difference that must remain is named in :data:`EXCEPTIONS` with its reason (also in
 docs/features.md).
 """
@@ -25,10 +29,12 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
+from reclaim import contract
 from reclaim.features import schema
 from reclaim.features.decisions import build_decision_rows
 from reclaim.policy import Policy
 from reclaim.serving.store import tables as t
+from reclaim.serving.store.repository import load_contract
 from reclaim.simulator import Marketplace, rollout
 
 #: Differences the deployed loop keeps on purpose, by name.
@@ -78,6 +84,23 @@ def deployed_decisions(engine: sa.Engine) -> pd.DataFrame:
     out["retry_at"] = log["retry_at"]
     out["channel"] = log["channel"]
     out.attrs["replanned_payments"] = set(replans["payment_id"])
+    return out
+
+
+def compare_payments(simulated: pd.DataFrame, engine: sa.Engine) -> dict[str, pd.DataFrame]:
+    """Every contract column of the payments the store holds against the simulated rows of
+    the same payments (what the export would hold): per column, the rows that differ."""
+    stored = load_contract(engine).payments.set_index("payment_id")
+    sim = simulated.set_index("payment_id").loc[stored.index]
+    out = {}
+    for column in contract.PAYMENTS.column_names:
+        if column == "payment_id":
+            continue
+        a = sim[column].astype(object).where(sim[column].notna(), None)
+        b = stored[column].astype(object).where(stored[column].notna(), None)
+        differ = np.array([x != y for x, y in zip(a, b, strict=True)], dtype=bool)
+        if differ.any():
+            out[column] = pd.DataFrame({"simulated": a, "stored": b})[differ]
     return out
 
 

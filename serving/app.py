@@ -23,6 +23,7 @@ from reclaim.serving.metrics import Metrics, worker_exited
 from reclaim.serving.policy_holder import PolicyHolder
 from reclaim.serving.report_cache import ReportCache
 from reclaim.serving.routes import accounts, decisions, health, payments, stats, webhooks
+from reclaim.serving.skew import SkewMonitor
 from reclaim.serving.store.configs import ConfigCache
 from reclaim.serving.store.migrate import upgrade
 from reclaim.serving.store.repository import make_engine
@@ -46,12 +47,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine, experiment = app.state.engine, app.state.experiment
         config_cache = app.state.config_cache
 
+        skew = app.state.skew
+
         def decide(requests: list) -> list:
             loaded = holder.current
             if loaded is None:
                 raise domain.NoPolicy(holder.uri)
+            skew.use(getattr(loaded.policy, "feature_reference", None))
             return domain.decide(
-                requests, engine, loaded, experiment=experiment, config_cache=config_cache
+                requests,
+                engine,
+                loaded,
+                experiment=experiment,
+                config_cache=config_cache,
+                observe=skew.observe,
             )
 
         batcher = DecisionBatcher(
@@ -91,6 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = Metrics()
+    app.state.skew = SkewMonitor(None, app.state.metrics)
     app.state.keys = KeyCache(settings.auth_cache_seconds)
     app.state.config_cache = ConfigCache(settings.config_cache_seconds)
     app.state.reports = ReportCache(settings.report_cache_seconds)

@@ -310,10 +310,12 @@ def decide(
     rules: NetworkRules | None = None,
     experiment: Experiment | None = None,
     config_cache: configs.ConfigCache | None = None,
+    observe: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> list[DecisionOut]:
     """The next action for each request, logged to the store. With an ``experiment``, the
     control arm's customers get the control policy's action instead of the served one's;
-    with a ``config_cache``, the accounts' configurations come from it.
+    with a ``config_cache``, the accounts' configurations come from it; ``observe`` is given
+    the feature rows decided on (the skew monitor).
 
     The served learned policy decides on plain rows (``features.single``): the same
     features, rules and model as the batch path (proven equal by
@@ -383,6 +385,8 @@ def decide(
             )
         )
     _save_and_log(engine, requests, contexts, out, decisions.shown)
+    if observe is not None:
+        observe(decisions.shown)
     return out
 
 

@@ -58,6 +58,29 @@ class Metrics:
         self.decisions = Counter(
             "reclaim_decisions_total", "Decisions by action", ["action"], registry=self.registry
         )
+        # train/serve skew over this process's recent decisions (serving.skew): the worst
+        # worker's value is the one to watch
+        self.feature_missing = Gauge(
+            "reclaim_feature_missing_share",
+            "Share of recent decisions with the feature missing (reference: at training)",
+            ["feature", "window"],
+            registry=self.registry,
+            multiprocess_mode="livemax",
+        )
+        self.feature_psi = Gauge(
+            "reclaim_feature_psi",
+            "Population stability index of the feature over recent decisions vs training",
+            ["feature"],
+            registry=self.registry,
+            multiprocess_mode="livemax",
+        )
+        self.feature_drift = Gauge(
+            "reclaim_feature_drift",
+            "1 while the feature drifts past docs/operations.md's thresholds",
+            ["feature"],
+            registry=self.registry,
+            multiprocess_mode="livemax",
+        )
         self.decision_batch = Histogram(
             "reclaim_decision_batch_size",
             "Decisions computed per model call (requests waiting together are merged)",

@@ -353,17 +353,23 @@ class Scheduler:
         return sum(sent.values())
 
     # --- planning ------------------------------------------------------------------------
-    def pending_decisions(self, limit: int = 1000) -> list[tuple[str, int, int]]:
+    def pending_decisions(
+        self, limit: int = 1000, since: datetime | None = None
+    ) -> list[tuple[str, int, int]]:
         """``(payment_id, after_attempt, n)`` for payments whose last attempt failed and that
         have no action for it (``n`` numbers re-plans of the same failure). One query: the
-        database finds them, so a tick costs the same with a thousand stored payments or a
-        million."""
+        database finds them. ``since``: only payments with an attempt at or after it, or an
+        action to re-plan (a driver of simulated time knows nothing older is waiting)."""
         at, a, p = t.attempts.c, t.scheduled_actions.c, t.payments.c
-        last = (
-            sa.select(at.payment_id, sa.func.max(at.attempt_number).label("n"))
-            .group_by(at.payment_id)
-            .subquery()
-        )
+        recent = sa.select(at.payment_id)
+        if since is not None:
+            recent = recent.where(at.attempted_at >= since).union(
+                sa.select(a.payment_id).where(a.status == "replan")
+            )
+        last = sa.select(at.payment_id, sa.func.max(at.attempt_number).label("n"))
+        if since is not None:
+            last = last.where(at.payment_id.in_(recent.scalar_subquery()))
+        last = last.group_by(at.payment_id).subquery()
         recovered = sa.exists().where(at.payment_id == last.c.payment_id, at.outcome == "succeeded")
         acted = sa.exists().where(
             a.payment_id == last.c.payment_id,
@@ -385,9 +391,10 @@ class Scheduler:
         with self.engine.connect() as conn:
             return [(pid, int(n), int(k)) for pid, n, k in conn.execute(query)]
 
-    def plan(self) -> int:
-        """Ask for and record decisions for every payment waiting for one."""
-        waiting = self.pending_decisions(PLAN_BATCH)
+    def plan(self, since: datetime | None = None) -> int:
+        """Ask for and record decisions for every payment waiting for one (``since``: see
+        :meth:`pending_decisions`)."""
+        waiting = self.pending_decisions(PLAN_BATCH, since)
         if not waiting:
             return 0
         now = self.clock.now()
@@ -470,7 +477,9 @@ class Scheduler:
         rounds = 0
         while True:
             now = self.clock.now()
-            planned = self.plan()
+            # all that waited was planned in earlier rounds: only this moment's attempts (a
+            # webhook's time is whole seconds) and re-plans can be waiting now
+            planned = self.plan(since=now - timedelta(seconds=1))
             due = self.due_actions(now)
             if due:
                 self.execute_many(due)

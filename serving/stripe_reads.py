@@ -15,7 +15,8 @@ never made on a guess.
 - a payment intent's or charge's event is attributed to the invoice that intent pays (the
   store's alias, else ``GET /v1/invoice_payments?payment[payment_intent]=…``); when that
   invoice is not stored yet, the event becomes the invoice's own failure, read from Stripe;
-- a standalone intent's first failure gets its customer read (address, email).
+- a payment's first failure gets its customer read (address, email, and the metadata where
+  the platform records SMS consent and app use).
 """
 
 from __future__ import annotations
@@ -125,6 +126,11 @@ def complete(event: Mapping[str, Any], reader: StripeReader | None, owner: Owner
     account = event.get("account") if isinstance(event.get("account"), str) else None
     failure = etype in sn.FAILURE_EVENTS
     if obj.get("object") == "invoice":
+        if failure and owner(str(obj.get("id"))) is None:  # a first failure: all of it
+            out = _with_customer(
+                _with_intent(event, _need(reader, event), account), reader, account
+            )
+            return Completed(out)
         if failure and _needs_intent(obj):
             return Completed(_with_intent(event, _need(reader, event), account))
         return Completed(dict(event))
@@ -149,7 +155,8 @@ def complete(event: Mapping[str, Any], reader: StripeReader | None, owner: Owner
     # the invoice's own failure, not stored yet: read it, as invoice.payment_failed would say
     invoice = _need(reader, event).invoice(invoice_id, account)
     as_invoice = {**event, "type": "invoice.payment_failed", "data": {"object": invoice}}
-    return Completed(_with_intent(as_invoice, _need(reader, event), account), invoice_id)
+    out = _with_customer(_with_intent(as_invoice, _need(reader, event), account), reader, account)
+    return Completed(out, invoice_id)
 
 
 def _need(reader: StripeReader | None, event: Mapping[str, Any]) -> StripeReader:
@@ -162,17 +169,19 @@ def _need(reader: StripeReader | None, event: Mapping[str, Any]) -> StripeReader
 
 
 def _with_customer(
-    event: Mapping[str, Any], reader: StripeReader, account: str | None
+    event: Mapping[str, Any], reader: StripeReader | None, account: str | None
 ) -> dict[str, Any]:
-    """A copy of a payment intent's event with its customer read and put in place: where the
-    customer lives (their local time) and whether they have an email are on the customer."""
+    """A copy of an invoice's or payment intent's event with its customer read and put in
+    place: where the customer lives (their local time), whether they have an email, and how
+    the platform may reach them (metadata) are on the customer."""
+    reader = _need(reader, event)
     out = copy.deepcopy(dict(event))
-    intent = out["data"]["object"]
-    customer = sn.object_id(intent.get("customer"))
-    if customer and not isinstance(intent.get("customer"), Mapping):
+    obj = out["data"]["object"]
+    customer = sn.object_id(obj.get("customer"))
+    if customer and not isinstance(obj.get("customer"), Mapping):
         found = reader.customer(customer, account)
         if found is not None:
-            intent["customer"] = found
+            obj["customer"] = found
     return out
 
 

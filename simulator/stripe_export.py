@@ -202,9 +202,13 @@ def to_stripe_objects(tables: contract.ContractTables) -> dict[Scope, dict[str, 
                 "id": p.customer_id,
                 "object": "customer",
                 "created": _ts(p.failed_at),
-                "email": f"{p.customer_id}@customers.invalid",
+                "email": f"{p.customer_id}@customers.invalid" if p.reachable_email else None,
                 "address": address,
-                "metadata": {},
+                # how the platform may reach them, as it records it on the Stripe customer
+                "metadata": {
+                    "reclaim_reachable_sms": str(bool(p.reachable_sms)).lower(),
+                    "reclaim_reachable_in_app": str(bool(p.reachable_in_app)).lower(),
+                },
             }
         )
     return out

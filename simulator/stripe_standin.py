@@ -164,6 +164,9 @@ class StripeStandIn:
     """The stand-in's clock (the simulated one in accelerated runs)."""
     blocked_accounts: set[str] = field(default_factory=set)
     """Connected accounts that deauthorized the platform: their requests get 403."""
+    strip_network_codes: bool = False
+    """Answer as an older integration would see Stripe: no network decline or advice codes on
+    charges, errors or intents (for testing that their loss is noticed)."""
     deliver_on_demand: bool = False
     """Hold webhook events until :meth:`wait_delivered` sends them, in a fixed order, from
     the caller's thread: for runs in simulated time, whose outcome must not depend on whether
@@ -192,6 +195,10 @@ class StripeStandIn:
         """Store one object under a scope (``account=None`` for the platform)."""
         if resource not in LISTABLE:
             raise ValueError(f"unknown resource {resource!r}; known: {LISTABLE}")
+        if self.strip_network_codes:
+            for part in (obj.get("outcome"), obj.get("last_payment_error")):
+                if isinstance(part, dict):
+                    part.update(network_decline_code=None, network_advice_code=None)
         with self._lock:
             self.objects[account][resource][obj["id"]] = obj
 
@@ -386,6 +393,8 @@ class StripeStandIn:
         outcome = self.outcome(account, resource, obj, at)
         intent = self.intent_of(account, obj)
         decline = None if outcome is None else as_decline(outcome)
+        if decline is not None and self.strip_network_codes:
+            decline.update(network_decline_code=None, network_advice_code=None)
         charge = self._charge(account, obj, intent, decline, at)
         if intent is not None:
             intent["latest_charge"] = charge["id"]

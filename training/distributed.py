@@ -197,10 +197,11 @@ def _rows(
     train_accounts: AccountHistory,
     all_accounts: AccountHistory,
     rates: tuple[float, float],
+    network_code_dropout: float = 0.0,
 ) -> tuple[SplitRows, PartitionCollected]:
     """One partition's rows: the whole ``SplitRows`` stays on the worker (its retry rows are
     read there), and what the driver collects of it."""
-    built = split_rows(split, train_accounts, all_accounts, rates)
+    built = split_rows(split, train_accounts, all_accounts, rates, network_code_dropout)
     collected = PartitionCollected(
         train_payments=len(split.train.payments),
         test_payments=len(split.test.payments),
@@ -364,6 +365,7 @@ def prepare(
         train_accounts=client.scatter(train_accounts, broadcast=True, hash=False),
         all_accounts=client.scatter(all_accounts, broadcast=True, hash=False),
         rates=rates,
+        network_code_dropout=config.network_code_dropout,
     )
     del splits, train_accounts
     retry = client.map(_first, built)

@@ -36,6 +36,7 @@ import pandas as pd
 
 from reclaim import contract
 from reclaim.features.decisions import decision_features, log_amount
+from reclaim.features.drift import FeatureReference
 from reclaim.intervals import interval
 from reclaim.models.channel import CONTROL, ChannelCalibration, ChannelUpliftModel
 from reclaim.models.policy import CHANNELS, LearnedPolicy
@@ -394,6 +395,7 @@ def train(
         exploration=config.exploration,
         continuation=prepared.retry.continuation(retry_model),
         channel_calibration=uplift.calibration,
+        feature_reference=FeatureReference.from_frame(train_rows.features),
     )
 
     stage("evaluating on the later split")
@@ -486,6 +488,8 @@ def train(
         mlflow.log_metrics({k: float(v) for k, v in results.items() if np.isfinite(v)})
         mlflow.log_table(per_account, "per_account_uplift.json")
         mlflow.log_dict({"caveats": caveats, "overlap": overlap_report}, "caveats.json")
+        # every feature's missing share and distribution at training: serving's skew reference
+        mlflow.log_dict(policy.feature_reference.to_dict(), "feature_reference.json")
         figures = {
             "calibration.png": plots.calibration_curve(metrics.calibration_table(y_test, p_test)),
             "recovery_by_day.png": plots.recovery_by_day(test_tables),

@@ -65,6 +65,8 @@ payments.append_column(sa.Column("closed_at", sa.DateTime(timezone=True)))
 attempts = _contract_table(contract.ATTEMPTS)
 messages = _contract_table(contract.MESSAGES)
 sa.Index("ix_attempts_payment_time", attempts.c.payment_id, attempts.c.attempted_at)
+# the attempts of a moment: what a scheduler driven in simulated time plans from (0009)
+sa.Index("ix_attempts_time", attempts.c.attempted_at)
 sa.Index("ix_messages_payment", messages.c.payment_id)
 sa.Index("ix_payments_account", payments.c.account_id)
 # a period's failed payments by time, with what the accounts table and an experiment's

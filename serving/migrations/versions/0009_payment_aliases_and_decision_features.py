@@ -12,7 +12,8 @@ payment it belongs to, so a charge event updates the invoice's payment whatever 
 arrive in. ``decision_log.features`` keeps the feature row each decision was made on (JSON):
 the record an explanation, an audit or a train/serve comparison reads. ``payments.closed_at``
 is when Stripe said the payment can no longer be collected (the invoice voided or marked
-uncollectible, the intent canceled): nothing is tried for it after that.
+uncollectible, the intent canceled): nothing is tried for it after that. An index on the
+attempts' time finds a moment's attempts: what a scheduler driven in simulated time plans from.
 """
 
 from __future__ import annotations
@@ -36,9 +37,11 @@ def upgrade() -> None:
     op.add_column("decision_log", sa.Column("features", sa.Text))
     # outside batch mode: SQLite's batch mode may copy the table, which would drop its triggers
     op.add_column("payments", sa.Column("closed_at", sa.DateTime(timezone=True)))
+    op.create_index("ix_attempts_time", "attempts", ["attempted_at"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_attempts_time", "attempts")
     op.drop_column("payments", "closed_at")
     op.drop_column("decision_log", "features")
     op.drop_table("payment_aliases")
