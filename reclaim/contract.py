@@ -20,6 +20,7 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from functools import cache, cached_property
 from pathlib import Path
@@ -450,6 +451,68 @@ def conform(table: Table, df: pd.DataFrame) -> pd.DataFrame:
         raise ContractProblems(problems)
     assert frame is not None
     return frame
+
+
+def conform_row(table: Table, row: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`conform` for one row of plain values (a webhook's, the API's), without pandas:
+    the same defaults and rules, the same errors; returns the row with only the contract's
+    columns, timestamps as aware UTC datetimes and missing values as None."""
+    out: dict[str, Any] = {}
+    for c in table.columns:
+        value = row.get(c.name, c.default)
+        if _is_null(value):
+            value = c.default
+        if _is_null(value):
+            if not c.nullable:
+                raise ContractError(table.file, c.name, "null values in a required column")
+            out[c.name] = None
+            continue
+        out[c.name] = _coerce_value(table, c, value)
+    return out
+
+
+def _is_null(value: Any) -> bool:
+    return value is None or value is pd.NaT or (isinstance(value, float) and np.isnan(value))
+
+
+def _coerce_value(table: Table, col: Column, value: Any) -> Any:
+    """One value as :func:`_coerce` would have it, or :class:`ContractError`."""
+    label = table.file
+    if col.kind == "category":
+        allowed = {m.value for m in col.enum or ()}
+        text = value.value if isinstance(value, StrEnum) else value
+        if text not in allowed:
+            raise ContractError(
+                label, col.name, f"unknown value(s) {[str(text)]}; allowed: {sorted(allowed)}"
+            )
+        return str(text)
+    if col.kind == "str":
+        if not isinstance(value, str):
+            raise ContractError(label, col.name, "expected text values")
+        return value
+    if col.kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+            raise ContractError(label, col.name, f"expected integers, got {type(value).__name__}")
+        if float(value) % 1 != 0:
+            raise ContractError(label, col.name, "expected whole numbers")
+        return int(value)
+    if col.kind == "float":
+        if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+            raise ContractError(label, col.name, f"expected numbers, got {type(value).__name__}")
+        return float(value)
+    if col.kind == "bool":
+        if not isinstance(value, bool | np.bool_):
+            raise ContractError(label, col.name, f"expected true/false, got {type(value).__name__}")
+        return bool(value)
+    if col.kind == "timestamp":
+        if isinstance(value, str):
+            value = _parse_iso(label, col.name, pd.Series([value])).iloc[0]
+        if not isinstance(value, datetime) or value.tzinfo is None:
+            raise ContractError(
+                label, col.name, "expected timezone-aware UTC timestamps (naive times)"
+            )
+        return pd.Timestamp(value).tz_convert("UTC").to_pydatetime()
+    raise AssertionError(f"unknown column kind {col.kind}")  # pragma: no cover
 
 
 def _conform(table: Table, df: pd.DataFrame) -> tuple[pd.DataFrame | None, list[ContractError]]:

@@ -456,8 +456,9 @@ def _control_arm(
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """The experiment's arms (stored at first decision); the control arm's decisions get
     the control policy's actions, decided on the batch path for those rows."""
-    payments = pd.DataFrame([c[0] for c in contexts])
-    arms = experiments.assign(engine, experiment.design, payments, max(decided_at))
+    arms = experiments.assign_rows(
+        engine, experiment.design, [c[0] for c in contexts], max(decided_at)
+    )
     control = [i for i, c in enumerate(contexts) if arms.get(c[0]["payment_id"]) == "control"]
     if not control:
         return actions, names

@@ -210,6 +210,7 @@ class Scheduler:
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="reclaim-stripe")
         self._draining: tuple[threading.Thread, threading.Event] | None = None
         self._reconciled = 0.0
+        self._send_again = True  # whatever an earlier process left in the outbox
         self._jobs: Any = None  # the APScheduler BackgroundScheduler, while leading
 
     # --- leading -------------------------------------------------------------------------
@@ -350,6 +351,7 @@ class Scheduler:
         )
         for result, n in sent.items():
             self.metrics.messages.labels(result).inc(n)
+        self._send_again = bool(sent.get("retry"))
         return sum(sent.values())
 
     # --- planning ------------------------------------------------------------------------
@@ -485,7 +487,9 @@ class Scheduler:
                 self.execute_many(due)
             if settle is not None:
                 settle()
-            sent = self.send()
+            # only planning fills the outbox: with nothing planned and nothing left to retry,
+            # there is nothing to send
+            sent = self.send() if planned or self._send_again else 0
             if not (planned or due or sent):
                 return rounds
             rounds += 1

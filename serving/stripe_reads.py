@@ -127,10 +127,10 @@ def complete(event: Mapping[str, Any], reader: StripeReader | None, owner: Owner
     failure = etype in sn.FAILURE_EVENTS
     if obj.get("object") == "invoice":
         if failure and owner(str(obj.get("id"))) is None:  # a first failure: all of it
-            out = _with_customer(
-                _with_intent(event, _need(reader, event), account), reader, account
+            out = (
+                _with_intent(event, _need(reader, event), account) if _needs_intent(obj) else event
             )
-            return Completed(out)
+            return Completed(_with_customer(out, reader, account))
         if failure and _needs_intent(obj):
             return Completed(_with_intent(event, _need(reader, event), account))
         return Completed(dict(event))

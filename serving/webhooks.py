@@ -502,5 +502,4 @@ def _utc(value: Any) -> pd.Timestamp:
 
 
 def _insert(conn: sa.Connection, spec: contract.Table, table: sa.Table, row: dict) -> None:
-    frame = contract.conform(spec, pd.DataFrame([row]))
-    repo.insert_rows(conn, table, frame)
+    repo.insert_rows_ignoring(conn, table, [contract.conform_row(spec, row)])

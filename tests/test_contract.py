@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -189,3 +190,39 @@ def test_extra_columns_are_dropped_not_fatal(history: Rollout) -> None:
 def test_empty_tables_are_valid() -> None:
     valid = contract.validate({t.name: contract.empty(t) for t in contract.TABLES})
     assert all(len(df) == 0 for df in valid.as_dict().values())
+
+
+def test_one_row_conforms_as_its_table_does(history):
+    """The row path (webhooks) and the frame path (exports) agree, value for value."""
+    for table, frame in (
+        (contract.PAYMENTS, history.tables.payments.head(300)),
+        (contract.ATTEMPTS, history.tables.attempts.head(300)),
+    ):
+        want = contract.conform(table, frame)
+        records = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
+        rows = [contract.conform_row(table, r) for r in records]
+        for name in table.column_names:
+            expected = want[name].astype(object).where(want[name].notna(), None).tolist()
+            got = [r[name] for r in rows]
+            if name in ("failed_at", "attempted_at"):
+                expected = [None if v is None else v.to_pydatetime() for v in expected]
+            assert got == expected, name
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "message"),
+    [
+        ("currency", 5, "expected text"),
+        ("card_brand", "diners_club_x", "unknown value"),
+        ("amount", 12.5, "whole numbers"),
+        ("amount", True, "expected integers"),
+        ("failed_at", "2026-01-01 10:00", "with an offset"),
+        ("failed_at", datetime(2026, 1, 1, 10), "timezone-aware"),
+        ("account_id", None, "required column"),
+    ],
+)
+def test_a_bad_row_names_its_column(history, column, value, message):
+    row = history.tables.payments.head(1).astype(object).to_dict(orient="records")[0]
+    with pytest.raises(contract.ContractError, match=message) as found:
+        contract.conform_row(contract.PAYMENTS, {**row, column: value})
+    assert column in str(found.value)

@@ -12,6 +12,7 @@ from collections.abc import Collection
 from datetime import datetime, timedelta
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -44,29 +45,40 @@ def assign(
     engine: Engine, design: ExperimentDesign, payments: pd.DataFrame, now: datetime
 ) -> dict[str, str]:
     """The arm of each of ``payments`` (contract rows, stored), by payment id."""
-    ids = list(dict.fromkeys(payments["payment_id"].astype("object")))
+    columns = ["payment_id", "account_id", "customer_id"]
+    rows = payments[columns].astype(object).to_dict(orient="records")
+    return assign_rows(engine, design, rows, now)
+
+
+def assign_rows(
+    engine: Engine, design: ExperimentDesign, payments: list[dict[str, Any]], now: datetime
+) -> dict[str, str]:
+    """:func:`assign` for payments as plain rows (``payment_id``, ``account_id``,
+    ``customer_id``): the API's path, with no DataFrame."""
+    ids = list(dict.fromkeys(str(p["payment_id"]) for p in payments))
     stored = _stored(engine, design.name, ids)
-    new = payments.drop_duplicates("payment_id")
-    new = new[~new["payment_id"].isin(list(stored))]
-    if not new.empty:
-        accounts = new["account_id"].astype("object")
+    new = list({p["payment_id"]: p for p in payments if p["payment_id"] not in stored}.values())
+    if new:
+        accounts = [str(p["account_id"]) for p in new]
         sizes = account_sizes(engine, list(set(accounts)), now)
-        units = (new["customer_id"] if design.unit == "customer" else new["account_id"]).astype(
-            "object"
+        units = [
+            str(p["customer_id"] if design.unit == "customer" else p["account_id"]) for p in new
+        ]
+        segments, arms = design.assign(
+            units, np.array([sizes.get(a, 0) for a in accounts], dtype=float)
         )
-        segments, arms = design.assign(units, accounts.map(sizes).fillna(0).to_numpy())
         rows = [
             {
                 "experiment": design.name,
-                "payment_id": pid,
+                "payment_id": p["payment_id"],
                 "unit_id": unit,
                 "account_id": account,
                 "segment": segment,
                 "arm": arm,
                 "assigned_at": now,
             }
-            for pid, unit, account, segment, arm in zip(
-                new["payment_id"], units, accounts, segments, arms, strict=True
+            for p, unit, account, segment, arm in zip(
+                new, units, accounts, segments, arms, strict=True
             )
         ]
         with engine.begin() as conn:
