@@ -632,6 +632,11 @@ def replay(
         "what reached the store against what the simulator drew (declines, card brands, "
         f"network codes): largest difference in a share {off:.1%}"
     )
+    alerts = table.attrs.get("skew_alerts", [])
+    console.print(
+        "features drifting from training (the API's skew monitor): "
+        + (", ".join(alerts) if alerts else "none")
+    )
     console.print(
         f"charges executed by the Stripe stand-in: {table.attrs['charges']:,}; "
         f"most for one idempotency key: {table.attrs['most_per_key']}; messages sent: "
@@ -660,6 +665,7 @@ def replay(
             {"arms": arms, "difference": diff_json, "seed": seed,
              "hard_retries": int(table.attrs["hard_retries"]),
              "charges": int(table.attrs["charges"]),
+             "skew_alerts": list(table.attrs.get("skew_alerts", [])),
              "most_charges_per_key": int(table.attrs["most_per_key"]),
              "data_path": mix.to_dict(orient="records")},
         )  # fmt: skip

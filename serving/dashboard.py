@@ -609,9 +609,11 @@ async def operations(request: Request) -> Response:
         stats.operations, request.app.state.engine, datetime.now(UTC),
         settings.webhook_stuck_seconds, principal.accounts,
     )  # fmt: skip
+    # this process's view of train/serve skew (serving.skew): the features it compares
+    drift = sorted(request.app.state.skew.state(), key=lambda d: (d.alert is None, -d.psi))
     return _page(
         request, "operations.html", principal=principal, ops=found,
-        stuck_after=settings.webhook_stuck_seconds,
+        stuck_after=settings.webhook_stuck_seconds, drift=drift,
     )  # fmt: skip
 
 

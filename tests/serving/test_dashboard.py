@@ -332,6 +332,19 @@ def test_the_declines_and_operations_pages(site) -> None:
     assert "<td>soft</td>" in page.text and "<td>hard</td>" in page.text
     ops = client.get("/dashboard/operations")
     assert ops.status_code == 200 and "Retries due and not yet made" in ops.text
+    assert "Not compared yet" in ops.text
+    # once the API has decided 200 times, the page compares their features with training's
+    ids = list(client.app.state.engine.connect().execute(
+        sa.text("select payment_id from payments order by payment_id limit 250")
+    ).scalars())  # fmt: skip
+    decided = client.post(
+        "/v1/decisions/batch",
+        json={"decisions": [{"payment_id": i, "now": "2026-06-01T12:00:00Z"} for i in ids]},
+        headers={"Authorization": f"Bearer {keys['scheduler'][1]}"},
+    )
+    assert decided.status_code == 200, decided.text
+    ops = client.get("/dashboard/operations")
+    assert '<table id="skew">' in ops.text and "<td>network_decline_code</td>" in ops.text
 
 
 def test_odd_query_strings_get_a_page_not_an_error(site) -> None:
