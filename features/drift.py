@@ -14,13 +14,14 @@ Features that describe the payment are compared over first decisions only (one r
 payment): how many decisions a payment gets is the policy's doing, so over all decisions the
 mix of declines would move with the policy. The others are compared over all decisions.
 
-A feature **drifts** when its missing share rose by more than :data:`MISSING_ALERT` (absolute)
-over the reference's, or, for a feature that describes the payment and its decline
-(:data:`DESCRIBES_THE_PAYMENT`), its PSI exceeds :data:`PSI_ALERT` (the usual rule of thumb:
-< 0.1 stable, 0.1–0.25 moderate, > 0.25 a shift worth acting on). The other features' PSI is
-kept and shown but raises no alert: when to decide, how many retries and messages came before,
-and the account's aggregates as of the decision move whenever the served policy differs from
-the one that logged the history, or time passes. docs/operations.md says what to do.
+A feature that describes the payment and its decline (:data:`DESCRIBES_THE_PAYMENT`)
+**drifts** when its missing share rose by more than :data:`MISSING_ALERT` (absolute) over the
+reference's, or its PSI exceeds :data:`PSI_ALERT` (the usual rule of thumb: < 0.1 stable,
+0.1–0.25 moderate, > 0.25 a shift worth acting on). The other features are compared and shown
+but raise no alert: when to decide, how many retries and messages came before (and so whether
+there was a last message), and the account's aggregates as of the decision move whenever the
+served policy differs from the one that logged the history, or time passes.
+docs/operations.md says what to do.
 """
 
 from __future__ import annotations
@@ -59,9 +60,11 @@ class Drift:
     @property
     def alert(self) -> str | None:
         """Why this feature drifts (``missing`` or ``distribution``), or None."""
+        if self.feature not in DESCRIBES_THE_PAYMENT:
+            return None  # the policy's own doing: shown, not alerted on
         if self.missing_recent - self.missing_reference > MISSING_ALERT:
             return "missing"
-        if self.psi > PSI_ALERT and self.feature in DESCRIBES_THE_PAYMENT:
+        if self.psi > PSI_ALERT:
             return "distribution"
         return None
 
@@ -84,10 +87,10 @@ class FeatureReference:
         ref = cls(rows=len(features))
         first = features["decision_number"].to_numpy() == 0
         for name in schema.DECISION_FEATURES:
-            column = features[name]
+            column = features[name][first] if name in DESCRIBES_THE_PAYMENT else features[name]
             present = column.notna()
             ref.missing[name] = float(1.0 - present.mean()) if len(column) else 0.0
-            values = column[present & (first if name in DESCRIBES_THE_PAYMENT else True)]
+            values = column[present]
             if name in schema.CATEGORICAL:
                 counts = values.astype(object).astype(str).value_counts(normalize=True)
                 ref.categories[name] = {str(k): float(v) for k, v in counts.items()}
@@ -107,10 +110,9 @@ class FeatureReference:
         firsts = [r for r in rows if r.get("decision_number") == 0]
         out = []
         for name in schema.DECISION_FEATURES:
-            values = [r.get(name) for r in rows]
-            missing = 1.0 - sum(not _missing(v) for v in values) / len(values) if values else 0.0
             pool = firsts if name in DESCRIBES_THE_PAYMENT else rows
             present = [r.get(name) for r in pool if not _missing(r.get(name))]
+            missing = 1.0 - len(present) / len(pool) if pool else 0.0
             if len(present) < MIN_PRESENT:  # too few to tell a shift from noise
                 out.append(Drift(name, self.missing.get(name, 0.0), missing, 0.0))
                 continue
