@@ -539,7 +539,8 @@ def _conform(table: Table, df: pd.DataFrame) -> tuple[pd.DataFrame | None, list[
         if c.name in missing:
             continue
         try:
-            out[c.name] = _coerce(table, c, df[c.name])
+            # positions, not labels: a frame whose index is not 0..n-1 keeps its rows
+            out[c.name] = _coerce(table, c, df[c.name]).reset_index(drop=True)
         except ContractError as exc:
             problems.append(exc)
     if problems:

@@ -122,3 +122,26 @@ def test_every_option_is_described_and_defaults_are_shown() -> None:
     shown = runner.invoke(app, ["simulate", "--help"]).output
     assert "[default: DATA_DIR/sim]" in " ".join(shown.split())  # not eaten as markup
     assert "[default: 20000; x>=1]" in shown
+
+
+def test_evaluate_writes_its_figures_as_json(tmp_path: Path, trained) -> None:
+    """``evaluate --json``: each policy's figures by the name the table prints, for scripts."""
+    import json
+
+    out = tmp_path / "evaluate.json"
+    result = runner.invoke(
+        app,
+        ["evaluate", "--simulator", "--payments", "300", "--seed", "3",
+         "--tracking-uri", trained.tracking_uri, "--json", str(out)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    found = json.loads(out.read_text())
+    assert {"learned", "stripe_like", "oracle"} <= set(found["policies"])
+    for figures in found["policies"].values():
+        assert 0.0 <= figures["recovery_rate"] <= 1.0
+        assert (
+            figures["recovery_rate_lo"] <= figures["recovery_rate"] <= figures["recovery_rate_hi"]
+        )
+        assert figures["payments"] == 300
+        assert {"usd_per_payment", "retries_per_payment", "messages_per_payment"} <= set(figures)
+    assert "gap_closed" in found

@@ -226,3 +226,11 @@ def test_a_bad_row_names_its_column(history, column, value, message):
     with pytest.raises(contract.ContractError, match=message) as found:
         contract.conform_row(contract.PAYMENTS, {**row, column: value})
     assert column in str(found.value)
+
+
+def test_a_frame_indexed_from_elsewhere_keeps_its_values(history):
+    """A slice of a table (its index not 0..n-1) conforms to the same values, not to nulls."""
+    part = history.tables.payments.iloc[100:103]
+    got = contract.conform(contract.PAYMENTS, part)
+    assert list(got["payment_id"]) == list(part["payment_id"])
+    assert got.notna().sum().sum() == part.reset_index(drop=True).notna().sum().sum()

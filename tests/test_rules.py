@@ -106,7 +106,8 @@ def _one(
     p["decline_code"] = code
     p["card_brand"] = pd.Categorical([brand], dtype=vocab.CARD_BRAND_DTYPE)
     p["advice_code"] = pd.Categorical([None], dtype=vocab.ADVICE_CODE_DTYPE)
-    p["network_decline_code"] = vocab.DECLINE_CODES[code].network_code
+    known = vocab.DECLINE_CODES.get(code)
+    p["network_decline_code"] = known.network_code if known else None
     p["network_advice_code"] = pd.Series([mac], dtype=p["network_advice_code"].dtype).to_numpy()
     t0 = p["failed_at"].iloc[0]
     rows = [
@@ -118,7 +119,7 @@ def _one(
             "outcome": "failed",
             "decline_code": code,
             "advice_code": None,
-            "network_decline_code": vocab.DECLINE_CODES[code].network_code,
+            "network_decline_code": known.network_code if known else None,
             "network_advice_code": mac,
             "policy": None,
             "propensity": None,
@@ -136,6 +137,15 @@ def _retry_in(batch: DecisionBatch, hours: float) -> ActionBatch:
 
 def test_enforce_blocks_hard_declines(small_market: Marketplace) -> None:
     batch = _one(small_market, "stolen_card")
+    out = rules.enforce(batch, _retry_in(batch, 48), RULES)
+    assert out.retry_at.isna().all() and out.reason.iloc[0] == "hard_decline"
+
+
+@pytest.mark.parametrize("code", ["unknown", "a_code_stripe_added_later"])
+def test_a_decline_reclaim_does_not_know_is_never_retried(small_market: Marketplace, code):
+    """Never on a guess that it is soft: a retry after a Visa category-1 decline is a breach."""
+    assert vocab.decline_category(code, None, None, None) == "hard"
+    batch = _one(small_market, code)
     out = rules.enforce(batch, _retry_in(batch, 48), RULES)
     assert out.retry_at.isna().all() and out.reason.iloc[0] == "hard_decline"
 
