@@ -9,7 +9,13 @@ import pytest
 
 from reclaim.replay import ReplayConfig, run_replay
 from reclaim.replay.loop import replayed_payments
-from reclaim.replay.parity import EXCEPTIONS, compare, deployed_decisions, offline_decisions
+from reclaim.replay.parity import (
+    EXCEPTIONS,
+    compare,
+    compare_payments,
+    deployed_decisions,
+    offline_decisions,
+)
 from reclaim.serving.store.repository import make_engine
 
 pytestmark = pytest.mark.slow
@@ -17,7 +23,9 @@ pytestmark = pytest.mark.slow
 
 def test_every_decision_sees_the_same_features_and_makes_the_same_choice(tmp_path, trained):
     config = ReplayConfig(payments=500, control_share=0.0, seed=21)
-    run_replay(trained.market, trained.tracking_uri, tmp_path, config)
+    table = run_replay(trained.market, trained.tracking_uri, tmp_path, config)
+    # a clean replay: the API's skew monitor finds no feature drifting from training
+    assert table.attrs["skew_alerts"] == []
     engine = make_engine(f"sqlite:///{tmp_path / 'reclaim.db'}")
     try:
         deployed = deployed_decisions(engine)
@@ -30,6 +38,11 @@ def test_every_decision_sees_the_same_features_and_makes_the_same_choice(tmp_pat
 
     parity = compare(offline, deployed)
     assert parity.equal, parity.summary()
+    engine = make_engine(f"sqlite:///{tmp_path / 'reclaim.db'}")
+    try:  # and the payments themselves, every contract column, as the export holds them
+        assert compare_payments(replayed_payments(trained.market, config).payments, engine) == {}
+    finally:
+        engine.dispose()
     assert parity.matched >= 500  # every payment's first decision at least
     assert set(parity.excepted) <= set(EXCEPTIONS)
     # the exception is rare: expired cards refreshed before a planned retry
