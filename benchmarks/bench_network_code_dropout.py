@@ -18,39 +18,12 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from reclaim import contract
-from reclaim.features.candidates import expand_retry_times
-from reclaim.features.decisions import decision_features, decision_points
 from reclaim.reference import RandomizedLogging
 from reclaim.simulator import generate, rollout
 from reclaim.training.pipeline import TrainConfig, train
-
-NETWORK_CODES = ("network_decline_code", "network_advice_code")
-
-
-def swing(policy, tables: contract.ContractTables, decisions: int = 2000) -> dict[str, float]:
-    """Mean |Δ predicted success| and the regret of choosing without the codes."""
-    batch, _ = decision_points(tables)
-    batch = batch.take(np.arange(0, len(batch), max(len(batch) // decisions, 1)))
-    with_codes = decision_features(batch, policy.accounts, policy.network_rules)
-    hidden = with_codes.copy()
-    for name in NETWORK_CODES:
-        hidden[name] = hidden[name].where(pd.Series(False, index=hidden.index))
-    names = list(policy.retry_model.feature_names_in_)
-    k = len(policy.delays_hours)
-    p = {}
-    for label, frame in (("with", with_codes), ("without", hidden)):
-        grid = expand_retry_times(batch, frame.reset_index(drop=True), policy.delays_hours)
-        p[label] = policy.retry_model.predict_proba(grid[names])[:, 1].reshape(len(batch), k)
-    chosen = p["without"].argmax(axis=1)
-    regret = p["with"].max(axis=1) - p["with"][np.arange(len(batch)), chosen]
-    return {
-        "mean_change": float(np.abs(p["with"] - p["without"]).mean()),
-        "regret_mean": float(regret.mean()),
-        "regret_p95": float(np.quantile(regret, 0.95)),
-    }
+from reclaim.training.robustness import network_code_swing
 
 
 def main() -> None:
@@ -72,10 +45,11 @@ def main() -> None:
                 f"sqlite:///{root / f'm{share}.db'}",
                 TrainConfig(experiment="dropout", network_code_dropout=share),
             )
-            s = swing(result.policy, tables)
+            s = network_code_swing(result.policy, tables)
+            regret = s["regret"]
             print(
                 f"{share:7.2f} | {s['mean_change']:22.3f} | "
-                f"{s['regret_mean']:.3f} / {s['regret_p95']:.3f}     | "
+                f"{regret.mean():.3f} / {np.quantile(regret, 0.95):.3f}     | "
                 f"{result.metrics['retry_auc']:.3f}",
                 flush=True,
             )
