@@ -484,6 +484,7 @@ class StripeStandIn:
         }
         self._charge_seq += 1
         failed = decline is not None
+        codes = decline or {}  # a succeeded charge's outcome has none
         charge = {
             "id": f"ch_standin_{self._charge_seq}",
             "object": "charge",
@@ -497,10 +498,10 @@ class StripeStandIn:
             "failure_code": "card_declined" if failed else None,
             "outcome": {
                 "type": "issuer_declined" if failed else "authorized",
-                "reason": decline["decline_code"] if failed else None,
-                "advice_code": decline["advice_code"] if failed else None,
-                "network_decline_code": decline["network_decline_code"] if failed else None,
-                "network_advice_code": decline["network_advice_code"] if failed else None,
+                "reason": codes.get("decline_code"),
+                "advice_code": codes.get("advice_code"),
+                "network_decline_code": codes.get("network_decline_code"),
+                "network_advice_code": codes.get("network_advice_code"),
                 "network_status": "declined_by_network" if failed else "approved_by_network",
             },
             "payment_method_details": card,
