@@ -148,6 +148,19 @@ def _batch(payments, attempts, messages, now, configs) -> DecisionBatch:
     )
 
 
+def _assert_same_actions(mine: list[dict], acts) -> None:
+    """The row path's actions are the batch path's: retry times, channels and senders."""
+    assert [a["retry_at"] for a in mine] == [
+        None if pd.isna(t) else t.to_pydatetime() for t in acts.retry_at
+    ]
+    assert [a["channel"] for a in mine] == acts.channel.astype(object).where(
+        acts.channel.notna(), None
+    ).tolist()
+    assert [a["sender"] for a in mine] == acts.sender.astype(object).where(
+        acts.sender.notna(), None
+    ).tolist()
+
+
 @pytest.fixture(scope="module")
 def policy(trained):
     mlflow.set_tracking_uri(trained.tracking_uri)
@@ -217,15 +230,7 @@ def test_the_row_path_equals_the_batch_path(policy, trained, seed):
     # actions, with exploration drawn from the same seed, and the rules applied after
     acts = policy.act(batch, np.random.default_rng(seed))
     mine = policy.act_rows(decisions, np.random.default_rng(seed))
-    assert [a["retry_at"] for a in mine] == [
-        None if pd.isna(t) else t.to_pydatetime() for t in acts.retry_at
-    ]
-    assert [a["channel"] for a in mine] == acts.channel.astype(object).where(
-        acts.channel.notna(), None
-    ).tolist()
-    assert [a["sender"] for a in mine] == acts.sender.astype(object).where(
-        acts.sender.notna(), None
-    ).tolist()
+    _assert_same_actions(mine, acts)
     np.testing.assert_allclose([a["retry_propensity"] for a in mine], acts.retry_propensity)
     np.testing.assert_allclose([a["channel_propensity"] for a in mine], acts.channel_propensity)
     assert any(a["retry_at"] for a in mine) and any(a["channel"] for a in mine)
@@ -267,13 +272,5 @@ def test_a_schedule_decides_the_same_on_rows_as_on_the_batch(trained, name):
     states = [summarize_row(*x) for x in zip(payments, attempts, messages, now, strict=True)]
     rows_c = [constraint_row(configs[p["account_id"]]) for p in payments]
     mine = policy.act_rows(payments, states, now, rows_c)
-    assert [a["retry_at"] for a in mine] == [
-        None if pd.isna(t) else t.to_pydatetime() for t in acts.retry_at
-    ]
-    assert [a["channel"] for a in mine] == acts.channel.astype(object).where(
-        acts.channel.notna(), None
-    ).tolist()
-    assert [a["sender"] for a in mine] == acts.sender.astype(object).where(
-        acts.sender.notna(), None
-    ).tolist()
+    _assert_same_actions(mine, acts)
     assert any(a["retry_at"] for a in mine) and any(a["retry_at"] is None for a in mine)
