@@ -121,7 +121,7 @@ def summarize_history(
     state["last_attempt_at"] = contract.utc(
         last_at.where(has_last, payments["failed_at"]), payments.index
     )
-    for col in ("decline_code", "advice_code", "network_decline_code", "network_advice_code"):
+    for col in vocab.DECLINE_FIELDS:
         state[f"last_{col}"] = last_value(col)
     state["ever_hard"] = sums["hard"] > 0
     state["recovered"] = sums["succeeded"] > 0
@@ -159,7 +159,7 @@ def summarize_row(
     seen = sorted((a for a in attempts if a["attempted_at"] <= now), key=_at)
     failed = [a for a in seen if a["outcome"] == vocab.Outcome.FAILED.value]
     last = failed[-1] if failed else None
-    codes = ("decline_code", "advice_code", "network_decline_code", "network_advice_code")
+    codes = vocab.DECLINE_FIELDS
     state: dict[str, Any] = {
         "decision_number": sum(
             1

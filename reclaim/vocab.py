@@ -53,6 +53,11 @@ class Outcome(StrEnum):
     SUCCEEDED = "succeeded"
 
 
+#: The fields of a decline, as Stripe reports them on a charge's outcome, a payment intent's
+#: last error and a card error, and as the contract stores them on payments and attempts.
+DECLINE_FIELDS = ("decline_code", "advice_code", "network_decline_code", "network_advice_code")
+
+
 class DeclineCategory(StrEnum):
     """What a decline says about retrying.
 

@@ -63,7 +63,8 @@ from reclaim.serving.store.repository import make_engine
 from reclaim.serving.webhooks import SUBSCRIBED_EVENTS
 from reclaim.simulator import Marketplace, fresh_payments, truth
 from reclaim.simulator.stripe_export import payment_objects, to_stripe_objects
-from reclaim.simulator.stripe_standin import DECLINE_FIELDS, StripeStandIn
+from reclaim.simulator.stripe_standin import StripeStandIn
+from reclaim.vocab import DECLINE_FIELDS
 
 
 @dataclass(frozen=True)
@@ -381,7 +382,7 @@ def _play(
             scope, resource = where[pid]
             obj = standin.objects[scope][resource][pid]
             if kind == "fail":  # the events Stripe sends for the first failure
-                standin.emit_attempt(scope, standin.objects[scope][resource][pid], None, at)
+                standin.emit_attempt(scope, obj, None, at)
             elif kind == "card":
                 standin.send_event(_card_update_event(obj, scope, at))
             elif pid not in world.cancelled and standin.customer_pays(scope, resource, pid, at):

@@ -22,7 +22,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from reclaim import contract, timeutil
+from reclaim import contract, timeutil, vocab
 from reclaim.account_config import AccountConfig, constraint_row, constraints
 from reclaim.experiment import ExperimentDesign
 from reclaim.features import single
@@ -406,7 +406,7 @@ def _row_contexts(
             continue
         payment = _plain(r.payment.model_dump(mode="python"))
         pid = payment["payment_id"]
-        codes = ("decline_code", "advice_code", "network_decline_code", "network_advice_code")
+        codes = vocab.DECLINE_FIELDS
         first = {"payment_id": pid, "attempt_number": 0, "attempted_at": payment["failed_at"],
                  "initiator": "merchant", "outcome": "failed", **{c: payment[c] for c in codes},
                  "policy": None, "propensity": None}  # fmt: skip

@@ -39,7 +39,7 @@ import sqlalchemy as sa
 import stripe
 from sqlalchemy.engine import Engine
 
-from reclaim import rules
+from reclaim import rules, vocab
 from reclaim.account_config import constraint_row
 from reclaim.policy import summarize_row
 from reclaim.serving import outbox, stripe_actions
@@ -58,7 +58,6 @@ OPEN = ("scheduled", "in_flight")
 PLAN_BATCH = 200  # decisions asked per tick: keeps a tick well inside the lease
 ACT_BATCH = 200  # due actions re-checked and recorded together
 RECONCILE_SECONDS = 15.0
-DECLINE_COLUMNS = ("decline_code", "advice_code", "network_decline_code", "network_advice_code")
 
 # APScheduler stores a job's function by name, so jobs call this module-level function, which
 # hands them to the scheduler of this process.
@@ -751,7 +750,7 @@ class Scheduler:
                     .values(
                         policy=sa.bindparam("pol"),
                         propensity=sa.bindparam("prop"),
-                        **{c: sa.bindparam(f"v_{c}") for c in DECLINE_COLUMNS},
+                        **{c: sa.bindparam(f"v_{c}") for c in vocab.DECLINE_FIELDS},
                     ),
                     [
                         {
@@ -759,7 +758,7 @@ class Scheduler:
                             "n": row["attempt_number"],
                             "pol": row["policy"],
                             "prop": row["propensity"],
-                            **{f"v_{c}": row[c] for c in DECLINE_COLUMNS},
+                            **{f"v_{c}": row[c] for c in vocab.DECLINE_FIELDS},
                         }
                         for row in rows
                     ],

@@ -31,7 +31,8 @@ from reclaim.features.stripe_normalize import UNKNOWN_DECLINE
 
 #: Results of a retry that charged nothing.
 NOT_CHARGED = ("already_paid", "closed")
-#: Statuses of an object Stripe will no longer collect.
+#: Per resource, the status of a paid object and those of one Stripe will no longer collect.
+PAID_STATUS = {"invoices": "paid", "payment_intents": "succeeded"}
 CLOSED_STATUSES = {"invoices": ("void", "uncollectible"), "payment_intents": ("canceled",)}
 
 
@@ -58,6 +59,15 @@ class AccountBlocked(RuntimeError):
     def __init__(self, account_id: str, reason: str, detail: str):
         self.account_id, self.reason = account_id, reason
         super().__init__(f"account {account_id}: {reason} ({detail})")
+
+
+def _settled(obj: Mapping[str, Any], resource: str) -> ChargeResult | None:
+    """What a retry of ``obj`` would be pointless as (paid or closed), or None."""
+    if obj.get("status") == PAID_STATUS[resource]:
+        return ChargeResult("already_paid")
+    if obj.get("status") in CLOSED_STATUSES[resource]:
+        return ChargeResult("closed")
+    return None
 
 
 def idempotency_key(account_id: str, payment_id: str, attempt_number: int) -> str:
@@ -113,22 +123,18 @@ def retry_payment(
             invoice = backoff.call(
                 lambda: client.v1.invoices.retrieve(pid, None, read), what
             ).to_dict()
-            if invoice.get("status") == "paid":
-                return ChargeResult("already_paid")
-            if invoice.get("status") in CLOSED_STATUSES["invoices"]:
-                return ChargeResult("closed")
+            if (settled := _settled(invoice, "invoices")) is not None:
+                return settled
             obj = backoff.call(
                 lambda: client.v1.invoices.pay(pid, {"off_session": True}, write), what
             ).to_dict()
-            paid = obj.get("status") == "paid"
+            paid = obj.get("status") == PAID_STATUS["invoices"]
         else:
             intent = backoff.call(
                 lambda: client.v1.payment_intents.retrieve(pid, None, read), what
             ).to_dict()
-            if intent.get("status") == "succeeded":
-                return ChargeResult("already_paid")
-            if intent.get("status") in CLOSED_STATUSES["payment_intents"]:
-                return ChargeResult("closed")
+            if (settled := _settled(intent, "payment_intents")) is not None:
+                return settled
             params: dict[str, Any] = {"off_session": True}
             method = _payment_method(intent)
             if method:
@@ -136,7 +142,7 @@ def retry_payment(
             obj = backoff.call(
                 lambda: client.v1.payment_intents.confirm(pid, params, write), what
             ).to_dict()
-            paid = obj.get("status") == "succeeded"
+            paid = obj.get("status") == PAID_STATUS["payment_intents"]
     except stripe.CardError as exc:
         return _decline((exc.json_body or {}).get("error", {}))
     except (stripe.AuthenticationError, stripe.PermissionError) as exc:

@@ -38,6 +38,7 @@ stripe-mock cannot be installed here and ``localstripe`` is GPL and returns no d
 
 from __future__ import annotations
 
+import copy
 import json
 import queue
 import re
@@ -55,6 +56,9 @@ from urllib.parse import parse_qsl, urlsplit
 
 import numpy as np
 import stripe
+
+from reclaim.features.stripe_normalize import get_path
+from reclaim.vocab import DECLINE_FIELDS
 
 Scope = str | None  # None: the platform; "acct_…": a connected account
 
@@ -90,7 +94,6 @@ class Faults:
 #: ``insufficient_funds`` (Visa's network code 51).
 Outcome = Callable[[Scope, str, dict[str, Any], datetime], "str | Mapping[str, Any] | None"]
 
-DECLINE_FIELDS = ("decline_code", "advice_code", "network_decline_code", "network_advice_code")
 
 #: Every event type the stand-in sends; an endpoint without ``enabled_events`` gets them all.
 EVENT_TYPES = frozenset(
@@ -295,7 +298,7 @@ class StripeStandIn:
     def _expand(self, account: Scope, obj: dict[str, Any], paths: list[str]) -> dict[str, Any]:
         """A copy of ``obj`` with the ids at each dotted path replaced by their objects (on the
         same scope), as Stripe's ``expand[]``; ``data`` steps go through a list's items."""
-        out = json.loads(json.dumps(obj))
+        out = copy.deepcopy(obj)
         for path in paths:
             self._expand_path(account, out, path.split("."))
         return out
@@ -314,7 +317,7 @@ class StripeStandIn:
             with self._lock:
                 found = self.objects[account][resource].get(value) if resource else None
             if found is not None:
-                node[head] = json.loads(json.dumps(found))
+                node[head] = copy.deepcopy(found)
             return
         self._expand_path(account, value, rest)
 
@@ -418,7 +421,7 @@ class StripeStandIn:
             intent["status"] = "requires_payment_method"
             intent["last_payment_error"] = error
             if resource == "payment_intents":  # Stripe's error names the intent it was for
-                error = {**error, "payment_intent": json.loads(json.dumps(intent))}
+                error = {**error, "payment_intent": copy.deepcopy(intent)}
         self.emit_attempt(account, obj, charge, at, key)
         return 402, {"error": error}
 
@@ -478,9 +481,9 @@ class StripeStandIn:
         """A new Charge for one attempt at ``obj`` (as Stripe creates one per attempt)."""
         before = (intent or {}).get("latest_charge")
         before = self.objects[account]["charges"].get(before) if isinstance(before, str) else None
-        card = _get(before, "payment_method_details") or {
+        card = get_path(before, "payment_method_details") or {
             "type": "card",
-            "card": _get(_payment_method(intent), "card"),
+            "card": get_path(_payment_method(intent), "card"),
         }
         self._charge_seq += 1
         failed = decline is not None
@@ -549,7 +552,7 @@ class StripeStandIn:
             "type": etype,
             "created": int(at.timestamp()),
             "livemode": False,
-            "data": {"object": json.loads(json.dumps(obj))},
+            "data": {"object": copy.deepcopy(obj)},
             "request": {"id": f"req_{self._event_seq}" if key else None, "idempotency_key": key},
             **({"account": account} if account else {}),
         }
@@ -637,13 +640,9 @@ def sign(payload: bytes, secret: str) -> str:
     return stripe.WebhookSignature.generate_signature_header(payload.decode(), secret)
 
 
-def _get(obj: Any, key: str) -> Any:
-    return obj.get(key) if isinstance(obj, dict) else None
-
-
 def _payment_method(intent: dict[str, Any] | None) -> Any:
     """The card an intent last tried (its error's payment method, else its own)."""
-    return _get(_get(intent, "last_payment_error"), "payment_method") or _get(
+    return get_path(get_path(intent, "last_payment_error"), "payment_method") or get_path(
         intent, "payment_method"
     )
 
