@@ -8,7 +8,7 @@ so that two policies rolled out on one marketplace meet identical luck.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -50,9 +50,31 @@ class Marketplace:
     payments: pd.DataFrame
     hidden: pd.DataFrame
     noise: dict[str, np.ndarray]
+    _arrays: dict[tuple[str, str], np.ndarray] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def __len__(self) -> int:
         return len(self.payments)
+
+    def arrays(self, frame: str, columns: list[str]) -> dict[str, np.ndarray]:
+        """Columns of ``payments`` or ``hidden`` as numpy arrays, converted once and kept:
+        the truth reads single rows of them thousands of times in a replay. Timestamps come
+        as naive ``datetime64[us]`` (UTC for aware ones), text as objects. A marketplace's
+        frames are never changed after it is drawn."""
+        out = {}
+        for name in columns:
+            key = (frame, name)
+            if key not in self._arrays:
+                values = getattr(self, frame)[name]
+                if isinstance(values.dtype, pd.DatetimeTZDtype) or values.dtype.kind == "M":
+                    self._arrays[key] = values.to_numpy(dtype="datetime64[us]")
+                elif values.dtype.kind in "biuf":
+                    self._arrays[key] = values.to_numpy()
+                else:
+                    self._arrays[key] = values.astype(object).to_numpy()
+            out[name] = self._arrays[key]
+        return out
 
     def subset(self, index: np.ndarray) -> Marketplace:
         """The payments at positions ``index``, re-indexed from 0 (accounts unchanged)."""

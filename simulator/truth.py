@@ -73,31 +73,31 @@ def retry_success_probability(
         Which merchant retry this is (the first retry is 1).
     """
     cfg = market.config
-    # only the columns read below: the oracle asks this ~30 times per decision batch
-    p = market.payments[_RETRY_PAYMENT_COLUMNS].iloc[rows]
-    h = market.hidden[_RETRY_HIDDEN_COLUMNS].iloc[rows]
-    at = pd.Series(at.array, index=p.index)  # to_numpy() would box every time
-    hours = timeutil.hours_between(at, p["failed_at"])
+    rows = np.asarray(rows)
+    p = {k: v[rows] for k, v in market.arrays("payments", _RETRY_PAYMENT_COLUMNS).items()}
+    h = {k: v[rows] for k, v in market.arrays("hidden", _RETRY_HIDDEN_COLUMNS).items()}
+    hours = (at.to_numpy(dtype="datetime64[us]") - p["failed_at"]) / np.timedelta64(1, "h")
     days = hours / 24.0
-    local = timeutil.local_times(at, h["true_timezone"]).to_numpy(dtype="datetime64[us]")
-    failure_local = h["failed_local"].to_numpy(dtype="datetime64[us]")
-    code = p["decline_code"].astype("object").to_numpy()
-    category = h["category"].to_numpy()
+    zones = pd.Series(h["true_timezone"], dtype=object)
+    local = timeutil.local_times(pd.Series(at.array), zones).to_numpy(dtype="datetime64[us]")
+    failure_local = h["failed_local"]
+    code = p["decline_code"]
+    category = h["category"]
 
-    base = h["latent_r"].to_numpy() * (1.0 - 0.5 * np.exp(-days / cfg.generic_ramp_days))
+    base = h["latent_r"] * (1.0 - 0.5 * np.exp(-days / cfg.generic_ramp_days))
     hold = np.isin(code, ["try_again_later", "card_velocity_exceeded"])
     lo, hi = cfg.hold_success
-    base = np.where(hold, np.where(hours >= h["hold_hours"].to_numpy(), hi, lo), base)
+    base = np.where(hold, np.where(hours >= h["hold_hours"], hi, lo), base)
 
     funds = code == "insufficient_funds"
     if funds.any():
-        payday = last_payday(local, h["pay_cycle"].to_numpy(), h["biweekly_phase"].to_numpy())
+        payday = last_payday(local, h["pay_cycle"], h["biweekly_phase"])
         funded = (
             (payday > failure_local)
-            & ((local - payday) / _DAY < h["funds_window_days"].to_numpy())
-            & ~h["funds_never"].to_numpy()
+            & ((local - payday) / _DAY < h["funds_window_days"])
+            & ~h["funds_never"].astype(bool)
         )
-        usd = p["amount"].to_numpy() * h["usd_per_minor"].to_numpy()
+        usd = p["amount"] * h["usd_per_minor"]
         amount_factor = np.clip(1.0 - cfg.amount_elasticity * np.log(usd / 30.0), 0.5, 1.1)
         f_lo, f_hi = cfg.funds_success
         base = np.where(funds, np.where(funded, f_hi * amount_factor, f_lo), base)
@@ -107,7 +107,7 @@ def retry_success_probability(
     )
     base = np.where(
         code == "expired_card",
-        np.where(hours >= h["card_update_hours"].to_numpy(), cfg.updated_card_success, 0.0),
+        np.where(hours >= h["card_update_hours"], cfg.updated_card_success, 0.0),
         base,
     )
     base = np.where(code == "authentication_required", 0.0, base)
@@ -121,13 +121,15 @@ def retry_success_probability(
         cfg.hour_multiplier["night"],
         np.where(business, cfg.hour_multiplier["business"], cfg.hour_multiplier["other"]),
     )
-    debit = p["card_funding"].astype("object").to_numpy() == vocab.Funding.DEBIT.value
+    debit = p["card_funding"] == vocab.Funding.DEBIT.value
     mult = mult * np.where(debit & (hour < 2), cfg.debit_midnight_multiplier, 1.0)
     dow = ((local.astype("datetime64[D]") - _FRIDAY_EPOCH).astype(int) + 4) % 7  # Monday = 0
     mult = mult * np.where(dow >= 5, cfg.weekend_multiplier, 1.0)
-    funding = vocab.lookup(p["card_funding"], cfg.funding_multiplier, 1.0).astype(float)
-    mult = mult * funding * np.where(h["b2b"].to_numpy(), cfg.b2b_multiplier, 1.0)
-    mult = mult * h["quality"].to_numpy() * cfg.attempt_decay ** (np.asarray(retry_number) - 1)
+    funding = vocab.lookup(
+        pd.Series(p["card_funding"], dtype=object), cfg.funding_multiplier, 1.0
+    ).astype(float)
+    mult = mult * funding * np.where(h["b2b"].astype(bool), cfg.b2b_multiplier, 1.0)
+    mult = mult * h["quality"] * cfg.attempt_decay ** (np.asarray(retry_number) - 1)
     return np.clip(base * mult, 0.0, cfg.max_success)
 
 
