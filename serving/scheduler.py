@@ -24,6 +24,7 @@ call: every action is carried out once.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -105,6 +106,41 @@ def action_row(
         "tries": 0,
         "updated_at": datetime.now(UTC),
     }
+
+
+@functools.cache
+def _pending_statement(recent: bool) -> sa.Select:
+    """The query of :meth:`Scheduler.pending_decisions`, built once (a driver of simulated
+    time asks it thousands of times); parameters ``limit`` and, if ``recent``, ``since``."""
+    at, a, p = t.attempts.c, t.scheduled_actions.c, t.payments.c
+    last = sa.select(at.payment_id, sa.func.max(at.attempt_number).label("n"))
+    if recent:
+        since = sa.bindparam("since", type_=at.attempted_at.type)
+        touched = (
+            sa.select(at.payment_id)
+            .where(at.attempted_at >= since)
+            .union(sa.select(a.payment_id).where(a.status == "replan"))
+        )
+        last = last.where(at.payment_id.in_(touched.scalar_subquery()))
+    last = last.group_by(at.payment_id).subquery()
+    recovered = sa.exists().where(at.payment_id == last.c.payment_id, at.outcome == "succeeded")
+    acted = sa.exists().where(
+        a.payment_id == last.c.payment_id,
+        sa.or_(a.status.in_(OPEN), sa.and_(a.after_attempt == last.c.n, a.status != "replan")),
+    )
+    replans = (
+        sa.select(sa.func.count())
+        .where(a.payment_id == last.c.payment_id, a.after_attempt == last.c.n)
+        .scalar_subquery()
+    )
+    return (
+        sa.select(last.c.payment_id, last.c.n, replans)
+        .join(t.payments, p.payment_id == last.c.payment_id)
+        .where(~recovered, ~acted, p.closed_at.is_(None))
+        .where(p.account_id.not_in(sa.select(t.account_status.c.account_id)))
+        .order_by(last.c.payment_id)
+        .limit(sa.bindparam("limit", type_=sa.Integer))
+    )
 
 
 class Decider(Protocol):
@@ -361,36 +397,12 @@ class Scheduler:
         have no action for it (``n`` numbers re-plans of the same failure). One query: the
         database finds them. ``since``: only payments with an attempt at or after it, or an
         action to re-plan (a driver of simulated time knows nothing older is waiting)."""
-        at, a, p = t.attempts.c, t.scheduled_actions.c, t.payments.c
-        recent = sa.select(at.payment_id)
+        params: dict[str, Any] = {"limit": limit}
         if since is not None:
-            recent = recent.where(at.attempted_at >= since).union(
-                sa.select(a.payment_id).where(a.status == "replan")
-            )
-        last = sa.select(at.payment_id, sa.func.max(at.attempt_number).label("n"))
-        if since is not None:
-            last = last.where(at.payment_id.in_(recent.scalar_subquery()))
-        last = last.group_by(at.payment_id).subquery()
-        recovered = sa.exists().where(at.payment_id == last.c.payment_id, at.outcome == "succeeded")
-        acted = sa.exists().where(
-            a.payment_id == last.c.payment_id,
-            sa.or_(a.status.in_(OPEN), sa.and_(a.after_attempt == last.c.n, a.status != "replan")),
-        )
-        replans = (
-            sa.select(sa.func.count())
-            .where(a.payment_id == last.c.payment_id, a.after_attempt == last.c.n)
-            .scalar_subquery()
-        )
-        query = (
-            sa.select(last.c.payment_id, last.c.n, replans)
-            .join(t.payments, p.payment_id == last.c.payment_id)
-            .where(~recovered, ~acted, p.closed_at.is_(None))
-            .where(p.account_id.not_in(sa.select(t.account_status.c.account_id)))
-            .order_by(last.c.payment_id)
-            .limit(limit)
-        )
+            params["since"] = since
         with self.engine.connect() as conn:
-            return [(pid, int(n), int(k)) for pid, n, k in conn.execute(query)]
+            rows = conn.execute(_pending_statement(since is not None), params)
+            return [(pid, int(n), int(k)) for pid, n, k in rows]
 
     def plan(self, since: datetime | None = None) -> int:
         """Ask for and record decisions for every payment waiting for one (``since``: see
