@@ -39,13 +39,13 @@ stripe-mock cannot be installed here and ``localstripe`` is GPL and returns no d
 from __future__ import annotations
 
 import copy
+import http.client
 import json
 import queue
 import re
 import socket
 import threading
 import time
-import urllib.request
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -170,6 +170,9 @@ class StripeStandIn:
     strip_network_codes: bool = False
     """Answer as an older integration would see Stripe: no network decline or advice codes on
     charges, errors or intents (for testing that their loss is noticed)."""
+    ids: str = "standin"
+    """What the ids it makes (events, charges) start with, after Stripe's prefix: stand-ins
+    whose records are merged need their own."""
     deliver_on_demand: bool = False
     """Hold webhook events until :meth:`wait_delivered` sends them, in a fixed order, from
     the caller's thread: for runs in simulated time, whose outcome must not depend on whether
@@ -192,6 +195,7 @@ class StripeStandIn:
         self._sender: threading.Thread | None = None
         self._event_seq = 0
         self._charge_seq = 0
+        self._connections = threading.local()  # kept-alive connections to the endpoints
 
     # --- data ---------------------------------------------------------------------------
     def add(self, resource: str, obj: dict[str, Any], account: Scope = None) -> None:
@@ -489,7 +493,7 @@ class StripeStandIn:
         failed = decline is not None
         codes = decline or {}  # a succeeded charge's outcome has none
         charge = {
-            "id": f"ch_standin_{self._charge_seq}",
+            "id": f"ch_{self.ids}_{self._charge_seq}",
             "object": "charge",
             "amount": obj.get("amount_due", obj.get("amount")),
             "currency": obj.get("currency"),
@@ -547,7 +551,7 @@ class StripeStandIn:
             return
         self._event_seq += 1
         event = {
-            "id": f"evt_standin_{self._event_seq}",
+            "id": f"evt_{self.ids}_{self._event_seq}",
             "object": "event",
             "type": etype,
             "created": int(at.timestamp()),
@@ -613,26 +617,39 @@ class StripeStandIn:
         url, secret = self.webhooks[endpoint]
         payload = json.dumps(event).encode()
         for attempt in range(5):  # Stripe retries failed deliveries; so does the stand-in
-            request = urllib.request.Request(
-                url,
-                data=payload,
-                method="POST",
-                headers={
-                    "Content-Type": "application/json",
-                    "Stripe-Signature": sign(payload, secret),
-                },
-            )
-            try:
-                with urllib.request.urlopen(request, timeout=10) as r:
-                    status = r.status
-            except urllib.error.HTTPError as exc:
-                status = exc.code
-            except OSError:
-                status = 0
+            status = self._post(url, payload, sign(payload, secret))
             self.delivered.append((event["id"], endpoint, status))
             if 200 <= status < 300:
                 return
             time.sleep(0.2 * 2**attempt)
+
+    def _post(self, url: str, payload: bytes, signature: str) -> int:
+        """POST one delivery over this thread's kept-alive connection to ``url``'s host;
+        the response's status, 0 if none came. A kept connection the server has closed
+        meanwhile is replaced by a new one at once."""
+        target = urlsplit(url)
+        connections = self._connections.__dict__.setdefault("by_host", {})
+        for fresh in (target.netloc not in connections, True):
+            connection = connections.get(target.netloc)
+            if connection is None:
+                connection = http.client.HTTPConnection(target.netloc, timeout=10)
+                connections[target.netloc] = connection
+            try:
+                connection.request(
+                    "POST",
+                    target.path,
+                    body=payload,
+                    headers={"Content-Type": "application/json", "Stripe-Signature": signature},
+                )
+                response = connection.getresponse()
+                response.read()
+                return response.status
+            except (OSError, http.client.HTTPException):
+                connection.close()
+                del connections[target.netloc]
+                if fresh:
+                    return 0
+        return 0
 
 
 def sign(payload: bytes, secret: str) -> str:
