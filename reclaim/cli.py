@@ -534,6 +534,17 @@ def serve(
             shutil.rmtree(made, ignore_errors=True)
 
 
+PAYMENTS_PER_SHARD = 500
+"""A part of a replay gets at least this many payments by default: enough for its API's skew
+monitor (which waits for 200 first decisions) to judge."""
+
+
+def default_shards(payments: int) -> int:
+    """One part per available core, each with at least :data:`PAYMENTS_PER_SHARD` payments."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(cores or 1, payments // PAYMENTS_PER_SHARD))
+
+
 @app.command()
 def replay(
     model: Annotated[str, typer.Option(help="Model URI.")] = "models:/reclaim-policy@champion",
@@ -556,6 +567,15 @@ def replay(
         ),
     ] = 0.5,
     out: Annotated[Path | None, typer.Option(help="Folder for the replay's store.")] = None,
+    shards: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Play the payments in this many parts at once, split by connected account "
+            "(same result; one core each). Default: the cores available, at most one per "
+            f"{PAYMENTS_PER_SHARD} payments.",
+        ),
+    ] = None,
     json_out: JsonOut = None,
 ) -> None:
     """Replay a month of new failures through the API, the scheduler and the Stripe stand-in,
@@ -579,6 +599,7 @@ def replay(
         control=control,
         seed=seed,
         control_share=control_share,
+        shards=shards or default_shards(payments),
     )
     with _progress() as progress:
         task = progress.add_task("replaying a month", total=100)

@@ -3,12 +3,19 @@ answering from the simulator's truth, an A/B test in simulated time."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pandas as pd
+import sqlalchemy as sa
 
 from reclaim.replay import ReplayConfig, run_replay
+from reclaim.serving.store import tables as t
+from reclaim.serving.store.repository import make_engine
 
 
 def test_a_replay_runs_both_arms_charges_each_key_once_and_repeats_for_its_seed(tmp_path, trained):
+    """Played again in two parts at once (split by account, each with its own API and store),
+    it gives the same result, payment by payment, and one merged store."""
     config = ReplayConfig(payments=40, horizon_days=20, failure_days=10)
     table = run_replay(trained.market, trained.tracking_uri, tmp_path / "first", config)
     assert list(table.index) == ["stripe_like", "learned"]
@@ -27,10 +34,52 @@ def test_a_replay_runs_both_arms_charges_each_key_once_and_repeats_for_its_seed(
     assert (mix["simulated"] - mix["stored"]).abs().max() < 1e-12, mix
     assert table.attrs["hard_retries"] == 0
 
-    again = run_replay(trained.market, trained.tracking_uri, tmp_path / "second", config)
+    again = run_replay(
+        trained.market, trained.tracking_uri, tmp_path / "second", replace(config, shards=2)
+    )
     pd.testing.assert_frame_equal(table, again)
     pd.testing.assert_frame_equal(table.attrs["per_payment"], again.attrs["per_payment"])
+    pd.testing.assert_frame_equal(table.attrs["data_path"], again.attrs["data_path"])
     frames = ("per_payment", "data_path")
     assert {k: v for k, v in table.attrs.items() if k not in frames} == {
         k: v for k, v in again.attrs.items() if k not in frames
     }
+    # the merged store holds what the one store of the first replay holds: the payments with
+    # the columns its triggers keep, the attempts, decisions and the rollups
+    one, merged = (_store(tmp_path / name / "reclaim.db") for name in ("first", "second"))
+    for name, key in _COMPARED.items():
+        pd.testing.assert_frame_equal(one[name], merged[name], obj=name)
+        assert len(one[name]) > 0 and one[name].set_index(key).index.is_unique, name
+    pd.testing.assert_frame_equal(one["decision_log"], merged["decision_log"])
+
+
+_COMPARED = {  # table: its key
+    "payments": ["payment_id"],
+    "attempts": ["payment_id", "attempt_number"],
+    "experiment_assignments": ["payment_id"],
+    "scheduled_actions": ["action_id"],
+    "stats_days": ["day", "currency"],
+    "stats_account_months": ["month", "account_id", "currency"],
+    "stats_groups": ["day", "dimension", "key"],
+}
+
+
+def _store(path) -> dict[str, pd.DataFrame]:
+    """The compared tables of a replay's store, sorted by key (``updated_at``: wall time)."""
+    engine = make_engine(f"sqlite:///{path}")
+    try:
+        with engine.connect() as conn:
+            frames = {
+                name: pd.read_sql(sa.select(t.metadata.tables[name]), conn)
+                .drop(columns=["updated_at"], errors="ignore")
+                .sort_values(key)
+                .reset_index(drop=True)
+                for name, key in _COMPARED.items()
+            }
+        with engine.connect() as conn:
+            d = t.decision_log.c
+            log = pd.read_sql(sa.select(t.decision_log).order_by(d.payment_id, d.decided_at), conn)
+        frames["decision_log"] = log.drop(columns=["decision_id"]).reset_index(drop=True)
+        return frames
+    finally:
+        engine.dispose()
