@@ -461,6 +461,9 @@ def _invoice_event(
     # first (serving.stripe_reads). Without it the decline is not known, and is recorded as
     # such (UNKNOWN_DECLINE: no merchant retry), never as a guessed soft code.
     decline = decline_from_error(get_path(pi, "last_payment_error"))
+    charge = _expanded(get_path(pi, "latest_charge"))
+    if decline is None and charge is not None:  # an intent read after it moved on
+        decline = decline_from_charge(charge)
     if decline is None and etype == "invoice.payment_action_required":
         decline = Decline("authentication_required", None, None, None)
     decline = decline or Decline(UNKNOWN_DECLINE, None, None, None)
@@ -470,7 +473,7 @@ def _invoice_event(
         at,
         decline,
         payment_intent=pi,
-        charge=_expanded(get_path(pi, "latest_charge")),
+        charge=charge,
     )
     return EventRows(kind, payment=row, attempt=attempt_row(pid, at, decline, pi))
 

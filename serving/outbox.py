@@ -18,11 +18,9 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-import numpy as np
-import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
@@ -88,11 +86,16 @@ def dispatch(
     recipient: Callable[[str, str, str], str | None] | None = None,
     policy: str = "reclaim",
     limit: int = 200,
+    still_open: Callable[[str], str | None] | None = None,
 ) -> Counter[str]:
-    """Send pending messages; returns how many were sent, retried later, or failed for good.
+    """Send pending messages; returns how many were sent, retried later, failed for good,
+    or were cancelled.
 
     ``recipient(channel, account_id, customer_id)`` looks up the customer's address where a
-    channel needs one (email).
+    channel needs one (email). ``still_open(payment_id)``, asked just before each message,
+    says why the payment no longer needs one (paid, closed), or None: such a message is
+    ``cancelled`` with that reason, never sent; if it raises :class:`ChannelError` the
+    message waits for the next round.
     """
     o = t.outbox.c
     with engine.connect() as conn:
@@ -131,6 +134,16 @@ def dispatch(
             purpose=payload.get("purpose", "payment_failed"),
         )
         try:
+            gone = still_open(row["payment_id"]) if still_open is not None else None
+            if gone is not None:
+                with engine.begin() as conn:
+                    conn.execute(
+                        sa.update(t.outbox)
+                        .where(o.message_key == row["message_key"])
+                        .values(status="cancelled", error=gone)
+                    )
+                counts["cancelled"] += 1
+                continue
             channel = channels.get(row["channel"])
             if channel is None:
                 raise ChannelError(f"no {row['channel']} channel is configured")
@@ -156,17 +169,18 @@ def dispatch(
                 .where(o.message_key == row["message_key"])
                 .values(status="sent", sent_at=sent_at, error=None)
             )
-            frame = pd.DataFrame(
+            logged = contract.conform_row(
+                contract.MESSAGES,
                 {
-                    "message_id": [row["message_key"]],
-                    "payment_id": [row["payment_id"]],
-                    "sent_at": [pd.Timestamp(sent_at).tz_convert(UTC)],
-                    "channel": [row["channel"]],
-                    "sender": [row["sender"]],
-                    "policy": [policy],
-                    "propensity": [np.nan if row["propensity"] is None else row["propensity"]],
-                }
+                    "message_id": row["message_key"],
+                    "payment_id": row["payment_id"],
+                    "sent_at": repo.aware(sent_at),
+                    "channel": row["channel"],
+                    "sender": row["sender"],
+                    "policy": policy,
+                    "propensity": row["propensity"],
+                },
             )
-            repo.insert_rows(conn, t.messages, contract.conform(contract.MESSAGES, frame))
+            repo.insert_rows_ignoring(conn, t.messages, [logged])
         counts["sent"] += 1
     return counts

@@ -44,7 +44,7 @@ from reclaim import rules, vocab
 from reclaim.account_config import constraint_row
 from reclaim.policy import summarize_row
 from reclaim.serving import outbox, stripe_actions
-from reclaim.serving.channels import Channel
+from reclaim.serving.channels import Channel, ChannelError
 from reclaim.serving.clock import Clock, SimulatedClock
 from reclaim.serving.leader import Lease
 from reclaim.serving.metrics import SchedulerMetrics
@@ -217,6 +217,9 @@ class Scheduler:
         Hard limits re-checked before every retry.
     workers
         Actions carried out at once.
+    config_cache
+        Where the accounts' configurations are read (default: trusted for 5 seconds, as the
+        API's ``RECLAIM_CONFIG_CACHE_SECONDS``).
     """
 
     def __init__(
@@ -231,8 +234,10 @@ class Scheduler:
         workers: int = 8,
         poll_seconds: float = 0.5,
         metrics: SchedulerMetrics | None = None,
+        config_cache: configs.ConfigCache | None = None,
     ):
         self.engine, self.stripe, self.decider = engine, stripe_client, decider
+        self.configs = config_cache or configs.ConfigCache(5.0)
         self.channels, self.clock, self.lease = channels, clock, lease
         self.rules = network_rules or rules.NetworkRules()
         self.workers, self.poll_seconds = workers, poll_seconds
@@ -382,7 +387,11 @@ class Scheduler:
     def send(self) -> int:
         """Send what the outbox holds; returns how many messages it handled."""
         sent = outbox.dispatch(
-            self.engine, self.channels, self.clock.now, recipient=self._recipient
+            self.engine,
+            self.channels,
+            self.clock.now,
+            recipient=self._recipient,
+            still_open=self._still_open,
         )
         for result, n in sent.items():
             self.metrics.messages.labels(result).inc(n)
@@ -412,9 +421,8 @@ class Scheduler:
             return 0
         now = self.clock.now()
         decisions = self.decider.decide([p for p, _, _ in waiting], now)
-        stored = repo.load_rows(self.engine, [p for p, _, _ in waiting])
-        by_id = {pid: rows[0] for pid, rows in stored.items()}
-        branding = configs.effective_configs(self.engine, {p["account_id"] for p in by_id.values()})
+        by_id = repo.load_payments(self.engine, [p for p, _, _ in waiting])
+        branding = self.configs.effective(self.engine, {p["account_id"] for p in by_id.values()})
         due: list[tuple[str, datetime]] = []
         with self.engine.begin() as conn:
             for (pid, after, n), d in zip(waiting, decisions, strict=True):
@@ -688,7 +696,7 @@ class Scheduler:
                     .group_by(c.customer_id)
                 ).all()
             )
-        config = configs.effective_configs(self.engine, account_ids)
+        config = self.configs.effective(self.engine, account_ids)
         verdicts: list[tuple[str, Any] | None] = [None] * len(actions)
         later = now + timedelta(seconds=1)
         for i, action in enumerate(actions):
@@ -783,6 +791,27 @@ class Scheduler:
             )
 
     # --- messages ------------------------------------------------------------------------
+    def _still_open(self, payment_id: str) -> str | None:
+        """Why a payment needs no message any more, asked of Stripe just before one is sent
+        (``already_paid``, ``closed``; ``paid`` when the store already knows), or None. A
+        customer who paid, or whose invoice was voided, is never dunned: an event saying so
+        may be late or lost."""
+        payment = repo.load_payments(self.engine, [payment_id]).get(payment_id)
+        if payment is None:
+            return "unknown_payment"
+        if payment["closed_at"] is not None:
+            return "closed"
+        if payment["recovered"]:  # kept by the store's triggers as attempts arrive
+            return "paid"
+        try:
+            return stripe_actions.still_collectible(self.stripe, payment)
+        except stripe_actions.Transient as exc:
+            raise ChannelError(str(exc)) from exc
+        except stripe_actions.AccountBlocked as exc:
+            with self.engine.begin() as conn:
+                block_account(conn, exc.account_id, exc.reason, str(exc))
+            return f"account_{exc.reason}"
+
     def _recipient(self, channel: str, account_id: str, customer_id: str) -> str | None:
         """The customer's email, from Stripe, where the channel needs it."""
         if channel != "email":
@@ -834,4 +863,5 @@ def from_settings(settings: Any) -> Scheduler:
         clock,
         Lease(engine, holder_id(), ttl=settings.scheduler_lease_seconds),
         workers=settings.scheduler_workers,
+        config_cache=configs.ConfigCache(settings.config_cache_seconds),
     )

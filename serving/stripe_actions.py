@@ -19,7 +19,9 @@ permission error means the platform may no longer act for the account (:class:`A
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,6 +77,19 @@ def idempotency_key(account_id: str, payment_id: str, attempt_number: int) -> st
     return f"reclaim-retry-{account_id}-{payment_id}-{attempt_number}"
 
 
+#: The idempotency key of Reclaim's own retries, as :func:`idempotency_key` makes it.
+OWN_RETRY = re.compile(r"^reclaim-retry-.+-(\d+)$")
+
+
+def own_retry(event: Mapping[str, Any]) -> int | None:
+    """The attempt number of the Reclaim retry that caused a Stripe event (its request's
+    idempotency key), or None if Reclaim's retries did not cause it."""
+    request = event.get("request")
+    key = request.get("idempotency_key") if isinstance(request, Mapping) else None
+    found = OWN_RETRY.match(key) if isinstance(key, str) else None
+    return int(found.group(1)) if found else None
+
+
 def scope(payment: Mapping[str, Any]) -> str | None:
     """The account a payment's objects live on: the connected account for direct charges."""
     if payment["charge_model"] == vocab.ChargeModel.DIRECT.value:
@@ -100,6 +115,53 @@ def _payment_method(intent: Any) -> str | None:
     return method.get("id") if isinstance(method, Mapping) else method
 
 
+@contextmanager
+def _stripe_errors(account: str, what: str) -> Iterator[None]:
+    """Stripe's errors as the scheduler acts on them: the platform may not act for the
+    account (:class:`AccountBlocked`), or try again later (:class:`Transient`)."""
+    try:
+        yield
+    except (stripe.AuthenticationError, stripe.PermissionError) as exc:
+        raise AccountBlocked(account, "authentication_error", str(exc)) from exc
+    except stripe.InvalidRequestError as exc:
+        if exc.code == "account_invalid":
+            raise AccountBlocked(account, "deauthorized", str(exc)) from exc
+        raise
+    except (stripe.RateLimitError, stripe.APIConnectionError, stripe.APIError) as exc:
+        raise Transient(f"{what}: {type(exc).__name__}: {exc}") from exc
+
+
+def _read(
+    client: stripe.StripeClient, payment: Mapping[str, Any], backoff: Backoff, what: str
+) -> dict[str, Any]:
+    """The payment's invoice or payment intent as Stripe has it now."""
+    on = scope(payment)
+    service = client.v1.invoices if _resource(payment) == "invoices" else client.v1.payment_intents
+    options: dict[str, Any] = {"stripe_account": on} if on else {}
+    pid = str(payment["payment_id"])
+    return backoff.call(lambda: service.retrieve(pid, None, options), what).to_dict()
+
+
+def _resource(payment: Mapping[str, Any]) -> str:
+    """The Stripe resource a payment is: ``invoices`` or ``payment_intents``."""
+    invoice = payment["object"] == vocab.PaymentObject.INVOICE.value
+    return "invoices" if invoice else "payment_intents"
+
+
+def still_collectible(
+    client: stripe.StripeClient, payment: Mapping[str, Any], backoff: Backoff | None = None
+) -> str | None:
+    """Read ``payment``'s invoice or payment intent from Stripe: None if it is still unpaid
+    and collectible, else why not (``already_paid``, ``closed``): what the scheduler asks
+    before a message, as :func:`retry_payment` does before a charge. Raises
+    :class:`Transient` or :class:`AccountBlocked`."""
+    backoff = backoff or Backoff(base_seconds=0.2, max_seconds=5.0, max_tries=6)
+    what = f"read {payment['payment_id']}"
+    with _stripe_errors(str(payment["account_id"]), what):
+        settled = _settled(_read(client, payment, backoff, what), _resource(payment))
+    return None if settled is None else settled.outcome
+
+
 def retry_payment(
     client: stripe.StripeClient,
     payment: Mapping[str, Any],
@@ -113,46 +175,35 @@ def retry_payment(
     """
     backoff = backoff or Backoff(base_seconds=0.2, max_seconds=5.0, max_tries=6)
     pid, account = str(payment["payment_id"]), str(payment["account_id"])
-    key = idempotency_key(account, pid, attempt_number)
     on = scope(payment)
-    read: dict[str, Any] = {"stripe_account": on} if on else {}
-    write: dict[str, Any] = {**read, "idempotency_key": key}
+    write: dict[str, Any] = {
+        **({"stripe_account": on} if on else {}),
+        "idempotency_key": idempotency_key(account, pid, attempt_number),
+    }
     what = f"retry {pid} (attempt {attempt_number})"
+    resource = _resource(payment)
     try:
-        if payment["object"] == vocab.PaymentObject.INVOICE.value:
-            invoice = backoff.call(
-                lambda: client.v1.invoices.retrieve(pid, None, read), what
-            ).to_dict()
-            if (settled := _settled(invoice, "invoices")) is not None:
+        with _stripe_errors(account, what):
+            obj = _read(client, payment, backoff, what)
+            if (settled := _settled(obj, resource)) is not None:
                 return settled
-            obj = backoff.call(
-                lambda: client.v1.invoices.pay(pid, {"off_session": True}, write), what
-            ).to_dict()
-            paid = obj.get("status") == PAID_STATUS["invoices"]
-        else:
-            intent = backoff.call(
-                lambda: client.v1.payment_intents.retrieve(pid, None, read), what
-            ).to_dict()
-            if (settled := _settled(intent, "payment_intents")) is not None:
-                return settled
-            params: dict[str, Any] = {"off_session": True}
-            method = _payment_method(intent)
-            if method:
-                params["payment_method"] = method
-            obj = backoff.call(
-                lambda: client.v1.payment_intents.confirm(pid, params, write), what
-            ).to_dict()
-            paid = obj.get("status") == PAID_STATUS["payment_intents"]
+            if resource == "invoices":
+                obj = backoff.call(
+                    lambda: client.v1.invoices.pay(pid, {"off_session": True}, write), what
+                ).to_dict()
+            else:
+                params: dict[str, Any] = {"off_session": True}
+                method = _payment_method(obj)
+                if method:
+                    params["payment_method"] = method
+                obj = backoff.call(
+                    lambda: client.v1.payment_intents.confirm(pid, params, write), what
+                ).to_dict()
     except stripe.CardError as exc:
         return _decline((exc.json_body or {}).get("error", {}))
-    except (stripe.AuthenticationError, stripe.PermissionError) as exc:
-        raise AccountBlocked(account, "authentication_error", str(exc)) from exc
     except stripe.InvalidRequestError as exc:
         if exc.code in ("invoice_already_paid", "payment_intent_unexpected_state"):
             return ChargeResult("already_paid")
-        if exc.code == "account_invalid":
-            raise AccountBlocked(account, "deauthorized", str(exc)) from exc
         raise
-    except (stripe.RateLimitError, stripe.APIConnectionError, stripe.APIError) as exc:
-        raise Transient(f"{what}: {type(exc).__name__}: {exc}") from exc
+    paid = obj.get("status") == PAID_STATUS[resource]
     return ChargeResult("succeeded") if paid else _decline({"code": "not_paid"})

@@ -22,6 +22,7 @@ never made on a guess.
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,7 @@ import stripe
 
 from reclaim.features import stripe_normalize as sn
 from reclaim.features.stripe_backfill import Backoff
+from reclaim.serving.stripe_actions import own_retry
 
 
 class StripeUnavailable(RuntimeError):
@@ -63,6 +65,22 @@ class StripeReader:
             ),
             f"read payment intent {intent_id}",
         )
+
+    def failed_charge(
+        self, intent_id: str, account: str | None, before: int
+    ) -> dict[str, Any] | None:
+        """The intent's newest failed charge created at or before ``before`` (Unix time), or
+        None: the decline of a failure whose intent has moved on (Stripe clears
+        ``last_payment_error`` when an intent changes again)."""
+        page = self._call(
+            lambda: self.client.v1.charges.list(
+                {"payment_intent": intent_id, "created": {"lte": before}, "limit": 100},
+                self._options(account),
+            ),
+            f"list the charges of {intent_id}",
+        )
+        failed = [c for c in page.get("data", []) if c.get("status") == "failed"]
+        return max(failed, key=lambda c: (c.get("created", 0), c["id"]), default=None)
 
     def invoice(self, invoice_id: str, account: str | None) -> dict[str, Any]:
         """An invoice (its payment intents by id)."""
@@ -131,7 +149,9 @@ def complete(event: Mapping[str, Any], reader: StripeReader | None, owner: Owner
                 _with_intent(event, _need(reader, event), account) if _needs_intent(obj) else event
             )
             return Completed(_with_customer(out, reader, account))
-        if failure and _needs_intent(obj):
+        # a failure of Reclaim's own retry: the scheduler records Stripe's answer to the call
+        # itself (the card error, with the network's codes), which outranks this event's
+        if failure and _needs_intent(obj) and own_retry(event) is None:
             return Completed(_with_intent(event, _need(reader, event), account))
         return Completed(dict(event))
     if obj.get("object") not in ("payment_intent", "charge"):
@@ -197,18 +217,29 @@ def _needs_intent(invoice: Mapping[str, Any]) -> bool:
 def _with_intent(
     event: Mapping[str, Any], reader: StripeReader, account: str | None
 ) -> dict[str, Any]:
-    """A copy of an invoice event whose latest payment intent is read and put in place."""
+    """A copy of an invoice event whose latest payment intent is read and put in place. An
+    intent that has moved on since a failure (paid, canceled: its error cleared) is put as
+    it was then: its latest charge the failed charge of that moment."""
     out = copy.deepcopy(dict(event))
     invoice = out["data"]["object"]
     payments = sn.get_path(invoice, "payments", "data") or []
+    holder: dict[str, Any] | None = None
     for item in reversed(payments):
         payment = item.get("payment") if isinstance(item, dict) else None
         if isinstance(payment, dict) and payment.get("payment_intent"):
-            intent_id = sn.object_id(payment["payment_intent"])
-            if intent_id:
-                payment["payment_intent"] = reader.intent(intent_id, account)
-            return out
-    legacy = sn.object_id(invoice.get("payment_intent"))  # before basil
-    if legacy:
-        invoice["payment_intent"] = reader.intent(legacy, account)
+            holder = payment
+            break
+    if holder is None and invoice.get("payment_intent"):
+        holder = invoice  # before basil the invoice names one intent itself
+    intent_id = sn.object_id(holder["payment_intent"]) if holder else None
+    if holder is None or not intent_id:
+        return out
+    intent = reader.intent(intent_id, account)
+    if event.get("type") in sn.FAILURE_EVENTS and not intent.get("last_payment_error"):
+        created = event.get("created")
+        before = int(created) if isinstance(created, int | float) else int(time.time())
+        failed = reader.failed_charge(intent_id, account, before)
+        if failed is not None:
+            intent = {**intent, "latest_charge": failed}
+    holder["payment_intent"] = intent
     return out

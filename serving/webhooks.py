@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -37,6 +36,7 @@ from sqlalchemy.engine import Engine
 from reclaim import contract
 from reclaim.features import stripe_normalize as sn
 from reclaim.fields import storable
+from reclaim.serving import stripe_actions
 from reclaim.serving.store import repository as repo
 from reclaim.serving.store import tables as t
 from reclaim.serving.stripe_reads import StripeReader, complete
@@ -84,6 +84,9 @@ MAX_ACCOUNT = t.stripe_events.c.account_id.type.length
 RETRY_BASE = timedelta(seconds=30)
 RETRY_CAP = timedelta(hours=1)
 IN_FLIGHT = timedelta(seconds=60)  # a "received" event younger than this may be mid-request
+#: How long a success waits for its payment's first failure: Stripe redelivers an event for up
+#: to three days, so a failure arrives within them or never; one more day of margin.
+WAIT_LIMIT = timedelta(days=4)
 
 
 def verify(
@@ -220,8 +223,11 @@ def process_event(
             ).rowcount
             if not claimed:
                 raise _Taken
-            status, note = _apply(conn, done.event, event_id, done.payment_id)
+            woken: list[str] = []
+            status, note = _apply(conn, done.event, event_id, done.payment_id, woken)
             _set_status(conn, event_id, status, note, tries=row.tries + 1)
+        for waiting in woken:  # successes that arrived before this failure: applied now
+            process_event(engine, waiting, retry_base, reader)
         return status
     except _Taken:
         with engine.connect() as conn:
@@ -248,9 +254,12 @@ def process_pending(
     reader: StripeReader | None = None,
 ) -> dict[str, int]:
     """Retry every stored event not yet processed whose next try is due (all of them with
-    ``now`` far enough ahead); returns the count per resulting status."""
+    ``now`` far enough ahead), and give up on successes that waited too long for their
+    payment (:func:`expire_waiting`, counted as ``expired``); returns the count per
+    resulting status."""
     e = t.stripe_events.c
     now = now or datetime.now(UTC)
+    expired = expire_waiting(engine, now)
     with engine.connect() as conn:
         ids = (
             conn.execute(
@@ -268,7 +277,7 @@ def process_pending(
             .scalars()
             .all()
         )
-    counts: dict[str, int] = {}
+    counts: dict[str, int] = {"expired": expired} if expired else {}
     for event_id in ids:
         status = process_event(engine, event_id, retry_base, reader)
         counts[status] = counts.get(status, 0) + 1
@@ -347,10 +356,6 @@ def _set_status(
     )
 
 
-#: The idempotency key of Reclaim's own retries (``serving.stripe_actions.idempotency_key``).
-OWN_RETRY = re.compile(r"^reclaim-retry-.+-(\d+)$")
-
-
 def owner_of(engine: Engine, object_id: str) -> str | None:
     """The stored payment a Stripe object id stands for: the payment itself, or the payment
     an alias names (an invoice's payment intent); None when neither is stored."""
@@ -384,11 +389,20 @@ def _remember_aliases(conn: sa.Connection, event: dict[str, Any], payment: dict)
 
 
 def _apply(
-    conn: sa.Connection, event: dict[str, Any], event_id: str, payment_id: str | None = None
+    conn: sa.Connection,
+    event: dict[str, Any],
+    event_id: str,
+    payment_id: str | None = None,
+    woken: list[str] | None = None,
 ) -> tuple[str, str | None]:
     """Write one event's rows inside ``conn``'s transaction; returns (status, note).
     ``payment_id``: the stored payment the event's attempt belongs to, when its own object's
-    id is not that payment's (an invoice's payment intent or charge)."""
+    id is not that payment's (an invoice's payment intent or charge).
+
+    A success for a payment not stored yet is ``waiting``: Stripe may deliver it before the
+    failure. When a first failure stores its payment, the events waiting for it (by the
+    payment's id or an alias) are made ready again and their ids added to ``woken`` for the
+    caller to apply after this transaction."""
     try:
         rows = sn.normalize_event(event)
     except sn.Unsupported as exc:
@@ -434,13 +448,24 @@ def _apply(
     ).scalar()
     if not known:
         if rows.payment is None:
-            return "ignored", "payment not known yet"
+            if rows.kind != "recovery":
+                return "ignored", "payment not known yet"
+            conn.execute(
+                sa.update(t.stripe_events)
+                .where(t.stripe_events.c.event_id == event_id)
+                .values(object_id=pid)
+            )
+            return "waiting", "payment not known yet"
         _insert(conn, contract.PAYMENTS, t.payments, rows.payment)
         _remember_aliases(conn, event, rows.payment)
+        if woken is not None:
+            woken.extend(_wake(conn, pid))
         stored = []
-    own = OWN_RETRY.match(str((event.get("request") or {}).get("idempotency_key") or ""))
-    if own:  # Reclaim's own retry: its number is in the key, and the scheduler records it too
-        attempt["attempt_number"] = int(own.group(1))
+    own = stripe_actions.own_retry(event)
+    if (
+        own is not None
+    ):  # Reclaim's own retry: its number is in the key, and the scheduler records it too
+        attempt["attempt_number"] = own
         attempt["initiator"] = "merchant"
         _insert(conn, contract.ATTEMPTS, t.attempts, attempt)
         return "processed", "reclaim's own retry"
@@ -458,6 +483,48 @@ def _apply(
     attempt["attempt_number"] = 1 + max((n for n, _, _ in stored), default=-1)
     _insert(conn, contract.ATTEMPTS, t.attempts, attempt)
     return "processed", None
+
+
+def _wake(conn: sa.Connection, payment_id: str) -> list[str]:
+    """Make the events waiting for ``payment_id`` (or an object standing for it) ready to
+    apply again; returns their ids, oldest first."""
+    e = t.stripe_events.c
+    ids = [payment_id] + list(
+        conn.execute(
+            sa.select(t.payment_aliases.c.object_id).where(
+                t.payment_aliases.c.payment_id == payment_id
+            )
+        ).scalars()
+    )
+    waiting = list(
+        conn.execute(
+            sa.select(e.event_id)
+            .where(e.object_id.in_(ids), e.status == "waiting")
+            .order_by(e.received_at, e.event_id)
+        ).scalars()
+    )
+    if waiting:
+        conn.execute(
+            sa.update(t.stripe_events)
+            .where(e.event_id.in_(waiting))
+            .values(status="received", next_try_at=None)
+        )
+    return waiting
+
+
+def expire_waiting(engine: Engine, now: datetime | None = None) -> int:
+    """Successes that waited :data:`WAIT_LIMIT` for a failure that never came are about
+    payments Reclaim never had (paid at the first try): ``ignored``. Returns how many."""
+    e = t.stripe_events.c
+    since = (now or datetime.now(UTC)) - WAIT_LIMIT
+    with engine.begin() as conn:
+        return int(
+            conn.execute(
+                sa.update(t.stripe_events)
+                .where(e.status == "waiting", e.received_at < since)
+                .values(status="ignored", error="no failure of its payment arrived")
+            ).rowcount
+        )
 
 
 def close_payment(conn: sa.Connection, payment_id: str, at: datetime) -> None:

@@ -297,7 +297,10 @@ class StripeStandIn:
                     code="resource_missing",
                 )
             return 200, self._expand(account, store[oid], _expansions(query))
-        return 200, _list(resource, list(store.values()), query)
+        items = list(store.values())
+        if resource == "charges" and "payment_intent" in query:  # Stripe's list filter
+            items = [c for c in items if c.get("payment_intent") == query["payment_intent"]]
+        return 200, _list(resource, items, query)
 
     def _expand(self, account: Scope, obj: dict[str, Any], paths: list[str]) -> dict[str, Any]:
         """A copy of ``obj`` with the ids at each dotted path replaced by their objects (on the
@@ -407,8 +410,8 @@ class StripeStandIn:
             intent["latest_charge"] = charge["id"]
         if decline is None:
             obj["status"] = done
-            if intent is not None:
-                intent["status"] = "succeeded"
+            if intent is not None:  # Stripe clears the error when the intent changes again
+                intent["status"], intent["last_payment_error"] = "succeeded", None
             for pay in obj.get("payments", {}).get("data", []):
                 pay["status"] = "paid"
             self.emit_attempt(account, obj, charge, at, key)
@@ -442,6 +445,7 @@ class StripeStandIn:
             obj["status"] = "paid" if resource == "invoices" else "succeeded"
             if intent is not None:
                 intent["status"], intent["latest_charge"] = "succeeded", charge["id"]
+                intent["last_payment_error"] = None
             for pay in obj.get("payments", {}).get("data", []):
                 pay["status"] = "paid"
             self.emit_attempt(account, obj, charge, at)
@@ -457,7 +461,7 @@ class StripeStandIn:
                 return False
             intent = self.intent_of(account, obj)
             if intent is not None:
-                intent["status"] = "canceled"
+                intent["status"], intent["last_payment_error"] = "canceled", None
             if resource == "invoices":
                 obj["status"] = "void"
                 self._emit("invoice.voided", obj, account, at, None)

@@ -126,12 +126,16 @@ stripe_events = sa.Table(
     sa.Column("payload", sa.Text, nullable=False),  # the raw body, stored before answering 2xx
     sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("deliveries", sa.Integer, nullable=False, server_default="1"),
-    sa.Column("status", sa.String(20), nullable=False),  # received | processed | ignored | failed
+    # received | processed | ignored | failed | waiting (for its payment's first failure)
+    sa.Column("status", sa.String(20), nullable=False),
     sa.Column("processed_at", sa.DateTime(timezone=True)),
     sa.Column("error", sa.Text),
     sa.Column("tries", sa.Integer, nullable=False, server_default="0"),  # processing attempts
     sa.Column("next_try_at", sa.DateTime(timezone=True)),  # when a failed one is tried again
+    # what a waiting event is about: the payment (or an object standing for it) (0010)
+    sa.Column("object_id", sa.String(255)),
 )
+sa.Index("ix_stripe_events_object_id", stripe_events.c.object_id)
 sa.Index("ix_stripe_events_status", stripe_events.c.status)
 
 decision_log = sa.Table(

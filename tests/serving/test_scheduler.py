@@ -340,3 +340,49 @@ def test_a_card_updated_after_the_decision_gets_a_new_decision(make_loop):
     assert runner.pending_decisions() == [(pid, 0, 1)]  # the same failure, decided again
     runner.plan()
     assert f"{pid}:0:1" in set(loop.actions()["action_id"])
+
+
+class _Recorder:
+    """A channel that keeps what it was handed."""
+
+    def __init__(self) -> None:
+        self.sent: list = []
+
+    def send(self, message) -> None:
+        self.sent.append(message)
+
+
+def test_no_message_goes_to_a_customer_whose_payment_stripe_says_is_paid_or_closed(make_loop):
+    loop = make_loop(12, max_retries=2)
+    recorder = _Recorder()
+    runner = loop.scheduler({"email": recorder, "sms": recorder, "in_app": recorder}, 600)
+    assert runner.lease.acquire()
+    deadline = time.monotonic() + 30
+    while loop.stored_payments() < 12 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert runner.plan() == 12
+    with loop.engine.connect() as conn:
+        outbox = pd.read_sql(sa.select(t.outbox), conn)
+    assert len(outbox) >= 3, "the policy messaged too few customers for this test"
+    paid, voided = outbox["payment_id"].iloc[0], outbox["payment_id"].iloc[1]
+    # Stripe knows what the store does not (the customer paid, the platform voided; the
+    # events are late or lost)
+    rows = loop.payments.set_index("payment_id")
+    for pid, status in ((paid, "paid"), (voided, "void")):
+        row = rows.loc[pid]
+        resource = "invoices" if row["object"] == "invoice" else "payment_intents"
+        if resource == "payment_intents":
+            status = {"paid": "succeeded", "void": "canceled"}[status]
+        scope = stripe_actions.scope({**row.to_dict(), "payment_id": pid})
+        loop.standin.objects[scope][resource][pid]["status"] = status
+    counts = runner.send()
+    assert counts == len(outbox)
+    with loop.engine.connect() as conn:
+        after = pd.read_sql(sa.select(t.outbox), conn).set_index("payment_id")
+        logged = pd.read_sql(sa.select(t.messages), conn)
+    assert after.loc[paid, "status"] == "cancelled" and after.loc[paid, "error"] == "already_paid"
+    assert after.loc[voided, "status"] == "cancelled" and after.loc[voided, "error"] == "closed"
+    others = after.drop(index=[paid, voided])
+    assert (others["status"] == "sent").all()
+    assert sorted(m.payment_id for m in recorder.sent) == sorted(others.index)
+    assert set(logged["payment_id"]) == set(others.index)  # a cancelled message is no message

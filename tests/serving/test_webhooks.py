@@ -159,10 +159,10 @@ def test_an_event_retried_by_several_processes_at_once_is_applied_once(engine, m
     applied = []
     apply = webhooks._apply
 
-    def slow_apply(conn, event, event_id, payment_id=None):  # held open, as a slow store would
+    def slow_apply(conn, event, event_id, *args):  # held open, as a slow store would
         applied.append(event_id)
         time.sleep(0.3)
-        return apply(conn, event, event_id, payment_id)
+        return apply(conn, event, event_id, *args)
 
     monkeypatch.setattr(webhooks, "_apply", slow_apply)
     results: list[str] = []
