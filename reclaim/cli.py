@@ -511,6 +511,14 @@ def serve(
 
     from reclaim.serving.metrics import MULTIPROCESS_DIR
 
+    if workers > 1 and get_settings().dashboard_session_secret is None:
+        # each worker would sign dashboard sessions with its own random secret: a session
+        # made by one would be refused by the others
+        console.print(
+            "[red]error:[/red] --workers above 1 needs RECLAIM_DASHBOARD_SESSION_SECRET (a "
+            "long random string), so that every worker accepts the dashboard's sessions"
+        )
+        raise typer.Exit(code=2)
     made = None
     if workers > 1:
         # every worker writes its metrics here; a folder left by an earlier run would be
@@ -866,6 +874,45 @@ def keys_create(
     key_id, key = create_key(make_engine(url), role, account)
     console.print(f"{key_id} ({role}{', accounts ' + ', '.join(account) if account else ''}):")
     console.print(key, highlight=False)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List the keys in the store at RECLAIM_DATABASE_URL (ids, roles, scopes; never keys)."""
+    from reclaim.serving.auth import list_keys
+    from reclaim.serving.store.migrate import upgrade
+    from reclaim.serving.store.repository import make_engine
+
+    url = get_settings().database_url
+    upgrade(url)
+    table = Table(title="API keys")
+    for column in ("key id", "role", "accounts", "created (UTC)", "revoked (UTC)"):
+        table.add_column(column)
+    for key in list_keys(make_engine(url)):
+        table.add_row(
+            key.key_id,
+            key.role,
+            ", ".join(key.accounts) if key.accounts else "all",
+            f"{key.created_at:%Y-%m-%d %H:%M}",
+            f"{key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "",
+        )
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (key_…).")]) -> None:
+    """Revoke a key: requests with it are refused within RECLAIM_AUTH_CACHE_SECONDS, and the
+    dashboard sessions signed in with it end."""
+    from reclaim.serving.auth import revoke_key
+    from reclaim.serving.store.migrate import upgrade
+    from reclaim.serving.store.repository import make_engine
+
+    url = get_settings().database_url
+    upgrade(url)
+    if not revoke_key(make_engine(url), key_id):
+        console.print(f"[red]error:[/red] no unrevoked key {key_id!r} in the store")
+        raise typer.Exit(code=2)
+    console.print(f"revoked {key_id}")
 
 
 ingest_app = typer.Typer(

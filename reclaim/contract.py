@@ -460,9 +460,9 @@ def conform_row(table: Table, row: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for c in table.columns:
         value = row.get(c.name, c.default)
-        if _is_null(value):
+        if is_null(value):
             value = c.default
-        if _is_null(value):
+        if is_null(value):
             if not c.nullable:
                 raise ContractError(table.file, c.name, "null values in a required column")
             out[c.name] = None
@@ -471,7 +471,8 @@ def conform_row(table: Table, row: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _is_null(value: Any) -> bool:
+def is_null(value: Any) -> bool:
+    """A missing value as rows of plain values hold it: None, NaT or a float NaN."""
     return value is None or value is pd.NaT or (isinstance(value, float) and np.isnan(value))
 
 

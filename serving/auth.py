@@ -70,6 +70,49 @@ def create_key(
     return key_id, key
 
 
+@dataclass(frozen=True)
+class KeyInfo:
+    """A stored key as an operator sees it (never the key itself)."""
+
+    key_id: str
+    role: str
+    accounts: list[str] | None
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+def list_keys(engine: Engine) -> list[KeyInfo]:
+    """Every stored key, oldest first, revoked ones included."""
+    k = t.api_keys.c
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(k.key_id, k.role, k.accounts, k.created_at, k.revoked_at).order_by(
+                k.created_at, k.key_id
+            )
+        ).all()
+    return [
+        KeyInfo(
+            r.key_id, r.role, json.loads(r.accounts) if r.accounts else None, r.created_at,
+            r.revoked_at,
+        )
+        for r in rows
+    ]  # fmt: skip
+
+
+def revoke_key(engine: Engine, key_id: str) -> bool:
+    """Revoke a key by its id (at once in the store; API processes stop accepting it within
+    their key cache's time). False if no such key is stored or it was already revoked."""
+    k = t.api_keys.c
+    with engine.begin() as conn:
+        return bool(
+            conn.execute(
+                sa.update(t.api_keys)
+                .where(k.key_id == key_id, k.revoked_at.is_(None))
+                .values(revoked_at=datetime.now(UTC))
+            ).rowcount
+        )
+
+
 class KeyCache:
     """Principals of recently seen keys, for ``ttl`` seconds: a request's key check without
     a database read. A key revoked in the store stops working within ``ttl``

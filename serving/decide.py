@@ -85,6 +85,58 @@ class AccountChange(ValueError):
         )
 
 
+class ContextConflict(ValueError):
+    """An inline context says otherwise than the store about a stored payment or attempt."""
+
+    def __init__(self, payment_id: str, field: str):
+        self.payment_id, self.field = payment_id, field
+        super().__init__(
+            f"{field}: payment {payment_id!r} is stored with another value; a stored payment "
+            "and its attempts cannot change (ask by id, or send what was sent before)"
+        )
+
+
+#: The attempt fields a re-sent inline context must repeat as stored.
+_ATTEMPT_FIELDS = ("attempted_at", "initiator", "outcome", *vocab.DECLINE_FIELDS)
+
+
+def check_unchanged(requests: list[DecisionRequest], engine: Engine) -> None:
+    """Every inline context whose payment is stored must agree with the store: the payment's
+    contract fields, and each attempt it repeats (by number); otherwise
+    :class:`ContextConflict` naming the first field that differs. New attempts are welcome."""
+    inline = [r for r in requests if r.payment is not None]
+    if not inline:
+        return
+    stored = repo.load_rows(engine, [r.payment.payment_id for r in inline])
+    for r in inline:
+        pid = r.payment.payment_id
+        if pid not in stored:
+            continue
+        payment, attempts, _ = stored[pid]
+        sent = contract.conform_row(contract.PAYMENTS, _plain(r.payment.model_dump(mode="python")))
+        for column in contract.PAYMENTS.column_names:
+            if not _same(sent[column], payment.get(column)):
+                raise ContextConflict(pid, f"payment.{column}")
+        by_number = {a["attempt_number"]: a for a in attempts}
+        for i, a in enumerate(r.attempts):
+            row = contract.conform_row(
+                contract.ATTEMPTS, {**_plain(a.model_dump(mode="python")), "payment_id": pid}
+            )
+            old = by_number.get(row["attempt_number"])
+            for column in _ATTEMPT_FIELDS if old is not None else ():
+                if not _same(row[column], old.get(column)):
+                    raise ContextConflict(pid, f"attempts[{i}].{column}")
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as stored values: missing alike, timestamps as instants, numbers by value."""
+    if contract.is_null(a) or contract.is_null(b):
+        return contract.is_null(a) and contract.is_null(b)
+    if isinstance(a, datetime) and isinstance(b, datetime):
+        return repo.aware(a) == repo.aware(b)
+    return bool(a == b)
+
+
 def check_owners(
     requests: list[DecisionRequest], owners: dict[str, str], sees: Callable[[str], bool]
 ) -> None:
@@ -181,6 +233,7 @@ def decide_frames(
     not the feature schema's)."""
     now = now or pd.Timestamp.now(tz="UTC")
     rules = rules or NetworkRules()
+    check_unchanged(requests, engine)
     payments, attempts, messages, decided_at = _context(requests, engine, now)
     inline = [r for r in requests if r.payment is not None]
     if inline:  # the service now holds what it was told (first write wins)
@@ -328,6 +381,7 @@ def decide(
         return decide_frames(requests, engine, loaded, at, rules, experiment, config_cache)
     rules = rules or policy.network_rules or NetworkRules()
     default_now = datetime.now(UTC) if now is None else pd.Timestamp(now).to_pydatetime()
+    check_unchanged(requests, engine)
     contexts = _row_contexts(requests, engine)
     decided_at = [(r.now.astimezone(UTC) if r.now else default_now) for r in requests]
     payments = [c[0] for c in contexts]

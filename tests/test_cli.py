@@ -145,3 +145,50 @@ def test_evaluate_writes_its_figures_as_json(tmp_path: Path, trained) -> None:
         assert figures["payments"] == 300
         assert {"usd_per_payment", "retries_per_payment", "messages_per_payment"} <= set(figures)
     assert "gap_closed" in found
+
+
+def test_keys_are_listed_without_secrets_and_a_revoked_key_is_refused(tmp_path, monkeypatch):
+    from reclaim.serving.auth import Unauthorized, authenticate
+    from reclaim.serving.store.repository import make_engine
+    from reclaim.settings import get_settings
+
+    url = f"sqlite:///{tmp_path / 'keys.db'}"
+    monkeypatch.setenv("RECLAIM_DATABASE_URL", url)
+    get_settings.cache_clear()
+    try:
+        made = runner.invoke(app, ["keys", "create", "--role", "analyst", "--account", "acct_1"])
+        assert made.exit_code == 0, made.output
+        key_id, key = made.output.split()[0], made.output.split()[-1]
+        assert authenticate(make_engine(url), key).key_id == key_id
+        listed = runner.invoke(app, ["keys", "list"], terminal_width=200)
+        assert listed.exit_code == 0 and key_id in listed.output and "acct_1" in listed.output
+        assert key not in listed.output and "rk_" not in listed.output
+        revoked = runner.invoke(app, ["keys", "revoke", key_id])
+        assert revoked.exit_code == 0, revoked.output
+        try:
+            authenticate(make_engine(url), key)
+        except Unauthorized:
+            pass
+        else:
+            raise AssertionError("a revoked key still authenticates")
+        again = runner.invoke(app, ["keys", "revoke", key_id])
+        assert again.exit_code == 2 and key_id in again.output
+        from datetime import UTC, datetime
+
+        today = f"{datetime.now(UTC):%Y-%m-%d}"
+        row = runner.invoke(app, ["keys", "list"], terminal_width=200).output
+        assert row.count(today) == 2  # created and revoked
+    finally:
+        get_settings.cache_clear()
+
+
+def test_serve_with_workers_refuses_to_start_without_a_session_secret(monkeypatch):
+    from reclaim.settings import get_settings
+
+    monkeypatch.delenv("RECLAIM_DASHBOARD_SESSION_SECRET", raising=False)
+    get_settings.cache_clear()
+    try:
+        result = runner.invoke(app, ["serve", "--workers", "2"])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 2 and "RECLAIM_DASHBOARD_SESSION_SECRET" in result.output

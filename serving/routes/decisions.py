@@ -35,7 +35,10 @@ RESPONSES = {
     401: {"description": "Missing or invalid API key"},
     403: {"description": "This key's role cannot ask for decisions"},
     404: {"description": "A payment not held by the service, or not visible to this key"},
-    409: {"description": "An inline context names another account than the stored payment's"},
+    409: {
+        "description": "An inline context says otherwise than the store about a stored "
+        "payment (its account, a field, an attempt): the field is named"
+    },
     503: {"description": "No policy loaded yet"},
 }
 
@@ -47,7 +50,7 @@ def _as_http() -> Iterator[None]:
         yield
     except domain.UnknownPayment as exc:
         raise HTTPException(404, str(exc)) from exc
-    except domain.AccountChange as exc:
+    except (domain.AccountChange, domain.ContextConflict) as exc:
         raise HTTPException(409, str(exc)) from exc
     except domain.NoPolicy as exc:
         raise HTTPException(503, str(exc)) from exc

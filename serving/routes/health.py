@@ -7,6 +7,7 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 
 from reclaim.serving.deps import EngineDep, MetricsDep, PolicyDep
+from reclaim.serving.store.repository import writes_blocked
 
 router = APIRouter(tags=["operations"])
 
@@ -20,7 +21,7 @@ async def healthz() -> dict[str, str]:
 
 @router.get(
     "/readyz",
-    summary="Ready: a policy is loaded and the store answers",
+    summary="Ready: a policy is loaded and the store answers and takes writes",
     responses={503: {"description": "Not ready, with the reason"}},
 )
 def readyz(engine: EngineDep, policy: PolicyDep) -> JSONResponse:
@@ -30,6 +31,9 @@ def readyz(engine: EngineDep, policy: PolicyDep) -> JSONResponse:
     try:
         with engine.connect() as conn:
             conn.execute(sa.text("select 1"))
+        blocked = writes_blocked(engine)
+        if blocked:
+            problems.append(f"store {blocked}")
     except Exception as exc:
         problems.append(f"store unavailable: {type(exc).__name__}")
     if problems:

@@ -7,6 +7,7 @@ stays its first failure; a redelivered event is counted, not stored twice).
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import UTC, datetime
 from functools import cache
 from typing import Any
@@ -40,6 +41,40 @@ def make_engine(url: str) -> Engine:
 
         return engine
     return sa.create_engine(url, pool_pre_ping=True)
+
+
+def writes_blocked(engine: Engine, wait_seconds: float = 1.0) -> str | None:
+    """Why the store would not take a write now, or None: a probe that takes the write
+    lock a webhook's or a decision's insert needs, waits at most ``wait_seconds``, and
+    writes nothing. SQLite: another connection holds the database's write lock. PostgreSQL:
+    the server is read-only, or a lock on the events table keeps inserts out."""
+    ms = max(int(wait_seconds * 1000), 1)
+    if engine.dialect.name == "sqlite":
+        raw = engine.raw_connection()
+        try:
+            cur = raw.cursor()
+            cur.execute(f"PRAGMA busy_timeout={ms}")
+            try:
+                cur.execute("BEGIN IMMEDIATE")
+                cur.execute("ROLLBACK")
+            except sqlite3.OperationalError as exc:
+                return f"writes blocked: {exc}"
+            finally:
+                cur.execute("PRAGMA busy_timeout=30000")
+                cur.close()
+        finally:
+            raw.close()
+        return None
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{ms}ms'")
+            if conn.exec_driver_sql("SHOW transaction_read_only").scalar() == "on":
+                return "writes blocked: the database is read-only"
+            conn.exec_driver_sql("LOCK TABLE stripe_events IN ROW EXCLUSIVE MODE")
+            conn.rollback()
+    except sa.exc.DBAPIError as exc:
+        return f"writes blocked: {type(exc.orig).__name__}"
+    return None
 
 
 def insert_rows_ignoring(conn: sa.Connection, table: sa.Table, rows: list[dict]) -> int:
@@ -132,6 +167,17 @@ def aware(value: Any) -> Any:
     return value
 
 
+def load_payments(engine: Engine, payment_ids: list[str]) -> dict[str, dict]:
+    """The stored payments among ``payment_ids`` as plain rows, with the store's own columns
+    (``recovered``, ``closed_at``, …), datetimes aware: :func:`load_rows` without the
+    attempts and messages, for who needs the payment alone."""
+    if not payment_ids:
+        return {}
+    with engine.connect() as conn:
+        rows = conn.execute(_payments_by_id(), {"ids": list(payment_ids)}).mappings()
+        return {r["payment_id"]: {k: aware(v) for k, v in r.items()} for r in rows}
+
+
 def load_rows(
     engine: Engine, payment_ids: list[str]
 ) -> dict[str, tuple[dict, list[dict], list[dict]]]:
@@ -154,6 +200,14 @@ def load_rows(
                 elif values["payment_id"] in out:
                     out[values["payment_id"]][1 if name == "attempts" else 2].append(values)
     return out
+
+
+@cache
+def _payments_by_id() -> sa.Select:
+    """Payments by a list of ids (bound as ``ids``), the statement built once."""
+    return sa.select(t.payments).where(
+        t.payments.c.payment_id.in_(sa.bindparam("ids", expanding=True))
+    )
 
 
 def record_event(

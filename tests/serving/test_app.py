@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from pathlib import Path
 
@@ -53,6 +54,17 @@ def test_ready_once_the_champion_is_loaded(tmp_path, trained) -> None:
     with TestClient(create_app(settings)) as client:
         ready = client.get("/readyz")
         assert ready.status_code == 200 and ready.json()["policy_version"] == "1"
+        # another writer holds the store: reads answer, writes would wait, so not ready
+        holder = sqlite3.connect(settings.database_url.removeprefix("sqlite:///"))
+        try:
+            holder.execute("BEGIN IMMEDIATE")
+            blocked = client.get("/readyz")
+            assert blocked.status_code == 503, blocked.json()
+            assert "store writes blocked" in blocked.json()["problems"][0]
+        finally:
+            holder.rollback()
+            holder.close()
+        assert client.get("/readyz").status_code == 200
 
 
 def test_webhook_routes_verify_with_their_own_secret(tmp_path, stripe_api) -> None:

@@ -135,3 +135,42 @@ def test_an_unreachable_customer_gets_no_message(client, inline_payment) -> None
     d = client.post("/v1/decisions", json={"payment": payment, "now": "2026-05-20T15:00:00Z"})
     assert d.status_code == 200, d.text
     assert d.json()["channel"] is None and d.json()["no_retry_reason"] == "customer_action"
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"payment": {"amount": 5900}}, "payment.amount"),
+        ({"payment": {"failed_at": "2026-05-20T15:00:00Z"}}, "payment.failed_at"),
+        ({"payment": {"decline_code": "do_not_honor"}}, "payment.decline_code"),
+        ({"attempt": {"outcome": "succeeded", "decline_code": None}}, "attempts[0].outcome"),
+    ],
+)
+def test_a_resend_that_contradicts_the_store_gets_409_naming_the_field(
+    client, inline_payment, change, field
+) -> None:
+    attempt = {
+        "attempt_number": 1,
+        "attempted_at": "2026-05-21T15:00:00Z",
+        "outcome": "failed",
+        "decline_code": "insufficient_funds",
+    }
+    first = {"payment": inline_payment(5), "attempts": [attempt], "now": "2026-05-22T14:00:00Z"}
+    assert client.post("/v1/decisions", json=first).status_code == 200
+    # the same context again, and with a new attempt: fine
+    assert client.post("/v1/decisions", json=first).status_code == 200
+    newer = {**attempt, "attempt_number": 2, "attempted_at": "2026-05-22T15:00:00Z"}
+    more = {**first, "attempts": [attempt, newer], "now": "2026-05-23T14:00:00Z"}
+    assert client.post("/v1/decisions", json=more).status_code == 200
+    changed = {
+        **first,
+        "payment": {**first["payment"], **change.get("payment", {})},
+        "attempts": [{**attempt, **change.get("attempt", {})}],
+    }
+    answer = client.post("/v1/decisions", json=changed)
+    assert answer.status_code == 409, answer.text
+    assert answer.json()["detail"].startswith(f"{field}:"), answer.json()
+    batch = client.post("/v1/decisions/batch", json={"decisions": [changed]})
+    assert batch.status_code == 409 and field in batch.text
+    stored = client.get("/v1/payments/in_api_5")  # the store kept what it was told first
+    assert stored.status_code == 200 and stored.json()["payment"]["amount"] == 4900

@@ -12,6 +12,8 @@ import sqlalchemy as sa
 from reclaim import contract
 from reclaim.reference import RandomizedLogging
 from reclaim.serving.store import repository as repo
+from reclaim.serving.store import tables as t
+from reclaim.serving.store.migrate import upgrade
 from reclaim.serving.store.repository import make_engine
 from reclaim.serving.store.tables import metadata
 from reclaim.simulator import generate, rollout
@@ -190,3 +192,30 @@ def test_configuration_cache_trusts_a_read_for_its_ttl_and_forgets_on_clear(
     monkeypatch.setattr(configs, "effective_configs", read)
     assert cache.effective(engine, ["acct_1"])["acct_1"].max_retries == 1  # not the old read
     assert configs.ConfigCache(ttl=0).effective(engine, ["acct_1"])["acct_1"].max_retries == 1
+
+
+def test_a_store_that_takes_no_writes_is_reported_and_one_that_does_is_not(store_url):
+    """What /readyz asks: a probe that waits a moment for the write lock and writes nothing."""
+    from reclaim.serving.store.repository import writes_blocked
+
+    upgrade(store_url)
+    engine = make_engine(store_url)
+    blocker = make_engine(store_url)
+    try:
+        assert writes_blocked(engine, 0.2) is None
+        with blocker.connect() as conn:
+            if engine.dialect.name == "sqlite":
+                conn.exec_driver_sql("BEGIN IMMEDIATE")  # another writer holds the lock
+            else:
+                conn.exec_driver_sql("LOCK TABLE stripe_events IN ACCESS EXCLUSIVE MODE")
+            blocked = writes_blocked(engine, 0.2)
+            assert blocked is not None and blocked.startswith("writes blocked"), blocked
+            conn.rollback()
+        assert writes_blocked(engine, 0.2) is None
+        with engine.connect() as conn:  # the probe left nothing behind
+            assert (
+                conn.execute(sa.select(sa.func.count()).select_from(t.stripe_events)).scalar() == 0
+            )
+    finally:
+        blocker.dispose()
+        engine.dispose()

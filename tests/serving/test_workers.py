@@ -75,6 +75,8 @@ def test_two_workers_share_postgresql_follow_the_alias_and_metrics_sum_them(
         "RECLAIM_POLICY_RELOAD_SECONDS": "0.5",
         "RECLAIM_LOG_LEVEL": "WARNING",
         "PROMETHEUS_MULTIPROC_DIR": str(folder),
+        # several workers must share one secret for dashboard sessions (serve refuses else)
+        "RECLAIM_DASHBOARD_SESSION_SECRET": "workers-test-session-secret-0123456789",
     }
     reclaim = Path(sys.executable).with_name("reclaim")
     server = subprocess.Popen(
