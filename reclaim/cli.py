@@ -915,6 +915,61 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (key_â€
     console.print(f"revoked {key_id}")
 
 
+events_app = typer.Typer(help="Stripe webhook events the API stored.", no_args_is_help=True)
+app.add_typer(events_app, name="events")
+
+
+@events_app.command("list")
+def events_list(
+    status: Annotated[
+        list[str] | None,
+        typer.Option(help="dead, failed, waiting, received, ignored or processed (repeatable)."),
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="At most this many.")] = 100,
+) -> None:
+    """List stored events (newest first; default: set aside and failing), without payloads."""
+    from reclaim.serving.store.migrate import upgrade
+    from reclaim.serving.store.repository import make_engine
+    from reclaim.serving.webhooks import EVENT_STATUSES, list_events
+
+    wanted = status or ["dead", "failed"]
+    unknown = sorted(set(wanted) - set(EVENT_STATUSES))
+    if unknown:
+        console.print(f"[red]error:[/red] --status {unknown[0]!r}: one of {list(EVENT_STATUSES)}")
+        raise typer.Exit(code=2)
+    url = get_settings().database_url
+    upgrade(url)
+    table = Table(title=f"Stripe events: {', '.join(wanted)}")
+    for column in ("event", "type", "account", "status", "tries", "received (UTC)", "error"):
+        table.add_column(column)
+    for e in list_events(make_engine(url), wanted, limit):
+        table.add_row(
+            e["event_id"], e["type"], e["account_id"] or "platform", e["status"],
+            str(e["tries"]), f"{e['received_at']:%Y-%m-%d %H:%M}", e["error"] or "",
+        )  # fmt: skip
+    console.print(table)
+
+
+@events_app.command("retry")
+def events_retry(
+    event_ids: Annotated[
+        list[str] | None, typer.Argument(help="Event ids (evt_â€¦); none: every set-aside event.")
+    ] = None,
+) -> None:
+    """Give set-aside events a new round of tries: the running API applies them within
+    RECLAIM_WEBHOOK_RETRY_SECONDS."""
+    from reclaim.serving.store.migrate import upgrade
+    from reclaim.serving.store.repository import make_engine
+    from reclaim.serving.webhooks import retry_events
+
+    url = get_settings().database_url
+    upgrade(url)
+    n = retry_events(make_engine(url), event_ids or None)
+    console.print(f"{n:,} set-aside event(s) will be tried again")
+    if event_ids and n < len(set(event_ids)):
+        console.print("[yellow]some ids named no set-aside event[/yellow]")
+
+
 ingest_app = typer.Typer(
     help="Bring a platform's history into contract tables.", no_args_is_help=True
 )

@@ -69,10 +69,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         batcher.on_batch = metrics.decision_batch.observe
         app.state.batcher = batcher.start()
 
-        def counted(counts: dict[str, int], stuck: int) -> None:
+        def counted(counts: dict[str, int], stuck: int, dead: int) -> None:
             for result, n in counts.items():
                 metrics.webhook_retries.labels(result).inc(n)
             metrics.webhooks_stuck.set(stuck)
+            metrics.webhooks_dead.set(dead)
 
         retrier, stop_retrying = events.retry_in_background(
             app.state.engine,

@@ -105,6 +105,12 @@ class Metrics:
             registry=self.registry,
             multiprocess_mode="livemax",  # every worker counts the same store's events
         )
+        self.webhooks_dead = Gauge(
+            "reclaim_webhook_events_dead",
+            "Events set aside after failing every try (reclaim events list; alert when above 0)",
+            registry=self.registry,
+            multiprocess_mode="livemax",
+        )
 
     def render(self) -> bytes:
         return render_registry(self.registry)

@@ -74,7 +74,7 @@ class Receipt:
     event_id: str
     event_type: str
     first_delivery: bool
-    status: str  # processed | ignored | failed | received (already stored earlier)
+    status: str  # processed | ignored | waiting | failed | dead | received (stored earlier)
 
 
 # the columns' sizes: longer values are refused, not truncated
@@ -83,6 +83,12 @@ MAX_TYPE = t.stripe_events.c.type.type.length
 MAX_ACCOUNT = t.stripe_events.c.account_id.type.length
 RETRY_BASE = timedelta(seconds=30)
 RETRY_CAP = timedelta(hours=1)
+#: What a stored event can be: applied, not for Reclaim, waiting for its payment, failing and
+#: retried, set aside after every try failed, or just stored.
+EVENT_STATUSES = ("processed", "ignored", "waiting", "failed", "dead", "received")
+#: Tries before an event that keeps failing is set aside (``dead``): with the backoff above,
+#: about four hours and a half. ``reclaim events retry`` gives it another round.
+MAX_TRIES = 10
 IN_FLIGHT = timedelta(seconds=60)  # a "received" event younger than this may be mid-request
 #: How long a success waits for its payment's first failure: Stripe redelivers an event for up
 #: to three days, so a failure arrives within them or never; one more day of margin.
@@ -233,18 +239,24 @@ def process_event(
         with engine.connect() as conn:
             return str(conn.execute(sa.select(e.status).where(e.event_id == event_id)).scalar())
     except Exception as exc:  # kept and retried, never lost
-        log.exception("processing event %s failed", event_id)
+        tries = row.tries + 1
+        dead = tries >= MAX_TRIES
+        log.exception(
+            "processing event %s failed%s", event_id, " for good: set aside" if dead else ""
+        )
         wait = min(retry_base * 2**row.tries, RETRY_CAP)
         with engine.begin() as conn:
             _set_status(
                 conn,
                 event_id,
-                "failed",
-                f"{type(exc).__name__}: {exc}",
-                tries=row.tries + 1,
-                next_try_at=datetime.now(UTC) + wait,
+                "dead" if dead else "failed",
+                repo.describe_error(exc),
+                tries=tries,
+                next_try_at=None if dead else datetime.now(UTC) + wait,
             )
-        return "failed"
+        if dead:
+            log.error("ALERT webhook event %s set aside after %d tries", event_id, tries)
+        return "dead" if dead else "failed"
 
 
 def process_pending(
@@ -284,6 +296,47 @@ def process_pending(
     return counts
 
 
+def dead_events(engine: Engine) -> int:
+    """How many events are set aside after failing :data:`MAX_TRIES` times."""
+    with engine.connect() as conn:
+        return int(
+            conn.execute(
+                sa.select(sa.func.count())
+                .select_from(t.stripe_events)
+                .where(t.stripe_events.c.status == "dead")
+            ).scalar()
+            or 0
+        )
+
+
+def list_events(engine: Engine, statuses: list[str], limit: int = 100) -> list[dict[str, Any]]:
+    """Stored events in ``statuses``, newest first: what an operator reads (no payloads)."""
+    e = t.stripe_events.c
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(e.event_id, e.type, e.account_id, e.status, e.tries, e.received_at, e.error)
+            .where(e.status.in_(statuses))
+            .order_by(e.received_at.desc(), e.event_id)
+            .limit(limit)
+        ).mappings()
+        return [dict(r) for r in rows]
+
+
+def retry_events(engine: Engine, event_ids: list[str] | None = None) -> int:
+    """Give set-aside events (all, or those named) a new round of tries: ``failed``, due
+    now, tries from zero; the API's background retrier applies them. Returns how many."""
+    e = t.stripe_events.c
+    query = sa.update(t.stripe_events).where(e.status == "dead")
+    if event_ids is not None:
+        query = query.where(e.event_id.in_(event_ids))
+    with engine.begin() as conn:
+        return int(
+            conn.execute(
+                query.values(status="failed", tries=0, next_try_at=datetime.now(UTC))
+            ).rowcount
+        )
+
+
 def stuck_events(engine: Engine, older_than: timedelta, now: datetime | None = None) -> int:
     """How many events arrived more than ``older_than`` ago and are still not processed."""
     e = t.stripe_events.c
@@ -310,8 +363,8 @@ def retry_in_background(
     ``every_seconds`` (also the backoff's first wait) and counts the stuck ones, until the
     returned event is set.
 
-    ``on_round(counts, stuck)`` is called after each round (metrics); a round with stuck
-    events logs an ALERT.
+    ``on_round(counts, stuck, dead)`` is called after each round (metrics: ``dead`` counts
+    the events set aside); a round with stuck events logs an ALERT.
     """
     stop = threading.Event()
 
@@ -322,13 +375,14 @@ def retry_in_background(
                     engine, retry_base=timedelta(seconds=every_seconds), reader=reader
                 )
                 stuck = stuck_events(engine, stuck_after)
+                dead = dead_events(engine)
             except Exception:  # the store is down: try again next round
                 log.exception("retrying stored webhook events failed")
                 continue
             if stuck:
                 log.error("ALERT %d webhook event(s) unprocessed for over %s", stuck, stuck_after)
             if on_round is not None:
-                on_round(counts, stuck)
+                on_round(counts, stuck, dead)
 
     thread = threading.Thread(target=loop, name="reclaim-webhook-retry", daemon=True)
     thread.start()

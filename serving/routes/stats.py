@@ -145,6 +145,10 @@ class Operations(BaseModel):
         description="Webhook events unprocessed past RECLAIM_WEBHOOK_STUCK_SECONDS "
         "(platform-wide keys only: an event names no account until processed)."
     )
+    webhooks_dead: int | None = Field(
+        description="Webhook events set aside after failing every try (platform-wide keys "
+        "only; `reclaim events list --status dead`, `reclaim events retry`)."
+    )
     network_cap_hits_30d: int
 
 

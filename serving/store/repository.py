@@ -25,9 +25,16 @@ _CONTRACT = {"payments": t.payments, "attempts": t.attempts, "messages": t.messa
 
 
 def make_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite gets WAL and a busy timeout so readers never block."""
+    """An engine for ``url``; SQLite gets WAL and a busy timeout so readers never block.
+
+    Its errors never carry the statement's values (``hide_parameters``): an error is logged
+    and kept with a failed event, and the values are customers' data."""
     if url.startswith("sqlite"):
-        engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = sa.create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            hide_parameters=True,
+        )
 
         @sa.event.listens_for(engine, "connect")
         def _pragmas(conn, _record) -> None:  # pragma: no cover - trivial
@@ -40,7 +47,18 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return sa.create_engine(url, pool_pre_ping=True)
+    return sa.create_engine(url, pool_pre_ping=True, hide_parameters=True)
+
+
+def describe_error(exc: BaseException) -> str:
+    """An error as it may be kept and shown: a database error by its kind and statement
+    (never its values, nor the database's detail, which quotes them), anything else by its
+    message, cut to 500 characters."""
+    if isinstance(exc, sa.exc.StatementError):
+        orig = type(exc.orig).__name__ if exc.orig is not None else "error"
+        statement = " ".join(str(exc.statement or "").split())[:300]
+        return f"{type(exc).__name__} ({orig}) in: {statement}"
+    return f"{type(exc).__name__}: {exc}"[:500]
 
 
 def writes_blocked(engine: Engine, wait_seconds: float = 1.0) -> str | None:

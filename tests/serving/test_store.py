@@ -219,3 +219,27 @@ def test_a_store_that_takes_no_writes_is_reported_and_one_that_does_is_not(store
     finally:
         blocker.dispose()
         engine.dispose()
+
+
+def test_a_store_error_names_no_customer_data(store_url):
+    """A failed write's error (logged, and kept with a failed webhook event) holds the
+    statement but not its values (PostgreSQL's detail quotes the key: not kept either)."""
+    upgrade(store_url)
+    engine = make_engine(store_url)
+    row = {
+        "object_id": "pi_secret_1",
+        "payment_id": "in_1",
+        "account_id": "acct_cus_private_42",
+    }
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.insert(t.payment_aliases), [row])
+        with pytest.raises(sa.exc.IntegrityError) as raised:
+            with engine.begin() as conn:
+                conn.execute(sa.insert(t.payment_aliases), [row])
+    finally:
+        engine.dispose()
+    assert "acct_cus_private_42" not in str(raised.value)  # hide_parameters
+    kept = repo.describe_error(raised.value)  # what a failed event keeps
+    assert kept.startswith("IntegrityError") and "payment_aliases" in kept, kept
+    assert "acct_cus_private_42" not in kept and "pi_secret_1" not in kept, kept

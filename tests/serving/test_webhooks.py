@@ -177,3 +177,53 @@ def test_an_event_retried_by_several_processes_at_once_is_applied_once(engine, m
     assert applied == ["evt_sep_auth"]  # one process applied it; the others found it taken
     assert sorted(results) == ["processed"] * 4
     assert len(repo.load_contract(engine).attempts) == 1
+
+
+def test_an_event_that_always_fails_is_set_aside_and_can_be_tried_again(engine, monkeypatch):
+    """A poison event is not retried forever: after MAX_TRIES it is ``dead`` (Stripe's next
+    delivery gets 2xx), counted for the operations page, listed and retried by operators."""
+    from typer.testing import CliRunner
+
+    from reclaim.cli import app
+    from reclaim.serving.store import stats
+    from reclaim.settings import get_settings
+
+    body = _body("separate_obo_pi_authentication_required")
+    real = webhooks.sn.normalize_event
+
+    def poison(event):
+        raise ValueError("cannot be read")
+
+    monkeypatch.setattr(webhooks.sn, "normalize_event", poison)
+    assert _receive(engine, "platform", body, _sign(body), SECRET).status == "failed"
+    now = datetime.now(UTC)
+    for _ in range(webhooks.MAX_TRIES - 2):
+        now += webhooks.RETRY_CAP + timedelta(seconds=1)
+        assert _process_pending(engine, now=now) == {"failed": 1}
+    now += webhooks.RETRY_CAP + timedelta(seconds=1)
+    assert _process_pending(engine, now=now) == {"dead": 1}
+    assert _events(engine) == [("evt_sep_auth", "dead", 1)]  # (id, status, deliveries)
+    assert _process_pending(engine, now=now + timedelta(days=30)) == {}  # set aside
+    assert webhooks.dead_events(engine) == 1
+    assert stats.operations(engine, now, 3600)["webhooks_dead"] == 1
+    again = _receive(engine, "platform", body, _sign(body), SECRET)
+    assert again.status == "dead" and not again.first_delivery  # answered 2xx by the route
+
+    monkeypatch.setenv("RECLAIM_DATABASE_URL", engine.url.render_as_string(hide_password=False))
+    get_settings.cache_clear()
+    try:
+        runner = CliRunner()
+        listed = runner.invoke(app, ["events", "list"], terminal_width=250)
+        assert listed.exit_code == 0 and "evt_sep_auth" in listed.output
+        assert "ValueError: cannot be read" in listed.output
+        bad = runner.invoke(app, ["events", "list", "--status", "lost"])
+        assert bad.exit_code == 2 and "'lost'" in bad.output
+        monkeypatch.setattr(webhooks.sn, "normalize_event", real)
+        retried = runner.invoke(app, ["events", "retry", "evt_sep_auth"])
+        assert retried.exit_code == 0 and "1 set-aside event" in retried.output
+    finally:
+        get_settings.cache_clear()
+    assert _process_pending(engine, now=datetime.now(UTC) + timedelta(seconds=1)) == {
+        "processed": 1
+    }
+    assert list(repo.load_contract(engine).payments["payment_id"]) == ["pi_sep_auth"]
