@@ -20,7 +20,7 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.installed
 
 # The main job: simulate a marketplace's history, train and register a policy, then replay a
-# month of 2,000 new failures through the API, the scheduler and the Stripe stand-in in
+# month of 4,000 new failures through the API, the scheduler and the Stripe stand-in in
 # simulated time as an A/B test (learned vs stripe_like, messages answered by the simulated
 # customer), report the experiment (HTML and MLflow), and compare the policies offline
 # against the simulator's truth.
@@ -29,7 +29,7 @@ demo: $(VENV)/.installed
 	rm -rf $(DEMO)
 	$(BIN)/reclaim simulate --accounts 300 --payments 50000 --seed 7 --out $(DEMO)/sim
 	$(BIN)/reclaim train --data $(DEMO)/sim --tracking-uri sqlite:///$(DEMO)/mlflow.db
-	$(BIN)/reclaim replay --model models:/reclaim-policy@champion --payments 2000 \
+	$(BIN)/reclaim replay --model models:/reclaim-policy@champion --payments 4000 \
 		--tracking-uri sqlite:///$(DEMO)/mlflow.db --out $(DEMO)/replay --json $(DEMO)/replay.json
 	RECLAIM_DATABASE_URL=sqlite:///$(DEMO)/replay/reclaim.db $(BIN)/reclaim report \
 		--experiment replay --fx simulator --html $(DEMO)/ab_report.html \
