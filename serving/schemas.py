@@ -62,8 +62,8 @@ class PaymentIn(BaseModel):
     def _fee_within_amount(self) -> PaymentIn:
         if self.amount > max_amount(self.currency):
             raise ValueError(
-                f"amount {self.amount} is above the largest charge Stripe takes in "
-                f"{self.currency} ({max_amount(self.currency):,} minor units)"
+                f"amount is above the largest charge Stripe takes in {self.currency} "
+                f"({max_amount(self.currency):,} minor units)"
             )
         if self.application_fee_amount is not None and self.application_fee_amount > self.amount:
             raise ValueError("application_fee_amount cannot exceed amount")

@@ -31,12 +31,14 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 import stripe
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.engine import Engine
 
 from reclaim import contract
 from reclaim.features import stripe_normalize as sn
-from reclaim.fields import storable
+from reclaim.fields import PastTime, storable
 from reclaim.serving import stripe_actions
+from reclaim.serving.schemas import PaymentIn
 from reclaim.serving.store import repository as repo
 from reclaim.serving.store import tables as t
 from reclaim.serving.stripe_reads import StripeReader, complete
@@ -83,9 +85,10 @@ MAX_TYPE = t.stripe_events.c.type.type.length
 MAX_ACCOUNT = t.stripe_events.c.account_id.type.length
 RETRY_BASE = timedelta(seconds=30)
 RETRY_CAP = timedelta(hours=1)
-#: What a stored event can be: applied, not for Reclaim, waiting for its payment, failing and
-#: retried, set aside after every try failed, or just stored.
-EVENT_STATUSES = ("processed", "ignored", "waiting", "failed", "dead", "received")
+#: What a stored event can be: applied, not for Reclaim, outside the bounds Reclaim stores
+#: (kept with the reason), waiting for its payment, failing and retried, set aside after
+#: every try failed, or just stored.
+EVENT_STATUSES = ("processed", "ignored", "rejected", "waiting", "failed", "dead", "received")
 #: Tries before an event that keeps failing is set aside (``dead``): with the backoff above,
 #: about four hours and a half. ``reclaim events retry`` gives it another round.
 MAX_TRIES = 10
@@ -212,7 +215,7 @@ def process_event(
         ).one_or_none()
     if row is None:
         raise KeyError(f"no stored event {event_id}")
-    if row.status in ("processed", "ignored"):
+    if row.status in ("processed", "ignored", "rejected", "waiting", "dead"):  # final, or held
         return row.status
     e = t.stripe_events.c
     try:
@@ -500,6 +503,9 @@ def _apply(
     known = conn.execute(
         sa.select(sa.func.count()).select_from(t.payments).where(t.payments.c.payment_id == pid)
     ).scalar()
+    problem = _out_of_bounds(rows.payment if not known else None, attempt)
+    if problem is not None:
+        return "rejected", problem
     if not known:
         if rows.payment is None:
             if rows.kind != "recovery":
@@ -537,6 +543,28 @@ def _apply(
     attempt["attempt_number"] = 1 + max((n for n, _, _ in stored), default=-1)
     _insert(conn, contract.ATTEMPTS, t.attempts, attempt)
     return "processed", None
+
+
+_WHEN = TypeAdapter(PastTime)  # the API's bounds on a moment that has happened
+
+
+def _out_of_bounds(payment: dict[str, Any] | None, attempt: dict[str, Any]) -> str | None:
+    """Why an event's new payment or attempt is outside what Reclaim stores, or None: the
+    bounds of the API's own input (``schemas.PaymentIn``: a positive amount within Stripe's
+    largest charge for a three-letter currency, times from 2000 to a day ahead, storable
+    text). The reason names the field, never the value."""
+    checks = [("attempt", lambda: _WHEN.validate_python(_utc(attempt["attempted_at"])))]
+    if payment is not None:
+        kept = {k: v for k, v in payment.items() if k in PaymentIn.model_fields}
+        checks.insert(0, ("payment", lambda: PaymentIn.model_validate(kept)))
+    for kind, check in checks:
+        try:
+            check()
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = "".join(f".{part}" for part in first["loc"])
+            return f"{kind}{where}: {first['msg']}"
+    return None
 
 
 def _wake(conn: sa.Connection, payment_id: str) -> list[str]:

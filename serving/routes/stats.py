@@ -149,6 +149,10 @@ class Operations(BaseModel):
         description="Webhook events set aside after failing every try (platform-wide keys "
         "only; `reclaim events list --status dead`, `reclaim events retry`)."
     )
+    webhooks_rejected_30d: int | None = Field(
+        description="Webhook events of the last 30 days refused as outside the bounds Reclaim "
+        "stores (an amount, a currency, a time), kept with the reason (platform-wide keys only)."
+    )
     network_cap_hits_30d: int
 
 

@@ -361,8 +361,9 @@ def operations(
 ) -> dict[str, Any]:
     """How the service is keeping up at ``now``: retries due and not yet made (and how late the
     oldest is, in seconds), actions in flight, webhook events not processed after
-    ``stuck_after`` seconds and events set aside after failing every try (platform-wide:
-    events name no account until processed), and
+    ``stuck_after`` seconds, events set aside after failing every try and events refused
+    as outside the stored bounds in the last 30 days (platform-wide: events name no account
+    until processed), and
     decisions of the last 30 days that hit a network retry cap."""
     s, e, d = t.scheduled_actions.c, t.stripe_events.c, t.decision_log.c
     due = sa.select(sa.func.count(), sa.func.min(s.retry_at)).where(
@@ -374,6 +375,9 @@ def operations(
         e.received_at < now - timedelta(seconds=stuck_after),
     )
     dead = sa.select(sa.func.count()).where(e.status == "dead")
+    rejected = sa.select(sa.func.count()).where(
+        e.status == "rejected", e.received_at >= now - timedelta(days=30)
+    )
     capped = sa.select(sa.func.count()).where(
         d.reason == "network_cap", d.decided_at >= now - timedelta(days=30)
     )
@@ -391,6 +395,9 @@ def operations(
             "in_flight": int(conn.execute(flying).scalar_one()),
             "webhooks_stuck": int(conn.execute(stuck).scalar_one()) if accounts is None else None,
             "webhooks_dead": int(conn.execute(dead).scalar_one()) if accounts is None else None,
+            "webhooks_rejected_30d": (
+                int(conn.execute(rejected).scalar_one()) if accounts is None else None
+            ),
             "network_cap_hits_30d": int(conn.execute(capped).scalar_one()),
         }
     if oldest is not None:

@@ -227,3 +227,38 @@ def test_an_event_that_always_fails_is_set_aside_and_can_be_tried_again(engine, 
         "processed": 1
     }
     assert list(repo.load_contract(engine).payments["payment_id"]) == ["pi_sep_auth"]
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "field"),
+    [
+        (("data", "object", "amount"), -5, "payment.amount"),
+        (("data", "object", "amount"), 0, "payment.amount"),
+        (("data", "object", "amount"), 10**14, "payment"),  # above Stripe's largest charge
+        (("data", "object", "currency"), "zzzzzz", "payment.currency"),
+        (("created",), 253402300799, "failed_at"),  # 9999-12-31
+        (("created",), 31536000, "failed_at"),  # 1971
+    ],
+)
+def test_a_signed_event_outside_the_stored_bounds_is_kept_as_rejected(
+    engine, path, value, field
+) -> None:
+    """Signed events skip the API's input checks, not its bounds: refused with the field
+    named (never the value), answered 2xx so Stripe stops, nothing stored but the event."""
+    event = json.loads(_body("destination_pi_generic_decline"))
+    node = event
+    for step in path[:-1]:
+        node = node[step]
+    node[path[-1]] = value
+    if path == ("created",):  # the intent's own time too
+        event["data"]["object"]["created"] = value
+    body = json.dumps(event).encode()
+    receipt = _receive(engine, "platform", body, _sign(body), SECRET)
+    assert receipt.status == "rejected"
+    with engine.connect() as conn:
+        error = conn.execute(sa.text("select error from stripe_events")).scalar()
+    assert field in error, error
+    assert len(str(value)) < 3 or str(value) not in error, error  # the value is not kept
+    assert repo.load_contract(engine).payments.empty
+    # Stripe's redelivery changes nothing
+    assert _receive(engine, "platform", body, _sign(body), SECRET).status == "rejected"
