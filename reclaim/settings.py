@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     auth_cache_seconds: float = Field(default=5.0, ge=0)
     """How long the API trusts an API key it has checked before reading the store again: a
     revoked key stops working within this time; 0 reads the store on every request."""
+    metrics_token: SecretStr | None = None
+    """When set, ``GET /metrics`` needs ``Authorization: Bearer <token>`` (Prometheus:
+    ``authorization: {credentials: …}``); unset, it is open to whoever reaches the port."""
     report_cache_seconds: float = Field(default=300.0, ge=0)
     """How old an experiment report an API process computed for the dashboard may get before a
     view starts its recomputation in the background (the view still gets the kept one at once;

@@ -76,7 +76,7 @@ class Receipt:
     event_id: str
     event_type: str
     first_delivery: bool
-    status: str  # processed | ignored | waiting | failed | dead | received (stored earlier)
+    status: str  # one of EVENT_STATUSES ("received": stored by an earlier delivery)
 
 
 # the columns' sizes: longer values are refused, not truncated

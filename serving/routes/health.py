@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hmac
+from typing import Annotated
+
 import sqlalchemy as sa
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Header, HTTPException, Response
 from fastapi.responses import JSONResponse
 
-from reclaim.serving.deps import EngineDep, MetricsDep, PolicyDep
+from reclaim.serving.deps import EngineDep, MetricsDep, PolicyDep, SettingsDep
 from reclaim.serving.store.repository import writes_blocked
 
 router = APIRouter(tags=["operations"])
@@ -41,6 +44,21 @@ def readyz(engine: EngineDep, policy: PolicyDep) -> JSONResponse:
     return JSONResponse({"status": "ready", "policy_version": policy.current.version})
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-def metrics(m: MetricsDep) -> Response:
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={401: {"description": "RECLAIM_METRICS_TOKEN is set and was not presented"}},
+)
+def metrics(
+    m: MetricsDep, settings: SettingsDep, authorization: Annotated[str | None, Header()] = None
+) -> Response:
+    token = settings.metrics_token
+    if token is not None and not hmac.compare_digest(
+        (authorization or "").encode(), f"Bearer {token.get_secret_value()}".encode()
+    ):
+        raise HTTPException(
+            401, "/metrics needs Authorization: Bearer <RECLAIM_METRICS_TOKEN>",
+            headers={"WWW-Authenticate": "Bearer"},
+        )  # fmt: skip
     return Response(m.render(), media_type="text/plain; version=0.0.4")

@@ -202,3 +202,14 @@ def test_the_policy_reloads_when_the_alias_moves_without_dropping_a_request(
         assert client.get("/readyz").json()["policy_version"] == "2"
     assert versions == {"1", "2"}, versions
     assert statuses and set(statuses) == {200}, set(statuses)
+
+
+def test_metrics_behind_a_token_when_one_is_set(tmp_path) -> None:
+    settings = _settings(tmp_path, metrics_token=SecretStr("scrape-me-0123456789"))
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/metrics").status_code == 401
+        wrong = client.get("/metrics", headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401 and "RECLAIM_METRICS_TOKEN" in wrong.json()["detail"]
+        ok = client.get("/metrics", headers={"Authorization": "Bearer scrape-me-0123456789"})
+        assert ok.status_code == 200 and "reclaim_http_requests_total" in ok.text
+        assert client.get("/healthz").status_code == 200  # the rest is as before
