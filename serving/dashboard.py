@@ -33,7 +33,7 @@ from reclaim.contract import ContractError, major, money, signed_money
 from reclaim.intervals import ci, interval
 from reclaim.serving.auth import Principal, Role, Unauthorized, authenticate, principal_of
 from reclaim.serving.routes.payments import find_payments, payment_view
-from reclaim.serving.routes.stats import period
+from reclaim.serving.routes.stats import MAX_PERIOD_DAYS, period
 from reclaim.serving.store import configs, experiments, stats
 
 log = logging.getLogger(__name__)
@@ -196,6 +196,12 @@ def _chosen_period(request: Request) -> tuple[datetime, datetime, date, date, st
     start, end, error = _dates(request)
     if start is not None and end is not None and start > end:
         start, end, error = None, None, "The start was after the end: the last 30 days."
+    last = end or datetime.now(UTC).date()
+    if start is not None and (last - start).days + 1 > MAX_PERIOD_DAYS:
+        start = last - timedelta(days=MAX_PERIOD_DAYS - 1)
+        n = f"{MAX_PERIOD_DAYS:,}"
+        error = f"Periods are at most {n} days: the {n} days ending {last}."
+        end = last
     return (*period(start, end), error)
 
 

@@ -66,12 +66,24 @@ class AccountPage(BaseModel):
     rows: list[AccountTotals]
 
 
+MAX_PERIOD_DAYS = 1096
+"""The longest period a page or a stats query covers: three years (a day per row of a chart,
+so a request cannot ask the server for centuries of days)."""
+
+
 def period(start: date | None, end: date | None) -> tuple[datetime, datetime, date, date]:
-    """``[start, end]`` as UTC datetimes, ``end`` inclusive; by default the last 30 days."""
+    """``[start, end]`` as UTC datetimes, ``end`` inclusive; by default the last 30 days. A
+    period longer than :data:`MAX_PERIOD_DAYS` is a 422 naming the limit."""
     last = end or datetime.now(UTC).date()
     first = start or last - timedelta(days=29)
     if first > last:
         raise HTTPException(422, f"start {first} is after end {last}")
+    if (last - first).days + 1 > MAX_PERIOD_DAYS:
+        raise HTTPException(
+            422,
+            f"the period {first} to {last} is {(last - first).days + 1:,} days; at most "
+            f"{MAX_PERIOD_DAYS:,} (three years)",
+        )
     lo = datetime.combine(first, time(), tzinfo=UTC)
     return lo, datetime.combine(last + timedelta(days=1), time(), tzinfo=UTC), first, last
 

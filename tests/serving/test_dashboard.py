@@ -358,6 +358,20 @@ def test_odd_query_strings_get_a_page_not_an_error(site) -> None:
             assert page.status_code == 200, (path, query, page.text[:200])
 
 
+def test_a_period_of_centuries_is_cut_to_three_years_and_answers_at_once(site) -> None:
+    """The period is bounded (a chart row per day): the page says so, the API refuses."""
+    client, keys, _ = site
+    _sign_in(client, keys["analyst"][1])
+    page = client.get("/dashboard?start=2000-01-01&end=2999-12-31")
+    assert page.status_code == 200 and "at most 1,096 days" in page.text
+    assert len(page.content) < 5_000_000  # was 290 MB
+    api = client.get(
+        "/v1/stats/overview?start=2000-01-01&end=2999-12-31",
+        headers={"Authorization": f"Bearer {keys['analyst'][1]}"},
+    )
+    assert api.status_code == 422 and "at most 1,096" in api.text
+
+
 @pytest.mark.skipif(
     not (shutil.which("chromium") and shutil.which("chromedriver")),
     reason="no chromium/chromedriver: `make test` installs Debian's packages where it can",
