@@ -276,7 +276,7 @@ def run_replay(
         stale.unlink()
     parts = shards.partition(payments["account_id"], config.shards)
     if len(parts) == 1:
-        outcome = play_part(fresh, tracking_uri, folder, config, origin, horizon, progress)
+        outcome = play_part(Part(fresh, tracking_uri, folder, config, origin, horizon), progress)
     else:
         outcome = _play_parts(fresh, parts, tracking_uri, folder, config, origin, horizon, progress)
     engine = make_engine(f"sqlite:///{folder / 'reclaim.db'}")
@@ -312,19 +312,25 @@ class Outcome:
         )
 
 
-def play_part(
-    fresh: Marketplace,
-    tracking_uri: str,
-    folder: Path,
-    config: ReplayConfig,
-    origin: datetime,
-    horizon: datetime,
-    progress: Callable[[float, str], None],
-    ids: str = "standin",
-) -> Outcome:
-    """Play ``fresh``'s payments from ``origin`` to ``horizon`` through a stack of their own:
-    an API process and a scheduler on a new store ``folder / "reclaim.db"``, the stand-in
-    (making ids that start with ``ids``)."""
+@dataclass(frozen=True)
+class Part:
+    """Payments to play from ``origin`` to ``horizon`` through a stack of their own, its store
+    in ``folder``, its stand-in making ids that start with ``ids``."""
+
+    fresh: Marketplace
+    tracking_uri: str
+    folder: Path
+    config: ReplayConfig
+    origin: datetime
+    horizon: datetime
+    ids: str = "standin"
+
+
+def play_part(part: Part, progress: Callable[[float, str], None]) -> Outcome:
+    """Play a part: an API process and a scheduler on a new store ``part.folder /
+    "reclaim.db"``, the stand-in answering from the simulator's truth."""
+    fresh, tracking_uri, folder, config = part.fresh, part.tracking_uri, part.folder, part.config
+    origin, horizon, ids = part.origin, part.horizon, part.ids
     world = World(fresh)
     payments = fresh.payments
     clock = SimulatedClock(origin)
@@ -436,12 +442,15 @@ def _play_parts(
             target=_part_process,
             args=(
                 k,
-                fresh.subset(rows),
-                tracking_uri,
-                folders[k],
-                config,
-                origin,
-                horizon,
+                Part(
+                    fresh.subset(rows),
+                    tracking_uri,
+                    folders[k],
+                    config,
+                    origin,
+                    horizon,
+                    f"standin{k}",
+                ),
                 messages,
             ),
             name=f"replay-part-{k}",
@@ -486,16 +495,7 @@ def _play_parts(
     return outcome
 
 
-def _part_process(
-    k: int,
-    fresh: Marketplace,
-    tracking_uri: str,
-    folder: Path,
-    config: ReplayConfig,
-    origin: datetime,
-    horizon: datetime,
-    messages: Any,
-) -> None:
+def _part_process(k: int, part: Part, messages: Any) -> None:
     """A part's process: plays it, reporting progress (at most every whole percent) and then
     its outcome, or its traceback, on ``messages``."""
     last = [-1]
@@ -506,10 +506,7 @@ def _part_process(
             messages.put(("progress", k, (share, note)))
 
     try:
-        outcome = play_part(
-            fresh, tracking_uri, folder, config, origin, horizon, progress, f"standin{k}"
-        )
-        messages.put(("done", k, outcome))
+        messages.put(("done", k, play_part(part, progress)))
     except BaseException:
         messages.put(("failed", k, traceback.format_exc()))
         raise
@@ -646,9 +643,13 @@ def stored_mix(engine: sa.Engine, truth_payments: pd.DataFrame) -> pd.DataFrame:
     ``stored``."""
     with engine.connect() as conn:
         stored = pd.read_sql(
-            sa.select(t.payments.c.decline_code, t.payments.c.card_brand,
-                      t.payments.c.network_decline_code), conn
-        )  # fmt: skip
+            sa.select(
+                t.payments.c.decline_code,
+                t.payments.c.card_brand,
+                t.payments.c.network_decline_code,
+            ),
+            conn,
+        )
         failed = pd.read_sql(
             sa.select(t.attempts.c.network_decline_code).where(t.attempts.c.outcome == "failed"),
             conn,
