@@ -615,9 +615,13 @@ def replay(
         def on_progress(share: float, note: str) -> None:
             progress.update(task, completed=100 * share, description=note)
 
-        table = run_replay(
-            market, tracking_uri, out or get_settings().data_dir / "replay", config, on_progress
-        )
+        try:
+            table = run_replay(
+                market, tracking_uri, out or get_settings().data_dir / "replay", config, on_progress
+            )
+        except ValueError as exc:
+            console.print(f"[red]cannot replay:[/red] {exc}")
+            raise typer.Exit(code=2) from exc
     shown = table.copy()
     shown["recovery_rate"] = [
         interval(r, r - c, r + c)

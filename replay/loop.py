@@ -43,7 +43,7 @@ import traceback
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,7 @@ import sqlalchemy as sa
 import stripe
 
 from reclaim import contract
+from reclaim.fields import FUTURE_SLACK
 from reclaim.replay import shards
 from reclaim.serving.auth import create_key
 from reclaim.serving.channels import OutgoingMessage
@@ -271,6 +272,12 @@ def run_replay(
         horizon = payments["failed_at"].max().to_pydatetime() + window + timedelta(hours=1)
     else:
         horizon = origin + timedelta(days=config.horizon_days)
+    latest = datetime.now(UTC) + FUTURE_SLACK
+    if horizon > latest:  # the API refuses events dated ahead of its clock (fields.PastTime)
+        raise ValueError(
+            f"the replay's simulated time runs to {horizon:%Y-%m-%d}, more than a day after "
+            f"this machine's clock ({latest:%Y-%m-%d}): the API would reject its events"
+        )
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob("reclaim.db*"):
         stale.unlink()

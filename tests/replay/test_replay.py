@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pandas as pd
+import pytest
 import sqlalchemy as sa
 
 from reclaim.replay import ReplayConfig, run_replay
@@ -83,3 +84,17 @@ def _store(path) -> dict[str, pd.DataFrame]:
         return frames
     finally:
         engine.dispose()
+
+
+def test_a_replay_in_the_future_of_the_machines_clock_is_refused_before_it_starts(
+    tmp_path, trained
+):
+    """The API refuses events dated more than a day ahead of its clock: a replay whose
+    simulated time runs past it says so at once instead of losing every event."""
+    later = trained.market.payments.assign(
+        failed_at=trained.market.payments["failed_at"] + pd.Timedelta(days=3650)
+    )
+    market = replace(trained.market, payments=later)
+    with pytest.raises(ValueError, match="more than a day after this machine's clock"):
+        run_replay(market, trained.tracking_uri, tmp_path, ReplayConfig(payments=20))
+    assert not (tmp_path / "reclaim.db").exists()
