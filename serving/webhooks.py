@@ -89,6 +89,9 @@ RETRY_CAP = timedelta(hours=1)
 #: (kept with the reason), waiting for its payment, failing and retried, set aside after
 #: every try failed, or just stored.
 EVENT_STATUSES = ("processed", "ignored", "rejected", "waiting", "failed", "dead", "received")
+#: The statuses of an event still to be applied: every other one is final, or held (waiting
+#: for its payment, set aside) until something moves it back to ``received`` or ``failed``.
+TO_APPLY = ("received", "failed")
 #: Tries before an event that keeps failing is set aside (``dead``): with the backoff above,
 #: about four hours and a half. ``reclaim events retry`` gives it another round.
 MAX_TRIES = 10
@@ -215,7 +218,7 @@ def process_event(
         ).one_or_none()
     if row is None:
         raise KeyError(f"no stored event {event_id}")
-    if row.status in ("processed", "ignored", "rejected", "waiting", "dead"):  # final, or held
+    if row.status not in TO_APPLY:
         return row.status
     e = t.stripe_events.c
     try:
@@ -226,7 +229,7 @@ def process_event(
             # API worker's retrier, a redelivery) waits on this row, then finds it taken.
             claimed = conn.execute(
                 sa.update(t.stripe_events)
-                .where(e.event_id == event_id, e.status.in_(["received", "failed"]))
+                .where(e.event_id == event_id, e.status.in_(TO_APPLY))
                 .where(e.tries == row.tries)
                 .values(tries=row.tries + 1)
             ).rowcount
@@ -349,7 +352,7 @@ def stuck_events(engine: Engine, older_than: timedelta, now: datetime | None = N
             conn.execute(
                 sa.select(sa.func.count())
                 .select_from(t.stripe_events)
-                .where(e.status.in_(["received", "failed"]), e.received_at < since)
+                .where(e.status.in_(TO_APPLY), e.received_at < since)
             ).scalar()
             or 0
         )
@@ -553,18 +556,25 @@ def _out_of_bounds(payment: dict[str, Any] | None, attempt: dict[str, Any]) -> s
     bounds of the API's own input (``schemas.PaymentIn``: a positive amount within Stripe's
     largest charge for a three-letter currency, times from 2000 to a day ahead, storable
     text). The reason names the field, never the value."""
-    checks = [("attempt", lambda: _WHEN.validate_python(_utc(attempt["attempted_at"])))]
-    if payment is not None:
-        kept = {k: v for k, v in payment.items() if k in PaymentIn.model_fields}
-        checks.insert(0, ("payment", lambda: PaymentIn.model_validate(kept)))
-    for kind, check in checks:
-        try:
-            check()
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = "".join(f".{part}" for part in first["loc"])
-            return f"{kind}{where}: {first['msg']}"
+    try:
+        if payment is not None:
+            PaymentIn.model_validate(
+                {k: v for k, v in payment.items() if k in PaymentIn.model_fields}
+            )
+    except ValidationError as exc:
+        return _first_problem("payment", exc)
+    try:
+        _WHEN.validate_python(_utc(attempt["attempted_at"]))
+    except ValidationError as exc:
+        return _first_problem("attempt", exc)
     return None
+
+
+def _first_problem(kind: str, exc: ValidationError) -> str:
+    """``kind.field: message`` of a validation's first error (pydantic's message, which
+    does not quote the value)."""
+    first = exc.errors()[0]
+    return f"{kind}{''.join(f'.{part}' for part in first['loc'])}: {first['msg']}"
 
 
 def _wake(conn: sa.Connection, payment_id: str) -> list[str]:
