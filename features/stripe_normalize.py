@@ -173,6 +173,33 @@ def connect_info(obj: Mapping[str, Any], account: str | None) -> ConnectInfo:
     raise Unsupported("no_connected_account", f"{obj.get('id')} is the platform's own payment")
 
 
+def connect_source(
+    obj: Mapping[str, Any], payment_intent: Mapping[str, Any] | None = None
+) -> Mapping[str, Any]:
+    """The object whose Connect fields say whose payment ``obj`` is: an invoice's payment
+    intent where it is known (since basil the intent carries them), with the invoice's
+    ``on_behalf_of``; else ``obj`` itself."""
+    if obj.get("object") == "invoice":
+        if payment_intent is None:
+            intents = invoice_payment_intents(obj)
+            payment_intent = _expanded(intents[-1]) if intents else None
+        if payment_intent is not None:
+            obo = obj.get("on_behalf_of") or payment_intent.get("on_behalf_of")
+            return {**payment_intent, "on_behalf_of": obo}
+    return obj
+
+
+def object_account(obj: Mapping[str, Any], account: str | None) -> str | None:
+    """The connected account ``obj`` (an event's invoice, payment intent or charge) is a
+    payment of, as :func:`connect_info` finds it; None when the object does not say (the
+    platform's own payment, or an invoice whose Connect fields are on its unexpanded
+    intent)."""
+    try:
+        return connect_info(connect_source(obj), account).account_id
+    except Unsupported:
+        return None
+
+
 def decline_from_error(error: Mapping[str, Any] | None) -> Decline | None:
     """The decline in a ``last_payment_error`` (PaymentIntent) or None if there is none."""
     if not error:
@@ -315,12 +342,8 @@ def payment_row(
     customer_id = object_id(obj.get("customer"))
     if not customer_id:
         raise Unsupported("no_customer", f"{what} has no customer")
-    connect_source = obj
-    if is_invoice and payment_intent is not None:
-        # Since basil an invoice carries no transfer_data: its payment intent does.
-        obo = obj.get("on_behalf_of") or payment_intent.get("on_behalf_of")
-        connect_source = {**payment_intent, "on_behalf_of": obo}
-    connect = connect_info(connect_source, account)
+    # since basil an invoice's payment intent carries its Connect fields
+    connect = connect_info(connect_source(obj, payment_intent) if is_invoice else obj, account)
     error_pm = get_path(
         payment_intent or (obj if not is_invoice else None), "last_payment_error", "payment_method"
     )

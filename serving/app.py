@@ -24,6 +24,7 @@ from reclaim.serving.policy_holder import PolicyHolder
 from reclaim.serving.report_cache import ReportCache
 from reclaim.serving.routes import accounts, decisions, health, payments, stats, webhooks
 from reclaim.serving.skew import SkewMonitor
+from reclaim.serving.store import repository as repo
 from reclaim.serving.store.configs import ConfigCache
 from reclaim.serving.store.migrate import upgrade
 from reclaim.serving.store.repository import make_engine
@@ -64,7 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
 
         batcher = DecisionBatcher(
-            decide, lambda ids: domain.accounts_of(engine, ids), settings.decision_batch_max
+            decide, lambda ids: repo.accounts_holding(engine, ids), settings.decision_batch_max
         )
         batcher.on_batch = metrics.decision_batch.observe
         app.state.batcher = batcher.start()

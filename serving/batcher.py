@@ -4,7 +4,7 @@ decided together, in one call.
 Most of a decision's cost is fixed per call: a LightGBM call per model and a few statements
 to the store, whether for one payment or fifty. So a single worker thread takes every group
 of requests waiting (one API request's decisions are a group), up to ``max_batch`` decisions
-in arrival order, checks each group against the stored owners of its payments, decides the
+in arrival order, resolves each group's payments to the accounts its key sees, decides the
 admitted groups in one :func:`reclaim.serving.decide.decide` call and hands each group its
 answers. Under load a process decides many times more payments per second; alone, a request
 waits for nothing.
@@ -34,8 +34,8 @@ log = logging.getLogger(__name__)
 Decide = Callable[[list[DecisionRequest]], list[DecisionOut]]
 """Decides a list of admitted requests, in order (the app binds the store and policy)."""
 
-Owners = Callable[[list[str]], dict[str, str]]
-"""The stored connected account of each payment id that is stored."""
+Holders = Callable[[list[str]], dict[str, list[str]]]
+"""The connected accounts holding each payment id that is stored."""
 
 
 @dataclass
@@ -52,16 +52,17 @@ class _Group:
 class DecisionBatcher:
     """One worker thread deciding queued groups of requests in merged calls.
 
-    ``decide`` and ``owners`` do the work (:func:`reclaim.serving.decide.decide` and
-    :func:`reclaim.serving.decide.accounts_of` bound to the store); ``max_batch`` caps the
-    decisions merged into one call (a larger group is decided on its own).
+    ``decide`` and ``holders`` do the work (:func:`reclaim.serving.decide.decide` and
+    :func:`reclaim.serving.store.repository.accounts_holding` bound to the store);
+    ``max_batch`` caps the decisions merged into one call (a larger group is decided on its
+    own).
     """
 
-    def __init__(self, decide: Decide, owners: Owners, max_batch: int = 64):
+    def __init__(self, decide: Decide, holders: Holders, max_batch: int = 64):
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         self._decide = decide
-        self._owners = owners
+        self._holders = holders
         self.max_batch = max_batch
         self._queue: queue.SimpleQueue[_Group | None] = queue.SimpleQueue()
         self._held: _Group | None = None  # taken from the queue but left for the next call
@@ -85,7 +86,7 @@ class DecisionBatcher:
     ) -> Future[list[DecisionOut]]:
         """Queue one group; its future gets the answers in order, or the group's error
         (:class:`~reclaim.serving.decide.UnknownPayment`,
-        :class:`~reclaim.serving.decide.AccountChange`, or what deciding raised)."""
+        :class:`~reclaim.serving.decide.AmbiguousPayment`, or what deciding raised)."""
         if self._thread is None:
             raise RuntimeError("the decision batcher is not running")
         group = _Group(list(requests), principal)
@@ -147,12 +148,12 @@ class DecisionBatcher:
         return False
 
     def _decide_groups(self, groups: list[_Group]) -> None:
-        owners = self._owners(sorted(set().union(*(g.ids for g in groups))))
+        held = self._holders(sorted(set().union(*(g.ids for g in groups))))
         admitted = []
         for g in groups:
             try:
-                domain.check_owners(g.requests, owners, g.principal.sees)
-            except (domain.UnknownPayment, domain.AccountChange) as exc:
+                g.requests = domain.resolve(g.requests, held, g.principal.sees)
+            except (domain.UnknownPayment, domain.AmbiguousPayment) as exc:
                 g.future.set_exception(exc)
             else:
                 admitted.append(g)

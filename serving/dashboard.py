@@ -32,7 +32,7 @@ from reclaim.account_config import PLATFORM, effective
 from reclaim.contract import ContractError, major, money, signed_money
 from reclaim.intervals import ci, interval
 from reclaim.serving.auth import Principal, Role, Unauthorized, authenticate, principal_of
-from reclaim.serving.routes.payments import find_payments, payment_view
+from reclaim.serving.routes.payments import find_payments, holding, payment_view
 from reclaim.serving.routes.stats import MAX_PERIOD_DAYS, period
 from reclaim.serving.store import configs, experiments, stats
 
@@ -389,14 +389,19 @@ async def payments(request: Request) -> Response:
 
 
 @router.get("/dashboard/payments/{payment_id}")
-async def payment(request: Request, payment_id: str) -> Response:
+async def payment(request: Request, payment_id: str, account: str | None = None) -> Response:
     principal = await _principal(request)
     if principal is None:
         return _signed_out()
     engine = request.app.state.engine
     view = None
-    if _storable(payment_id, 255):
-        view = await run_in_threadpool(payment_view, engine, payment_id, principal)
+    if _storable(payment_id, 255) and (account is None or _storable(account, 255)):
+        accounts = await run_in_threadpool(holding, engine, payment_id, principal, account)
+        if len(accounts) > 1:  # held by several of the key's accounts: let the user choose
+            found = await run_in_threadpool(find_payments, engine, payment_id, principal)
+            return _page(request, "payments.html", principal=principal, q=payment_id, found=found)
+        if accounts:
+            view = await run_in_threadpool(payment_view, engine, (accounts[0], payment_id))
     if view is None:
         return _page(
             request, "payments.html", status=404, principal=principal, q=payment_id, found=[],

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,7 +20,6 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from reclaim import contract, timeutil, vocab
@@ -74,14 +74,15 @@ class UnknownPayment(LookupError):
         super().__init__(f"no payment {payment_id!r} is stored; send its context instead")
 
 
-class AccountChange(ValueError):
-    """An inline context names another account than the one its stored payment has."""
+class AmbiguousPayment(LookupError):
+    """A request names a payment by id alone, and more than one of the key's accounts holds
+    that id."""
 
     def __init__(self, payment_id: str):
         self.payment_id = payment_id
         super().__init__(
-            f"payment.account_id: payment {payment_id!r} is stored under another connected "
-            "account; a payment's account cannot change"
+            f"account_id: payment {payment_id!r} is held by more than one of this key's "
+            "connected accounts; name the account"
         )
 
 
@@ -107,12 +108,12 @@ def check_unchanged(requests: list[DecisionRequest], engine: Engine) -> None:
     inline = [r for r in requests if r.payment is not None]
     if not inline:
         return
-    stored = repo.load_rows(engine, [r.payment.payment_id for r in inline])
+    stored = repo.load_rows(engine, [r.ref for r in inline])
     for r in inline:
         pid = r.payment.payment_id
-        if pid not in stored:
+        if r.ref not in stored:
             continue
-        payment, attempts, _ = stored[pid]
+        payment, attempts, _ = stored[r.ref]
         sent = contract.conform_row(contract.PAYMENTS, _plain(r.payment.model_dump(mode="python")))
         for column in contract.PAYMENTS.column_names:
             if not _same(sent[column], payment.get(column)):
@@ -137,37 +138,36 @@ def _same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-def check_owners(
-    requests: list[DecisionRequest], owners: dict[str, str], sees: Callable[[str], bool]
-) -> None:
-    """Every payment ``requests`` name must be one the key ``sees``, judged by its stored
-    owner (``owners``, from :func:`accounts_of`) where it is stored, else by the account an
-    inline context claims: otherwise :class:`UnknownPayment`, worded exactly as for a payment
-    that is not stored, so a key cannot learn which foreign ids exist. A payment asked for by
-    id must be stored; an inline context may not move a stored payment to another account
-    (:class:`AccountChange`)."""
+def resolve(
+    requests: list[DecisionRequest], held: dict[str, list[str]], sees: Callable[[str], bool]
+) -> list[DecisionRequest]:
+    """``requests`` with the account of every payment named, for a key that ``sees`` some
+    accounts; ``held``: the accounts holding each id (:func:`repo.accounts_holding`).
+
+    An inline context names its account (which the key must see); a request by id gets the
+    one account among those the key sees that holds it, or the account it names, which must
+    hold it. Otherwise :class:`UnknownPayment`, worded as for an id nobody holds, so a key
+    cannot learn which ids other accounts hold, or :class:`AmbiguousPayment` when several of
+    the key's own accounts hold the id."""
+    out = []
     for r in requests:
-        stored = owners.get(r.id)
-        claimed = r.payment.account_id if r.payment is not None else None
-        if stored is None and claimed is None:
+        if r.payment is not None:
+            if not sees(r.payment.account_id):
+                raise UnknownPayment(r.id)
+            out.append(r)
+            continue
+        mine = [a for a in held.get(r.id, ()) if sees(a)]
+        if r.account_id is not None:
+            if r.account_id not in mine:
+                raise UnknownPayment(r.id)
+            out.append(r)
+        elif len(mine) == 1:
+            out.append(r.model_copy(update={"account_id": mine[0]}))
+        elif mine:
+            raise AmbiguousPayment(r.id)
+        else:
             raise UnknownPayment(r.id)
-        if any(a is not None and not sees(a) for a in (stored, claimed)):
-            raise UnknownPayment(r.id)
-        if stored is not None and claimed is not None and stored != claimed:
-            raise AccountChange(r.id)
-
-
-def accounts_of(engine: Engine, payment_ids: list[str]) -> dict[str, str]:
-    """The connected account of each stored payment among ``payment_ids``."""
-    if not payment_ids:
-        return {}
-    with engine.connect() as conn:
-        rows = conn.execute(
-            sa.select(t.payments.c.payment_id, t.payments.c.account_id).where(
-                t.payments.c.payment_id.in_(payment_ids)
-            )
-        ).all()
-    return {pid: account for pid, account in rows}
+    return out
 
 
 def _context(
@@ -175,10 +175,10 @@ def _context(
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.Series]:
     """Payments (one row per request), their attempts and messages, and decision times."""
     inline = [r for r in requests if r.payment is not None]
-    by_id = [r.payment_id for r in requests if r.payment is None]
+    by_id = [r.ref for r in requests if r.payment is None]
     stored = repo.load_contract(engine, by_id) if by_id else None
     if stored is not None:
-        missing = set(by_id) - set(stored.payments["payment_id"])
+        missing = {pid for _, pid in by_id} - set(stored.payments["payment_id"])
         if missing:
             raise UnknownPayment(sorted(missing)[0])
     frames = {"payments": [], "attempts": [], "messages": []}
@@ -230,8 +230,22 @@ def decide_frames(
 ) -> list[DecisionOut]:
     """:func:`decide` through the batch path (pandas), for a policy that cannot decide on
     plain rows (a reference policy served as the champion, or a model whose categories are
-    not the feature schema's)."""
+    not the feature schema's). Two accounts' payments of the same id are decided in separate
+    rounds: the contract's tables key a payment by its id."""
     now = now or pd.Timestamp.now(tz="UTC")
+    seen: Counter[str] = Counter(r.id for r in requests)
+    if max(seen.values(), default=0) > 1:
+        rounds: dict[int, list[int]] = {}
+        nth: Counter[str] = Counter()
+        for i, r in enumerate(requests):
+            rounds.setdefault(nth[r.id], []).append(i)
+            nth[r.id] += 1
+        answers: dict[int, DecisionOut] = {}
+        for members in rounds.values():
+            part = [requests[i] for i in members]
+            decided = decide_frames(part, engine, loaded, now, rules, experiment, config_cache)
+            answers.update(zip(members, decided, strict=True))
+        return [answers[i] for i in range(len(requests))]
     rules = rules or NetworkRules()
     check_unchanged(requests, engine)
     payments, attempts, messages, decided_at = _context(requests, engine, now)
@@ -258,7 +272,8 @@ def decide_frames(
     if experiment is not None:
         at = batch.now.max().to_pydatetime()
         arms = experiments.assign(engine, experiment.design, payments, at)
-        control = payments["payment_id"].map(arms).eq("control").to_numpy()
+        keys = zip(payments["account_id"], payments["payment_id"], strict=True)
+        control = np.array([arms.get(k) == "control" for k in keys], dtype=bool)
         if control.any():
             chosen = chosen.where(control, experiment.control.act(batch, rng))
             names[control] = experiment.control.name
@@ -291,6 +306,7 @@ def decide_frames(
         out.append(
             DecisionOut(
                 payment_id=payments["payment_id"].iloc[i],
+                account_id=payments["account_id"].iloc[i],
                 decided_at=batch.now.iloc[i].to_pydatetime(),
                 retry=retry,
                 no_retry_reason=None if has_retry[i] else (actions.reason.iloc[i] or "policy"),
@@ -331,6 +347,7 @@ def _log_rows(
     rows = features or [None] * len(decisions)
     return [
         {
+            "account_id": d.account_id,
             "payment_id": d.payment_id,
             "decided_at": d.decided_at,
             "model_version": d.model_version,
@@ -426,6 +443,7 @@ def decide(
         out.append(
             DecisionOut(
                 payment_id=ids[i],
+                account_id=payments[i]["account_id"],
                 decided_at=decided_at[i],
                 retry=retry,
                 no_retry_reason=None if retry else (a["reason"] or "policy"),
@@ -449,24 +467,26 @@ def _row_contexts(
 ) -> list[tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]]:
     """Each request's payment, attempts (with attempt 0) and messages as plain rows: from
     the request where it is inline, else from the store (:class:`UnknownPayment` if absent)."""
-    by_id = [r.payment_id for r in requests if r.payment is None]
+    by_id = [r.ref for r in requests if r.payment is None]
     stored = repo.load_rows(engine, by_id) if by_id else {}
     out = []
     for r in requests:
         if r.payment is None:
-            if r.payment_id not in stored:
+            if r.ref not in stored:
                 raise UnknownPayment(str(r.payment_id))
-            out.append(stored[r.payment_id])
+            out.append(stored[r.ref])
             continue
         payment = _plain(r.payment.model_dump(mode="python"))
-        pid = payment["payment_id"]
+        pid, account = payment["payment_id"], payment["account_id"]
         codes = vocab.DECLINE_FIELDS
-        first = {"payment_id": pid, "attempt_number": 0, "attempted_at": payment["failed_at"],
-                 "initiator": "merchant", "outcome": "failed", **{c: payment[c] for c in codes},
+        first = {"account_id": account, "payment_id": pid, "attempt_number": 0,
+                 "attempted_at": payment["failed_at"], "initiator": "merchant",
+                 "outcome": "failed", **{c: payment[c] for c in codes},
                  "policy": None, "propensity": None}  # fmt: skip
         attempts = [first] + [
             {
                 **_plain(a.model_dump(mode="python")),
+                "account_id": account,
                 "payment_id": pid,
                 "policy": None,
                 "propensity": None,
@@ -476,6 +496,7 @@ def _row_contexts(
         messages = [
             {
                 **_plain(m.model_dump(mode="python")),
+                "account_id": account,
                 "payment_id": pid,
                 "policy": None,
                 "propensity": None,
@@ -513,7 +534,7 @@ def _control_arm(
     arms = experiments.assign_rows(
         engine, experiment.design, [c[0] for c in contexts], max(decided_at)
     )
-    control = [i for i, c in enumerate(contexts) if arms.get(c[0]["payment_id"]) == "control"]
+    control = [i for i, c in enumerate(contexts) if arms.get(repo.ref(c[0])) == "control"]
     if not control:
         return actions, names
     sub = [contexts[i] for i in control]

@@ -47,10 +47,11 @@ def enqueue(
 ) -> bool:
     """Store one message to send; False if this key is already stored. ``purpose`` is one of
     ``channels.PURPOSES``."""
+    o = t.outbox.c
     earlier = conn.execute(
-        sa.select(t.outbox.c.sender)
-        .where(t.outbox.c.payment_id == payment["payment_id"])
-        .order_by(t.outbox.c.created_at)
+        sa.select(o.sender)
+        .where(o.account_id == payment["account_id"], o.payment_id == payment["payment_id"])
+        .order_by(o.created_at)
         .limit(1)
     ).scalar()
     if earlier is not None and earlier != sender:
@@ -86,14 +87,14 @@ def dispatch(
     recipient: Callable[[str, str, str], str | None] | None = None,
     policy: str = "reclaim",
     limit: int = 200,
-    still_open: Callable[[str], str | None] | None = None,
+    still_open: Callable[[repo.Ref], str | None] | None = None,
 ) -> Counter[str]:
     """Send pending messages; returns how many were sent, retried later, failed for good,
     or were cancelled.
 
     ``recipient(channel, account_id, customer_id)`` looks up the customer's address where a
-    channel needs one (email). ``still_open(payment_id)``, asked just before each message,
-    says why the payment no longer needs one (paid, closed), or None: such a message is
+    channel needs one (email). ``still_open((account_id, payment_id))``, asked just before
+    each message, says why the payment no longer needs one (paid, closed), or None: one is
     ``cancelled`` with that reason, never sent; if it raises :class:`ChannelError` the
     message waits for the next round.
     """
@@ -134,7 +135,7 @@ def dispatch(
             purpose=payload.get("purpose", "payment_failed"),
         )
         try:
-            gone = still_open(row["payment_id"]) if still_open is not None else None
+            gone = still_open(repo.ref(row)) if still_open is not None else None
             if gone is not None:
                 with engine.begin() as conn:
                     conn.execute(
@@ -181,6 +182,7 @@ def dispatch(
                     "propensity": row["propensity"],
                 },
             )
+            logged["account_id"] = row["account_id"]
             repo.insert_rows_ignoring(conn, t.messages, [logged])
         counts["sent"] += 1
     return counts

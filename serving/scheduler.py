@@ -89,7 +89,7 @@ def action_row(
     no ``retry_at``, done at once as "no retry"."""
     attempt = after_attempt + 1
     return {
-        "action_id": f"{payment_id}:{after_attempt}:{n}",
+        "action_id": f"{account_id}:{payment_id}:{after_attempt}:{n}",
         "payment_id": payment_id,
         "account_id": account_id,
         "after_attempt": after_attempt,
@@ -113,39 +113,41 @@ def _pending_statement(recent: bool) -> sa.Select:
     """The query of :meth:`Scheduler.pending_decisions`, built once (a driver of simulated
     time asks it thousands of times); parameters ``limit`` and, if ``recent``, ``since``."""
     at, a, p = t.attempts.c, t.scheduled_actions.c, t.payments.c
-    last = sa.select(at.payment_id, sa.func.max(at.attempt_number).label("n"))
+    last = sa.select(at.account_id, at.payment_id, sa.func.max(at.attempt_number).label("n"))
     if recent:
         since = sa.bindparam("since", type_=at.attempted_at.type)
         touched = (
-            sa.select(at.payment_id)
+            sa.select(at.account_id, at.payment_id)
             .where(at.attempted_at >= since)
-            .union(sa.select(a.payment_id).where(a.status == "replan"))
+            .union(sa.select(a.account_id, a.payment_id).where(a.status == "replan"))
         )
-        last = last.where(at.payment_id.in_(touched.scalar_subquery()))
-    last = last.group_by(at.payment_id).subquery()
-    recovered = sa.exists().where(at.payment_id == last.c.payment_id, at.outcome == "succeeded")
+        last = last.where(sa.tuple_(at.account_id, at.payment_id).in_(touched))
+    last = last.group_by(at.account_id, at.payment_id).subquery()
+
+    def mine(c: Any) -> Any:  # rows about the same payment as ``last``'s row
+        return sa.and_(c.account_id == last.c.account_id, c.payment_id == last.c.payment_id)
+
+    recovered = sa.exists().where(mine(at), at.outcome == "succeeded")
     acted = sa.exists().where(
-        a.payment_id == last.c.payment_id,
+        mine(a),
         sa.or_(a.status.in_(OPEN), sa.and_(a.after_attempt == last.c.n, a.status != "replan")),
     )
     replans = (
-        sa.select(sa.func.count())
-        .where(a.payment_id == last.c.payment_id, a.after_attempt == last.c.n)
-        .scalar_subquery()
+        sa.select(sa.func.count()).where(mine(a), a.after_attempt == last.c.n).scalar_subquery()
     )
     return (
-        sa.select(last.c.payment_id, last.c.n, replans)
-        .join(t.payments, p.payment_id == last.c.payment_id)
+        sa.select(last.c.account_id, last.c.payment_id, last.c.n, replans)
+        .join(t.payments, mine(p))
         .where(~recovered, ~acted, p.closed_at.is_(None))
         .where(p.account_id.not_in(sa.select(t.account_status.c.account_id)))
-        .order_by(last.c.payment_id)
+        .order_by(last.c.payment_id, last.c.account_id)
         .limit(sa.bindparam("limit", type_=sa.Integer))
     )
 
 
 class Decider(Protocol):
-    def decide(self, payment_ids: list[str], now: datetime) -> list[dict[str, Any]]:
-        """The scoring API's decisions for stored payments, at ``now``."""
+    def decide(self, refs: list[repo.Ref], now: datetime) -> list[dict[str, Any]]:
+        """The scoring API's decisions for stored payments (account, id), at ``now``."""
 
 
 class ScoringClient:
@@ -156,8 +158,12 @@ class ScoringClient:
             base_url=url, headers={"Authorization": f"Bearer {api_key}"}, timeout=timeout
         )
 
-    def decide(self, payment_ids: list[str], now: datetime) -> list[dict[str, Any]]:
-        body = {"decisions": [{"payment_id": p, "now": now.isoformat()} for p in payment_ids]}
+    def decide(self, refs: list[repo.Ref], now: datetime) -> list[dict[str, Any]]:
+        body = {
+            "decisions": [
+                {"account_id": a, "payment_id": p, "now": now.isoformat()} for a, p in refs
+            ]
+        }
         response = self.http.post("/v1/decisions/batch", json=body)
         response.raise_for_status()
         return response.json()["decisions"]
@@ -168,12 +174,13 @@ class NoRetry:
     the scheduler without the scoring API, and in tests. ``asked`` lists the payments asked."""
 
     def __init__(self) -> None:
-        self.asked: list[str] = []
+        self.asked: list[repo.Ref] = []
 
-    def decide(self, payment_ids: list[str], now: datetime) -> list[dict[str, Any]]:
-        self.asked += payment_ids
+    def decide(self, refs: list[repo.Ref], now: datetime) -> list[dict[str, Any]]:
+        self.asked += refs
         return [
             {
+                "account_id": a,
                 "payment_id": p,
                 "decided_at": now.isoformat(),
                 "retry": None,
@@ -182,7 +189,7 @@ class NoRetry:
                 "propensity": 1.0,
                 "model_version": "no-retry",
             }
-            for p in payment_ids
+            for a, p in refs
         ]
 
 
@@ -401,8 +408,9 @@ class Scheduler:
     # --- planning ------------------------------------------------------------------------
     def pending_decisions(
         self, limit: int = 1000, since: datetime | None = None
-    ) -> list[tuple[str, int, int]]:
-        """``(payment_id, after_attempt, n)`` for payments whose last attempt failed and that
+    ) -> list[tuple[repo.Ref, int, int]]:
+        """``((account_id, payment_id), after_attempt, n)`` for payments whose last attempt
+        failed and that
         have no action for it (``n`` numbers re-plans of the same failure). One query: the
         database finds them. ``since``: only payments with an attempt at or after it, or an
         action to re-plan (a driver of simulated time knows nothing older is waiting)."""
@@ -411,7 +419,7 @@ class Scheduler:
             params["since"] = since
         with self.engine.connect() as conn:
             rows = conn.execute(_pending_statement(since is not None), params)
-            return [(pid, int(n), int(k)) for pid, n, k in rows]
+            return [((acct, pid), int(n), int(k)) for acct, pid, n, k in rows]
 
     def plan(self, since: datetime | None = None) -> int:
         """Ask for and record decisions for every payment waiting for one (``since``: see
@@ -420,13 +428,14 @@ class Scheduler:
         if not waiting:
             return 0
         now = self.clock.now()
-        decisions = self.decider.decide([p for p, _, _ in waiting], now)
-        by_id = repo.load_payments(self.engine, [p for p, _, _ in waiting])
-        branding = self.configs.effective(self.engine, {p["account_id"] for p in by_id.values()})
+        decisions = self.decider.decide([key for key, _, _ in waiting], now)
+        by_key = repo.load_payments(self.engine, [key for key, _, _ in waiting])
+        branding = self.configs.effective(self.engine, {a for a, _ in by_key})
         due: list[tuple[str, datetime]] = []
         with self.engine.begin() as conn:
-            for (pid, after, n), d in zip(waiting, decisions, strict=True):
-                payment = by_id[pid]
+            for (key, after, n), d in zip(waiting, decisions, strict=True):
+                payment = by_key[key]
+                pid = key[1]
                 retry_at = (d.get("retry") or {}).get("at_utc")
                 retry_at = pd.Timestamp(retry_at).to_pydatetime() if retry_at else None
                 row = action_row(
@@ -585,7 +594,7 @@ class Scheduler:
             if action["retry_at"] is not None:
                 due = self.clock.wall(repo.aware(action["retry_at"]))
                 self.metrics.delay.observe(max((wall - due).total_seconds(), 0.0))
-        history = repo.load_rows(self.engine, [x["payment_id"] for x in actions])
+        history = repo.load_rows(self.engine, [repo.ref(x) for x in actions])
         go = []
         verdicts = self.recheck(actions, history, now)
         for action, verdict in zip(actions, verdicts, strict=True):
@@ -613,7 +622,7 @@ class Scheduler:
             self._pool.submit(
                 stripe_actions.retry_payment,
                 self.stripe,
-                history[x["payment_id"]][0],
+                history[repo.ref(x)][0],
                 x["attempt_number"],
             ): x
             for x in go
@@ -671,7 +680,9 @@ class Scheduler:
     def recheck(
         self,
         actions: list[dict[str, Any]],
-        history: Mapping[str, tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]],
+        history: Mapping[
+            repo.Ref, tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]
+        ],
         now: datetime,
     ) -> list[tuple[str, Any] | None]:
         """Per action, why it must not run now: ``("cancelled", reason)``, ``("replan",
@@ -679,7 +690,7 @@ class Scheduler:
         stored rows (``repo.load_rows``); each payment has at most one open action. The rules
         are the API's and the simulator's (``rules.limits_row``, equal to ``rules.limits``)."""
         account_ids = list({x["account_id"] for x in actions})
-        customers = {pid: rows[0]["customer_id"] for pid, rows in history.items()}
+        customers = {key: rows[0]["customer_id"] for key, rows in history.items()}
         with self.engine.connect() as conn:
             blocked = set(
                 conn.execute(
@@ -700,7 +711,7 @@ class Scheduler:
         verdicts: list[tuple[str, Any] | None] = [None] * len(actions)
         later = now + timedelta(seconds=1)
         for i, action in enumerate(actions):
-            pid = action["payment_id"]
+            pid = repo.ref(action)
             if pid not in history:
                 verdicts[i] = ("cancelled", "unknown_payment")
                 continue
@@ -742,6 +753,7 @@ class Scheduler:
         when = repo.aware(at).astimezone(UTC)
         rows = [
             {
+                "account_id": x["account_id"],
                 "payment_id": x["payment_id"],
                 "attempt_number": x["attempt_number"],
                 "attempted_at": when,
@@ -765,6 +777,7 @@ class Scheduler:
                 # error gave it), which the webhook's copy of the object may lack.
                 conn.execute(
                     sa.update(t.attempts)
+                    .where(at_.account_id == sa.bindparam("acct"))
                     .where(at_.payment_id == sa.bindparam("pid"))
                     .where(at_.attempt_number == sa.bindparam("n"))
                     .values(
@@ -774,6 +787,7 @@ class Scheduler:
                     ),
                     [
                         {
+                            "acct": row["account_id"],
                             "pid": row["payment_id"],
                             "n": row["attempt_number"],
                             "pol": row["policy"],
@@ -791,12 +805,12 @@ class Scheduler:
             )
 
     # --- messages ------------------------------------------------------------------------
-    def _still_open(self, payment_id: str) -> str | None:
+    def _still_open(self, key: repo.Ref) -> str | None:
         """Why a payment needs no message any more, asked of Stripe just before one is sent
         (``already_paid``, ``closed``; ``paid`` when the store already knows), or None. A
         customer who paid, or whose invoice was voided, is never dunned: an event saying so
         may be late or lost."""
-        payment = repo.load_payments(self.engine, [payment_id]).get(payment_id)
+        payment = repo.load_payments(self.engine, [key]).get(key)
         if payment is None:
             return "unknown_payment"
         if payment["closed_at"] is not None:
@@ -817,9 +831,10 @@ class Scheduler:
         if channel != "email":
             return None
         with self.engine.connect() as conn:
+            p = t.payments.c
             model = conn.execute(
-                sa.select(t.payments.c.charge_model)
-                .where(t.payments.c.customer_id == customer_id)
+                sa.select(p.charge_model)
+                .where(p.account_id == account_id, p.customer_id == customer_id)
                 .limit(1)
             ).scalar()
         options = {"stripe_account": account_id} if model == "direct" else {}

@@ -109,6 +109,12 @@ class DecisionRequest(BaseModel):
 
     payment: PaymentIn | None = None
     payment_id: Identifier | None = None
+    account_id: Identifier | None = Field(
+        default=None,
+        description="With `payment_id`: the connected account holding it (Stripe ids are "
+        "unique within an account). Needed only when the id is held by more than one of the "
+        "key's accounts.",
+    )
     attempts: list[AttemptIn] = Field(default_factory=list, max_length=100)
     messages: list[MessageIn] = Field(default_factory=list, max_length=100)
     now: PastTime | None = Field(
@@ -120,10 +126,25 @@ class DecisionRequest(BaseModel):
         """The payment's id, however it was given."""
         return self.payment.payment_id if self.payment is not None else str(self.payment_id)
 
+    @property
+    def account(self) -> str | None:
+        """The payment's connected account, when the request names it."""
+        return self.payment.account_id if self.payment is not None else self.account_id
+
+    @property
+    def ref(self) -> tuple[str, str]:
+        """The payment's key in the store, (account, id): for a request whose account is
+        named (:func:`reclaim.serving.decide.resolve` names it for every admitted one)."""
+        if self.account is None:
+            raise ValueError(f"payment {self.id!r}: its account is not resolved")
+        return (self.account, self.id)
+
     @model_validator(mode="after")
     def _one_way_to_name_the_payment(self) -> DecisionRequest:
         if (self.payment is None) == (self.payment_id is None):
             raise ValueError("give exactly one of payment (the context) or payment_id")
+        if self.payment is not None and self.account_id is not None:
+            raise ValueError("account_id comes with payment_id; an inline payment names it")
         if self.payment is None and (self.attempts or self.messages):
             raise ValueError("attempts and messages come with an inline payment, not a payment_id")
         if self.payment is None:
@@ -157,7 +178,14 @@ class BatchDecisionRequest(BaseModel):
 
     @model_validator(mode="after")
     def _each_payment_once(self) -> BatchDecisionRequest:
-        _no_repeats("decisions", "payment", [d.id for d in self.decisions])
+        # a payment once; the same id may come for two named accounts (Stripe ids are
+        # unique within an account), never twice where an account is left to be found
+        accounts: dict[str, list[str | None]] = {}
+        for d in self.decisions:
+            accounts.setdefault(d.id, []).append(d.account)
+        for pid, named in accounts.items():
+            if len(named) > 1 and (None in named or len(set(named)) < len(named)):
+                raise ValueError(f"decisions: payment {pid!r} appears more than once")
         return self
 
 
@@ -177,6 +205,7 @@ class DecisionOut(BaseModel):
     """The next action for one payment."""
 
     payment_id: str
+    account_id: str = Field(description="The connected account holding the payment.")
     decided_at: datetime
     retry: RetryOut | None
     no_retry_reason: str | None = Field(description="Why there is no retry, when there is none.")

@@ -123,15 +123,19 @@ class StripeReader:
 
 @dataclass(frozen=True)
 class Completed:
-    """The event to apply, and the stored payment id its attempt belongs to (None: the id the
-    event's own object gives)."""
+    """The event to apply; the connected account whose payment it is about (None: the event
+    does not say, and no read could tell); and the stored payment of that account its attempt
+    belongs to (None: the id the event's own object gives)."""
 
     event: dict[str, Any]
     payment_id: str | None = None
+    account: str | None = None
 
 
-#: ``owner(object_id)``: the payment a stored alias or payment gives for an object id, or None.
-Owner = Callable[[str], "str | None"]
+#: ``owner(account, object_id)``: the stored payment of ``account`` that an object id stands
+#: for (the payment itself, or an invoice whose intent it is), or None. With ``account`` None,
+#: only what Stripe's own events stored is trusted (an intent's invoice), never an id alone.
+Owner = Callable[[str | None, str], "str | None"]
 
 
 def complete(event: Mapping[str, Any], reader: StripeReader | None, owner: Owner) -> Completed:
@@ -141,42 +145,51 @@ def complete(event: Mapping[str, Any], reader: StripeReader | None, owner: Owner
     obj = sn.get_path(event, "data", "object")
     if not isinstance(obj, Mapping) or not isinstance(etype, str):
         return Completed(dict(event))
+    # ``account``: the account the object lives on (reads go there); ``payer``: the
+    # connected account whose payment it is (also a destination or separate charge's)
     account = event.get("account") if isinstance(event.get("account"), str) else None
+    payer = sn.object_account(obj, account)
     failure = etype in sn.FAILURE_EVENTS
     if obj.get("object") == "invoice":
-        if failure and owner(str(obj.get("id"))) is None:  # a first failure: all of it
+        oid = str(obj.get("id"))
+        if failure and (payer is None or owner(payer, oid) is None):  # a first failure
             out = (
                 _with_intent(event, _need(reader, event), account) if _needs_intent(obj) else event
             )
-            return Completed(_with_customer(out, reader, account))
+            out = _with_customer(out, reader, account)
+            return Completed(out, account=sn.object_account(out["data"]["object"], account))
         # a failure of Reclaim's own retry: the scheduler records Stripe's answer to the call
         # itself (the card error, with the network's codes), which outranks this event's
         if failure and _needs_intent(obj) and own_retry(event) is None:
-            return Completed(_with_intent(event, _need(reader, event), account))
-        return Completed(dict(event))
+            return Completed(_with_intent(event, _need(reader, event), account), account=payer)
+        if payer is None and etype in sn.RECOVERY_EVENTS | sn.CLOSED_EVENTS:
+            # whose invoice it is is on its intent: read it, never attach by the id alone
+            out = _with_intent(event, _need(reader, event), account)
+            return Completed(out, account=sn.object_account(out["data"]["object"], account))
+        return Completed(dict(event), account=payer)
     if obj.get("object") not in ("payment_intent", "charge"):
-        return Completed(dict(event))
+        return Completed(dict(event), account=payer)
     if etype not in sn.FAILURE_EVENTS | sn.RECOVERY_EVENTS:
-        return Completed(dict(event), owner(str(obj.get("id"))))
+        return Completed(dict(event), owner(payer, str(obj.get("id"))), payer)
     intent_id = obj.get("id") if obj.get("object") == "payment_intent" else None
     intent_id = intent_id or sn.object_id(obj.get("payment_intent"))
     if not isinstance(intent_id, str):
-        return Completed(dict(event))
-    known = owner(intent_id)
+        return Completed(dict(event), account=payer)
+    known = owner(payer, intent_id)
     if known is not None:
-        return Completed(dict(event), known)
+        return Completed(dict(event), known, payer)
     invoice_id = _need(reader, event).invoice_of_intent(intent_id, account)
     if invoice_id is None:  # a standalone intent, not stored yet
         if failure and obj.get("object") == "payment_intent":
-            return Completed(_with_customer(event, _need(reader, event), account))
-        return Completed(dict(event))
-    if owner(invoice_id) is not None or not failure:
-        return Completed(dict(event), invoice_id)
+            return Completed(_with_customer(event, _need(reader, event), account), account=payer)
+        return Completed(dict(event), account=payer)
+    if (payer is not None and owner(payer, invoice_id) is not None) or not failure:
+        return Completed(dict(event), invoice_id, payer)
     # the invoice's own failure, not stored yet: read it, as invoice.payment_failed would say
     invoice = _need(reader, event).invoice(invoice_id, account)
     as_invoice = {**event, "type": "invoice.payment_failed", "data": {"object": invoice}}
     out = _with_customer(_with_intent(as_invoice, _need(reader, event), account), reader, account)
-    return Completed(out, invoice_id)
+    return Completed(out, invoice_id, sn.object_account(out["data"]["object"], account))
 
 
 def _need(reader: StripeReader | None, event: Mapping[str, Any]) -> StripeReader:

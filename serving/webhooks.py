@@ -41,7 +41,7 @@ from reclaim.serving import stripe_actions
 from reclaim.serving.schemas import PaymentIn
 from reclaim.serving.store import repository as repo
 from reclaim.serving.store import tables as t
-from reclaim.serving.stripe_reads import StripeReader, complete
+from reclaim.serving.stripe_reads import Completed, StripeReader, complete
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +223,7 @@ def process_event(
     e = t.stripe_events.c
     try:
         # what the event lacks is read from Stripe first, outside the store's transaction
-        done = complete(json.loads(row.payload), reader, lambda oid: owner_of(engine, oid))
+        done = complete(json.loads(row.payload), reader, lambda a, oid: owner_of(engine, a, oid))
         with engine.begin() as conn:
             # Claim the event in the transaction that applies it: a second process (another
             # API worker's retrier, a redelivery) waits on this row, then finds it taken.
@@ -236,7 +236,7 @@ def process_event(
             if not claimed:
                 raise _Taken
             woken: list[str] = []
-            status, note = _apply(conn, done.event, event_id, done.payment_id, woken)
+            status, note = _apply(conn, done, event_id, woken)
             _set_status(conn, event_id, status, note, tries=row.tries + 1)
         for waiting in woken:  # successes that arrived before this failure: applied now
             process_event(engine, waiting, retry_base, reader)
@@ -416,23 +416,39 @@ def _set_status(
     )
 
 
-def owner_of(engine: Engine, object_id: str) -> str | None:
-    """The stored payment a Stripe object id stands for: the payment itself, or the payment
-    an alias names (an invoice's payment intent); None when neither is stored."""
+def owner_of(engine: Engine, account: str | None, object_id: str) -> str | None:
+    """The stored payment of ``account`` a Stripe object id stands for (see :func:`_owner`)."""
     with engine.connect() as conn:
-        return _owner(conn, object_id)
+        return _owner(conn, account, object_id)
 
 
-def _owner(conn: sa.Connection, object_id: str) -> str | None:
-    alias = conn.execute(
-        sa.select(t.payment_aliases.c.payment_id).where(t.payment_aliases.c.object_id == object_id)
-    ).scalar()
-    if alias is not None:
-        return str(alias)
+def _owner(conn: sa.Connection, account: str | None, object_id: str) -> str | None:
+    """The stored payment of ``account`` that ``object_id`` stands for: an alias (an
+    invoice's payment intent, stored from Stripe's own events), or the payment itself; None
+    when neither is stored. With ``account`` None, an alias alone, and only one that a
+    single account has: a payment is never found by its id alone, which any account may
+    hold."""
+    a = t.payment_aliases.c
+    query = sa.select(a.account_id, a.payment_id).where(a.object_id == object_id)
+    if account is not None:
+        query = query.where(a.account_id == account)
+    aliases = conn.execute(query.limit(2)).all()
+    if len(aliases) == 1:
+        return str(aliases[0].payment_id)
+    if account is None:
+        return None
+    p = t.payments.c
     stored = conn.execute(
-        sa.select(t.payments.c.payment_id).where(t.payments.c.payment_id == object_id)
+        sa.select(p.payment_id).where(p.account_id == account, p.payment_id == object_id)
     ).scalar()
     return None if stored is None else str(stored)
+
+
+def _account_of_alias(conn: sa.Connection, object_id: str) -> str | None:
+    """The one account whose stored alias ``object_id`` is, or None."""
+    a = t.payment_aliases.c
+    rows = conn.execute(sa.select(a.account_id).where(a.object_id == object_id).limit(2)).all()
+    return str(rows[0].account_id) if len(rows) == 1 else None
 
 
 def _remember_aliases(conn: sa.Connection, event: dict[str, Any], payment: dict) -> None:
@@ -441,7 +457,7 @@ def _remember_aliases(conn: sa.Connection, event: dict[str, Any], payment: dict)
     if obj.get("object") != "invoice":
         return
     rows = [
-        {"object_id": oid, "payment_id": payment["payment_id"], "account_id": payment["account_id"]}
+        {"account_id": payment["account_id"], "object_id": oid, "payment_id": payment["payment_id"]}
         for oid in (sn.object_id(pi) for pi in sn.invoice_payment_intents(obj))
         if oid and oid != payment["payment_id"]
     ]
@@ -450,19 +466,22 @@ def _remember_aliases(conn: sa.Connection, event: dict[str, Any], payment: dict)
 
 def _apply(
     conn: sa.Connection,
-    event: dict[str, Any],
+    done: Completed,
     event_id: str,
-    payment_id: str | None = None,
     woken: list[str] | None = None,
 ) -> tuple[str, str | None]:
     """Write one event's rows inside ``conn``'s transaction; returns (status, note).
-    ``payment_id``: the stored payment the event's attempt belongs to, when its own object's
-    id is not that payment's (an invoice's payment intent or charge).
+    ``done``: the event as :func:`complete` made it, with the connected account whose
+    payment it is about and the stored payment its attempt belongs to (when its own
+    object's id is not that payment's: an invoice's payment intent or charge). Every row
+    read or written is that account's: another account's payment of the same id is never
+    touched.
 
     A success for a payment not stored yet is ``waiting``: Stripe may deliver it before the
     failure. When a first failure stores its payment, the events waiting for it (by the
     payment's id or an alias) are made ready again and their ids added to ``woken`` for the
     caller to apply after this transaction."""
+    event, payment_id, account = done.event, done.payment_id, done.account
     try:
         rows = sn.normalize_event(event)
     except sn.Unsupported as exc:
@@ -486,25 +505,38 @@ def _apply(
         return "processed", rows.kind
     if rows.kind == "closed":
         object_id, at = rows.closed or ("", None)
-        closed = payment_id or _owner(conn, object_id)
-        if closed is None:
+        account = account or _account_of_alias(conn, object_id)
+        closed = payment_id or _owner(conn, account, object_id)
+        if closed is None or account is None:
             return "ignored", "closed payment not known"
-        close_payment(conn, closed, _utc(at).to_pydatetime())
+        close_payment(conn, (account, closed), _utc(at).to_pydatetime())
         return "processed", rows.kind
     attempt = rows.attempt
     assert attempt is not None  # failures and recoveries always carry an attempt
+    if rows.payment is not None:  # a first failure says whose payment it is
+        account = rows.payment["account_id"]
+    account = account or _account_of_alias(conn, attempt["payment_id"])
+    if account is None:
+        # never attached by its id alone, which any account may hold; the scheduler asks
+        # Stripe before acting on a payment, so a success missed here is still seen there
+        return "ignored", "the event's connected account is not known"
     if payment_id is None:
-        payment_id = _owner(conn, attempt["payment_id"])
+        payment_id = _owner(conn, account, attempt["payment_id"])
     if payment_id is not None:
         attempt["payment_id"] = payment_id
     pid = attempt["payment_id"]
+    key = (account, pid)
+    at_ = t.attempts.c
     stored = conn.execute(
-        sa.select(
-            t.attempts.c.attempt_number, t.attempts.c.attempted_at, t.attempts.c.outcome
-        ).where(t.attempts.c.payment_id == pid)
+        sa.select(at_.attempt_number, at_.attempted_at, at_.outcome).where(
+            at_.account_id == account, at_.payment_id == pid
+        )
     ).all()
+    p = t.payments.c
     known = conn.execute(
-        sa.select(sa.func.count()).select_from(t.payments).where(t.payments.c.payment_id == pid)
+        sa.select(sa.func.count())
+        .select_from(t.payments)
+        .where(p.account_id == account, p.payment_id == pid)
     ).scalar()
     problem = _out_of_bounds(rows.payment if not known else None, attempt)
     if problem is not None:
@@ -522,7 +554,7 @@ def _apply(
         _insert(conn, contract.PAYMENTS, t.payments, rows.payment)
         _remember_aliases(conn, event, rows.payment)
         if woken is not None:
-            woken.extend(_wake(conn, pid))
+            woken.extend(_wake(conn, key))
         stored = []
     own = stripe_actions.own_retry(event)
     if (
@@ -530,7 +562,7 @@ def _apply(
     ):  # Reclaim's own retry: its number is in the key, and the scheduler records it too
         attempt["attempt_number"] = own
         attempt["initiator"] = "merchant"
-        _insert(conn, contract.ATTEMPTS, t.attempts, attempt)
+        _insert(conn, contract.ATTEMPTS, t.attempts, attempt, account)
         return "processed", "reclaim's own retry"
     if rows.kind == "recovery":
         # Not Reclaim's retry: with Stripe's own retries off (docs/operations.md), whoever
@@ -544,7 +576,7 @@ def _apply(
         # Stripe reports one attempt through several events (invoice, intent, charge)
         return "processed", "same attempt as one already stored"
     attempt["attempt_number"] = 1 + max((n for n, _, _ in stored), default=-1)
-    _insert(conn, contract.ATTEMPTS, t.attempts, attempt)
+    _insert(conn, contract.ATTEMPTS, t.attempts, attempt, account)
     return "processed", None
 
 
@@ -577,15 +609,14 @@ def _first_problem(kind: str, exc: ValidationError) -> str:
     return f"{kind}{''.join(f'.{part}' for part in first['loc'])}: {first['msg']}"
 
 
-def _wake(conn: sa.Connection, payment_id: str) -> list[str]:
-    """Make the events waiting for ``payment_id`` (or an object standing for it) ready to
-    apply again; returns their ids, oldest first."""
-    e = t.stripe_events.c
-    ids = [payment_id] + list(
+def _wake(conn: sa.Connection, key: repo.Ref) -> list[str]:
+    """Make the events waiting for the payment ``key`` (or an object standing for it) ready
+    to apply again; returns their ids, oldest first. An event of another account's payment
+    of the same id is woken too, and waits again when applied: waking is only a hint."""
+    e, a = t.stripe_events.c, t.payment_aliases.c
+    ids = [key[1]] + list(
         conn.execute(
-            sa.select(t.payment_aliases.c.object_id).where(
-                t.payment_aliases.c.payment_id == payment_id
-            )
+            sa.select(a.object_id).where(a.account_id == key[0], a.payment_id == key[1])
         ).scalars()
     )
     waiting = list(
@@ -619,19 +650,19 @@ def expire_waiting(engine: Engine, now: datetime | None = None) -> int:
         )
 
 
-def close_payment(conn: sa.Connection, payment_id: str, at: datetime) -> None:
+def close_payment(conn: sa.Connection, key: repo.Ref, at: datetime) -> None:
     """Nothing more is tried for a payment Stripe can no longer collect: its closing time
     is kept (the earliest) and its open actions are cancelled."""
-    p = t.payments.c
+    p, s = t.payments.c, t.scheduled_actions.c
     conn.execute(
         sa.update(t.payments)
-        .where(p.payment_id == payment_id)
+        .where(p.account_id == key[0], p.payment_id == key[1])
         .where(sa.or_(p.closed_at.is_(None), p.closed_at > at))
         .values(closed_at=at)
     )
     conn.execute(
         sa.update(t.scheduled_actions)
-        .where(t.scheduled_actions.c.payment_id == payment_id)
+        .where(s.account_id == key[0], s.payment_id == key[1])
         .where(t.scheduled_actions.c.status == "scheduled")
         .values(status="cancelled", outcome="payment_closed", updated_at=datetime.now(UTC))
     )
@@ -660,5 +691,15 @@ def _utc(value: Any) -> pd.Timestamp:
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
-def _insert(conn: sa.Connection, spec: contract.Table, table: sa.Table, row: dict) -> None:
-    repo.insert_rows_ignoring(conn, table, [contract.conform_row(spec, row)])
+def _insert(
+    conn: sa.Connection,
+    spec: contract.Table,
+    table: sa.Table,
+    row: dict,
+    account: str | None = None,
+) -> None:
+    """Store one contract row (an attempt with its payment's ``account``)."""
+    values = contract.conform_row(spec, row)
+    if account is not None:
+        values["account_id"] = account
+    repo.insert_rows_ignoring(conn, table, [values])

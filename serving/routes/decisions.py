@@ -26,6 +26,7 @@ from reclaim.serving.schemas import (
     DecisionOut,
     DecisionRequest,
 )
+from reclaim.serving.store import repository as repo
 
 router = APIRouter(prefix="/v1/decisions", tags=["decisions"])
 
@@ -37,7 +38,8 @@ RESPONSES = {
     404: {"description": "A payment not held by the service, or not visible to this key"},
     409: {
         "description": "An inline context says otherwise than the store about a stored "
-        "payment (its account, a field, an attempt): the field is named"
+        "payment (a field, an attempt), or an id alone is held by several of the key's "
+        "accounts: the field is named"
     },
     503: {"description": "No policy loaded yet"},
 }
@@ -50,7 +52,7 @@ def _as_http() -> Iterator[None]:
         yield
     except domain.UnknownPayment as exc:
         raise HTTPException(404, str(exc)) from exc
-    except (domain.AccountChange, domain.ContextConflict) as exc:
+    except (domain.AmbiguousPayment, domain.ContextConflict) as exc:
         raise HTTPException(409, str(exc)) from exc
     except domain.NoPolicy as exc:
         raise HTTPException(503, str(exc)) from exc
@@ -100,7 +102,7 @@ async def decide_batch(
     # all or nothing: every payment is checked before the first chunk is decided (the batcher
     # checks each chunk again as it decides it)
     requests = body.decisions
-    owners = await run_in_threadpool(domain.accounts_of, engine, [r.id for r in requests])
+    held = await run_in_threadpool(repo.accounts_holding, engine, [r.id for r in requests])
     with _as_http():
-        domain.check_owners(requests, owners, principal.sees)
+        domain.resolve(requests, held, principal.sees)
     return BatchDecisionOut(decisions=await _run(requests, policy, metrics, principal, batcher))

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import sqlalchemy as sa
-from fastapi import APIRouter, HTTPException, Path
+from fastapi import APIRouter, HTTPException, Path, Query
 from pydantic import BaseModel
 from sqlalchemy.engine import Engine
 
@@ -20,6 +20,13 @@ from reclaim.serving.store import tables as t
 router = APIRouter(prefix="/v1/payments", tags=["payments"])
 
 PaymentId = Annotated[Identifier, Path(description="The payment's id (`in_…` or `pi_…`).")]
+AccountId = Annotated[
+    Identifier | None,
+    Query(
+        description="The connected account holding it: needed only when more than one of "
+        "the key's accounts holds this id (Stripe ids are unique within an account)."
+    ),
+]
 
 
 class PaymentView(BaseModel):
@@ -43,28 +50,48 @@ def _rows(df) -> list[dict[str, Any]]:
     responses={
         401: {"description": "Missing or invalid API key"},
         404: {"description": "Not held, or not visible to this key"},
+        409: {"description": "Held by several of the key's accounts: name `account_id`"},
     },
 )
-def get_payment(payment_id: PaymentId, engine: EngineDep, principal: ReaderDep) -> PaymentView:
-    view = payment_view(engine, payment_id, principal)
+def get_payment(
+    payment_id: PaymentId, engine: EngineDep, principal: ReaderDep, account_id: AccountId = None
+) -> PaymentView:
+    accounts = holding(engine, payment_id, principal, account_id)
+    if len(accounts) > 1:
+        raise HTTPException(
+            409,
+            f"account_id: payment {payment_id!r} is held by more than one of this key's "
+            "connected accounts; name the account",
+        )
+    view = payment_view(engine, (accounts[0], payment_id)) if accounts else None
     if view is None:
         raise HTTPException(404, f"no payment {payment_id!r}")
     return view
 
 
-def payment_view(engine: Engine, payment_id: str, principal: Principal) -> PaymentView | None:
-    """A held payment with its history and decisions, or None when it is not held or not
-    visible to ``principal`` (the API and the dashboard say the same "not found")."""
-    tables = repo.load_contract(engine, [payment_id])
-    if tables.payments.empty or not principal.sees(tables.payments["account_id"].iloc[0]):
+def holding(
+    engine: Engine, payment_id: str, principal: Principal, account_id: str | None = None
+) -> list[str]:
+    """The accounts ``principal`` sees that hold ``payment_id`` (``account_id`` only, if
+    given): what a key may know of an id; another account's copy is never counted."""
+    held = repo.accounts_holding(engine, [payment_id]).get(payment_id, [])
+    return [a for a in held if principal.sees(a) and account_id in (None, a)]
+
+
+def payment_view(engine: Engine, key: repo.Ref) -> PaymentView | None:
+    """A held payment with its history and decisions, or None when it is not held (the
+    caller has checked that its key may see the account: :func:`holding`)."""
+    tables = repo.load_contract(engine, [key])
+    if tables.payments.empty:
         return None
+    d = t.decision_log.c
     with engine.connect() as conn:
         decisions = [
             dict(r._mapping)
             for r in conn.execute(
                 sa.select(t.decision_log)
-                .where(t.decision_log.c.payment_id == payment_id)
-                .order_by(t.decision_log.c.decided_at, t.decision_log.c.decision_id)
+                .where(d.account_id == key[0], d.payment_id == key[1])
+                .order_by(d.decided_at, d.decision_id)
             )
         ]
     for d in decisions:

@@ -44,7 +44,8 @@ def account_sizes(engine: Engine, account_ids: list[str], now: datetime) -> dict
 def assign(
     engine: Engine, design: ExperimentDesign, payments: pd.DataFrame, now: datetime
 ) -> dict[str, str]:
-    """The arm of each of ``payments`` (contract rows, stored), by payment id."""
+    """The arm of each of ``payments`` (contract rows, stored), by payment key
+    ``(account_id, payment_id)``."""
     columns = ["payment_id", "account_id", "customer_id"]
     rows = payments[columns].astype(object).to_dict(orient="records")
     return assign_rows(engine, design, rows, now)
@@ -52,12 +53,12 @@ def assign(
 
 def assign_rows(
     engine: Engine, design: ExperimentDesign, payments: list[dict[str, Any]], now: datetime
-) -> dict[str, str]:
+) -> dict[repo.Ref, str]:
     """:func:`assign` for payments as plain rows (``payment_id``, ``account_id``,
     ``customer_id``): the API's path, with no DataFrame."""
-    ids = list(dict.fromkeys(str(p["payment_id"]) for p in payments))
-    stored = _stored(engine, design.name, ids)
-    new = list({p["payment_id"]: p for p in payments if p["payment_id"] not in stored}.values())
+    refs = list(dict.fromkeys(repo.ref(p) for p in payments))
+    stored = _stored(engine, design.name, refs)
+    new = list({repo.ref(p): p for p in payments if repo.ref(p) not in stored}.values())
     if new:
         accounts = [str(p["account_id"]) for p in new]
         sizes = account_sizes(engine, list(set(accounts)), now)
@@ -83,20 +84,19 @@ def assign_rows(
         ]
         with engine.begin() as conn:
             repo.insert_rows_ignoring(conn, t.experiment_assignments, rows)
-        stored |= _stored(engine, design.name, [r["payment_id"] for r in rows])
-    return {pid: stored[pid] for pid in ids}
+        stored |= _stored(engine, design.name, [repo.ref(r) for r in rows])
+    return {key: stored[key] for key in refs}
 
 
-def _stored(engine: Engine, experiment: str, payment_ids: list[str]) -> dict[str, str]:
+def _stored(engine: Engine, experiment: str, refs: list[repo.Ref]) -> dict[repo.Ref, str]:
     e = t.experiment_assignments.c
     with engine.connect() as conn:
-        return dict(
-            conn.execute(
-                sa.select(e.payment_id, e.arm)
-                .where(e.experiment == experiment)
-                .where(e.payment_id.in_(payment_ids))
-            ).all()
-        )
+        rows = conn.execute(
+            sa.select(e.account_id, e.payment_id, e.arm)
+            .where(e.experiment == experiment)
+            .where(sa.tuple_(e.account_id, e.payment_id).in_(refs))
+        ).all()
+    return {(a, pid): arm for a, pid, arm in rows}
 
 
 def load_assignments(
@@ -133,7 +133,10 @@ def arm_policies(engine: Engine, experiment: str) -> dict[str, str]:
         rows = conn.execute(
             sa.select(e.arm, d.policy, sa.func.count())
             .select_from(
-                t.experiment_assignments.join(t.decision_log, d.payment_id == e.payment_id)
+                t.experiment_assignments.join(
+                    t.decision_log,
+                    sa.and_(d.account_id == e.account_id, d.payment_id == e.payment_id),
+                )
             )
             .where(e.experiment == experiment)
             .group_by(e.arm, d.policy)
@@ -165,7 +168,9 @@ def report_inputs(
             f"{known or 'none'}"
         )
     e = t.experiment_assignments.c
-    tables = repo.load_contract(engine, _assigned(sa.select(e.payment_id), experiment, accounts))
+    tables = repo.load_contract(
+        engine, _assigned(sa.select(e.account_id, e.payment_id), experiment, accounts)
+    )
     owners = list(set(tables.payments["account_id"].astype("object")))
     opted_out = {a for a, c in configs.effective_configs(engine, owners).items() if c.opted_out}
     pre = pre_period_counts(engine, experiment, NetworkRules().window_days, accounts)
@@ -185,7 +190,9 @@ def pre_period_counts(
     ``accounts``, those accounts only, before the first of their assigned payments."""
     p, e = t.payments.c, t.experiment_assignments.c
     first = sa.select(sa.func.min(p.failed_at)).select_from(
-        t.experiment_assignments.join(t.payments, p.payment_id == e.payment_id)
+        t.experiment_assignments.join(
+            t.payments, sa.and_(p.account_id == e.account_id, p.payment_id == e.payment_id)
+        )
     )
     start = _assigned(first, experiment, accounts).scalar_subquery()
     seconds = round(window_days * 86400)

@@ -137,38 +137,89 @@ def insert_rows(conn: sa.Connection, table: sa.Table, frame: pd.DataFrame) -> in
     return insert_rows_ignoring(conn, table, _records(frame))
 
 
+#: A stored payment's key: its connected account and its id (Stripe ids are unique within an
+#: account, not across accounts).
+Ref = tuple[str, str]
+
+
+def ref(row: Any) -> Ref:
+    """The key of a payment, or of a row about one (a mapping or a named row with
+    ``account_id`` and ``payment_id``)."""
+    return (str(row["account_id"]), str(row["payment_id"]))
+
+
 def save_contract(engine: Engine, tables: contract.ContractTables | dict) -> dict[str, int]:
     """Validate and store payments, attempts and messages in one transaction.
 
-    Returns the number of new rows per table. Nothing is written if validation fails.
+    Attempts and messages take their payment's account: of a payment in ``tables``, else of
+    the one stored payment with that id. Returns the number of new rows per table. Nothing
+    is written if validation fails, or if a row's payment is in neither place (ValueError
+    naming it) or is held by several accounts.
     """
     valid = contract.validate(tables)
     with engine.begin() as conn:
-        return {
-            name: insert_rows(conn, table, getattr(valid, name))
-            for name, table in _CONTRACT.items()
-        }
+        owners = dict(zip(valid.payments["payment_id"], valid.payments["account_id"], strict=True))
+        frames = {"payments": valid.payments}
+        for name in ("attempts", "messages"):
+            frame = getattr(valid, name)
+            frames[name] = frame.assign(account_id=_owners(conn, owners, frame["payment_id"]))
+        return {name: insert_rows(conn, table, frames[name]) for name, table in _CONTRACT.items()}
+
+
+def _owners(conn: sa.Connection, owners: dict[str, str], ids: pd.Series) -> list[str]:
+    """The account of each payment id: from ``owners``, else the store's (held by one
+    account only)."""
+    missing = sorted(set(ids) - set(owners))
+    if missing:
+        p = t.payments.c
+        found: dict[str, set[str]] = {}
+        for start in range(0, len(missing), 500):
+            rows = conn.execute(
+                sa.select(p.payment_id, p.account_id).where(
+                    p.payment_id.in_(missing[start : start + 500])
+                )
+            )
+            for pid, account in rows:
+                found.setdefault(pid, set()).add(account)
+        for pid in missing:
+            accounts = found.get(pid, set())
+            if len(accounts) != 1:
+                what = "not stored nor given" if not accounts else "held by several accounts"
+                raise ValueError(f"payment_id {pid!r}: its payment is {what}")
+            owners[pid] = accounts.pop()
+    return [owners[pid] for pid in ids]
+
+
+def _by_refs(table: sa.Table, refs: list[Ref] | sa.Select) -> Any:
+    """A condition: ``table``'s rows about the payments ``refs`` (a list of keys, or a
+    select of ``account_id`` and ``payment_id``)."""
+    pair = sa.tuple_(table.c.account_id, table.c.payment_id)
+    if isinstance(refs, sa.Select):
+        return pair.in_(refs)
+    return pair.in_([tuple(r) for r in refs])
 
 
 def load_contract(
-    engine: Engine, payment_ids: list[str] | sa.Select | None = None
+    engine: Engine, refs: list[Ref] | sa.Select | None = None
 ) -> contract.ContractTables:
-    """The stored payments (all, or ``payment_ids``: a list, or a select of one column of
-    them, which any number of ids may come from) with their attempts and messages."""
+    """The stored payments (all, or ``refs``: a list of keys, or a select of
+    ``account_id`` and ``payment_id``, which any number may come from) with their attempts
+    and messages, as contract tables (two accounts' payments of the same id cannot be
+    loaded together: the contract keys payments by id)."""
     frames = {}
     with engine.connect() as conn:
         for name, table in _CONTRACT.items():
-            query = sa.select(table)
-            if payment_ids is not None:
-                query = query.where(table.c.payment_id.in_(payment_ids))
             spec = contract.TABLES_BY_NAME[name]
+            query = sa.select(*(table.c[c] for c in spec.column_names))
+            if refs is not None:
+                query = query.where(_by_refs(table, refs))
             rows = conn.execute(query).all()
             if not rows:
                 frames[name] = contract.empty(spec)
                 continue
             # column by column: twice as fast as a frame from row records
             columns = zip(*rows, strict=True)
-            df = pd.DataFrame(dict(zip([c.name for c in table.columns], columns, strict=True)))
+            df = pd.DataFrame(dict(zip(spec.column_names, columns, strict=True)))
             for column in spec.columns:
                 if column.kind == "timestamp":
                     # SQLite hands back naive datetimes: they were stored as UTC.
@@ -185,46 +236,62 @@ def aware(value: Any) -> Any:
     return value
 
 
-def load_payments(engine: Engine, payment_ids: list[str]) -> dict[str, dict]:
-    """The stored payments among ``payment_ids`` as plain rows, with the store's own columns
+def load_payments(engine: Engine, refs: list[Ref]) -> dict[Ref, dict]:
+    """The stored payments among ``refs`` as plain rows, with the store's own columns
     (``recovered``, ``closed_at``, …), datetimes aware: :func:`load_rows` without the
     attempts and messages, for who needs the payment alone."""
-    if not payment_ids:
+    if not refs:
         return {}
     with engine.connect() as conn:
-        rows = conn.execute(_payments_by_id(), {"ids": list(payment_ids)}).mappings()
-        return {r["payment_id"]: {k: aware(v) for k, v in r.items()} for r in rows}
+        rows = conn.execute(_payments_by_ref(), {"refs": [tuple(r) for r in refs]}).mappings()
+        return {ref(r): {k: aware(v) for k, v in r.items()} for r in rows}
 
 
-def load_rows(
-    engine: Engine, payment_ids: list[str]
-) -> dict[str, tuple[dict, list[dict], list[dict]]]:
-    """The stored payments among ``payment_ids`` as plain rows, with their attempts and
-    messages: ``{payment_id: (payment, attempts, messages)}``, datetimes aware (UTC). The
+def load_rows(engine: Engine, refs: list[Ref]) -> dict[Ref, tuple[dict, list[dict], list[dict]]]:
+    """The stored payments among ``refs`` as plain rows, with their attempts and messages:
+    ``{(account_id, payment_id): (payment, attempts, messages)}``, datetimes aware (UTC). The
     API's path for a few decisions, with no DataFrame; :func:`load_contract` is the same
     data as contract tables."""
-    if not payment_ids:
+    if not refs:
         return {}
-    out: dict[str, tuple[dict, list[dict], list[dict]]] = {}
+    out: dict[Ref, tuple[dict, list[dict], list[dict]]] = {}
     with engine.connect() as conn:
         for name, table in _CONTRACT.items():
-            query = sa.select(table).where(table.c.payment_id.in_(payment_ids))
+            query = sa.select(table).where(_by_refs(table, refs))
             if name == "attempts":
                 query = query.order_by(table.c.payment_id, table.c.attempt_number)
             for row in conn.execute(query).mappings():
                 values = {k: aware(v) for k, v in row.items()}
+                key = ref(values)
                 if name == "payments":
-                    out[values["payment_id"]] = (values, [], [])
-                elif values["payment_id"] in out:
-                    out[values["payment_id"]][1 if name == "attempts" else 2].append(values)
+                    out[key] = (values, [], [])
+                elif key in out:
+                    out[key][1 if name == "attempts" else 2].append(values)
+    return out
+
+
+def accounts_holding(engine: Engine, payment_ids: list[str]) -> dict[str, list[str]]:
+    """The accounts that hold each of ``payment_ids`` (an id may be held by several)."""
+    if not payment_ids:
+        return {}
+    out: dict[str, list[str]] = {}
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(t.payments.c.payment_id, t.payments.c.account_id)
+            .where(t.payments.c.payment_id.in_(list(payment_ids)))
+            .order_by(t.payments.c.account_id)
+        )
+        for pid, account in rows:
+            out.setdefault(pid, []).append(account)
     return out
 
 
 @cache
-def _payments_by_id() -> sa.Select:
-    """Payments by a list of ids (bound as ``ids``), the statement built once."""
+def _payments_by_ref() -> sa.Select:
+    """Payments by a list of keys (bound as ``refs``), the statement built once."""
+    p = t.payments.c
     return sa.select(t.payments).where(
-        t.payments.c.payment_id.in_(sa.bindparam("ids", expanding=True))
+        sa.tuple_(p.account_id, p.payment_id).in_(sa.bindparam("refs", expanding=True))
     )
 
 

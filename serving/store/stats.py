@@ -385,8 +385,7 @@ def operations(
         visible = sorted(accounts)
         due = due.where(s.account_id.in_(visible))
         flying = flying.where(s.account_id.in_(visible))
-        owned = sa.select(t.payments.c.payment_id).where(t.payments.c.account_id.in_(visible))
-        capped = capped.where(d.payment_id.in_(owned))
+        capped = capped.where(d.account_id.in_(visible))
     with engine.connect() as conn:
         n_due, oldest = conn.execute(due).one()
         out = {

@@ -4,6 +4,11 @@ Payments, attempts and messages are generated from the data contract's own colum
 (``reclaim.contract``), so the store holds exactly the contract's shape. The other tables are
 the service's own: received Stripe events, decisions with their model version and propensity,
 account configuration, and API keys.
+
+Tenancy is in the keys (migration 0011): Stripe ids are unique within a connected account, so
+every row about a payment is keyed by its account and its id. Two accounts may hold the same
+id; no write of one can reach the other's rows, since no statement names a payment without
+its account.
 """
 
 from __future__ import annotations
@@ -32,11 +37,18 @@ _TYPES = {
 
 
 def _contract_table(table: contract.Table) -> sa.Table:
-    columns = [
-        sa.Column(c.name, _TYPES[c.kind], nullable=c.nullable, primary_key=c.name in table.key)
-        for c in table.columns
-    ]
-    return sa.Table(table.name, metadata, *columns)
+    """The contract's table keyed within its connected account: ``account_id`` leads the
+    key, added (not null) where the contract's rows do not carry it (attempts, messages:
+    their payment's account)."""
+    names = table.column_names
+    columns = [] if "account_id" in names else [sa.Column("account_id", sa.String(255))]
+    columns += [sa.Column(c.name, _TYPES[c.kind], nullable=c.nullable) for c in table.columns]
+    return sa.Table(
+        table.name,
+        metadata,
+        *columns,
+        sa.PrimaryKeyConstraint("account_id", *table.key),
+    )
 
 
 def _failed_local_hour(context: sa.engine.interfaces.ExecutionContext) -> int | None:
@@ -64,10 +76,17 @@ payments.append_column(sa.Column("recovered_at", sa.DateTime(timezone=True)))
 payments.append_column(sa.Column("closed_at", sa.DateTime(timezone=True)))
 attempts = _contract_table(contract.ATTEMPTS)
 messages = _contract_table(contract.MESSAGES)
-sa.Index("ix_attempts_payment_time", attempts.c.payment_id, attempts.c.attempted_at)
+sa.Index(
+    "ix_attempts_payment_time",
+    attempts.c.account_id,
+    attempts.c.payment_id,
+    attempts.c.attempted_at,
+)
 # the attempts of a moment: what a scheduler driven in simulated time plans from (0009)
 sa.Index("ix_attempts_time", attempts.c.attempted_at)
-sa.Index("ix_messages_payment", messages.c.payment_id)
+sa.Index("ix_messages_payment", messages.c.account_id, messages.c.payment_id)
+# a payment found by its id alone, in whichever accounts a key sees
+sa.Index("ix_payments_payment_id", payments.c.payment_id)
 sa.Index("ix_payments_account", payments.c.account_id)
 # a period's failed payments by time, with what the accounts table and an experiment's
 # pre-period read: from the index alone (migration 0008)
@@ -147,6 +166,7 @@ decision_log = sa.Table(
         primary_key=True,
         autoincrement=True,
     ),
+    sa.Column("account_id", sa.String(255), nullable=False),
     sa.Column("payment_id", sa.String(255), nullable=False),
     sa.Column("decided_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("model_version", sa.String(100), nullable=False),
@@ -159,7 +179,12 @@ decision_log = sa.Table(
     sa.Column("explanation", sa.Text),
     sa.Column("features", sa.Text),  # JSON: the feature row the decision was made on
 )
-sa.Index("ix_decision_log_payment", decision_log.c.payment_id, decision_log.c.decided_at)
+sa.Index(
+    "ix_decision_log_payment",
+    decision_log.c.account_id,
+    decision_log.c.payment_id,
+    decision_log.c.decided_at,
+)
 
 account_config = sa.Table(
     "account_config",
@@ -185,8 +210,9 @@ api_keys = sa.Table(
 scheduled_actions = sa.Table(
     "scheduled_actions",
     metadata,
-    # "<payment>:<after_attempt>:<n>": one planned action per decision point, so a decision
-    # point planned twice (two planners, a crash between deciding and scheduling) is one row.
+    # "<account>:<payment>:<after_attempt>:<n>": one planned action per decision point, so a
+    # decision point planned twice (two planners, a crash between deciding and scheduling) is
+    # one row.
     sa.Column("action_id", sa.String(300), primary_key=True),
     sa.Column("payment_id", sa.String(255), nullable=False),
     sa.Column("account_id", sa.String(255), nullable=False),
@@ -206,7 +232,11 @@ scheduled_actions = sa.Table(
 sa.Index(
     "ix_scheduled_actions_status_due", scheduled_actions.c.status, scheduled_actions.c.retry_at
 )
-sa.Index("ix_scheduled_actions_payment", scheduled_actions.c.payment_id)
+sa.Index(
+    "ix_scheduled_actions_payment",
+    scheduled_actions.c.account_id,
+    scheduled_actions.c.payment_id,
+)
 
 outbox = sa.Table(
     "outbox",
@@ -241,10 +271,11 @@ sa.Index("ix_card_updates_customer", card_updates.c.customer_id)
 payment_aliases = sa.Table(
     "payment_aliases",
     metadata,
+    sa.Column("account_id", sa.String(255), primary_key=True),
     sa.Column("object_id", sa.String(255), primary_key=True),
     sa.Column("payment_id", sa.String(255), nullable=False),
-    sa.Column("account_id", sa.String(255), nullable=False),
 )
+sa.Index("ix_payment_aliases_object", payment_aliases.c.object_id)
 
 account_status = sa.Table(
     "account_status",
@@ -269,9 +300,9 @@ experiment_assignments = sa.Table(
     metadata,
     # A payment's arm, written the first time the API decides for it and never changed.
     sa.Column("experiment", sa.String(100), primary_key=True),
+    sa.Column("account_id", sa.String(255), primary_key=True),
     sa.Column("payment_id", sa.String(255), primary_key=True),
     sa.Column("unit_id", sa.String(255), nullable=False),
-    sa.Column("account_id", sa.String(255), nullable=False),
     sa.Column("segment", sa.String(40), nullable=False),
     sa.Column("arm", sa.String(20), nullable=False),
     sa.Column("assigned_at", sa.DateTime(timezone=True), nullable=False),

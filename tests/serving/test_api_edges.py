@@ -19,6 +19,7 @@ from reclaim.serving import webhooks
 from reclaim.serving.app import create_app
 from reclaim.serving.auth import create_key
 from reclaim.serving.store import repository as repo
+from reclaim.serving.store import tables as t
 from reclaim.settings import Settings
 
 from .conftest import _free_port, _serve
@@ -153,36 +154,68 @@ def test_dates_out_of_range_are_refused(api, inline_payment, where, value, words
 
 
 def test_a_scoped_key_cannot_write_to_another_accounts_payment(api, inline_payment):
+    """Payments are keyed by account and id: a scoped key that sends another account's id
+    under its own account stores its own payment, and the other's is untouched; asking by
+    that id alone answers as for an id nobody holds."""
     engine = api.app.state.engine
     theirs = inline_payment(0)  # account B's payment, stored through the unscoped key
     assert _decide(api, {"payment": theirs, "now": NOW}).status_code == 200
     mine = "acct_mine"
     _, scoped = create_key(engine, "scheduler", [mine])
     forged = {
-        "payment": {**theirs, "account_id": mine},  # claims the scoped key's account
+        "payment": {**theirs, "account_id": mine},  # the same id, under the key's account
         "attempts": [{**ATTEMPT, "outcome": "succeeded", "decline_code": None}],
         "now": "2026-05-22T14:00:00Z",
     }
     headers = {"Authorization": f"Bearer {scoped}"}
-    refused = api.post("/v1/decisions", json=forged, headers=headers)
-    not_stored = api.post(
+    own = api.post("/v1/decisions", json=forged, headers=headers)
+    fresh = api.post(
         "/v1/decisions",
         json={**forged, "payment": {**forged["payment"], "payment_id": "in_never_stored"}},
         headers=headers,
     )
-    assert refused.status_code == 404 and not_stored.status_code == 200
+    assert own.status_code == fresh.status_code == 200, (own.text, fresh.text)
+    assert own.json()["account_id"] == mine
+    # by the id alone, the scoped key finds its own copy; another account's is never named
     by_id = api.post("/v1/decisions", json={"payment_id": theirs["payment_id"]}, headers=headers)
+    assert by_id.status_code == 200 and by_id.json()["account_id"] == mine
+    foreign = {"payment_id": theirs["payment_id"], "account_id": theirs["account_id"]}
+    named = api.post("/v1/decisions", json=foreign, headers=headers)
     unknown = api.post("/v1/decisions", json={"payment_id": "in_nothing_here"}, headers=headers)
-    assert by_id.status_code == unknown.status_code == 404
-    assert by_id.json()["detail"].replace(theirs["payment_id"], "X") == unknown.json()[
+    assert named.status_code == unknown.status_code == 404
+    assert named.json()["detail"].replace(theirs["payment_id"], "X") == unknown.json()[
         "detail"
     ].replace("in_nothing_here", "X"), "the wording must not tell a foreign id from none"
-    # B's payment is untouched: still open, one attempt, and its retries continue
-    view = api.get(f"/v1/payments/{theirs['payment_id']}").json()
+    # B's payment is untouched: still open, one attempt; the key's own copy is recovered
+    both = api.get(f"/v1/payments/{theirs['payment_id']}")
+    _refused(both, 409, "account_id")  # the unscoped key sees both accounts' copies
+    view = api.get(
+        f"/v1/payments/{theirs['payment_id']}", params={"account_id": theirs["account_id"]}
+    ).json()
     assert view["state"] == "open" and len(view["attempts"]) == 1
-    # an unscoped key cannot move a stored payment to another account either
-    moved = {"payment": {**theirs, "account_id": "acct_other"}, "now": NOW}
-    _refused(_decide(api, moved), 409, "account_id")
+    copy = api.get(f"/v1/payments/{theirs['payment_id']}", headers=headers).json()
+    assert copy["state"] == "recovered" and copy["payment"]["account_id"] == mine
+    unseen = api.get(
+        f"/v1/payments/{theirs['payment_id']}",
+        params={"account_id": theirs["account_id"]},
+        headers=headers,
+    )
+    assert unseen.status_code == 404
+
+
+def test_two_accounts_messages_of_the_same_id_are_both_kept(api, inline_payment):
+    """Message ids, like payment ids, are unique within an account: B's message with the id
+    A used is B's own, never dropped as a repeat of A's."""
+    a = inline_payment(0)
+    b = {**a, "account_id": "acct_other_b", "payment_id": "in_api_b"}
+    for payment in (a, b):
+        body = {"payment": payment, "messages": [MESSAGE], "now": NOW}
+        assert _decide(api, body).status_code == 200
+    m = t.messages.c
+    with api.app.state.engine.connect() as conn:
+        rows = conn.execute(sa.select(m.account_id, m.payment_id).where(m.message_id == "m1"))
+        kept = sorted(rows.all())
+    assert kept == sorted([(a["account_id"], "in_api_0"), ("acct_other_b", "in_api_b")])
 
 
 def test_config_times_carry_their_offset(store_url, trained):

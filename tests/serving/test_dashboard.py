@@ -199,13 +199,14 @@ def _run_experiment(engine, history) -> dict[str, str]:
     later = payments[payments["failed_at"] >= payments["failed_at"].quantile(0.4)]
     arms = experiments.assign(engine, ExperimentDesign(name="exp-a"), later, datetime.now(UTC))
     rows = [
-        {"payment_id": pid, "decided_at": datetime.now(UTC), "model_version": "1",
-         "policy": "stripe_like" if arm == "control" else "learned", "propensity": 1.0}
-        for pid, arm in arms.items()
+        {"account_id": account, "payment_id": pid, "decided_at": datetime.now(UTC),
+         "model_version": "1", "policy": "stripe_like" if arm == "control" else "learned",
+         "propensity": 1.0}
+        for (account, pid), arm in arms.items()
     ]  # fmt: skip
     with engine.begin() as conn:
         conn.execute(t.decision_log.insert(), rows)
-    return arms
+    return {pid: arm for (_, pid), arm in arms.items()}
 
 
 def test_an_experiment_page_shows_the_numbers_of_reclaim_report(tmp_path, trained, history):
@@ -304,7 +305,7 @@ def test_a_payment_page_tells_its_story_in_plain_words(site, history) -> None:
     assert decided.status_code == 200, decided.text
     _sign_in(client, keys["analyst"][1])
     found = client.get("/dashboard/payments?q=cus_dash_1")
-    assert 'href="/dashboard/payments/in_dash_1"' in found.text
+    assert f'href="/dashboard/payments/in_dash_1?account={payment["account_id"]}"' in found.text
     page = client.get("/dashboard/payments/in_dash_1")
     assert page.status_code == 200
     assert "$49.00, open" in page.text and "First failure" in page.text

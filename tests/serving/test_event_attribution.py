@@ -43,6 +43,18 @@ def _deliver(engine, event: dict, reader: StripeReader) -> webhooks.Receipt:
     return webhooks.receive(engine, endpoint, body, header, SECRET, reader=reader)
 
 
+def _failed_then_paid(standin: StripeStandIn, objects) -> tuple[dict, dict[str, dict], list[dict]]:
+    """The loaded invoice, the events of its first failure by type, and the events of its
+    customer paying it 30 hours later, in the order Stripe sends them."""
+    ((scope, _, invoice),) = list(payment_objects(objects))
+    failures = _events(standin, scope, invoice)
+    sent: list[dict] = []
+    standin.send_event = sent.append
+    paid_at = pd.Timestamp(invoice["created"], unit="s", tz="UTC") + pd.Timedelta(hours=30)
+    assert standin.customer_pays(scope, "invoices", invoice["id"], paid_at)
+    return invoice, failures, sent
+
+
 def _one_invoice(history) -> tuple[pd.DataFrame, dict]:
     payments = history.tables.payments
     row = payments[payments["object"] == "invoice"].iloc[[0]]
@@ -92,14 +104,10 @@ def test_a_payment_whose_success_arrives_before_its_failure_is_stored_recovered(
     row, objects = _one_invoice(history)
     with StripeStandIn() as standin:
         standin.load(objects)
-        ((scope, _, invoice),) = list(payment_objects(objects))
-        failures = _events(standin, scope, invoice)
-        sent: list[dict] = []
-        standin.send_event = sent.append
-        paid_at = pd.Timestamp(invoice["created"], unit="s", tz="UTC") + pd.Timedelta(hours=30)
-        assert standin.customer_pays(scope, "invoices", invoice["id"], paid_at)
+        invoice, failures, sent = _failed_then_paid(standin, objects)
         successes = {e["type"]: e for e in sent}
         assert set(successes) == {"charge.succeeded", "payment_intent.succeeded", "invoice.paid"}
+        ((scope, _, _),) = list(payment_objects(objects))
         intent = standin.intent_of(scope, standin.objects[scope]["invoices"][invoice["id"]])
         assert intent["last_payment_error"] is None  # Stripe cleared it
         reader = StripeReader(
@@ -149,3 +157,43 @@ def test_a_success_whose_failure_never_comes_stops_waiting(engine, history):
     with engine.connect() as conn:
         status = conn.execute(sa.select(t.stripe_events.c.status)).scalar()
     assert status == "ignored"
+
+
+@pytest.mark.parametrize("model", ["direct", "destination", "separate_charges"])
+def test_stripes_events_never_touch_another_accounts_payment_of_the_same_id(engine, history, model):
+    """Account A stored the id of account B's invoice first (through the API, as anyone
+    with a key scoped to A can). B's failure and its customer's payment, as Stripe sends
+    them (a Connect event names the account; a platform event's invoice says whose it is),
+    make B's own payment, failed then recovered; A's copy is left as it was."""
+    payments = history.tables.payments
+    row = payments[(payments["object"] == "invoice") & (payments["charge_model"] == model)]
+    row = row.iloc[[0]].reset_index(drop=True)
+    objects = to_stripe_objects(
+        contract.ContractTables(
+            row, contract.first_failures(row), contract.empty(contract.MESSAGES)
+        )
+    )
+    squatter = row.assign(account_id="acct_squatter")
+    repo.save_contract(
+        engine,
+        contract.ContractTables(
+            squatter, contract.first_failures(squatter), contract.empty(contract.MESSAGES)
+        ),
+    )
+    with StripeStandIn() as standin:
+        standin.load(objects)
+        invoice, failures, sent = _failed_then_paid(standin, objects)
+        reader = StripeReader(
+            stripe.StripeClient(standin.api_key, base_addresses={"api": standin.url})
+        )
+        for event in [*failures.values(), *sent]:
+            assert _deliver(engine, event, reader).status == "processed", event["type"]
+    owner = row["account_id"].iloc[0]
+    mine = repo.load_rows(engine, [(owner, invoice["id"])])[(owner, invoice["id"])]
+    theirs = repo.load_rows(engine, [("acct_squatter", invoice["id"])])
+    payment, attempts, _ = mine
+    assert payment["recovered"] == 1
+    assert [a["outcome"] for a in attempts] == ["failed", "succeeded"]
+    payment, attempts, _ = theirs[("acct_squatter", invoice["id"])]
+    assert payment["recovered"] == 0 and payment["closed_at"] is None
+    assert [a["outcome"] for a in attempts] == ["failed"]

@@ -71,7 +71,8 @@ def test_a_payments_stored_arm_never_changes(engine):
     wide = ExperimentDesign(name="widen", segments=[Segment(name="all", treatment_share=0.9)])
     later = experiments.assign(engine, wide, payments, now)
     assert {p: later[p] for p in first} == first  # widening the rollout moved nobody
-    share_new = pd.Series([later[p] for p in payments["payment_id"].iloc[200:]]).eq("treatment")
+    keys = [tuple(k) for k in payments[["account_id", "payment_id"]].iloc[200:].values]
+    share_new = pd.Series([later[k] for k in keys]).eq("treatment")
     assert share_new.mean() > 0.7  # new payments follow the wider rollout
     stored = experiments.load_assignments(engine, "widen")
     assert len(stored) == 400 and set(stored["segment"]) == {"all"}

@@ -99,7 +99,8 @@ def test_rollups_equal_the_payments_in_any_write_order(engine, history) -> None:
     """A third of the payments arrive after their attempts (as a bulk load may send them), the
     rest before; then everything is sent again (ignored). Each payment's own flag and count
     and every rollup row equal pandas."""
-    p, a = history.payments, history.attempts
+    p = history.payments
+    a = history.attempts.merge(p[["payment_id", "account_id"]], on="payment_id")
     late = p["payment_id"].isin(set(p["payment_id"].iloc[::3]))
     late_attempts = a["payment_id"].isin(set(p.loc[late, "payment_id"]))
     for table, rows in (
@@ -156,6 +157,7 @@ def test_a_recovery_moves_a_payment_between_groups(engine, history) -> None:
     one = lost.iloc[0]
     tried = a[a["payment_id"] == one["payment_id"]]
     retry = tried.iloc[[-1]].assign(
+        account_id=one["account_id"],
         attempt_number=int(tried["attempt_number"].max()) + 1,
         attempted_at=tried["attempted_at"].max() + pd.Timedelta(hours=30),
         initiator="merchant",
@@ -169,7 +171,10 @@ def test_a_recovery_moves_a_payment_between_groups(engine, history) -> None:
         with engine.begin() as conn:
             repo.insert_rows(conn, t.attempts, retry)
     updated = contract.validate(
-        {**history.as_dict(), "attempts": pd.concat([a, retry], ignore_index=True)}
+        {
+            **history.as_dict(),
+            "attempts": pd.concat([a, retry.drop(columns="account_id")], ignore_index=True),
+        }
     )
     assert _stored(engine) == _expected(_facts(updated, _local_hours(engine)))
     assert _recovered_at(engine) == _first_successes(updated)
@@ -187,7 +192,8 @@ def test_the_migration_fills_the_rollups_of_a_store_it_upgrades(store_url, histo
             ]
             payments = sa.table("payments", *[sa.column(name) for name in known])
             conn.execute(sa.insert(payments), _rows_with_hour(history.payments))
-            conn.execute(sa.insert(t.attempts), repo._records(history.attempts))
+            attempts = sa.table("attempts", *[sa.column(c) for c in contract.ATTEMPTS.column_names])
+            conn.execute(sa.insert(attempts), repo._records(history.attempts))
         upgrade(store_url)
         assert _stored(engine) == _expected(_facts(history, _local_hours(engine)))
         assert _recovered_at(engine) == _first_successes(history)

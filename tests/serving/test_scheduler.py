@@ -337,9 +337,10 @@ def test_a_card_updated_after_the_decision_gets_a_new_decision(make_loop):
     action_id = actions.loc[pid, "action_id"]
     assert runner.execute(action_id) == "replan"
     assert loop.standin.executed == {}  # nothing charged on the old decision
-    assert runner.pending_decisions() == [(pid, 0, 1)]  # the same failure, decided again
+    account = actions.loc[pid, "account_id"]
+    assert runner.pending_decisions() == [((account, pid), 0, 1)]  # decided again
     runner.plan()
-    assert f"{pid}:0:1" in set(loop.actions()["action_id"])
+    assert f"{account}:{pid}:0:1" in set(loop.actions()["action_id"])
 
 
 class _Recorder:

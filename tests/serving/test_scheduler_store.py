@@ -62,18 +62,23 @@ def _actions(engine) -> pd.DataFrame:
 
 def test_due_actions_are_carried_out_once_as_one_batch(batch, engine):
     runner, payments, standin = batch
-    ids = [f"{p}:0:0" for p in payments["payment_id"]]
+    ids = [
+        f"{a}:{p}:0:0" for a, p in zip(payments["account_id"], payments["payment_id"], strict=True)
+    ]
     blocked = payments["account_id"].iloc[0]
     with engine.begin() as conn:
         block_account(conn, blocked, "deauthorized", "test")
     blocked_ids = {
-        f"{p}:0:0" for p in payments.loc[payments["account_id"] == blocked, "payment_id"]
+        f"{blocked}:{p}:0:0" for p in payments.loc[payments["account_id"] == blocked, "payment_id"]
     }
 
     hard = payments["decline_code"].map(
         lambda code: vocab.DECLINE_CODES[code].category is vocab.DeclineCategory.HARD
     )
-    never = {f"{p}:0:0" for p in payments.loc[hard.to_numpy(), "payment_id"]} - blocked_ids
+    never = {
+        f"{a}:{p}:0:0"
+        for a, p in payments.loc[hard.to_numpy(), ["account_id", "payment_id"]].values
+    } - blocked_ids
 
     outcomes = runner.execute_many(ids)
 
@@ -89,7 +94,9 @@ def test_due_actions_are_carried_out_once_as_one_batch(batch, engine):
     assert (actions.loc[list(charged), "tries"] == 1).all()
     with engine.connect() as conn:
         retries = pd.read_sql(sa.select(t.attempts).where(t.attempts.c.attempt_number == 1), conn)
-    assert sorted(f"{p}:0:0" for p in retries["payment_id"]) == sorted(charged)
+    assert sorted(
+        f"{a}:{p}:0:0" for a, p in retries[["account_id", "payment_id"]].values
+    ) == sorted(charged)
     assert set(retries["policy"]) == {"reclaim@test"}
     assert set(retries["propensity"]) == {0.5}
     declined = retries[retries["outcome"] == "failed"]
@@ -101,15 +108,17 @@ def test_due_actions_are_carried_out_once_as_one_batch(batch, engine):
 
     # what waits for a decision now: every declined payment, after its attempt 1
     waiting = runner.pending_decisions()
-    assert sorted(waiting) == sorted((p, 1, 0) for p in declined["payment_id"])
+    keys = [tuple(k) for k in declined[["account_id", "payment_id"]].values]
+    assert sorted(waiting) == sorted((k, 1, 0) for k in keys)
     assert runner.plan() == len(waiting)
-    assert sorted(runner.decider.asked) == sorted(declined["payment_id"])
+    assert sorted(runner.decider.asked) == sorted(keys)
     assert runner.pending_decisions() == []
 
 
 def test_an_action_too_soon_after_the_last_attempt_waits(batch, engine):
     runner, payments, standin = batch
     pid = payments["payment_id"].iloc[1]
+    action = f"{payments['account_id'].iloc[1]}:{pid}:0:0"
     just_now = datetime.now(UTC) - timedelta(minutes=10)
     with engine.begin() as conn:
         conn.execute(
@@ -117,6 +126,6 @@ def test_an_action_too_soon_after_the_last_attempt_waits(batch, engine):
             .where(t.attempts.c.payment_id == pid)
             .values(attempted_at=just_now)
         )
-    assert runner.execute(f"{pid}:0:0") == "wait"  # the one-hour minimum gap
+    assert runner.execute(action) == "wait"  # the one-hour minimum gap
     assert standin.executed == {}
-    assert _actions(engine).loc[f"{pid}:0:0", "status"] == "scheduled"
+    assert _actions(engine).loc[action, "status"] == "scheduled"

@@ -1,6 +1,7 @@
 """``reclaim serve --workers 2``: two uvicorn worker processes sharing PostgreSQL, each
 deciding with its own policy and batcher, both following the registry's alias, and
-``/metrics`` summing both."""
+``/metrics`` summing both; two accounts racing to store the same new payment id each get
+their own payment."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from reclaim.training.pipeline import MODEL_NAME
 from .conftest import _free_port, stop_process
 
 REQUESTS = 32
+RACES = 150  # pairs of accounts posting the same new payment id at once
 
 
 def _decisions_counted(text: str) -> float:
@@ -49,6 +51,52 @@ def _per_worker(folder: Path) -> dict[str, float]:
             if s.name == "reclaim_decisions_total"
         )
     return out
+
+
+def _race_two_accounts(base: str, store_url: str, inline_payment) -> None:
+    """Accounts A and B, each with its own scoped key, post the same new payment id at once
+    (one failed retry from A, one succeeded from B), 150 times across both workers: every
+    payment holds its own account's attempts only (issue 27: 15 of 150 races crossed
+    when ids were one namespace)."""
+    a, b = "acct_race_a", "acct_race_b"
+    engine = make_engine(store_url)
+    keys = {acct: create_key(engine, "scheduler", [acct])[1] for acct in (a, b)}
+    outcome = {a: "failed", b: "succeeded"}
+
+    def post(job: tuple[int, str]) -> int:
+        i, acct = job
+        attempt = {"attempt_number": 1, "attempted_at": "2026-05-21T14:00:00Z",
+                   "outcome": outcome[acct],
+                   "decline_code": "insufficient_funds" if acct == a else None}  # fmt: skip
+        body = {"payment": {**inline_payment(i % 20), "payment_id": f"in_race_{i}",
+                            "account_id": acct},
+                "attempts": [attempt], "now": "2026-05-22T14:00:00Z"}  # fmt: skip
+        headers = {"Authorization": f"Bearer {keys[acct]}"}
+        r = httpx.post(f"{base}/v1/decisions", json=body, headers=headers, timeout=60)
+        assert r.status_code == 200, r.text
+        assert r.json()["account_id"] == acct
+        return r.status_code
+
+    jobs = [(i, acct) for i in range(RACES) for acct in (a, b)]  # each pair side by side
+    with ThreadPoolExecutor(16) as pool:
+        assert set(pool.map(post, jobs)) == {200}
+    at = t.attempts.c
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(at.account_id, at.payment_id, at.attempt_number, at.outcome).where(
+                at.payment_id.like("in_race_%")
+            )
+        ).all()
+        held = conn.execute(
+            sa.select(t.payments.c.account_id, sa.func.count())
+            .where(t.payments.c.payment_id.like("in_race_%"))
+            .group_by(t.payments.c.account_id)
+        ).all()
+    engine.dispose()
+    assert dict(held) == {a: RACES, b: RACES}
+    assert len(rows) == 2 * RACES * 2  # each payment: its first failure and its own retry
+    crossed = [r for r in rows if r.attempt_number == 1 and r.outcome != outcome[r.account_id]]
+    assert crossed == [], f"{len(crossed)} of {RACES} races left another account's attempt"
 
 
 @pytest.mark.postgres
@@ -146,6 +194,7 @@ def test_two_workers_share_postgresql_follow_the_alias_and_metrics_sum_them(
             ).scalar()
         engine.dispose()
         assert logged == asked
+        _race_two_accounts(base, store_url, inline_payment)
     finally:
         out = stop_process(server)
     assert "Traceback" not in out, out
