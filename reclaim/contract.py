@@ -31,7 +31,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from reclaim import timeutil, vocab
+from reclaim import fields, timeutil, vocab
 
 TIMESTAMP_DTYPE = pd.DatetimeTZDtype(unit="us", tz="UTC")
 
@@ -349,6 +349,16 @@ def _coerce(table: Table, col: Column, s: pd.Series) -> pd.Series:
             raise ContractError(
                 label, col.name, "expected text values", _examples(s.to_frame(), bad, [col.name])
             )
+        unstorable = values.notna() & ~values.map(
+            lambda v: isinstance(v, str) and fields.is_storable(v)
+        )
+        if unstorable.any():  # the value is not shown: it may not even print
+            rows = [int(i) for i in np.flatnonzero(unstorable.to_numpy())[:5]]
+            raise ContractError(
+                label, col.name,
+                f"{int(unstorable.sum())} value(s) hold a NUL or a lone surrogate, which no "
+                f"store can hold (rows {rows})",
+            )  # fmt: skip
         return values.astype(col.dtype)
     if col.kind == "int":
         if col.nullable and s.isna().any():
@@ -588,6 +598,30 @@ def _check_rows(tables: ContractTables) -> list[ContractError]:
         out, PAYMENTS, "currency", "expected a lower-case ISO 4217 code",
         p, ~p["currency"].str.fullmatch(r"[a-z]{3}"), ["payment_id", "currency"],
     )  # fmt: skip
+    # the bounds the API's and the webhooks' input share (reclaim.fields): every way in has them
+    largest = np.array([fields.max_amount(c) for c in p["currency"]], dtype=np.int64)
+    _problem(
+        out, PAYMENTS, "amount", "above the largest charge Stripe takes in the currency",
+        p, p["amount"] > largest, ["payment_id", "amount", "currency"],
+    )  # fmt: skip
+    latest = pd.Timestamp.now(tz="UTC") + fields.FUTURE_SLACK
+    for table, df, col in ((PAYMENTS, p, "failed_at"), (ATTEMPTS, a, "attempted_at"),
+                           (MESSAGES, m, "sent_at")):  # fmt: skip
+        times = df[col]
+        _problem(
+            out, table, col, f"times must be from {fields.EARLIEST:%Y-%m-%d} to a day from now",
+            df, times.notna() & ((times < fields.EARLIEST) | (times > latest)),
+            ["payment_id", col],
+        )  # fmt: skip
+    for table in (PAYMENTS, ATTEMPTS, MESSAGES):
+        df = getattr(tables, table.name)
+        for c in table.columns:
+            if c.kind != "str":
+                continue
+            _problem(
+                out, table, c.name, f"text must be at most {fields.MAX_TEXT} characters",
+                df, df[c.name].str.len() > fields.MAX_TEXT, [c.name],
+            )  # fmt: skip
     zones = p["customer_timezone"].dropna().unique()
     unknown = [z for z in zones if not timeutil.is_timezone(z)]
     _problem(

@@ -20,6 +20,13 @@ FUTURE_SLACK = timedelta(days=1)
 """A recorded event may be at most this far ahead of the server's clock (clock skew)."""
 
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+MAX_TEXT = 255
+"""The longest id or text a stored column holds."""
+
+
+def is_storable(value: str) -> bool:
+    """True if every database and encoder can hold ``value`` (no NUL, no lone surrogate)."""
+    return _UNSTORABLE.search(value) is None
 
 
 def storable(value: str) -> str:

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from reclaim import contract
-from reclaim.simulator import Rollout
+from reclaim.simulator import Rollout, generate
 
 
 def _copy(history: Rollout) -> dict[str, pd.DataFrame]:
@@ -234,3 +234,32 @@ def test_a_frame_indexed_from_elsewhere_keeps_its_values(history):
     got = contract.conform(contract.PAYMENTS, part)
     assert list(got["payment_id"]) == list(part["payment_id"])
     assert got.notna().sum().sum() == part.reset_index(drop=True).notna().sum().sum()
+
+
+@pytest.mark.parametrize(
+    ("change", "column", "words"),
+    [
+        ({"amount": 10**12}, "amount", "largest charge"),
+        ({"failed_at": pd.Timestamp("1999-12-31", tz="UTC")}, "failed_at", "from 2000-01-01"),
+        ({"failed_at": pd.Timestamp("2999-01-01", tz="UTC")}, "failed_at", "a day from now"),
+        ({"customer_id": "cus_\x00"}, "customer_id", "NUL or a lone surrogate"),
+        ({"customer_id": "cus_\ud800"}, "customer_id", "NUL or a lone surrogate"),
+        ({"decline_code": "x" * 256}, "decline_code", "at most 255 characters"),
+    ],
+)
+def test_the_contract_has_the_bounds_of_every_other_way_in(change, column, words) -> None:
+    """A backfill or a bulk load is held to the API's and the webhooks' bounds
+    (reclaim.fields): what one way in refuses, none stores."""
+    market = generate(2, 20, seed=3)
+    payments = market.payments.astype({c: object for c, v in change.items() if isinstance(v, str)})
+    for name, value in change.items():
+        payments.loc[payments.index[1], name] = value
+    with pytest.raises(contract.ContractError) as raised:
+        contract.validate(
+            {
+                "payments": payments,
+                "attempts": contract.first_failures(market.payments),
+                "messages": contract.empty(contract.MESSAGES),
+            }
+        )
+    assert column in str(raised.value) and words in str(raised.value)

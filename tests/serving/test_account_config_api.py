@@ -173,3 +173,35 @@ def test_orchestration_says_which_retries_may_go_to_another_processor(
     d = client.post("/v1/decisions", json={**body(after_3ds), "attempts": attempts}).json()
     assert d.get("retry") is not None, d
     assert d["retry"]["other_processor_allowed"] is False
+
+
+@pytest.mark.parametrize("length", [2083, 2084, 100_000])
+def test_a_long_logo_url_is_stored_or_refused_never_a_500(store_url, trained, length) -> None:
+    """Issue 27 measured a 500 for a 2,083-character ``logo_url``: on SQLite and PostgreSQL
+    it is kept and read back whole where the URL type takes it, else a 422 naming it."""
+    from fastapi.testclient import TestClient
+    from pydantic import SecretStr
+
+    from reclaim.serving.app import create_app
+    from reclaim.settings import Settings
+
+    settings = Settings(
+        database_url=store_url,
+        mlflow_tracking_uri=trained.tracking_uri,
+        stripe_webhook_secret_platform=SecretStr("whsec_p"),
+        stripe_webhook_secret_connect=SecretStr("whsec_c"),
+        policy_reload_seconds=3600,
+    )
+    url = "https://cdn.example.com/" + "a" * (length - len("https://cdn.example.com/"))
+    with TestClient(create_app(settings)) as c:
+        _, key = create_key(c.app.state.engine, "admin")
+        c.headers["Authorization"] = f"Bearer {key}"
+        put = c.put("/v1/accounts/acct_logo/config", json={"branding": {"logo_url": url}})
+        assert put.status_code in (200, 422), put.text
+        got = c.get("/v1/accounts/acct_logo/config")
+        assert got.status_code == 200
+        kept = got.json()["overrides"].get("branding", {}).get("logo_url")
+        if put.status_code == 200:
+            assert kept == url
+        else:
+            assert "logo_url" in put.text and kept is None
