@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from reclaim import contract, timeutil, vocab
@@ -397,6 +398,32 @@ def decide(
         at = None if now is None else pd.Timestamp(now)
         return decide_frames(requests, engine, loaded, at, rules, experiment, config_cache)
     rules = rules or policy.network_rules or NetworkRules()
+    with engine.begin() as conn:
+        # the store's writer from here: the decision is made, and timed, once nothing can
+        # be written before it (a decision waiting for the lock would be stale, its time
+        # seconds before it was stored)
+        repo.hold_writes(conn)
+        out, shown = _decide_rows(
+            conn, requests, engine, loaded, policy, now, rules, experiment, config_cache
+        )
+    if observe is not None:
+        observe(shown)
+    return out
+
+
+def _decide_rows(
+    conn: sa.Connection,
+    requests: list[DecisionRequest],
+    engine: Engine,
+    loaded: Loaded,
+    policy: LearnedPolicy,
+    now: datetime | pd.Timestamp | None,
+    rules: NetworkRules,
+    experiment: Experiment | None,
+    config_cache: configs.ConfigCache | None,
+) -> tuple[list[DecisionOut], list[dict[str, Any]]]:
+    """:func:`decide` on plain rows, written through ``conn`` (which holds the store's
+    writes); returns the answers and the feature rows decided on."""
     default_now = datetime.now(UTC) if now is None else pd.Timestamp(now).to_pydatetime()
     check_unchanged(requests, engine)
     contexts = _row_contexts(requests, engine)
@@ -415,7 +442,7 @@ def decide(
     names = [getattr(policy, "name", "policy")] * len(actions)
     if experiment is not None:
         actions, names = _control_arm(
-            engine, experiment, contexts, decisions.states, decided_at, own, actions, names
+            conn, experiment, contexts, decisions.states, decided_at, own, actions, names
         )
     enforced = [
         enforce_row(s, lim, t, a, c, p)
@@ -456,10 +483,8 @@ def decide(
                 reasons=reasons[i],
             )
         )
-    _save_and_log(engine, requests, contexts, out, decisions.shown)
-    if observe is not None:
-        observe(decisions.shown)
-    return out
+    _save_and_log(conn, requests, contexts, out, decisions.shown)
+    return out, decisions.shown
 
 
 def _row_contexts(
@@ -520,7 +545,7 @@ def _plain(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def _control_arm(
-    engine: Engine,
+    conn: sa.Connection,
     experiment: Experiment,
     contexts: list[tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]],
     states: list[dict[str, Any]],
@@ -532,7 +557,7 @@ def _control_arm(
     """The experiment's arms (stored at first decision); the control arm's decisions get
     the control policy's actions, decided on the batch path for those rows."""
     arms = experiments.assign_rows(
-        engine, experiment.design, [c[0] for c in contexts], max(decided_at)
+        conn, experiment.design, [c[0] for c in contexts], max(decided_at)
     )
     control = [i for i, c in enumerate(contexts) if arms.get(repo.ref(c[0])) == "control"]
     if not control:
@@ -579,18 +604,17 @@ def _control_arm(
 
 
 def _save_and_log(
-    engine: Engine,
+    conn: sa.Connection,
     requests: list[DecisionRequest],
     contexts: list[tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]],
     decisions: list[DecisionOut],
     features: list[dict[str, Any]],
 ) -> None:
     """Store what inline requests told (first write wins) and log the decisions with the
-    feature rows they were made on, in one transaction."""
+    feature rows they were made on, in ``conn``'s transaction."""
     inline = [c for r, c in zip(requests, contexts, strict=True) if r.payment is not None]
-    with engine.begin() as conn:
-        if inline:
-            repo.insert_rows_ignoring(conn, t.payments, [c[0] for c in inline])
-            repo.insert_rows_ignoring(conn, t.attempts, [a for c in inline for a in c[1]])
-            repo.insert_rows_ignoring(conn, t.messages, [m for c in inline for m in c[2]])
-        conn.execute(t.decision_log.insert(), _log_rows(decisions, features))
+    if inline:
+        repo.insert_rows_ignoring(conn, t.payments, [c[0] for c in inline])
+        repo.insert_rows_ignoring(conn, t.attempts, [a for c in inline for a in c[1]])
+        repo.insert_rows_ignoring(conn, t.messages, [m for c in inline for m in c[2]])
+    conn.execute(t.decision_log.insert(), _log_rows(decisions, features))

@@ -9,6 +9,7 @@ processes assigning the same payment at once keep the first one's arm.
 from __future__ import annotations
 
 from collections.abc import Collection
+from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -27,10 +28,18 @@ from reclaim.serving.store import tables as t
 SIZE_DAYS = 90
 
 
-def account_sizes(engine: Engine, account_ids: list[str], now: datetime) -> dict[str, int]:
+def _connected(db: Engine | sa.Connection) -> AbstractContextManager[sa.Connection]:
+    """A transaction of ``db``'s own, or ``db`` itself if it is a connection (whose caller
+    holds the transaction)."""
+    return db.begin() if isinstance(db, Engine) else nullcontext(db)
+
+
+def account_sizes(
+    db: Engine | sa.Connection, account_ids: list[str], now: datetime
+) -> dict[str, int]:
     """Failed payments stored per account in the ``SIZE_DAYS`` before ``now``."""
     p = t.payments.c
-    with engine.connect() as conn:
+    with _connected(db) as conn:
         rows = conn.execute(
             sa.select(p.account_id, sa.func.count())
             .where(p.account_id.in_(account_ids))
@@ -52,16 +61,20 @@ def assign(
 
 
 def assign_rows(
-    engine: Engine, design: ExperimentDesign, payments: list[dict[str, Any]], now: datetime
+    db: Engine | sa.Connection,
+    design: ExperimentDesign,
+    payments: list[dict[str, Any]],
+    now: datetime,
 ) -> dict[repo.Ref, str]:
     """:func:`assign` for payments as plain rows (``payment_id``, ``account_id``,
-    ``customer_id``): the API's path, with no DataFrame."""
+    ``customer_id``): the API's path, with no DataFrame; with a connection, inside its
+    transaction."""
     refs = list(dict.fromkeys(repo.ref(p) for p in payments))
-    stored = _stored(engine, design.name, refs)
+    stored = _stored(db, design.name, refs)
     new = list({repo.ref(p): p for p in payments if repo.ref(p) not in stored}.values())
     if new:
         accounts = [str(p["account_id"]) for p in new]
-        sizes = account_sizes(engine, list(set(accounts)), now)
+        sizes = account_sizes(db, list(set(accounts)), now)
         units = [
             str(p["customer_id"] if design.unit == "customer" else p["account_id"]) for p in new
         ]
@@ -82,15 +95,17 @@ def assign_rows(
                 new, units, accounts, segments, arms, strict=True
             )
         ]
-        with engine.begin() as conn:
+        with _connected(db) as conn:
             repo.insert_rows_ignoring(conn, t.experiment_assignments, rows)
-        stored |= _stored(engine, design.name, [repo.ref(r) for r in rows])
+        stored |= _stored(db, design.name, [repo.ref(r) for r in rows])
     return {key: stored[key] for key in refs}
 
 
-def _stored(engine: Engine, experiment: str, refs: list[repo.Ref]) -> dict[repo.Ref, str]:
+def _stored(
+    db: Engine | sa.Connection, experiment: str, refs: list[repo.Ref]
+) -> dict[repo.Ref, str]:
     e = t.experiment_assignments.c
-    with engine.connect() as conn:
+    with _connected(db) as conn:
         rows = conn.execute(
             sa.select(e.account_id, e.payment_id, e.arm)
             .where(e.experiment == experiment)

@@ -39,11 +39,14 @@ def make_engine(url: str) -> Engine:
         @sa.event.listens_for(engine, "connect")
         def _pragmas(conn, _record) -> None:  # pragma: no cover - trivial
             cur = conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            # WAL is the database's own setting, kept once set: switching needs the database
+            # to itself, so a connection opened while another writes asks only if it must
+            if str(cur.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                cur.execute("PRAGMA journal_mode=WAL")
             # WAL with synchronous=NORMAL: a crash of the process loses nothing committed and
             # a power cut can lose only the last commits, never corrupt (docs/decisions.md)
             cur.execute("PRAGMA synchronous=NORMAL")
-            cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
 
         return engine
@@ -93,6 +96,15 @@ def writes_blocked(engine: Engine, wait_seconds: float = 1.0) -> str | None:
     except sa.exc.DBAPIError as exc:
         return f"writes blocked: {type(exc.orig).__name__}"
     return None
+
+
+def hold_writes(conn: sa.Connection) -> None:
+    """Make ``conn``'s transaction the store's writer from now until it ends, so that what
+    it reads elsewhere and then writes is not overtaken: on SQLite it takes the database's
+    one write lock (waiting for it, up to the busy timeout) with a write that changes
+    nothing; PostgreSQL locks row by row, and nothing is needed there."""
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("UPDATE scheduler_leader SET name = name WHERE 0")
 
 
 def insert_rows_ignoring(conn: sa.Connection, table: sa.Table, rows: list[dict]) -> int:

@@ -165,3 +165,35 @@ def test_max_batch_and_stop(store, trained, inline_payment) -> None:
         batcher.submit([_request(inline_payment, 5)], ADMIN)
     with pytest.raises(ValueError, match="at least 1"):
         DecisionBatcher(decide, lambda ids: {}, 0)
+
+
+def test_a_decision_that_waits_for_the_store_is_timed_when_it_is_made(
+    store, trained, inline_payment, tmp_path
+) -> None:
+    """Another writer holds SQLite's write lock: the decision waits for it before it is
+    made, so its ``decided_at`` is not before the lock was released (issue 27 measured
+    decisions stored up to 29 s after their time)."""
+    import sqlite3
+    import time
+    from datetime import UTC, datetime
+
+    with store.connect():  # as a serving process has by now: the store is in WAL mode
+        pass
+    holder = sqlite3.connect(tmp_path / "store.db", timeout=30, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    released: list[datetime] = []
+
+    def release() -> None:
+        time.sleep(0.5)
+        released.append(datetime.now(UTC))
+        holder.rollback()
+
+    request = DecisionRequest.model_validate({"payment": inline_payment(1)})  # now: default
+    thread = threading.Thread(target=release)
+    thread.start()
+    answer = domain.decide([request], store, Loaded(trained.result.policy, "1"))[0]
+    thread.join()
+    holder.close()
+    assert answer.decided_at >= released[0]
+    stored = repo.load_rows(store, [(answer.account_id, answer.payment_id)])
+    assert stored, "the decision's payment is stored with it"
