@@ -21,7 +21,7 @@ import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import parse_qs, quote, urlencode
 
 import jinja2
 from fastapi import APIRouter, Request
@@ -330,11 +330,7 @@ async def accounts(request: Request) -> Response:
     sort = sort if sort in stats.ACCOUNT_SORTS else "failed"
     descending = q.get("order", "desc") != "asc"
     search = "".join(c for c in q.get("search", "")[:100] if c.isalnum() or c in "_-")
-    try:
-        page = max(0, min(int(q.get("page", "0")), 100_000))
-    except ValueError:
-        page = 0
-    size = 50
+    page, size = _page_number(request), PAGE_SIZE
     rows, total = await run_in_threadpool(
         stats.account_rows, request.app.state.engine, lo, hi, principal.accounts, search or None,
         sort, descending, size, page * size,
@@ -351,6 +347,17 @@ async def accounts(request: Request) -> Response:
         pages=max(1, -(-total // size)), sort=sort, descending=descending, search=search,
         first=first, last=last, link=link, sorts=stats.ACCOUNT_SORTS, error=error,
     )  # fmt: skip
+
+
+PAGE_SIZE = 50  # rows of a long table per page
+
+
+def _page_number(request: Request) -> int:
+    """The ``page`` a long table is asked for: 0 (the first) where it is not a number."""
+    try:
+        return max(0, min(int(request.query_params.get("page", "0")), 100_000))
+    except ValueError:
+        return 0
 
 
 #: Why there was no retry, for people (``reclaim.rules.NO_RETRY_REASONS``).
@@ -577,7 +584,15 @@ async def experiment(request: Request, name: str) -> Response:
             request, "experiment.html", status=404, principal=principal, name=name, view=None,
             error=f"No experiment {name!r} with payments this key can see.",
         )  # fmt: skip
-    return _page(request, "experiment.html", principal=principal, name=name, view=view)
+    page, rows = _page_number(request), view["accounts"]
+    pages = max(1, -(-len(rows) // PAGE_SIZE))
+    page = min(page, pages - 1)
+    view = {**view, "accounts": rows[page * PAGE_SIZE : (page + 1) * PAGE_SIZE]}
+    return _page(
+        request, "experiment.html", principal=principal, name=name, view=view, page=page,
+        pages=pages, uplift_accounts=len(rows),
+        link=lambda **c: f"/dashboard/experiments/{quote(name)}?" + urlencode(c),
+    )  # fmt: skip
 
 
 BREAKDOWN_TITLES = {

@@ -245,6 +245,23 @@ def test_an_experiment_page_shows_the_numbers_of_reclaim_report(tmp_path, traine
         assert len(verdicts) == 2 and all(v.startswith("Verdict: ") for v in verdicts)
         assert "revenue per failed payment" in html.unescape(verdicts[1])
         assert "USD at the rates of" in page.text and "EUR " in page.text
+        uplift = re.findall(r"<tr><td><a href=\"/dashboard/accounts/([^\"]+)\">", page.text)
+        assert len(uplift) >= 2, "the history has accounts with 20 payments in each arm"
+        # a long per-account table is paged: one row a page here, every row on some page
+        from reclaim.serving import dashboard
+
+        dashboard.PAGE_SIZE, size = 1, dashboard.PAGE_SIZE
+        try:
+            paged = [
+                re.findall(r"<tr><td><a href=\"/dashboard/accounts/([^\"]+)\">", c.get(
+                    f"/dashboard/experiments/exp-a?page={i}").text)
+                for i in range(len(uplift))
+            ]  # fmt: skip
+            last = c.get("/dashboard/experiments/exp-a?page=99999").text
+        finally:
+            dashboard.PAGE_SIZE = size
+        assert [row for rows in paged for row in rows] == uplift
+        assert f"page {len(uplift)} of {len(uplift)}" in last and 'id="next"' not in last
 
         # a scoped key: its account's payments only; an experiment it has none of is not found
         _sign_in(c, scoped)
@@ -371,6 +388,53 @@ def test_a_period_of_centuries_is_cut_to_three_years_and_answers_at_once(site) -
         headers={"Authorization": f"Bearer {keys['analyst'][1]}"},
     )
     assert api.status_code == 422 and "at most 1,096" in api.text
+
+
+def test_healthz_answers_while_a_dashboard_page_is_being_built(tmp_path, trained, monkeypatch):
+    """A page's queries run off the event loop: while one is held in the middle of building
+    the dashboard over 2000–2999, ``/healthz`` and another page still answer."""
+    import threading
+
+    import httpx
+
+    from reclaim.serving.store import stats
+
+    entered, release = threading.Event(), threading.Event()
+    overview = stats.overview
+
+    def held(*args, **kwargs):
+        if not entered.is_set():  # the first page only
+            entered.set()
+            assert release.wait(60), "the test never released the page"
+        return overview(*args, **kwargs)
+
+    monkeypatch.setattr(stats, "overview", held)
+    port = _free_port()
+    server = _serve(create_app(_settings(tmp_path, trained, secure=False)), port)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _, analyst = create_key(repo.make_engine(f"sqlite:///{tmp_path / 'dash.db'}"), "analyst")
+        with httpx.Client(base_url=base, timeout=60) as browser:
+            assert _sign_in(browser, analyst).status_code == 303
+            answers: list[httpx.Response] = []
+            slow = threading.Thread(
+                target=lambda: answers.append(
+                    browser.get("/dashboard?start=2000-01-01&end=2999-12-31")
+                )
+            )
+            slow.start()
+            assert entered.wait(60), "the page never reached its query"
+            health = httpx.get(f"{base}/healthz", timeout=10)
+            login = httpx.get(f"{base}/dashboard/login", timeout=10)
+            still_building = slow.is_alive()
+            release.set()
+            slow.join(60)
+        assert health.status_code == 200 and login.status_code == 200
+        assert still_building, "the page was held while the others answered"
+        assert answers[0].status_code == 200 and "at most 1,096 days" in answers[0].text
+    finally:
+        release.set()
+        server.should_exit = True
 
 
 @pytest.mark.skipif(
