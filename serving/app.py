@@ -65,7 +65,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
 
         batcher = DecisionBatcher(
-            decide, lambda ids: repo.accounts_holding(engine, ids), settings.decision_batch_max
+            decide,
+            lambda ids, accounts: repo.accounts_holding(engine, ids, accounts),
+            settings.decision_batch_max,
         )
         batcher.on_batch = metrics.decision_batch.observe
         app.state.batcher = batcher.start()

@@ -34,8 +34,9 @@ log = logging.getLogger(__name__)
 Decide = Callable[[list[DecisionRequest]], list[DecisionOut]]
 """Decides a list of admitted requests, in order (the app binds the store and policy)."""
 
-Holders = Callable[[list[str]], dict[str, list[str]]]
-"""The connected accounts holding each payment id that is stored."""
+Holders = Callable[[list[str], "frozenset[str] | None"], dict[str, list[str]]]
+"""The connected accounts holding each payment id that is stored (among the given accounts,
+or all with None)."""
 
 
 @dataclass
@@ -148,10 +149,10 @@ class DecisionBatcher:
         return False
 
     def _decide_groups(self, groups: list[_Group]) -> None:
-        held = self._holders(sorted(set().union(*(g.ids for g in groups))))
         admitted = []
-        for g in groups:
+        for g in groups:  # each key looks among its own accounts only
             try:
+                held = self._holders(sorted(g.ids), g.principal.accounts)
                 g.requests = domain.resolve(g.requests, held, g.principal.sees)
             except (domain.UnknownPayment, domain.AmbiguousPayment) as exc:
                 g.future.set_exception(exc)

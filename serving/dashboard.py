@@ -95,7 +95,13 @@ async def _principal(request: Request) -> Principal | None:
     return found if found is not None and found.role in (Role.ANALYST, Role.ADMIN) else None
 
 
-def _page(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
+async def _page(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
+    """A rendered page, rendered off the event loop (three years of daily bars make a page
+    of megabytes: other requests, ``/healthz`` among them, go on meanwhile)."""
+    return await run_in_threadpool(_render, request, template, status, **context)
+
+
+def _render(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
     """A rendered page; a signed-in one gets its sign-out form's token."""
     if "principal" in context:
         context.setdefault("csrf", _logout_token(request))
@@ -104,9 +110,11 @@ def _page(request: Request, template: str, status: int = 200, **context: Any) ->
     return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
 
 
-def _login_page(request: Request, error: str | None = None, status: int = 200) -> HTMLResponse:
+async def _login_page(
+    request: Request, error: str | None = None, status: int = 200
+) -> HTMLResponse:
     token = secrets.token_urlsafe(32)
-    response = _page(request, "login.html", status, csrf=token, error=error)
+    response = await _page(request, "login.html", status, csrf=token, error=error)
     response.set_cookie(
         CSRF, token, httponly=True, samesite="strict", path="/dashboard",
         secure=request.app.state.settings.dashboard_secure_cookies,
@@ -137,22 +145,22 @@ async def root() -> RedirectResponse:
 
 @router.get("/dashboard/login")
 async def login_form(request: Request) -> HTMLResponse:
-    return _login_page(request)
+    return await _login_page(request)
 
 
 @router.post("/dashboard/login")
 async def login(request: Request) -> Response:
     form = await _form(request)
     if not _csrf_ok(request, form):
-        return _login_page(request, "The form expired: sign in again.", 403)
+        return await _login_page(request, "The form expired: sign in again.", 403)
     try:
         principal = await run_in_threadpool(
             authenticate, request.app.state.engine, form.get("key", "").strip()
         )
     except Unauthorized:
-        return _login_page(request, "Unknown or revoked key.", 401)
+        return await _login_page(request, "Unknown or revoked key.", 401)
     if principal.role not in (Role.ANALYST, Role.ADMIN):
-        return _login_page(request, "The dashboard takes an analyst or admin key.", 403)
+        return await _login_page(request, "The dashboard takes an analyst or admin key.", 403)
     hours = request.app.state.settings.dashboard_session_hours
     token = _sign(request, {"key": principal.key_id, "exp": time.time() + hours * 3600})
     response = RedirectResponse("/dashboard", status_code=303)
@@ -223,9 +231,10 @@ async def overview(request: Request) -> Response:
     lo, hi, first, last, error = _chosen_period(request)
     engine = request.app.state.engine
     found = await run_in_threadpool(stats.overview, engine, lo, hi, principal.accounts)
-    return _page(
+    charts = await run_in_threadpool(_recovery, found, first, last)
+    return await _page(
         request, "overview.html", principal=principal, first=first, last=last, error=error,
-        **_recovery(found, first, last),
+        **charts,
     )  # fmt: skip
 
 
@@ -305,14 +314,14 @@ async def account(request: Request, account_id: str) -> Response:
         and await run_in_threadpool(stats.account_known, engine, account_id)
     )
     if not known:  # another key's account reads exactly as one that does not exist
-        return _page(
+        return await _page(
             request, "account.html", status=404, principal=principal, account_id=account_id,
             error=f"No account {account_id!r}.", first=first, last=last, missing=True,
         )  # fmt: skip
     found = await run_in_threadpool(stats.overview, engine, lo, hi, [account_id])
     codes = await run_in_threadpool(stats.breakdown, engine, lo, hi, "decline_code", [account_id])
     overrides = await run_in_threadpool(configs.stored_overrides, engine, [account_id])
-    return _page(
+    return await _page(
         request, "account.html", principal=principal, account_id=account_id, first=first,
         last=last, error=error, missing=False, categories=stats.by_category(codes),
         settings=_settings_table(overrides, account_id), **_recovery(found, first, last),
@@ -342,7 +351,7 @@ async def accounts(request: Request) -> Response:
                                                   "order": "desc" if descending else "asc",
                                                   "page": page, **changes})  # fmt: skip
 
-    return _page(
+    return await _page(
         request, "accounts.html", principal=principal, rows=rows, total=total, page=page,
         pages=max(1, -(-total // size)), sort=sort, descending=descending, search=search,
         first=first, last=last, link=link, sorts=stats.ACCOUNT_SORTS, error=error,
@@ -392,7 +401,7 @@ async def payments(request: Request) -> Response:
     if text:
         engine = request.app.state.engine
         found = await run_in_threadpool(find_payments, engine, text, principal)
-    return _page(request, "payments.html", principal=principal, q=text, found=found)
+    return await _page(request, "payments.html", principal=principal, q=text, found=found)
 
 
 @router.get("/dashboard/payments/{payment_id}")
@@ -406,11 +415,13 @@ async def payment(request: Request, payment_id: str, account: str | None = None)
         accounts = await run_in_threadpool(holding, engine, payment_id, principal, account)
         if len(accounts) > 1:  # held by several of the key's accounts: let the user choose
             found = await run_in_threadpool(find_payments, engine, payment_id, principal)
-            return _page(request, "payments.html", principal=principal, q=payment_id, found=found)
+            return await _page(
+                request, "payments.html", principal=principal, q=payment_id, found=found
+            )
         if accounts:
             view = await run_in_threadpool(payment_view, engine, (accounts[0], payment_id))
     if view is None:
-        return _page(
+        return await _page(
             request, "payments.html", status=404, principal=principal, q=payment_id, found=[],
             error=f"No payment {payment_id!r}.",
         )  # fmt: skip
@@ -420,7 +431,7 @@ async def payment(request: Request, payment_id: str, account: str | None = None)
         + [{"at": d["decided_at"], "kind": "decision", "row": d} for d in view.decisions]
     )
     events.sort(key=lambda e: (str(e["at"]), e["kind"] != "attempt"))
-    return _page(
+    return await _page(
         request, "payment.html", principal=principal, view=view, events=events,
         no_retry=NO_RETRY, plain=plain_reason,
     )  # fmt: skip
@@ -553,7 +564,7 @@ async def experiment_list(request: Request) -> Response:
     if principal is None:
         return _signed_out()
     found = await run_in_threadpool(experiments.experiments, request.app.state.engine)
-    return _page(request, "experiments.html", principal=principal, experiments=found)
+    return await _page(request, "experiments.html", principal=principal, experiments=found)
 
 
 @router.get("/dashboard/experiments/{name}")
@@ -575,12 +586,12 @@ async def experiment(request: Request, name: str) -> Response:
         except LookupError:
             view = None
         except ReportUnavailable as exc:
-            return _page(
+            return await _page(
                 request, "experiment.html", principal=principal, name=name, view=None,
                 error=f"This experiment's report cannot be computed: {exc}",
             )  # fmt: skip
     if view is None:
-        return _page(
+        return await _page(
             request, "experiment.html", status=404, principal=principal, name=name, view=None,
             error=f"No experiment {name!r} with payments this key can see.",
         )  # fmt: skip
@@ -588,7 +599,7 @@ async def experiment(request: Request, name: str) -> Response:
     pages = max(1, -(-len(rows) // PAGE_SIZE))
     page = min(page, pages - 1)
     view = {**view, "accounts": rows[page * PAGE_SIZE : (page + 1) * PAGE_SIZE]}
-    return _page(
+    return await _page(
         request, "experiment.html", principal=principal, name=name, view=view, page=page,
         pages=pages, uplift_accounts=len(rows),
         link=lambda **c: f"/dashboard/experiments/{quote(name)}?" + urlencode(c),
@@ -619,7 +630,7 @@ async def declines(request: Request) -> Response:
     }
     codes = tables[BREAKDOWN_TITLES["decline_code"]]
     tables = {BREAKDOWN_TITLES["decline_category"]: stats.by_category(codes), **tables}
-    return _page(
+    return await _page(
         request, "declines.html", principal=principal, tables=tables, first=first, last=last,
         error=error,
     )  # fmt: skip
@@ -637,7 +648,7 @@ async def operations(request: Request) -> Response:
     )  # fmt: skip
     # this process's view of train/serve skew (serving.skew): the features it compares
     drift = sorted(request.app.state.skew.state(), key=lambda d: (d.alert is None, -d.psi))
-    return _page(
+    return await _page(
         request, "operations.html", principal=principal, ops=found,
         stuck_after=settings.webhook_stuck_seconds, drift=drift,
     )  # fmt: skip

@@ -102,7 +102,9 @@ async def decide_batch(
     # all or nothing: every payment is checked before the first chunk is decided (the batcher
     # checks each chunk again as it decides it)
     requests = body.decisions
-    held = await run_in_threadpool(repo.accounts_holding, engine, [r.id for r in requests])
+    held = await run_in_threadpool(
+        repo.accounts_holding, engine, [r.id for r in requests], principal.accounts
+    )
     with _as_http():
         domain.resolve(requests, held, principal.sees)
     return BatchDecisionOut(decisions=await _run(requests, policy, metrics, principal, batcher))

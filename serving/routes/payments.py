@@ -74,7 +74,7 @@ def holding(
 ) -> list[str]:
     """The accounts ``principal`` sees that hold ``payment_id`` (``account_id`` only, if
     given): what a key may know of an id; another account's copy is never counted."""
-    held = repo.accounts_holding(engine, [payment_id]).get(payment_id, [])
+    held = repo.accounts_holding(engine, [payment_id], principal.accounts).get(payment_id, [])
     return [a for a in held if principal.sees(a) and account_id in (None, a)]
 
 

@@ -8,6 +8,7 @@ stays its first failure; a redelivered event is counted, not stored twice).
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Collection
 from datetime import UTC, datetime
 from functools import cache
 from typing import Any
@@ -282,17 +283,26 @@ def load_rows(engine: Engine, refs: list[Ref]) -> dict[Ref, tuple[dict, list[dic
     return out
 
 
-def accounts_holding(engine: Engine, payment_ids: list[str]) -> dict[str, list[str]]:
-    """The accounts that hold each of ``payment_ids`` (an id may be held by several)."""
+def accounts_holding(
+    engine: Engine, payment_ids: list[str], accounts: Collection[str] | None = None
+) -> dict[str, list[str]]:
+    """The accounts that hold each of ``payment_ids`` (an id may be held by several); with
+    ``accounts``, among those only: the store is searched by its key, (account, id), so an
+    id another account holds costs the lookup exactly what an id nobody holds does."""
     if not payment_ids:
         return {}
     out: dict[str, list[str]] = {}
+    p = t.payments.c
+    query = sa.select(p.payment_id, p.account_id).order_by(p.account_id)
+    if accounts is None:
+        query = query.where(p.payment_id.in_(list(payment_ids)))
+    else:
+        pairs = [(a, pid) for a in sorted(accounts) for pid in payment_ids]
+        query = query.where(sa.tuple_(p.account_id, p.payment_id).in_(pairs))
+        if not pairs:
+            return {}
     with engine.connect() as conn:
-        rows = conn.execute(
-            sa.select(t.payments.c.payment_id, t.payments.c.account_id)
-            .where(t.payments.c.payment_id.in_(list(payment_ids)))
-            .order_by(t.payments.c.account_id)
-        )
+        rows = conn.execute(query)
         for pid, account in rows:
             out.setdefault(pid, []).append(account)
     return out

@@ -58,7 +58,9 @@ def _request(inline_payment, i: int, **changes) -> DecisionRequest:
 
 def _batcher(store, loaded: Loaded, max_batch: int = 64) -> tuple[DecisionBatcher, Gated]:
     decide = Gated(store, loaded)
-    batcher = DecisionBatcher(decide, lambda ids: repo.accounts_holding(store, ids), max_batch)
+    batcher = DecisionBatcher(
+        decide, lambda ids, accounts: repo.accounts_holding(store, ids, accounts), max_batch
+    )
     return batcher.start(), decide
 
 
