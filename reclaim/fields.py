@@ -62,6 +62,36 @@ MAX_AMOUNT_BY_CURRENCY = {"idr": 999_999_999_999}
 """Currencies Stripe allows more digits (twelve for the Indonesian rupiah)."""
 
 
+CURRENCIES = frozenset(
+    """
+    aed afn all amd ang aoa ars aud awg azn bam bbd bdt bgn bhd bif bmd bnd bob bov brl bsd
+    btn bwp byn bzd cad cdf che chf chw clf clp cny cop cou crc cuc cup cve czk djf dkk dop
+    dzd egp ern etb eur fjd fkp gbp gel ghs gip gmd gnf gtq gyd hkd hnl htg huf idr ils inr
+    iqd irr isk jmd jod jpy kes kgs khr kmf kpw krw kwd kyd kzt lak lbp lkr lrd lsl lyd mad
+    mdl mga mkd mmk mnt mop mru mur mvr mwk mxn mxv myr mzn nad ngn nio nok npr nzd omr pab
+    pen pgk php pkr pln pyg qar ron rsd rub rwf sar sbd scr sdg sek sgd shp sle sos srd ssp
+    stn svc syp szl thb tjs tmt tnd top try ttd twd tzs uah ugx usd usn uyi uyu uyw uzs ved
+    ves vnd vuv wst xaf xcd xcg xof xpf yer zar zmw zwg zwl
+    byr eek hrk ltl lvl mro sll std vef zmk
+    """.split()
+)
+"""ISO 4217's currencies, lower case as Stripe writes them: those in use (without the
+precious metals and the testing and fund codes, which no card is charged in), and those
+retired since 2000 that a payment's history may still hold (the kuna, the leone's old code,
+…)."""
+
+
+def known_currency(value: str) -> str:
+    """``value`` if it is an ISO 4217 currency (:data:`CURRENCIES`); else ValueError."""
+    if value not in CURRENCIES:
+        raise ValueError("not an ISO 4217 currency (three lower-case letters, e.g. 'usd')")
+    return value
+
+
+Currency = Annotated[str, AfterValidator(known_currency)]
+"""A three-letter ISO 4217 currency, lower case."""
+
+
 def max_amount(currency: str) -> int:
     """The largest amount, in minor units, Stripe charges in ``currency``."""
     return MAX_AMOUNT_BY_CURRENCY.get(currency, MAX_AMOUNT)

@@ -9,7 +9,7 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from reclaim import timeutil, vocab
-from reclaim.fields import Identifier, PastTime, Text, max_amount
+from reclaim.fields import Currency, Identifier, PastTime, Text, max_amount
 
 
 class PaymentIn(BaseModel):
@@ -27,7 +27,7 @@ class PaymentIn(BaseModel):
         description="Minor units of the currency; at most Stripe's maximum charge for it "
         "(99,999,999 in most currencies).",
     )
-    currency: str = Field(pattern=r"^[a-z]{3}$")
+    currency: Currency
     application_fee_amount: int | None = Field(default=None, ge=0)
     customer_id: Identifier
     customer_country: str | None = Field(default=None, pattern=r"^[A-Z]{2}$")

@@ -240,6 +240,7 @@ def test_a_frame_indexed_from_elsewhere_keeps_its_values(history):
     ("change", "column", "words"),
     [
         ({"amount": 10**12}, "amount", "largest charge"),
+        ({"currency": "xyz"}, "currency", "ISO 4217"),
         ({"failed_at": pd.Timestamp("1999-12-31", tz="UTC")}, "failed_at", "from 2000-01-01"),
         ({"failed_at": pd.Timestamp("2999-01-01", tz="UTC")}, "failed_at", "a day from now"),
         ({"customer_id": "cus_\x00"}, "customer_id", "NUL or a lone surrogate"),
