@@ -61,20 +61,21 @@ class PolicyModel(mlflow.pyfunc.PythonModel):
 
 def model_input(payments: pd.DataFrame, decided_at: pd.Series) -> pd.DataFrame:
     """Contract payment rows and their decision times as the model's signature takes them:
-    plain text and numbers, times as ISO 8601 text in UTC (``2026-03-01T14:00:00Z``)."""
+    plain text and numbers (a nullable whole number as a float, NaN where unknown), times as
+    ISO 8601 text in UTC (``2026-03-01T14:00:00Z``)."""
     from reclaim import contract
 
     rows = payments.reset_index(drop=True)
-    out = pd.DataFrame(
-        {
-            c.name: (
-                rows[c.name].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
-                if c.kind == "timestamp"
-                else rows[c.name].astype("object").where(rows[c.name].notna(), None)
-            )
-            for c in contract.PAYMENTS.columns
-        }
-    )
+
+    def column(c: contract.Column) -> pd.Series:
+        values = rows[c.name]
+        if c.kind == "timestamp":
+            return values.dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+        if c.kind == "int" and c.nullable:  # the signature's double: NaN where unknown
+            return values.astype("float64")
+        return values.astype("object").where(values.notna(), None)
+
+    out = pd.DataFrame({c.name: column(c) for c in contract.PAYMENTS.columns})
     out["decided_at"] = contract.utc(decided_at, out.index).dt.strftime("%Y-%m-%dT%H:%M:%SZ")
     return out
 

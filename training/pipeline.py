@@ -540,8 +540,15 @@ def _signature(payments: pd.DataFrame) -> tuple[pd.DataFrame, Any]:
 
     kinds = {"str": "string", "category": "string", "int": "long", "float": "double"}
     kinds |= {"bool": "boolean", "timestamp": "string"}
+    # a nullable whole number (the platform's fee) travels as a double: JSON and pandas have
+    # no integer with a null, and MLflow refuses a long column holding one
     inputs = [
-        ColSpec(kinds[c.kind], c.name, required=not c.nullable) for c in contract.PAYMENTS.columns
+        ColSpec(
+            "double" if c.kind == "int" and c.nullable else kinds[c.kind],
+            c.name,
+            required=not c.nullable,
+        )
+        for c in contract.PAYMENTS.columns
     ]
     inputs.append(ColSpec("string", "decided_at"))
     outputs = [

@@ -121,6 +121,7 @@ def test_policy_survives_an_mlflow_round_trip(trained) -> None:
     fresh = fresh_payments(trained.market, 300, seed=9).payments
     # whole seconds: the signature's ISO text carries no fractions
     fresh["failed_at"] = fresh["failed_at"].dt.floor("s")
+    fresh.loc[fresh.index[:50], "application_fee_amount"] = pd.NA  # the contract allows it
     rows = model_input(fresh, fresh["failed_at"])
     out = loaded.predict(rows)
     again = loaded.predict(rows)
@@ -142,6 +143,26 @@ def test_policy_survives_an_mlflow_round_trip(trained) -> None:
     assert (out["channel"].fillna("none") == direct.channel.astype("object").fillna("none")).all()
     np.testing.assert_array_equal(out["propensity"], direct.propensity)
     assert out["retry_at"].notna().mean() > 0.5
+
+
+def test_a_signature_example_with_null_fees_first_is_accepted(trained) -> None:
+    """Issue 30: ``reclaim train`` failed at MLflow logging when the first payments' fees
+    were null ("Can not safely convert object to int64"). The example and its signature
+    agree whatever the nullable columns hold."""
+    from mlflow.models.utils import _enforce_schema
+
+    from reclaim.training.pipeline import _signature
+
+    payments = trained.market.payments.head(20).copy()
+    payments["application_fee_amount"] = payments["application_fee_amount"].astype("Int64")
+    payments.loc[payments.index[:2], "application_fee_amount"] = pd.NA
+    payments.loc[payments.index[:2], ["customer_timezone", "card_country"]] = None
+    example, signature = _signature(payments)  # its example: the first five payments
+    checked = _enforce_schema(example, signature.inputs)
+    back = contract.conform(contract.PAYMENTS, checked)
+    fees = payments["application_fee_amount"].head(5)
+    assert back["application_fee_amount"].isna().tolist() == [True, True, False, False, False]
+    assert back["application_fee_amount"].iloc[2:].tolist() == fees.iloc[2:].tolist()
 
 
 def test_champion_moves_only_when_the_new_policy_is_better(trained, tmp_path) -> None:
