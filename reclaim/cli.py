@@ -152,35 +152,65 @@ def simulate(
     evaluate: Annotated[
         bool, typer.Option("--evaluate", help="Also compare the reference policies.")
     ] = False,
+    history_policy: Annotated[
+        str,
+        typer.Option(
+            help="The policy whose history is written: randomized_logging (its propensities "
+            "recorded) or a reference policy (no_retry, fixed_schedule, stripe_like, rules)."
+        ),
+    ] = "randomized_logging",
+    plain: Annotated[
+        bool,
+        typer.Option(
+            "--plain",
+            help="Write the history as a platform's own export: no decisions table, no "
+            "policy or propensity on attempts and messages.",
+        ),
+    ] = False,
     dask: DaskRollouts = None,
     dask_workers: DaskWorkers = 2,
     dask_memory: DaskMemory = "4GiB",
 ) -> None:
     """Simulate a marketplace's failed payments and write their history as contract tables.
 
-    The history is logged by a randomized policy whose propensities are recorded. With
-    --evaluate, the reference policies are also rolled out on the same payments with common
-    random numbers and their recovered revenue, recovery rate and cost printed with 95%
-    confidence intervals.
+    By default the history is logged by a randomized policy whose propensities are recorded;
+    --history-policy makes it a reference policy's (deterministic ones included), and
+    --plain writes it as a platform's own export. With --evaluate, the reference policies are
+    also rolled out on the same payments with common random numbers and their recovered
+    revenue, recovery rate and cost printed with 95% confidence intervals.
     """
-    from reclaim.reference import RandomizedLogging
-    from reclaim.simulator import compare, generate, reference_policies
+    from reclaim.reference import REFERENCE_POLICIES, RandomizedLogging
+    from reclaim.simulator import compare, generate, platform_export, reference_policies
 
+    makers = {"randomized_logging": RandomizedLogging, **REFERENCE_POLICIES}
+    if history_policy not in makers:
+        raise typer.BadParameter(
+            f"unknown policy {history_policy!r}; choose one of {', '.join(makers)}",
+            param_hint="--history-policy",
+        )
     out = out or get_settings().data_dir / "sim"
     with console.status(f"Drawing {payments:,} failed payments over {accounts:,} accounts…"):
         market = generate(accounts, payments, seed)
     client = _dask_client(dask, dask_workers, dask_memory)
     with client or nullcontext():
         with _progress() as progress:
-            logging_policy = {"logging history": RandomizedLogging()}
+            logging_policy = {f"{history_policy} history": makers[history_policy]()}
             _, rollouts = compare(
                 market, logging_policy, seed, _rollout_task(progress, payments), client
             )
-        t = rollouts["logging history"].tables
-        contract.write_tables(t, out)
+        t = rollouts[f"{history_policy} history"].tables
+        t = contract.write_tables(platform_export(t) if plain else t, out)
         # Lets `reclaim evaluate --simulator` re-create this marketplace later.
         (out / "simulation.json").write_text(
-            json.dumps({"accounts": accounts, "payments": payments, "seed": seed})
+            json.dumps(
+                {
+                    "accounts": accounts,
+                    "payments": payments,
+                    "seed": seed,
+                    "history_policy": history_policy,
+                    "plain": plain,
+                }
+            )  # fmt: skip
         )
         console.print(
             f"Wrote {len(t.payments):,} payments, {len(t.attempts):,} attempts, "

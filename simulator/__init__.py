@@ -6,7 +6,7 @@ the hidden state. See docs/simulator.md.
 """
 
 from reclaim.simulator.config import SimulatorConfig
-from reclaim.simulator.environment import Rollout, rollout
+from reclaim.simulator.environment import Rollout, platform_export, rollout
 from reclaim.simulator.evaluation import compare, reference_policies, summarize
 from reclaim.simulator.marketplace import Marketplace, fresh_payments, generate
 from reclaim.simulator.oracle import Oracle
@@ -19,6 +19,7 @@ __all__ = [
     "compare",
     "fresh_payments",
     "generate",
+    "platform_export",
     "reference_policies",
     "rollout",
     "summarize",

@@ -124,6 +124,20 @@ def _conform_all(frames: list[pd.DataFrame], table: contract.Table) -> pd.DataFr
     )
 
 
+def platform_export(tables: contract.ContractTables) -> contract.ContractTables:
+    """``tables`` as a platform's own export holds its history: no decisions table, and no
+    policy or propensity on attempts and messages (a platform that never randomized its
+    retries and messages records neither)."""
+    plain = {"policy": None, "propensity": float("nan")}
+    return contract.validate(
+        {
+            "payments": tables.payments,
+            "attempts": tables.attempts.assign(**plain),
+            "messages": tables.messages.assign(**plain),
+        }
+    )
+
+
 def rollout(
     market: Marketplace,
     policy: Policy,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 from typer.testing import CliRunner
 
 from reclaim import contract
@@ -41,6 +42,31 @@ def test_simulate_rejects_bad_arguments(tmp_path: Path) -> None:
     result = runner.invoke(app, ["simulate", "--payments", "0", "--out", str(tmp_path / "x")])
     assert result.exit_code != 0
     assert "--payments" in result.output and not (tmp_path / "x").exists()
+
+
+def test_simulate_writes_a_reference_policys_history_as_a_plain_export(tmp_path: Path) -> None:
+    """A fixed schedule's history, written as a platform exports it: no decisions table, no
+    policy or propensity; the schedule's own retries (stripe_like: day 1, 2, 3, 5, …)."""
+    out = tmp_path / "plain"
+    result = runner.invoke(
+        app,
+        ["simulate", "--accounts", "5", "--payments", "300", "--seed", "2", "--out", str(out),
+         "--history-policy", "stripe_like", "--plain"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    tables = contract.read_tables(out)
+    assert tables.decisions.empty
+    assert tables.attempts["policy"].isna().all() and tables.attempts["propensity"].isna().all()
+    assert tables.messages["policy"].isna().all() and tables.messages["propensity"].isna().all()
+    a = tables.attempts
+    retries = a[(a["attempt_number"] == 1) & (a["initiator"] == "merchant")]
+    first = tables.payments.set_index("payment_id")["failed_at"]
+    gaps = retries["attempted_at"].to_numpy() - first.loc[retries["payment_id"]].to_numpy()
+    days = pd.Series(gaps).dt.total_seconds() / 86_400
+    # a day on, unless the networks' rules moved it later
+    assert not retries.empty and days.median() == 1.0 and (days >= 1.0).all()
+    unknown = runner.invoke(app, ["simulate", "--history-policy", "sometimes", "--out", str(out)])
+    assert unknown.exit_code == 2 and "stripe_like" in unknown.output
 
 
 def test_validate_reports_the_problem(tmp_path: Path) -> None:
