@@ -121,6 +121,11 @@ class ChannelUpliftModel(BaseEstimator):
         }
 
 
+#: The uplift a kept channel is given (the history's own choice, where its effect is not
+#: identified): above any measured one, so that the policy sends it where it may.
+KEEP = 1.0
+
+
 @dataclass(frozen=True)
 class ChannelCalibration:
     """How the policy reads one channel's predicted uplift, from what was measured of it.
@@ -133,6 +138,11 @@ class ChannelCalibration:
     acts on is ``average + slope × (predicted − predicted mean)`` for the decision's stage; a
     stage whose average is ``None`` (not above zero with 95% confidence) never gets this
     channel.
+
+    A stage where the history all but always sent this channel cannot tell its effect (there
+    is nothing to compare it with): ``keep_first`` / ``keep_later`` make the policy keep the
+    history's own behaviour there, as it would send it whatever its effect (:data:`KEEP`),
+    rather than act on an estimate the history cannot give.
     """
 
     first: float | None
@@ -140,6 +150,8 @@ class ChannelCalibration:
     slope: float = 0.0
     center_first: float = 0.0
     center_later: float = 0.0
+    keep_first: bool = False
+    keep_later: bool = False
 
     def apply(self, uplift: np.ndarray, first: np.ndarray) -> np.ndarray:
         """The uplift to act on per decision (``first``: the decision is the first); NaN
@@ -152,4 +164,6 @@ class ChannelCalibration:
             nan if self.later is None else self.later,
         )
         center = np.where(first, self.center_first, self.center_later)
-        return base + self.slope * (np.asarray(uplift, dtype=float) - center)
+        acted = base + self.slope * (np.asarray(uplift, dtype=float) - center)
+        keep = np.where(first, self.keep_first, self.keep_later)
+        return np.where(keep, KEEP, acted)

@@ -325,8 +325,13 @@ def train(
 @app.command()
 def evaluate(
     model: Annotated[
-        str, typer.Option(help="Model URI of the policy to evaluate (the baseline of --data).")
-    ] = "models:/reclaim-policy@champion",
+        str | None,
+        typer.Option(
+            help="Model URI of the policy to evaluate (the baseline of --data). Default: the "
+            "champion, else the challenger, else the newest version of reclaim-policy.",
+            show_default=False,
+        ),
+    ] = None,
     simulator: Annotated[
         bool,
         typer.Option("--simulator", help="Roll the policy out against the simulator's truth."),
@@ -373,6 +378,9 @@ def evaluate(
     if dask is not None and not simulator:
         console.print("[red]error:[/red] --dask spreads --simulator's rollouts only")
         raise typer.Exit(code=2)
+    if model is None:
+        model, why = _default_model(uri)
+        console.print(f"evaluating {model}: {why}", markup=False, highlight=False)
     if data is not None:
         _evaluate_on_data(data, model, candidate, uri, test_share, min_ess, json_out)
         return
@@ -417,6 +425,35 @@ def evaluate(
             {"policies": rows, "gap_closed": float(gap), "payments": payments, "seed": seed,
              "model": model, "run_id": run_id},
         )  # fmt: skip
+
+
+def _default_model(uri: str) -> tuple[str, str]:
+    """The policy to evaluate when none is named, and why: the champion, else the
+    challenger, else the newest version of reclaim-policy. Exits 2 when none is registered."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from reclaim.training.pipeline import CHALLENGER, CHAMPION, MODEL_NAME
+
+    client = MlflowClient(uri)
+    for alias in (CHAMPION, CHALLENGER):
+        try:
+            version = client.get_model_version_by_alias(MODEL_NAME, alias).version
+        except MlflowException:
+            continue
+        return f"models:/{MODEL_NAME}@{alias}", f"the {alias} (version {version})"
+    try:
+        versions = client.search_model_versions(f"name='{MODEL_NAME}'")
+    except MlflowException:
+        versions = []
+    if versions:
+        newest = max(int(v.version) for v in versions)
+        return f"models:/{MODEL_NAME}/{newest}", "no champion or challenger: the newest version"
+    console.print(
+        f"[red]error:[/red] no {MODEL_NAME} is registered in {uri}: run `reclaim train` first, "
+        "or name one with --model"
+    )
+    raise typer.Exit(code=2)
 
 
 def _newest_version(uri: str, model: str) -> str | None:

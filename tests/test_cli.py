@@ -171,6 +171,18 @@ def test_evaluate_writes_its_figures_as_json(tmp_path: Path, trained) -> None:
         assert figures["payments"] == 300
         assert {"usd_per_payment", "retries_per_payment", "messages_per_payment"} <= set(figures)
     assert "gap_closed" in found
+    # no --model: the champion, said so
+    assert "evaluating models:/reclaim-policy@champion: the champion" in " ".join(
+        result.output.split()
+    )
+    assert found["model"] == "models:/reclaim-policy@champion"
+
+
+def test_evaluate_with_nothing_registered_says_what_to_do(tmp_path: Path) -> None:
+    empty = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = runner.invoke(app, ["evaluate", "--simulator", "--tracking-uri", empty])
+    assert result.exit_code == 2
+    assert "no reclaim-policy is registered" in " ".join(result.output.split())
 
 
 def test_keys_are_listed_without_secrets_and_a_revoked_key_is_refused(tmp_path, monkeypatch):

@@ -263,6 +263,10 @@ def _continuation(rows: SplitRows, model: RetryTimeModel) -> np.ndarray:
     return continuation_sums(model, rows.x)
 
 
+def _delays(rows: SplitRows) -> np.ndarray:
+    return rows.x["delay_hours"].to_numpy(dtype=float)
+
+
 def _test_predictions(rows: SplitRows, model: RetryTimeModel) -> tuple[np.ndarray, np.ndarray]:
     return rows.y_test, model.predict_proba(rows.x_test)[:, 1]
 
@@ -328,6 +332,9 @@ class DaskRetryRows:
         shared = self.client.scatter(model, broadcast=True, hash=False)
         sums = self.client.gather(self.client.map(_continuation, self.parts, model=shared))
         return continuation_factor(np.sum(sums, axis=0))
+
+    def delays(self) -> np.ndarray:
+        return np.concatenate(self.client.gather(self.client.map(_delays, self.parts)))
 
     def test_predictions(self, model: RetryTimeModel) -> tuple[np.ndarray, np.ndarray]:
         shared = self.client.scatter(model, broadcast=True, hash=False)

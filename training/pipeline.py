@@ -39,7 +39,7 @@ from reclaim.features.decisions import decision_features, log_amount
 from reclaim.features.drift import FeatureReference
 from reclaim.intervals import interval
 from reclaim.models.channel import CONTROL, ChannelCalibration, ChannelUpliftModel
-from reclaim.models.policy import CHANNELS, LearnedPolicy
+from reclaim.models.policy import CHANNELS, POLICY_DELAYS_HOURS, LearnedPolicy
 from reclaim.models.propensity import ArmPropensityModel, overlap
 from reclaim.policy import ActionBatch, DecisionBatch, merchant_of_record
 from reclaim.rules import NetworkRules, enforce
@@ -54,6 +54,9 @@ log = logging.getLogger(__name__)
 
 MODEL_NAME = "reclaim-policy"
 CHAMPION = "champion"
+#: A version the evidence could not promote but that keeps within the history's support:
+#: ready for a guarded A/B test (``reclaim train`` prints the command).
+CHALLENGER = "challenger"
 POLICY_CODE = Path(__file__).with_name("mlflow_policy.py")
 SIMULATION_MANIFEST = "simulation.json"
 
@@ -260,6 +263,31 @@ def observed_propensities(
     return train_rows, test_rows, caveats, report
 
 
+#: The policy retries no sooner than the history did: its smallest candidate delay is the
+#: history's SUPPORT_QUANTILE of logged delays, less SUPPORT_MARGIN of it.
+SUPPORT_QUANTILE, SUPPORT_MARGIN = 0.005, 0.25
+
+
+def supported_delays(logged: np.ndarray) -> tuple[np.ndarray, str]:
+    """The candidate delays (hours from a decision to its retry) the policy may choose, and
+    a sentence saying why: those no shorter than the history shows for a retry (its
+    :data:`SUPPORT_QUANTILE` of logged delays, less :data:`SUPPORT_MARGIN`). The retry model
+    has never seen what a shorter wait does (networks and issuers penalise rapid retries),
+    so it does not extrapolate there; a randomized log's exploration range is its support."""
+    grid = POLICY_DELAYS_HOURS
+    logged = logged[np.isfinite(logged)]
+    if logged.size == 0:
+        return grid, "retry timing: the history holds no retry; the candidate delays are kept"
+    floor = float(np.quantile(logged, SUPPORT_QUANTILE)) * (1 - SUPPORT_MARGIN)
+    kept = grid[grid >= floor]
+    kept = kept if kept.size else grid[-1:]
+    return kept, (
+        f"retry timing within the history's support: no retry sooner than {kept[0]:g} h after "
+        f"its decision (the history's shortest logged delays: 0.5% under "
+        f"{np.quantile(logged, SUPPORT_QUANTILE):.1f} h, median {np.median(logged):.1f} h)"
+    )
+
+
 @dataclass
 class MeasuredUplift:
     """Each channel's uplift over no message, measured on the training decisions: overall, at
@@ -270,16 +298,73 @@ class MeasuredUplift:
     first: dict[str, ope.Estimate]
     later: dict[str, ope.Estimate]
     calibration: dict[str, ChannelCalibration]
+    #: (channel, "first" | "later") -> why the history cannot tell its effect there
+    unidentified: dict[tuple[str, str], str] = field(default_factory=dict)
 
     def closed(self) -> list[str]:
-        """Where a channel is not used: ``email (later decisions): +0.1 pts (95% CI …)``."""
+        """Where a channel is not used: ``email (later decisions): +0.1 pts (95% CI …)``, or
+        ``email (first decision): not identified from this history: …``."""
         out = []
         for ch in CHANNELS:
-            for stage, found in (("first decision", self.first), ("later decisions", self.later)):
+            for key, stage, found in (
+                ("first", "first decision", self.first),
+                ("later", "later decisions", self.later),
+            ):
+                why = self.unidentified.get((ch, key))
                 e = found.get(ch)
-                if e is None or not e.lo > 0:
+                if why is not None:
+                    out.append(f"{ch} ({stage}): not identified from this history: {why}")
+                elif e is None or not e.lo > 0:
                     out.append(f"{ch} ({stage}): {_pts(e) if e is not None else 'never sent'}")
         return out
+
+
+#: A stratum shows both sides of a choice when each holds at least this share of its
+#: decisions, and MIN_SIDE of them.
+MIN_SHARE, MIN_SIDE = 0.02, 10
+#: A channel's effect at a stage is identified when such strata hold this share of the
+#: stage's decisions, with MIN_IDENTIFIED decisions on each side in them.
+MIN_MIXED, MIN_IDENTIFIED = 0.2, 50
+
+
+def identification(features: pd.DataFrame, arm: pd.Series, mask: np.ndarray, ch: str) -> str | None:
+    """Why the effect of ``ch`` over no message cannot be told from these decisions
+    (``mask``: a stage's), or None when it can.
+
+    Within each stratum the history's own features fix (the decline's category, at this
+    stage), the decisions must show both ``ch`` and no message, each in at least
+    :data:`MIN_SHARE` of them: a logger that always (or never) sends ``ch`` there leaves
+    nothing to compare, whatever a propensity model fitted to it says (its estimates sit
+    near 1 or 0; positivity is checked on both sides). Such strata must hold
+    :data:`MIN_MIXED` of the stage's decisions and :data:`MIN_IDENTIFIED` on each side."""
+    sub = pd.DataFrame(
+        {
+            "stratum": features["decline_category"].astype("object").fillna("?").to_numpy()[mask],
+            "ch": (arm.to_numpy()[mask] == ch),
+            "none": (arm.to_numpy()[mask] == CONTROL),
+        }
+    )
+    sub = sub[sub["ch"] | sub["none"]]
+    if sub.empty or not sub["ch"].any():
+        return f"{ch} was never sent here"
+    if not sub["none"].any():
+        return f"every decision here got {ch}"
+    g = sub.groupby("stratum")[["ch", "none"]].agg(["sum", "count"])
+    n = g[("ch", "count")]
+    share = g[("ch", "sum")] / n
+    mixed = (
+        share.between(MIN_SHARE, 1 - MIN_SHARE)
+        & (g[("ch", "sum")] >= MIN_SIDE)
+        & (g[("none", "sum")] >= MIN_SIDE)
+    )
+    ones, nones = int(g.loc[mixed, ("ch", "sum")].sum()), int(g.loc[mixed, ("none", "sum")].sum())
+    if n[mixed].sum() < MIN_MIXED * len(sub) or min(ones, nones) < MIN_IDENTIFIED:
+        return (
+            f"within each decline category the history all but always sent {ch} or all but "
+            f"always sent nothing ({share.clip(0, 1).mul(100).round(0).astype(int).to_dict()}% "
+            f"sent {ch})"
+        )
+    return None
 
 
 def measured_uplift(
@@ -307,23 +392,46 @@ def measured_uplift(
     result = MeasuredUplift({}, {}, {}, {})
     for ch, psi in effects.items():
         predicted = q[ch] - q[CONTROL]
-        result.overall[ch] = ope.mean_estimate(psi)
         stages = {}
         for name, mask in (("first", first), ("later", ~first)):
+            why = identification(rows.features, rows.arm, mask, ch)
+            if why is not None:  # reported as such, never estimated, never acted on
+                result.unidentified[(ch, name)] = why
+                continue
             if mask.sum() > 1:
                 e = ope.mean_estimate(psi[mask])
                 getattr(result, name)[ch] = e
                 stages[name] = (e.value if e.lo > 0 else None, float(predicted[mask].mean()))
+        known = ~np.where(
+            first,
+            (ch, "first") in result.unidentified,
+            (ch, "later") in result.unidentified,
+        )
+        if known.any():
+            result.overall[ch] = ope.mean_estimate(psi[known])
         # how much of the model's spread is real: measured effects on predicted, per stage
         dx = predicted - np.where(first, predicted[first].mean(), predicted[~first].mean())
         dy = psi - np.where(first, psi[first].mean(), psi[~first].mean())
         slope = float(np.clip((dx * dy).sum() / max((dx * dx).sum(), 1e-12), 0.0, 1.0))
+        # the history's own choice where its effect is not identified: all but always
+        # sending it there (never sending it leaves the channel closed there)
+        sent = rows.arm.to_numpy() == ch
+        keep = {
+            name: bool(
+                mask.any()
+                and (ch, name) in result.unidentified
+                and sent[mask].mean() >= 1 - MIN_SHARE
+            )
+            for name, mask in (("first", first), ("later", ~first))
+        }
         result.calibration[ch] = ChannelCalibration(
             first=stages.get("first", (None, 0.0))[0],
             later=stages.get("later", (None, 0.0))[0],
             slope=slope,
             center_first=stages.get("first", (None, 0.0))[1],
             center_later=stages.get("later", (None, 0.0))[1],
+            keep_first=keep["first"],
+            keep_later=keep["later"],
         )
     return result
 
@@ -388,10 +496,13 @@ def train(
     channel_model = ChannelUpliftModel(num_boost_round=config.channel_rounds).fit(
         train_rows.features, train_rows.arm, train_rows.recovered, train_rows.propensity
     )
+    delays, support = supported_delays(prepared.retry.delays())
+    caveats.append(support)
     policy = LearnedPolicy(
         retry_model,
         channel_model,
         prepared.accounts,
+        delays_hours=delays,
         exploration=config.exploration,
         continuation=prepared.retry.continuation(retry_model),
         channel_calibration=uplift.calibration,
@@ -575,7 +686,38 @@ def _maybe_promote(
     rows: ChannelRows,
 ) -> tuple[bool, str]:
     """Move ``champion`` to ``version`` only if its DR value beats both the logging policy's
-    value and the current champion's, on this run's test data."""
+    value and the current champion's, on this run's test data; otherwise the version becomes
+    the ``challenger`` (its retry timing is kept within the history's support, and a kept
+    channel where the history cannot tell its effect: :func:`supported_delays`,
+    :func:`identification`), with the command that tests it against the live traffic."""
+    promoted, reason = _champion_decision(
+        client, version, results, test_data, tables, channel_model, clip, rows
+    )
+    if not promoted and client is not None:
+        client.set_registered_model_alias(MODEL_NAME, CHALLENGER, version)
+        reason += (
+            f"; version {version} is the challenger: its offline evidence is not enough to "
+            "promote it, and it stays within the history's support. Test it on live traffic "
+            "with a small treatment share (the rest keep the reference schedule closest to "
+            "the platform's), and read `reclaim report` until it stops the test: "
+            f"RECLAIM_POLICY_URI=models:/{MODEL_NAME}@{CHALLENGER} "
+            "RECLAIM_EXPERIMENT_CONTROL=stripe_like RECLAIM_EXPERIMENT_CONTROL_SHARE=0.9 "
+            f"RECLAIM_EXPERIMENT_NAME=challenger-v{version} reclaim serve"
+        )
+    return promoted, reason
+
+
+def _champion_decision(
+    client: Any,
+    version: str,
+    results: dict[str, float],
+    test_data: DecisionData,
+    tables: contract.ContractTables,
+    channel_model: ChannelUpliftModel,
+    clip: float | None,
+    rows: ChannelRows,
+) -> tuple[bool, str]:
+    """Whether ``version`` becomes the champion, and why (see :func:`_maybe_promote`)."""
     import mlflow
     from mlflow.exceptions import MlflowException
 

@@ -84,6 +84,11 @@ class RetryRows(Protocol):
         """Outcomes (0/1) of the later rows and ``model``'s calibrated probabilities."""
         ...
 
+    def delays(self) -> np.ndarray:
+        """The training rows' delays (hours from the decision to the logged retry): the
+        history's support of retry timing."""
+        ...
+
 
 @dataclass
 class Prepared:
@@ -136,6 +141,9 @@ class LocalRetryRows:
 
     def continuation(self, model: RetryTimeModel) -> float:
         return continuation_factor(continuation_sums(model, self.x))
+
+    def delays(self) -> np.ndarray:
+        return self.x["delay_hours"].to_numpy(dtype=float)
 
     def test_predictions(self, model: RetryTimeModel) -> tuple[np.ndarray, np.ndarray]:
         return self.y_test, model.predict_proba(self.x_test)[:, 1]

@@ -151,3 +151,56 @@ def test_a_first_champion_must_beat_the_logging_policy():
         None, "1", {"ope_dr": 0.51, "ope_logging": 0.54}, None, None, None, None, None
     )
     assert not promoted and "does not beat the logging policy's 0.5400" in reason
+
+
+def test_a_message_the_history_always_sent_is_not_identified():
+    """Identification before estimation (issue 30): a logger that emails at every first
+    failure leaves nothing to compare the email with there; one that emails some decisions of
+    every decline category at random does."""
+    from reclaim.training.pipeline import identification
+
+    rng = np.random.default_rng(3)
+    n = 4_000
+    features = pd.DataFrame(
+        {
+            "decline_category": rng.choice(["soft", "hard", "fraud"], n),
+            "decision_number": np.repeat([0, 1], n // 2),
+        }
+    )
+    first = features["decision_number"].to_numpy() == 0
+    fixed = pd.Series(np.where(first, "email", "none"))
+    why = identification(features, fixed, first, "email")
+    assert why is not None and "every decision here got email" in why
+    assert "never sent" in identification(features, fixed, ~first, "email")
+    random = pd.Series(rng.choice(["email", "none", "sms"], n))
+    assert identification(features, random, first, "email") is None
+    # sent in one category only, and there always: no stratum shows both sides
+    tied = pd.Series(np.where(features["decline_category"] == "soft", "email", "none"))
+    assert "within each decline category" in identification(features, tied, first, "email")
+
+
+def test_a_fixed_schedules_plain_history_gives_a_challenger_within_its_support(tmp_path):
+    """Issue 30: a platform that ran stripe_like (retries a day apart or more, an email at
+    every first failure) and exports it plainly. Training registers a version (champion or
+    challenger), retries no sooner than the history did, keeps the first email whose effect
+    the history cannot tell, and prints that effect as not identified, not as an estimate."""
+    from mlflow import MlflowClient
+
+    from reclaim.reference import StripeLike
+    from reclaim.simulator import platform_export
+    from reclaim.training.pipeline import CHALLENGER, CHAMPION, MODEL_NAME, train
+
+    market = generate(20, 4_000, seed=5)
+    history = platform_export(rollout(market, StripeLike(), seed=5).tables)
+    contract.write_tables(history, tmp_path / "plain")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = train(tmp_path / "plain", uri)
+    caveats = " ".join(result.caveats)
+    assert "email (first decision): not identified from this history" in caveats
+    assert "uplift_email_first" not in result.metrics, "no estimate of what is not identified"
+    assert result.policy.delays_hours.min() >= 18, "no retry sooner than the history's 24 h"
+    assert result.policy.channel_calibration["email"].keep_first
+    aliases = MlflowClient(uri).get_registered_model(MODEL_NAME).aliases
+    assert str(aliases.get(CHAMPION, aliases.get(CHALLENGER))) == result.model_version, (
+        result.reason
+    )
