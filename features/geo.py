@@ -1,7 +1,7 @@
 """Where a customer is: an IANA timezone from a country and, where a country spans several
 zones, its state or province.
 
-Stripe keeps no timezone on a Customer (RESEARCH.md section 4); Reclaim derives one from the
+Stripe keeps no timezone on a Customer (docs/sources.md); Reclaim derives one from the
 customer's address, the invoice's customer address, the billing details or, last, the card's
 country. Single-zone countries come from the IANA ``zone.tab`` shipped by the ``tzdata``
 package; multi-zone countries use the region where known, else their most populous zone.

@@ -3,7 +3,7 @@
 Handles Invoices, PaymentIntents and Charges from the platform's own events and from Connect
 events (the event's ``account``), on API versions from 2025-03-31.basil on, where an Invoice no
 longer carries ``payment_intent`` or ``charge`` and its payments are listed in
-``invoice.payments`` (RESEARCH.md sections 3 and 4).
+``invoice.payments`` (docs/sources.md).
 
 Everything here takes plain dicts (``StripeObject.to_dict()`` or parsed webhook JSON) and never
 calls Stripe. A malformed or unsupported object never stops a batch: it raises
@@ -260,7 +260,7 @@ def location_of(
     billing_sources: Iterable[Mapping[str, Any] | None],
     card_country: str | None,
 ) -> dict[str, Any]:
-    """Customer country and timezone, most trusted source first (RESEARCH.md section 4)."""
+    """Customer country and timezone, most trusted source first (docs/sources.md)."""
     addresses = [get_path(customer, "address"), get_path(invoice, "customer_address")]
     addresses += [get_path(b, "billing_details", "address") for b in billing_sources]
     country, zone = first_location(addresses, card_country)

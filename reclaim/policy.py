@@ -418,7 +418,7 @@ def merchant_of_record(payments: pd.DataFrame) -> pd.Series:
     """Who the customer recognises, and so who should message them by default.
 
     The connected account for direct charges and for ``on_behalf_of``, otherwise the platform
-    (RESEARCH.md section 4: an inference from Stripe's merchant-of-record guide, overridable
+    (docs/sources.md: an inference from Stripe's merchant-of-record guide, overridable
     per account by the service's configuration).
     """
     account = (payments["charge_model"] == vocab.ChargeModel.DIRECT) | payments["on_behalf_of"]

@@ -135,7 +135,7 @@ class FixedSchedule(ScheduledRows, Policy):
 class StripeLike(ScheduledRows, Policy):
     """Stripe's recommended default: 8 retries within 2 weeks, and an email at the first failure.
 
-    The days (1, 2, 3, 5, 7, 9, 11, 14) spread 8 tries over 2 weeks (RESEARCH.md section 3:
+    The days (1, 2, 3, 5, 7, 9, 11, 14) spread 8 tries over 2 weeks (docs/sources.md:
     "8 tries in 2 weeks"); the exact spacing is an assumption.
     """
 

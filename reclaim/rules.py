@@ -1,6 +1,6 @@
 """Card-network and recovery-window rules: hard limits no policy or model output can override.
 
-Sources: ../shared/RESEARCH.md section 3. Visa: category-1 responses are never retried, at most
+Sources: docs/sources.md. Visa: category-1 responses are never retried, at most
 15 reattempts in 30 days per card (configurable: a third-party table says 20 from April 2026).
 Mastercard: Merchant Advice Codes 03/21 stop, 24-30 impose waits, more than 35 attempts in 30
 days is excessive. Stripe's ``advice_code=do_not_try_again`` stops. A payment is worked for a
@@ -40,7 +40,7 @@ class NetworkRules:
     Attributes
     ----------
     window_days
-        Recovery window after the first failure (RESEARCH.md section 3; issue 2).
+        Recovery window after the first failure (docs/sources.md; issue 2).
     visa_max_retries
         Visa categories 2-4: at most 15 reattempts in 30 days per card.
     mastercard_max_retries
@@ -266,7 +266,7 @@ def other_processor_allowed(
     payment: Mapping[str, Any], declines: Iterable[str | None], orchestration: bool
 ) -> bool:
     """Whether a retry of ``payment`` may go to another processor through Stripe
-    Orchestration (RESEARCH.md section 3): only where the account has Orchestration on, never
+    Orchestration (docs/sources.md): only where the account has Orchestration on, never
     for an ``on_behalf_of`` payment (a Connect feature the retry processor lacks), and never
     once 3D Secure failed (any of the payment's ``declines`` is a customer-action decline)."""
     return (

@@ -17,7 +17,7 @@ import pandas as pd
 
 
 class ChargeModel(StrEnum):
-    """How a Connect charge is made (see RESEARCH.md section 4)."""
+    """How a Connect charge is made (see docs/sources.md)."""
 
     DIRECT = "direct"
     DESTINATION = "destination"
@@ -126,7 +126,7 @@ class DeclineInfo:
     visa_category: int
 
 
-# Visa category-1 response codes (RESEARCH.md section 3): never retried.
+# Visa category-1 response codes (docs/sources.md): never retried.
 VISA_CATEGORY_1_CODES = frozenset(
     {"04", "07", "12", "14", "15", "41", "43", "46", "57", "R0", "R1", "R3"}
 )
@@ -141,7 +141,7 @@ DECLINE_CODES: dict[str, DeclineInfo] = {
     "processing_error": DeclineInfo(DeclineCategory.SOFT, "96", 2),
     "issuer_not_available": DeclineInfo(DeclineCategory.SOFT, "91", 2),
     # action required: the networks allow a retry, but it cannot work until the customer
-    # authenticates or the card is replaced (RESEARCH.md section 3)
+    # authenticates or the card is replaced (docs/sources.md)
     "authentication_required": DeclineInfo(DeclineCategory.ACTION_REQUIRED, "1A", 2),
     "expired_card": DeclineInfo(DeclineCategory.ACTION_REQUIRED, "54", 3),
     # hard: never retried
@@ -156,12 +156,12 @@ DECLINE_CODES: dict[str, DeclineInfo] = {
 }
 
 #: Declines only the customer can clear: a merchant retry off-session cannot succeed until the
-#: customer completes 3D Secure on the hosted page (RESEARCH.md section 3, Stripe's automatic
+#: customer completes 3D Secure on the hosted page (docs/sources.md, Stripe's automatic
 #: collection). ``expired_card`` is not here: Stripe's card updater can replace the card without
 #: the customer, and the scheduler re-plans on ``payment_method.automatically_updated``.
 CUSTOMER_ACTION_CODES = frozenset({"authentication_required"})
 
-#: Mastercard Merchant Advice Codes that forbid any further retry (RESEARCH.md section 3).
+#: Mastercard Merchant Advice Codes that forbid any further retry (docs/sources.md).
 MASTERCARD_STOP_CODES = frozenset({"03", "21"})
 
 #: Mastercard Merchant Advice Codes 24-30: retry no sooner than this many hours.

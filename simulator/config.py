@@ -1,7 +1,8 @@
 """Every parameter of the simulated marketplace, each with its source.
 
-A source is a figure from ../shared/RESEARCH.md (named by section and publisher) or the word
-"assumption", when no published figure exists and the value is Reclaim's choice. Published
+A source is a published figure, named by its publisher (``docs/sources.md`` gives each with its
+original source), or the word "assumption", when no published figure exists and the value is
+Reclaim's choice. Published
 recovery figures are vendor numbers, not peer-reviewed: they are treated as ranges.
 ``docs/simulator.md`` explains how the parameters fit together.
 """
@@ -21,7 +22,7 @@ def param(default: Any, source: str) -> Any:
     return field(default=default, metadata={"source": source})
 
 
-# Recurly, 836 businesses 2014-16 (RESEARCH.md section 2): share of failures by reason.
+# Recurly, 836 businesses 2014-16 (docs/sources.md): share of failures by reason.
 RECURLY_DECLINE_MIX = {
     "credit": {
         "generic": 0.517,
@@ -110,7 +111,7 @@ class SimulatorConfig:
     amount_median_usd: dict[str, float] = param({"b2c": 29.0, "b2b": 120.0}, "assumption")
     amount_log_sigma: float = param(0.9, "assumption: lognormal amounts")
     credit_share: dict[str, float] = param(
-        {"b2c": 0.53, "b2b": 0.65}, "Recurly (RESEARCH.md s2): credit/debit B2C 53/47, B2B 65/35"
+        {"b2c": 0.53, "b2b": 0.65}, "Recurly (docs/sources.md): credit/debit B2C 53/47, B2B 65/35"
     )
     prepaid_share_of_debit: float = param(0.06, "assumption")
     card_brand_mix: dict[str, float] = param(
@@ -133,7 +134,7 @@ class SimulatorConfig:
 
     # --- declines ---------------------------------------------------------------------
     decline_mix: dict[str, dict[str, float]] = param(
-        RECURLY_DECLINE_MIX, "Recurly decline mix by funding (RESEARCH.md section 2)"
+        RECURLY_DECLINE_MIX, "Recurly decline mix by funding (docs/sources.md)"
     )
     decline_codes_by_reason: dict[str, dict[str, float]] = param(
         {
@@ -196,7 +197,7 @@ class SimulatorConfig:
     business_hours: tuple[int, int] = param((9, 18), "Recurly: decline rate ~18% in business hours")
     hour_multiplier: dict[str, float] = param(
         {"night": 0.90, "business": 1.0, "other": 0.96},
-        "Recurly (RESEARCH.md s2): approval (1-0.265)/(1-0.18)=0.90 at night vs business hours",
+        "Recurly (docs/sources.md): approval (1-0.265)/(1-0.18)=0.90 at night vs business hours",
     )
     debit_midnight_multiplier: float = param(
         1.05, "Stripe: debit succeeds slightly more just after local midnight (size: assumption)"
@@ -224,7 +225,7 @@ class SimulatorConfig:
             "b2c": {"email": 0.28, "sms": 0.22, "any": 0.10, "none": 0.32, "backfire": 0.08},
             "b2b": {"email": 0.50, "sms": 0.05, "any": 0.10, "none": 0.30, "backfire": 0.05},
         },
-        "assumption: channel responsiveness segments (RESEARCH.md s2 gives no split)",
+        "assumption: channel responsiveness segments (docs/sources.md gives no split)",
     )
     account_segment_concentration: float = param(
         8.0, "assumption: Dirichlet concentration of each account's segment mix around the global"
@@ -253,7 +254,7 @@ class SimulatorConfig:
     )
     response_decay: dict[float, float] = param(
         {0.0: 13.3, 3.0: 11.5, 7.0: 11.5, 15.0: 4.2, 20.0: 3.8, 30.0: 4.2},
-        "Baremetrics (RESEARCH.md s2): recovery per email by days delinquent, relative to day 0",
+        "Baremetrics (docs/sources.md): recovery per email by days delinquent, relative to day 0",
     )
     repeat_message_damping: float = param(0.5, "assumption: each earlier message halves the next")
     foreign_sender_multiplier: float = param(
@@ -269,7 +270,9 @@ class SimulatorConfig:
     )
 
     # --- limits -----------------------------------------------------------------------
-    rules: NetworkRules = param(NetworkRules(), "RESEARCH.md section 3 (see reclaim.rules)")
+    rules: NetworkRules = param(
+        NetworkRules(), "Visa, Mastercard and Stripe retry rules (docs/sources.md; reclaim.rules)"
+    )
     max_decisions: int = param(40, "assumption: bound on decision points per payment (> caps)")
 
 

@@ -33,7 +33,7 @@ carrying ``request.idempotency_key`` as Stripe's do. Event objects are never exp
 can deliver events twice and out of order.
 
 stripe-mock cannot be installed here and ``localstripe`` is GPL and returns no decline codes
-(RESEARCH.md section 5), so Reclaim carries its own.
+(docs/sources.md), so Reclaim carries its own.
 """
 
 from __future__ import annotations

@@ -70,3 +70,17 @@ def test_a_lower_layer_never_imports_a_higher_one(part: str) -> None:
                 if any(name.startswith(f"reclaim.{other}") for other in FORBIDDEN[part]):
                     found.append(f"{path.relative_to(ROOT)}:{node.lineno} imports {name}")
     assert not found, found
+
+
+def test_the_project_cites_original_sources_only() -> None:
+    """The docs stand alone: facts are cited from their original sources (docs/sources.md),
+    never from a notes file outside the repository."""
+    root = Path(__file__).parents[1]
+    files = subprocess.run(
+        ["git", "ls-files"], cwd=root, capture_output=True, text=True, check=True
+    ).stdout.split()
+    notes = "RESEARCH" + ".md"  # spelled apart so that this file does not cite it either
+    citing = [
+        f for f in files if (root / f).is_file() and notes in (root / f).read_text(errors="ignore")
+    ]
+    assert citing == [], citing

@@ -28,7 +28,7 @@ def test_revenue_orders_oracle_rules_fixed_none_without_overlap(table: pd.DataFr
 @pytest.mark.slow
 @pytest.mark.parametrize("policy", ["stripe_like", "fixed_schedule"])
 def test_builtin_dunning_recovers_40_to_60_percent(table: pd.DataFrame, policy: str) -> None:
-    """Churn Buster: built-in tools recover 40-50%; Stripe ~57% (RESEARCH.md section 1)."""
+    """Churn Buster: built-in tools recover 40-50%; Stripe ~57% (docs/sources.md)."""
     lo, hi = table.loc[policy, ["recovery_rate_lo", "recovery_rate_hi"]]
     assert 0.40 <= lo and hi <= 0.60, table[["recovery_rate_lo", "recovery_rate_hi"]]
 

@@ -42,7 +42,8 @@ def small_market() -> Marketplace:
 
 
 def assert_within_network_rules(market: Marketplace, attempts: pd.DataFrame) -> None:
-    """Every hard limit of RESEARCH.md section 3, checked on logged attempts."""
+    """Every hard limit of the networks and Stripe (docs/sources.md), checked on logged
+    attempts."""
     pay = market.payments.set_index("payment_id")
     a = attempts.sort_values(["payment_id", "attempt_number"])
     retries = a[(a["initiator"] == "merchant") & (a["attempt_number"] > 0)]

@@ -157,7 +157,7 @@ def test_message_effect_decays_with_days_delinquent(market: Marketplace) -> None
 
 def test_every_parameter_has_a_source_and_is_documented() -> None:
     doc = (Path(__file__).parents[1] / "docs" / "simulator.md").read_text()
-    published = ("RESEARCH", "Recurly", "Baremetrics", "Stripe", "Churn Buster")
+    published = ("Recurly", "Baremetrics", "Stripe", "Churn Buster", "Visa")
     for f in fields(SimulatorConfig):
         source = sources()[f.name]
         assert "assumption" in source or any(p in source for p in published), f.name
