@@ -371,19 +371,21 @@ def evaluate(
 ) -> None:
     """Evaluate a registered policy: against the simulator's truth (--simulator), or off-policy
     on a platform's own history with the reference policies and a candidate (--data)."""
-    uri = tracking_uri or get_settings().mlflow_tracking_uri
     if simulator == (data is not None):
         console.print("[red]error:[/red] give exactly one of --simulator and --data DIR")
         raise typer.Exit(code=2)
     if dask is not None and not simulator:
         console.print("[red]error:[/red] --dask spreads --simulator's rollouts only")
         raise typer.Exit(code=2)
+    uri = _existing_store(tracking_uri)
     if model is None:
         model, why = _default_model(uri)
         console.print(f"evaluating {model}: {why}", markup=False, highlight=False)
     if data is not None:
         _evaluate_on_data(data, model, candidate, uri, test_share, min_ess, json_out)
         return
+    from mlflow.exceptions import MlflowException
+
     from reclaim.training.evaluate import evaluate_in_simulator
 
     client = _dask_client(dask, dask_workers, dask_memory)
@@ -392,8 +394,9 @@ def evaluate(
             table, run_id = evaluate_in_simulator(
                 model, uri, payments, seed, _rollout_task(progress, payments), client
             )
-    except ValueError as exc:
-        console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+    except (ValueError, MlflowException) as exc:
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        console.print(f"[red]error:[/red] {model} in {uri}: {first}", markup=True, highlight=False)
         raise typer.Exit(code=2) from exc
     console.print(
         _policy_table(
@@ -661,12 +664,13 @@ def replay(
     from reclaim.training.ab_stats import difference
     from reclaim.training.evaluate import simulated_market
 
-    tracking_uri = tracking_uri or get_settings().mlflow_tracking_uri
+    tracking_uri = _existing_store(tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)
     try:
         market = simulated_market(mlflow.pyfunc.load_model(model), model)
     except (ValueError, mlflow.exceptions.MlflowException) as exc:
-        console.print(f"[red]cannot replay:[/red] {exc}")
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        console.print(f"[red]cannot replay:[/red] {model} in {tracking_uri}: {first}")
         raise typer.Exit(code=2) from exc
     config = ReplayConfig(
         payments=payments,
@@ -769,6 +773,27 @@ def replay(
              "most_charges_per_key": int(table.attrs["most_per_key"]),
              "data_path": mix.to_dict(orient="records")},
         )  # fmt: skip
+
+
+def _existing_store(tracking_uri: str | None) -> str:
+    """The MLflow tracking store a command that reads models uses, said on the console: the
+    option's, else ``RECLAIM_MLFLOW_TRACKING_URI``'s. A SQLite store that does not exist is a
+    short error naming it and how to choose another, never an empty store created in the
+    working folder (MLflow creates one when asked for a model in it)."""
+    uri = tracking_uri or get_settings().mlflow_tracking_uri
+    where = "--tracking-uri" if tracking_uri else "RECLAIM_MLFLOW_TRACKING_URI (default)"
+    if uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///"))
+        if not path.exists():
+            console.print(
+                f"[red]error:[/red] no MLflow store at {path} ({where}). Train first, or name "
+                "the store with --tracking-uri or RECLAIM_MLFLOW_TRACKING_URI (`make demo` "
+                "writes sqlite:///data/demo/mlflow.db).",
+                highlight=False,
+            )
+            raise typer.Exit(code=2)
+    console.print(f"tracking: {uri}", markup=False, highlight=False)
+    return uri
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:

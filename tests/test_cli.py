@@ -178,11 +178,32 @@ def test_evaluate_writes_its_figures_as_json(tmp_path: Path, trained) -> None:
     assert found["model"] == "models:/reclaim-policy@champion"
 
 
-def test_evaluate_with_nothing_registered_says_what_to_do(tmp_path: Path) -> None:
-    empty = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_evaluate_and_replay_mistakes_end_in_one_line_naming_the_fix(
+    tmp_path: Path, trained, monkeypatch
+) -> None:
+    """Issue 28: a store that does not exist is named with how to choose another, and is not
+    created; an empty store says to train; an unknown model is one line, not a traceback."""
+    from mlflow import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    for command in (["evaluate", "--simulator"], ["replay"]):
+        result = runner.invoke(app, command)  # the default store: ./mlflow.db, absent
+        text = " ".join(result.output.split())
+        assert result.exit_code == 2 and "no MLflow store at mlflow.db" in text, text
+        assert "--tracking-uri" in text and "Traceback" not in text
+        assert not (tmp_path / "mlflow.db").exists(), "nothing created unasked"
+    empty = f"sqlite:///{tmp_path / 'empty.db'}"
+    MlflowClient(empty).search_experiments()  # an MLflow store with nothing registered
     result = runner.invoke(app, ["evaluate", "--simulator", "--tracking-uri", empty])
     assert result.exit_code == 2
     assert "no reclaim-policy is registered" in " ".join(result.output.split())
+    unknown = runner.invoke(
+        app,
+        ["evaluate", "--simulator", "--model", "models:/reclaim-policy@nobody",
+         "--tracking-uri", trained.tracking_uri],
+    )  # fmt: skip
+    assert unknown.exit_code == 2 and "alias nobody not found" in unknown.output
+    assert len(unknown.output.strip().splitlines()) <= 4, unknown.output
 
 
 def test_keys_are_listed_without_secrets_and_a_revoked_key_is_refused(tmp_path, monkeypatch):
