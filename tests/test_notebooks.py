@@ -21,7 +21,8 @@ def test_there_are_the_three_notebooks():
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs_without_error(path, tmp_path, monkeypatch):
-    monkeypatch.setenv("MPLBACKEND", "Agg")
+    # the kernel's own backend (inline), as a user's Jupyter has it: charts render as images
+    monkeypatch.delenv("MPLBACKEND", raising=False)
     book = nbformat.read(path, as_version=4)
     NotebookClient(
         book, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
@@ -31,6 +32,12 @@ def test_notebook_runs_without_error(path, tmp_path, monkeypatch):
         if o.get("output_type") == "error"
     ]  # fmt: skip
     assert not errors
+    outputs = [o for c in book.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    shown = [o for o in outputs if "image/png" in o.get("data", {})]
+    as_text = [o for o in outputs if "<Figure size" in str(o.get("data", {}).get("text/plain"))]
+    assert not [o for o in as_text if "image/png" not in o.get("data", {})], "a chart as text"
+    if "plots." in "".join(c.source for c in book.cells):
+        assert shown, "the notebook's charts render inline"
     # no notebook defines a function or class worth reusing: those belong in the package
     for cell in book.cells:
         if cell.cell_type == "code":

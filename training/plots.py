@@ -1,10 +1,10 @@
-"""Plots logged as MLflow artifacts and used in reports (matplotlib, no display needed)."""
+"""Plots logged as MLflow artifacts, used in reports, and shown inline in notebooks.
+
+Each function returns a closed figure: nothing accumulates in pyplot over a long training run,
+and a notebook shows the returned figure once (its inline backend renders what a cell
+returns). No backend is forced: matplotlib picks Agg where there is no display."""
 
 from __future__ import annotations
-
-import matplotlib
-
-matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -27,6 +27,7 @@ def calibration_curve(table: pd.DataFrame) -> Figure:
     )
     ax.legend()
     fig.tight_layout()
+    plt.close(fig)
     return fig
 
 
@@ -43,6 +44,7 @@ def qini_curves(curves: dict[str, pd.DataFrame]) -> Figure:
     )
     ax.legend()
     fig.tight_layout()
+    plt.close(fig)
     return fig
 
 
@@ -68,6 +70,7 @@ def recovery_by_day(tables: contract.ContractTables, window_days: int = 30) -> F
     )
     ax.legend()
     fig.tight_layout()
+    plt.close(fig)
     return fig
 
 
@@ -91,6 +94,7 @@ def recovered_over_time(frame: pd.DataFrame, currency: str) -> Figure:
     ax.legend()
     fig.autofmt_xdate()
     fig.tight_layout()
+    plt.close(fig)
     return fig
 
 
@@ -118,4 +122,5 @@ def account_uplift(accounts: pd.DataFrame, currency: str, top: int = 40) -> Figu
         title="Per-account uplift",
     )
     fig.tight_layout()
+    plt.close(fig)
     return fig
