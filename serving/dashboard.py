@@ -106,6 +106,7 @@ def _render(request: Request, template: str, status: int = 200, **context: Any) 
     if "principal" in context:
         context.setdefault("csrf", _logout_token(request))
     context.setdefault("error", None)
+    context.setdefault("note", None)
     html = _templates.get_template(template).render(request=request, **context)
     return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
 
@@ -198,19 +199,37 @@ def _dates(request: Request) -> tuple[date | None, date | None, str | None]:
         return None, None, f"Dates as YYYY-MM-DD: {exc}"
 
 
-def _chosen_period(request: Request) -> tuple[datetime, datetime, date, date, str | None]:
-    """The page's period from ``start`` and ``end``; the last 30 days, with a note, where they
-    are not dates or run backwards."""
+async def _chosen_period(
+    request: Request, principal: Principal, within: list[str] | None = None
+) -> tuple[datetime, datetime, date, date, str | None, str | None]:
+    """The page's period from ``start`` and ``end``; where they are not dates or run
+    backwards, the default with a note. By default the period is the 30 days up to the
+    newest failed payment the key sees (today, when there is one today or none at all), with
+    a note when that is not today: a store of past data opens on its data, not on an empty
+    month (``within``: the accounts a page shows, when fewer than the key sees). Returns the
+    period as datetimes and dates, the error, and the note."""
     start, end, error = _dates(request)
     if start is not None and end is not None and start > end:
-        start, end, error = None, None, "The start was after the end: the last 30 days."
-    last = end or datetime.now(UTC).date()
+        start, end, error = None, None, "The start was after the end: the default period."
+    today, note = datetime.now(UTC).date(), None
+    if end is None:
+        newest = await run_in_threadpool(
+            stats.newest_failure, request.app.state.engine, within or principal.accounts
+        )
+        if newest is not None and newest < today:
+            end = newest
+            if start is None:
+                note = (
+                    f"The newest failed payment is from {newest:%Y-%m-%d}: the 30 days up to "
+                    "it (choose other dates above)."
+                )
+    last = end or today
     if start is not None and (last - start).days + 1 > MAX_PERIOD_DAYS:
         start = last - timedelta(days=MAX_PERIOD_DAYS - 1)
         n = f"{MAX_PERIOD_DAYS:,}"
         error = f"Periods are at most {n} days: the {n} days ending {last}."
         end = last
-    return (*period(start, end), error)
+    return (*period(start, end), error, note)
 
 
 def _storable(text: str, limit: int) -> bool:
@@ -228,12 +247,13 @@ async def overview(request: Request) -> Response:
     principal = await _principal(request)
     if principal is None:
         return _signed_out()
-    lo, hi, first, last, error = _chosen_period(request)
+    lo, hi, first, last, error, note = await _chosen_period(request, principal)
     engine = request.app.state.engine
     found = await run_in_threadpool(stats.overview, engine, lo, hi, principal.accounts)
     charts = await run_in_threadpool(_recovery, found, first, last)
     return await _page(
         request, "overview.html", principal=principal, first=first, last=last, error=error,
+        note=note,
         **charts,
     )  # fmt: skip
 
@@ -306,7 +326,7 @@ async def account(request: Request, account_id: str) -> Response:
     principal = await _principal(request)
     if principal is None:
         return _signed_out()
-    lo, hi, first, last, error = _chosen_period(request)
+    lo, hi, first, last, error, note = await _chosen_period(request, principal, [account_id])
     engine = request.app.state.engine
     known = (
         _storable(account_id, 255)
@@ -323,7 +343,7 @@ async def account(request: Request, account_id: str) -> Response:
     overrides = await run_in_threadpool(configs.stored_overrides, engine, [account_id])
     return await _page(
         request, "account.html", principal=principal, account_id=account_id, first=first,
-        last=last, error=error, missing=False, categories=stats.by_category(codes),
+        last=last, error=error, note=note, missing=False, categories=stats.by_category(codes),
         settings=_settings_table(overrides, account_id), **_recovery(found, first, last),
     )  # fmt: skip
 
@@ -333,7 +353,7 @@ async def accounts(request: Request) -> Response:
     principal = await _principal(request)
     if principal is None:
         return _signed_out()
-    lo, hi, first, last, error = _chosen_period(request)
+    lo, hi, first, last, error, note = await _chosen_period(request, principal)
     q = request.query_params
     sort = q.get("sort", "failed")
     sort = sort if sort in stats.ACCOUNT_SORTS else "failed"
@@ -354,7 +374,7 @@ async def accounts(request: Request) -> Response:
     return await _page(
         request, "accounts.html", principal=principal, rows=rows, total=total, page=page,
         pages=max(1, -(-total // size)), sort=sort, descending=descending, search=search,
-        first=first, last=last, link=link, sorts=stats.ACCOUNT_SORTS, error=error,
+        first=first, last=last, link=link, sorts=stats.ACCOUNT_SORTS, error=error, note=note,
     )  # fmt: skip
 
 
@@ -621,7 +641,7 @@ async def declines(request: Request) -> Response:
     principal = await _principal(request)
     if principal is None:
         return _signed_out()
-    lo, hi, first, last, error = _chosen_period(request)
+    lo, hi, first, last, error, note = await _chosen_period(request, principal)
     engine = request.app.state.engine
     tables = {
         title: await run_in_threadpool(stats.breakdown, engine, lo, hi, by, principal.accounts)
@@ -632,7 +652,7 @@ async def declines(request: Request) -> Response:
     tables = {BREAKDOWN_TITLES["decline_category"]: stats.by_category(codes), **tables}
     return await _page(
         request, "declines.html", principal=principal, tables=tables, first=first, last=last,
-        error=error,
+        error=error, note=note,
     )  # fmt: skip
 
 

@@ -19,7 +19,7 @@ payments through their index, which is fast without rollups. Each payment carrie
 from __future__ import annotations
 
 from collections.abc import Collection
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -274,6 +274,19 @@ def account_rows(
 BREAKDOWNS = (
     "decline_category", "decline_code", "charge_model", "card_brand", "retries", "local_hour",
 )  # fmt: skip
+
+
+def newest_failure(engine: Engine, accounts: Collection[str] | None = None) -> date | None:
+    """The UTC day of the newest failed payment (among ``accounts``), or None."""
+    p = t.payments.c
+    query = sa.select(sa.func.max(p.failed_at))
+    if accounts is not None:
+        query = query.where(p.account_id.in_(sorted(accounts)))
+    with engine.connect() as conn:
+        newest = conn.execute(query).scalar()
+    if newest is None:
+        return None
+    return _utc(newest).date() if isinstance(newest, datetime) else None
 
 
 def account_known(engine: Engine, account_id: str) -> bool:

@@ -97,6 +97,27 @@ def test_signing_in_gives_an_http_only_signed_session(site) -> None:
     assert client.get("/dashboard", follow_redirects=False).status_code == 303
 
 
+def test_the_dashboard_opens_on_the_newest_data(site, history) -> None:
+    """Issue 28: after a replay of past months the dashboard opened on an empty month. With
+    no dates, a page shows the 30 days up to the newest failed payment the key sees, and says
+    so; a key scoped to one account, up to that account's newest."""
+    client, keys, accounts = site
+    _sign_in(client, keys["analyst"][1])
+    newest = history.payments["failed_at"].max().date()
+    page = client.get("/dashboard")
+    assert page.status_code == 200
+    assert f"The newest failed payment is from {newest:%Y-%m-%d}" in page.text
+    assert "No failed payments in this period." not in page.text
+    for path in ("/dashboard/accounts", "/dashboard/declines"):
+        assert f"from {newest:%Y-%m-%d}" in client.get(path).text, path
+    _sign_in(client, keys["scoped"][1])
+    own = history.payments[history.payments["account_id"] == accounts[0]]
+    theirs = client.get("/dashboard").text
+    assert f"The newest failed payment is from {own['failed_at'].max().date():%Y-%m-%d}" in theirs
+    chosen = client.get("/dashboard?end=2026-12-31").text  # dates given: no note
+    assert 'id="period-note"' not in chosen
+
+
 def test_revoking_the_key_ends_its_sessions_and_sign_out_needs_the_token(site) -> None:
     client, keys, _ = site
     _sign_in(client, keys["analyst"][1])
