@@ -25,6 +25,8 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 # customer), report the experiment (HTML and MLflow), and compare the policies offline
 # against the simulator's truth.
 DEMO := data/demo
+# the demo's runs keep their artifacts beside its store, not in ./mlruns
+demo: export RECLAIM_MLFLOW_ARTIFACT_URI = $(abspath $(DEMO))/artifacts
 demo: $(VENV)/.installed
 	rm -rf $(DEMO)
 	$(BIN)/reclaim simulate --accounts 300 --payments 50000 --seed 7 --out $(DEMO)/sim
@@ -64,5 +66,5 @@ bench-tools:
 bench: $(VENV)/.installed-dev bench-tools
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
 
-clean:
-	rm -rf $(VENV) data build *.egg-info
+clean:  # the environment and what the demo made (never a store you made: ./reclaim.db, ./mlflow.db)
+	rm -rf $(VENV) data build *.egg-info mlruns .pytest_cache

@@ -775,6 +775,20 @@ def replay(
         )  # fmt: skip
 
 
+def _operational_store() -> str:
+    """The store at RECLAIM_DATABASE_URL, said on the console (without a password) before
+    a command reads or writes it: no one writes keys into a store they did not mean."""
+    from sqlalchemy.engine import make_url
+
+    url = get_settings().database_url
+    try:
+        shown = make_url(url).render_as_string(hide_password=True)
+    except Exception:  # an unparsable URL: the store's own error names it next
+        shown = url
+    console.print(f"store: {shown} (RECLAIM_DATABASE_URL)", markup=False, highlight=False)
+    return url
+
+
 def _existing_store(tracking_uri: str | None) -> str:
     """The MLflow tracking store a command that reads models uses, said on the console: the
     option's, else ``RECLAIM_MLFLOW_TRACKING_URI``'s. A SQLite store that does not exist is a
@@ -941,7 +955,10 @@ def report(
         console.print(f"HTML report: {html}")
     if mlflow:
         run_id = ab_publish.log_to_mlflow(
-            result, tracking_uri or settings.mlflow_tracking_uri, f"ab-{experiment}"
+            result,
+            tracking_uri or settings.mlflow_tracking_uri,
+            f"ab-{experiment}",
+            settings.mlflow_artifact_uri,
         )
         console.print(f"logged to MLflow as run {run_id}")
 
@@ -965,7 +982,7 @@ def keys_create(
     if role not in {r.value for r in Role}:
         console.print(f"[red]error:[/red] --role must be one of {[r.value for r in Role]}")
         raise typer.Exit(code=2)
-    url = get_settings().database_url
+    url = _operational_store()
     upgrade(url)
     key_id, key = create_key(make_engine(url), role, account)
     console.print(f"{key_id} ({role}{', accounts ' + ', '.join(account) if account else ''}):")
@@ -979,7 +996,7 @@ def keys_list() -> None:
     from reclaim.serving.store.migrate import upgrade
     from reclaim.serving.store.repository import make_engine
 
-    url = get_settings().database_url
+    url = _operational_store()
     upgrade(url)
     table = Table(title="API keys")
     for column in ("key id", "role", "accounts", "created (UTC)", "revoked (UTC)"):
@@ -1003,7 +1020,7 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (key_â€
     from reclaim.serving.store.migrate import upgrade
     from reclaim.serving.store.repository import make_engine
 
-    url = get_settings().database_url
+    url = _operational_store()
     upgrade(url)
     if not revoke_key(make_engine(url), key_id):
         console.print(f"[red]error:[/red] no unrevoked key {key_id!r} in the store")
@@ -1033,7 +1050,7 @@ def events_list(
     if unknown:
         console.print(f"[red]error:[/red] --status {unknown[0]!r}: one of {list(EVENT_STATUSES)}")
         raise typer.Exit(code=2)
-    url = get_settings().database_url
+    url = _operational_store()
     upgrade(url)
     table = Table(title=f"Stripe events: {', '.join(wanted)}")
     for column in ("event", "type", "account", "status", "tries", "received (UTC)", "error"):
@@ -1058,7 +1075,7 @@ def events_retry(
     from reclaim.serving.store.repository import make_engine
     from reclaim.serving.webhooks import retry_events
 
-    url = get_settings().database_url
+    url = _operational_store()
     upgrade(url)
     n = retry_events(make_engine(url), event_ids or None)
     console.print(f"{n:,} set-aside event(s) will be tried again")

@@ -217,7 +217,9 @@ def test_keys_are_listed_without_secrets_and_a_revoked_key_is_refused(tmp_path, 
     try:
         made = runner.invoke(app, ["keys", "create", "--role", "analyst", "--account", "acct_1"])
         assert made.exit_code == 0, made.output
-        key_id, key = made.output.split()[0], made.output.split()[-1]
+        said = made.output.splitlines()
+        assert said[0] == f"store: {url} (RECLAIM_DATABASE_URL)", "it says where the key went"
+        key_id, key = said[1].split()[0], made.output.split()[-1]
         assert authenticate(make_engine(url), key).key_id == key_id
         listed = runner.invoke(app, ["keys", "list"], terminal_width=200)
         assert listed.exit_code == 0 and key_id in listed.output and "acct_1" in listed.output

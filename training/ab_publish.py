@@ -122,12 +122,17 @@ def to_text(report: ExperimentReport) -> str:
         )
 
 
-def log_to_mlflow(report: ExperimentReport, tracking_uri: str, experiment: str) -> str:
-    """Log the report as a run of MLflow experiment ``experiment``; returns the run id."""
+def log_to_mlflow(
+    report: ExperimentReport, tracking_uri: str, experiment: str, artifact_uri: str | None = None
+) -> str:
+    """Log the report as a run of MLflow experiment ``experiment`` (a new one keeps its
+    artifacts at ``artifact_uri``); returns the run id."""
     import mlflow
 
+    from reclaim.training.tracking import use_experiment
+
     mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_experiment(experiment)
+    use_experiment(experiment, artifact_uri)
     with (
         mlflow.start_run(run_name=f"report-{report.name}") as run,
         tempfile.TemporaryDirectory() as tmp,

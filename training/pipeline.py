@@ -46,6 +46,7 @@ from reclaim.rules import NetworkRules, enforce
 from reclaim.training import metrics, ope, plots
 from reclaim.training.data import ChannelRows, DecisionData, channel_rows
 from reclaim.training.prepared import TrainConfig, prepare
+from reclaim.training.tracking import use_experiment
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -561,9 +562,7 @@ def train(
 
     stage("logging to MLflow")
     mlflow.set_tracking_uri(tracking_uri)
-    if artifact_uri and mlflow.get_experiment_by_name(config.experiment) is None:
-        mlflow.create_experiment(config.experiment, artifact_location=artifact_uri)
-    mlflow.set_experiment(config.experiment)
+    use_experiment(config.experiment, artifact_uri)
     manifest = Path(data_dir) / SIMULATION_MANIFEST
     description = (
         f"Retry-time and channel models trained on {prepared.train_payments:,} payments of "
