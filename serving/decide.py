@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -398,21 +399,32 @@ def decide(
         at = None if now is None else pd.Timestamp(now)
         return decide_frames(requests, engine, loaded, at, rules, experiment, config_cache)
     rules = rules or policy.network_rules or NetworkRules()
+    made = _decide_rows(engine, requests, engine, loaded, policy, now, rules, experiment,
+                        config_cache)  # fmt: skip
     with engine.begin() as conn:
-        # the store's writer from here: the decision is made, and timed, once nothing can
-        # be written before it (a decision waiting for the lock would be stale, its time
-        # seconds before it was stored)
-        repo.hold_writes(conn)
-        out, shown = _decide_rows(
-            conn, requests, engine, loaded, policy, now, rules, experiment, config_cache
-        )
+        waiting = time.monotonic()
+        repo.hold_writes(conn)  # the store's writer from here until the decisions are stored
+        if time.monotonic() - waiting > STALE_SECONDS:
+            # it waited for another writer: what that writer stored, and the time, may change
+            # the decisions: made again now that nothing can be written before them
+            made = _decide_rows(conn, requests, engine, loaded, policy, now, rules, experiment,
+                                config_cache)  # fmt: skip
+        out, contexts, shown = made
+        _save_and_log(conn, requests, contexts, out, shown)
     if observe is not None:
         observe(shown)
     return out
 
 
+#: A decision that waited longer than this for the store's write is made again before it is
+#: stored: its ``decided_at`` is the time it was made, never seconds before it was stored.
+STALE_SECONDS = 0.25
+
+Contexts = list[tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]]
+
+
 def _decide_rows(
-    conn: sa.Connection,
+    db: Engine | sa.Connection,
     requests: list[DecisionRequest],
     engine: Engine,
     loaded: Loaded,
@@ -421,9 +433,10 @@ def _decide_rows(
     rules: NetworkRules,
     experiment: Experiment | None,
     config_cache: configs.ConfigCache | None,
-) -> tuple[list[DecisionOut], list[dict[str, Any]]]:
-    """:func:`decide` on plain rows, written through ``conn`` (which holds the store's
-    writes); returns the answers and the feature rows decided on."""
+) -> tuple[list[DecisionOut], Contexts, list[dict[str, Any]]]:
+    """The decisions of :func:`decide` on plain rows, with each request's context and the
+    feature rows decided on; experiment arms are stored through ``db`` (a connection holding
+    the store's write, or the engine)."""
     default_now = datetime.now(UTC) if now is None else pd.Timestamp(now).to_pydatetime()
     check_unchanged(requests, engine)
     contexts = _row_contexts(requests, engine)
@@ -442,7 +455,7 @@ def _decide_rows(
     names = [getattr(policy, "name", "policy")] * len(actions)
     if experiment is not None:
         actions, names = _control_arm(
-            conn, experiment, contexts, decisions.states, decided_at, own, actions, names
+            db, experiment, contexts, decisions.states, decided_at, own, actions, names
         )
     enforced = [
         enforce_row(s, lim, t, a, c, p)
@@ -483,8 +496,7 @@ def _decide_rows(
                 reasons=reasons[i],
             )
         )
-    _save_and_log(conn, requests, contexts, out, decisions.shown)
-    return out, decisions.shown
+    return out, contexts, decisions.shown
 
 
 def _row_contexts(
@@ -545,7 +557,7 @@ def _plain(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def _control_arm(
-    conn: sa.Connection,
+    db: Engine | sa.Connection,
     experiment: Experiment,
     contexts: list[tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]],
     states: list[dict[str, Any]],
@@ -556,9 +568,7 @@ def _control_arm(
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """The experiment's arms (stored at first decision); the control arm's decisions get
     the control policy's actions, decided on the batch path for those rows."""
-    arms = experiments.assign_rows(
-        conn, experiment.design, [c[0] for c in contexts], max(decided_at)
-    )
+    arms = experiments.assign_rows(db, experiment.design, [c[0] for c in contexts], max(decided_at))
     control = [i for i, c in enumerate(contexts) if arms.get(repo.ref(c[0])) == "control"]
     if not control:
         return actions, names

@@ -428,13 +428,9 @@ def _owner(conn: sa.Connection, account: str | None, object_id: str) -> str | No
     when neither is stored. With ``account`` None, an alias alone, and only one that a
     single account has: a payment is never found by its id alone, which any account may
     hold."""
-    a = t.payment_aliases.c
-    query = sa.select(a.account_id, a.payment_id).where(a.object_id == object_id)
-    if account is not None:
-        query = query.where(a.account_id == account)
-    aliases = conn.execute(query.limit(2)).all()
-    if len(aliases) == 1:
-        return str(aliases[0].payment_id)
+    alias = _alias(conn, object_id, account)
+    if alias is not None:
+        return alias[1]
     if account is None:
         return None
     p = t.payments.c
@@ -444,11 +440,15 @@ def _owner(conn: sa.Connection, account: str | None, object_id: str) -> str | No
     return None if stored is None else str(stored)
 
 
-def _account_of_alias(conn: sa.Connection, object_id: str) -> str | None:
-    """The one account whose stored alias ``object_id`` is, or None."""
+def _alias(conn: sa.Connection, object_id: str, account: str | None = None) -> repo.Ref | None:
+    """The payment ``object_id`` is a stored alias of (of ``account``, or of the one account
+    that has such an alias), or None."""
     a = t.payment_aliases.c
-    rows = conn.execute(sa.select(a.account_id).where(a.object_id == object_id).limit(2)).all()
-    return str(rows[0].account_id) if len(rows) == 1 else None
+    query = sa.select(a.account_id, a.payment_id).where(a.object_id == object_id)
+    if account is not None:
+        query = query.where(a.account_id == account)
+    rows = conn.execute(query.limit(2)).all()
+    return (str(rows[0].account_id), str(rows[0].payment_id)) if len(rows) == 1 else None
 
 
 def _remember_aliases(conn: sa.Connection, event: dict[str, Any], payment: dict) -> None:
@@ -505,7 +505,8 @@ def _apply(
         return "processed", rows.kind
     if rows.kind == "closed":
         object_id, at = rows.closed or ("", None)
-        account = account or _account_of_alias(conn, object_id)
+        alias = None if account else _alias(conn, object_id)
+        account = account or (alias[0] if alias else None)
         closed = payment_id or _owner(conn, account, object_id)
         if closed is None or account is None:
             return "ignored", "closed payment not known"
@@ -515,7 +516,8 @@ def _apply(
     assert attempt is not None  # failures and recoveries always carry an attempt
     if rows.payment is not None:  # a first failure says whose payment it is
         account = rows.payment["account_id"]
-    account = account or _account_of_alias(conn, attempt["payment_id"])
+    alias = None if account else _alias(conn, attempt["payment_id"])
+    account = account or (alias[0] if alias else None)
     if account is None:
         # never attached by its id alone, which any account may hold; the scheduler asks
         # Stripe before acting on a payment, so a success missed here is still seen there
@@ -526,10 +528,10 @@ def _apply(
         attempt["payment_id"] = payment_id
     pid = attempt["payment_id"]
     key = (account, pid)
-    at_ = t.attempts.c
+    a = t.attempts.c
     stored = conn.execute(
-        sa.select(at_.attempt_number, at_.attempted_at, at_.outcome).where(
-            at_.account_id == account, at_.payment_id == pid
+        sa.select(a.attempt_number, a.attempted_at, a.outcome).where(
+            a.account_id == account, a.payment_id == pid
         )
     ).all()
     p = t.payments.c

@@ -620,8 +620,9 @@ def train(
             input_example=example,
         )
         version = str(info.registered_model_version)
+        client = MlflowClient()
         promoted, reason = _maybe_promote(
-            MlflowClient(),
+            client,
             version,
             results,
             test_data,
@@ -630,6 +631,8 @@ def train(
             config.weight_clip,
             test_rows,
         )
+        if not promoted:
+            reason = _as_challenger(client, version, reason)
         mlflow.set_tags(
             {"champion_decision": reason, "promoted": str(promoted), "caveats": len(caveats)}
         )
@@ -674,6 +677,22 @@ def _signature(payments: pd.DataFrame) -> tuple[pd.DataFrame, Any]:
     return example, ModelSignature(Schema(inputs), Schema(outputs))
 
 
+def _as_challenger(client: Any, version: str, reason: str) -> str:
+    """Make ``version``, which the evidence could not promote, the ``challenger`` (it keeps
+    within the history's support: :func:`supported_delays`, :func:`identification`); returns
+    ``reason`` with the command that tests it against live traffic."""
+    client.set_registered_model_alias(MODEL_NAME, CHALLENGER, version)
+    return reason + (
+        f"; version {version} is the challenger: its offline evidence is not enough to "
+        "promote it, and it stays within the history's support. Test it on live traffic "
+        "with a small treatment share (the rest keep the reference schedule closest to "
+        "the platform's), and read `reclaim report` until it stops the test: "
+        f"RECLAIM_POLICY_URI=models:/{MODEL_NAME}@{CHALLENGER} "
+        "RECLAIM_EXPERIMENT_CONTROL=stripe_like RECLAIM_EXPERIMENT_CONTROL_SHARE=0.9 "
+        f"RECLAIM_EXPERIMENT_NAME=challenger-v{version} reclaim serve"
+    )
+
+
 def _maybe_promote(
     client: Any,
     version: str,
@@ -685,38 +704,7 @@ def _maybe_promote(
     rows: ChannelRows,
 ) -> tuple[bool, str]:
     """Move ``champion`` to ``version`` only if its DR value beats both the logging policy's
-    value and the current champion's, on this run's test data; otherwise the version becomes
-    the ``challenger`` (its retry timing is kept within the history's support, and a kept
-    channel where the history cannot tell its effect: :func:`supported_delays`,
-    :func:`identification`), with the command that tests it against the live traffic."""
-    promoted, reason = _champion_decision(
-        client, version, results, test_data, tables, channel_model, clip, rows
-    )
-    if not promoted and client is not None:
-        client.set_registered_model_alias(MODEL_NAME, CHALLENGER, version)
-        reason += (
-            f"; version {version} is the challenger: its offline evidence is not enough to "
-            "promote it, and it stays within the history's support. Test it on live traffic "
-            "with a small treatment share (the rest keep the reference schedule closest to "
-            "the platform's), and read `reclaim report` until it stops the test: "
-            f"RECLAIM_POLICY_URI=models:/{MODEL_NAME}@{CHALLENGER} "
-            "RECLAIM_EXPERIMENT_CONTROL=stripe_like RECLAIM_EXPERIMENT_CONTROL_SHARE=0.9 "
-            f"RECLAIM_EXPERIMENT_NAME=challenger-v{version} reclaim serve"
-        )
-    return promoted, reason
-
-
-def _champion_decision(
-    client: Any,
-    version: str,
-    results: dict[str, float],
-    test_data: DecisionData,
-    tables: contract.ContractTables,
-    channel_model: ChannelUpliftModel,
-    clip: float | None,
-    rows: ChannelRows,
-) -> tuple[bool, str]:
-    """Whether ``version`` becomes the champion, and why (see :func:`_maybe_promote`)."""
+    value and the current champion's, on this run's test data."""
     import mlflow
     from mlflow.exceptions import MlflowException
 

@@ -64,8 +64,18 @@ def pending_statement(recent: bool) -> sa.Select:
             sa.select(at.account_id, at.payment_id)
             .where(at.attempted_at >= since)
             .union(sa.select(a.account_id, a.payment_id).where(a.status == "replan"))
+            .subquery("touched")
         )
-        last = last.where(sa.tuple_(at.account_id, at.payment_id).in_(touched))
+        # joined, not ``IN``: SQLite scans a table for a row value IN a subquery, and looks
+        # each touched payment's attempts up by its index for a join
+        last = last.select_from(
+            touched.join(
+                t.attempts,
+                sa.and_(
+                    at.account_id == touched.c.account_id, at.payment_id == touched.c.payment_id
+                ),
+            )
+        )
     last = last.group_by(at.account_id, at.payment_id).subquery()
 
     def mine(c: Any) -> Any:  # rows about the same payment as ``last``'s row

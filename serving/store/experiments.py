@@ -109,7 +109,9 @@ def _stored(
         rows = conn.execute(
             sa.select(e.account_id, e.payment_id, e.arm)
             .where(e.experiment == experiment)
-            .where(sa.tuple_(e.account_id, e.payment_id).in_(refs))
+            .where(e.account_id.in_(sorted({a for a, _ in refs})))
+            .where(e.payment_id.in_(sorted({p for _, p in refs})))
+            .where(sa.tuple_(e.account_id, e.payment_id).in_(refs))  # see repo._by_refs
         ).all()
     return {(a, pid): arm for a, pid, arm in rows}
 

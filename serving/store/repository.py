@@ -205,11 +205,20 @@ def _owners(conn: sa.Connection, owners: dict[str, str], ids: pd.Series) -> list
 
 def _by_refs(table: sa.Table, refs: list[Ref] | sa.Select) -> Any:
     """A condition: ``table``'s rows about the payments ``refs`` (a list of keys, or a
-    select of ``account_id`` and ``payment_id``)."""
+    select of ``account_id`` and ``payment_id``).
+
+    SQLite answers a row value ``IN`` list by scanning the table: the accounts and the ids
+    are also asked for on their own, which its index on (account, id) looks up, and the pairs
+    then only filter what the index found."""
     pair = sa.tuple_(table.c.account_id, table.c.payment_id)
     if isinstance(refs, sa.Select):
         return pair.in_(refs)
-    return pair.in_([tuple(r) for r in refs])
+    pairs = [tuple(r) for r in refs]
+    return sa.and_(
+        table.c.account_id.in_(sorted({a for a, _ in pairs})),
+        table.c.payment_id.in_(sorted({p for _, p in pairs})),
+        pair.in_(pairs),
+    )
 
 
 def load_contract(
@@ -255,8 +264,14 @@ def load_payments(engine: Engine, refs: list[Ref]) -> dict[Ref, dict]:
     attempts and messages, for who needs the payment alone."""
     if not refs:
         return {}
+    pairs = [tuple(r) for r in refs]
+    params = {
+        "refs": pairs,
+        "accounts": sorted({a for a, _ in pairs}),
+        "ids": sorted({p for _, p in pairs}),
+    }
     with engine.connect() as conn:
-        rows = conn.execute(_payments_by_ref(), {"refs": [tuple(r) for r in refs]}).mappings()
+        rows = conn.execute(_payments_by_ref(), params).mappings()
         return {ref(r): {k: aware(v) for k, v in r.items()} for r in rows}
 
 
@@ -296,11 +311,10 @@ def accounts_holding(
     query = sa.select(p.payment_id, p.account_id).order_by(p.account_id)
     if accounts is None:
         query = query.where(p.payment_id.in_(list(payment_ids)))
-    else:
-        pairs = [(a, pid) for a in sorted(accounts) for pid in payment_ids]
-        query = query.where(sa.tuple_(p.account_id, p.payment_id).in_(pairs))
-        if not pairs:
+    else:  # every pair of an account and an id: the index on (account, id) finds them
+        if not accounts:
             return {}
+        query = query.where(p.account_id.in_(sorted(accounts)), p.payment_id.in_(list(payment_ids)))
     with engine.connect() as conn:
         rows = conn.execute(query)
         for pid, account in rows:
@@ -310,10 +324,13 @@ def accounts_holding(
 
 @cache
 def _payments_by_ref() -> sa.Select:
-    """Payments by a list of keys (bound as ``refs``), the statement built once."""
+    """Payments by a list of keys (bound as ``refs``, with their ``accounts`` and ``ids``
+    for the index: see :func:`_by_refs`), the statement built once."""
     p = t.payments.c
     return sa.select(t.payments).where(
-        sa.tuple_(p.account_id, p.payment_id).in_(sa.bindparam("refs", expanding=True))
+        p.account_id.in_(sa.bindparam("accounts", expanding=True)),
+        p.payment_id.in_(sa.bindparam("ids", expanding=True)),
+        sa.tuple_(p.account_id, p.payment_id).in_(sa.bindparam("refs", expanding=True)),
     )
 
 
