@@ -263,17 +263,31 @@ def train(
             "machine. Reads Parquet tables only.",
         ),
     ] = None,
+    accept_warnings: Annotated[
+        bool,
+        typer.Option(
+            "--accept-warnings",
+            help="Train on data that `reclaim validate` warns about (amounts that look like "
+            "major units, unknown decline codes); the warnings become the run's caveats.",
+        ),
+    ] = False,
     dask_workers: DaskWorkers = 2,
     dask_memory: DaskMemory = "4GiB",
 ) -> None:
     """Train the retry-time and channel models, evaluate them on a later time split, log
-    everything to MLflow and register the policy as reclaim-policy."""
+    everything to MLflow and register the policy as reclaim-policy. Data that validation
+    warns about is refused unless --accept-warnings."""
     from reclaim.training.pipeline import STAGES, TrainConfig
     from reclaim.training.pipeline import train as run_training
 
     settings = get_settings()
     uri = tracking_uri or settings.mlflow_tracking_uri
-    config = TrainConfig(exploration=exploration, test_share=test_share, experiment=experiment)
+    config = TrainConfig(
+        exploration=exploration,
+        test_share=test_share,
+        experiment=experiment,
+        accept_warnings=accept_warnings,
+    )
     client = _dask_client(dask, dask_workers, dask_memory)
     with _progress() as progress, client or nullcontext():
         task = progress.add_task("training", total=len(STAGES))

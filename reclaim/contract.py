@@ -704,7 +704,7 @@ def signed_money(amount: float, currency: str) -> str:
 
 def _warnings(tables: ContractTables, raw: Mapping[str, pd.DataFrame]) -> list[str]:
     """What is valid but probably wrong: amounts that look like major units, decline codes
-    Reclaim does not know (treated as soft declines: retried within the network caps)."""
+    Reclaim does not know (treated as hard declines: docs/decisions.md)."""
     out = []
     p = tables.payments
     source = raw.get("payments")
@@ -733,7 +733,7 @@ def _warnings(tables: ContractTables, raw: Mapping[str, pd.DataFrame]) -> list[s
             out.append(
                 f"{name}, column '{col}': {int(unknown.sum()):,} row(s) with "
                 f"{len(unknown)} decline code(s) Reclaim does not know: {shown}; they are "
-                "treated as soft declines (retried within the network caps)"
+                "treated as hard declines (no merchant retry; messages may still go out)"
             )
     return out
 

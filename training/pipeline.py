@@ -482,6 +482,7 @@ def train(
     train_rows, test_rows, caveats, overlap_report = observed_propensities(
         train_rows, test_rows, not observational
     )
+    caveats += [f"accepted with --accept-warnings: {w}" for w in prepared.warnings]
 
     stage("fitting the retry-time model")
     retry_model = prepared.retry.fit(config)

@@ -8,7 +8,7 @@ channel rows, the later decisions and their tables are frames in this process.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -55,6 +55,8 @@ class TrainConfig:
     #: lacks them for older charges, so the models learn that a missing code says nothing
     #: rather than a decision that swings on its absence (docs/modeling.md).
     network_code_dropout: float = 0.25
+    #: Train on data that validation warns about (the warnings become the run's caveats).
+    accept_warnings: bool = False
 
     def retry_model(self) -> RetryTimeModel:
         """The retry-time model this configuration asks for, unfitted."""
@@ -105,6 +107,7 @@ class Prepared:
     test_data: DecisionData
     test_tables: contract.ContractTables  # the later payments with their history
     accounts: AccountHistory  # every payment's account events (the policy's)
+    warnings: list[str] = field(default_factory=list)  # validation's, accepted to train on
 
 
 def continuation_sums(model: RetryTimeModel, x: pd.DataFrame) -> np.ndarray:
@@ -149,10 +152,25 @@ class LocalRetryRows:
         return self.y_test, model.predict_proba(self.x_test)[:, 1]
 
 
+class DataWarnings(ValueError):
+    """The tables are valid but validation warns about them (amounts that look like major
+    units, decline codes Reclaim does not know), and training was not told to accept that."""
+
+    def __init__(self, warnings: list[str]):
+        self.warnings = warnings
+        super().__init__(
+            "validation warns about this data; fix it, or train on it as it is with "
+            "--accept-warnings (the warnings become the run's caveats):\n- " + "\n- ".join(warnings)
+        )
+
+
 def prepare(data_dir: Path, config: TrainConfig) -> Prepared:
     """Read the contract tables in ``data_dir``, split them by time and build every row, in
-    this process."""
+    this process. :class:`DataWarnings` when validation warns and ``config`` does not accept
+    warnings: a model trained on amounts in major units values revenue 100× too low."""
     tables = contract.read_tables(data_dir)
+    if tables.warnings and not config.accept_warnings:
+        raise DataWarnings(tables.warnings)
     return prepare_tables(tables, config)
 
 
@@ -175,6 +193,7 @@ def prepare_tables(tables: contract.ContractTables, config: TrainConfig) -> Prep
         test_data=built.test_data,
         test_tables=built.test_tables,
         accounts=all_accounts,
+        warnings=list(tables.warnings),
     )
 
 

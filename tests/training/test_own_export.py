@@ -123,6 +123,18 @@ def test_major_units_and_unknown_decline_codes_are_warned_about(export, tmp_path
     assert "warning: payments, column 'amount': the median amount is below 100" in text
     assert "usd (" in text and "look like major units" in text
     assert "10 row(s) with 1 decline code(s) Reclaim does not know: issuer_said_no (10)" in text
+    assert "treated as hard declines" in text
+    # training refuses such data unless told to take it as it is (issue 28: on major units it
+    # trained, promoted, and logged a revenue uplift 100 times too small)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    refused = runner.invoke(app, ["train", "--data", str(folder), "--tracking-uri", uri])
+    said = " ".join(refused.output.split())
+    assert refused.exit_code == 1 and "--accept-warnings" in said and "major units" in said
+    assert "Traceback" not in refused.output and "Created version" not in refused.output
+    from reclaim.training.prepared import TrainConfig, prepare
+
+    accepted = prepare(folder, TrainConfig(accept_warnings=True))  # what --accept-warnings does
+    assert any("look like major units" in w for w in accepted.warnings)
 
 
 def test_uplift_is_never_summed_across_currencies_and_rates_stay_in_0_1():
