@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import socket
 import statistics
 import subprocess
 import sys
@@ -61,7 +62,9 @@ def main() -> None:
     _, scoped = create_key(engine, "analyst", ["acct_holds_none"])
     _, analyst = create_key(engine, "analyst")
     engine.dispose()
-    port = 8765
+    with socket.socket() as free:  # a port nobody uses
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
     env = {**os.environ, "RECLAIM_DATABASE_URL": url, "RECLAIM_LOG_LEVEL": "WARNING",
            "RECLAIM_MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}",
            "RECLAIM_DASHBOARD_SECURE_COOKIES": "false"}  # fmt: skip
