@@ -440,6 +440,13 @@ def _owner(conn: sa.Connection, account: str | None, object_id: str) -> str | No
     return None if stored is None else str(stored)
 
 
+def _alias_account(conn: sa.Connection, object_id: str) -> str | None:
+    """The one account with a stored alias ``object_id`` (Stripe's own events stored it), or
+    None: whose payment an event is about, when the event does not say."""
+    alias = _alias(conn, object_id)
+    return None if alias is None else alias[0]
+
+
 def _alias(conn: sa.Connection, object_id: str, account: str | None = None) -> repo.Ref | None:
     """The payment ``object_id`` is a stored alias of (of ``account``, or of the one account
     that has such an alias), or None."""
@@ -505,8 +512,7 @@ def _apply(
         return "processed", rows.kind
     if rows.kind == "closed":
         object_id, at = rows.closed or ("", None)
-        alias = None if account else _alias(conn, object_id)
-        account = account or (alias[0] if alias else None)
+        account = account or _alias_account(conn, object_id)
         closed = payment_id or _owner(conn, account, object_id)
         if closed is None or account is None:
             return "ignored", "closed payment not known"
@@ -516,8 +522,7 @@ def _apply(
     assert attempt is not None  # failures and recoveries always carry an attempt
     if rows.payment is not None:  # a first failure says whose payment it is
         account = rows.payment["account_id"]
-    alias = None if account else _alias(conn, attempt["payment_id"])
-    account = account or (alias[0] if alias else None)
+    account = account or _alias_account(conn, attempt["payment_id"])
     if account is None:
         # never attached by its id alone, which any account may hold; the scheduler asks
         # Stripe before acting on a payment, so a success missed here is still seen there
