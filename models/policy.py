@@ -94,6 +94,11 @@ class LearnedPolicy(Policy):
         acts on the model's uplift as predicted. Training sets it from measured uplift.
     network_rules, costs, delays_hours
         Hard limits, action costs, and the candidate delay grid.
+    last_retry
+        Decline category → the last decision number (0: the first failure) at which the
+        policy may retry; ``"*"`` covers categories not named. None: up to the rules' limits.
+        Training sets it to what the history shows (``training.support``): the retry model
+        has not seen what retries beyond it do.
     """
 
     name = "learned"
@@ -112,6 +117,7 @@ class LearnedPolicy(Policy):
         delays_hours: np.ndarray = POLICY_DELAYS_HOURS,
         channel_calibration: dict[str, ChannelCalibration] | None = None,
         feature_reference: FeatureReference | None = None,
+        last_retry: dict[str, int] | None = None,
     ):
         self.retry_model = retry_model
         self.channel_model = channel_model
@@ -124,6 +130,7 @@ class LearnedPolicy(Policy):
         self.costs = costs
         self.delays_hours = delays_hours
         self.channel_calibration = channel_calibration
+        self.last_retry = last_retry
         # the training rows' feature distribution: what serving compares its decisions with
         self.feature_reference = feature_reference
 
@@ -139,6 +146,7 @@ class LearnedPolicy(Policy):
             "costs": None,
             "delays_hours": POLICY_DELAYS_HOURS,
             "channel_calibration": None,
+            "last_retry": None,
         }
         self.__dict__.update({**defaults, **state})
 
@@ -168,23 +176,46 @@ class LearnedPolicy(Policy):
         return True
 
     # --- scoring ------------------------------------------------------------------------
-    def _allowed(self, blocked: np.ndarray, first: np.ndarray, last: np.ndarray) -> np.ndarray:
+    def _allowed(
+        self,
+        blocked: np.ndarray,
+        first: np.ndarray,
+        last: np.ndarray,
+        category: np.ndarray,
+        number: np.ndarray,
+    ) -> np.ndarray:
         """(n, k): which candidate delays the rules allow (not blocked, from the earliest
-        allowed retry to the end of the window)."""
+        allowed retry to the end of the window) at decisions where the policy retries at all
+        (:attr:`last_retry`, by the decision's decline ``category`` and ``number``)."""
         d = self.delays_hours[None, :]
-        return (np.asarray(blocked) == "")[:, None] & (
+        open_ = (np.asarray(blocked) == "") & self._within_retry_count(category, number)
+        return open_[:, None] & (
             (d >= np.asarray(first)[:, None] - 1e-9) & (d <= np.asarray(last)[:, None])
         )
 
-    def _values(self, p: np.ndarray, allowed: np.ndarray, amount: np.ndarray) -> np.ndarray:
+    def _last_retry_at(self, category: np.ndarray) -> np.ndarray:
+        """Each decision's category's :attr:`last_retry` (inf: none)."""
+        caps = self.last_retry or {}
+        default = caps.get("*", np.inf)
+        return np.array([caps.get(str(c), default) for c in category], dtype=float)
+
+    def _within_retry_count(self, category: np.ndarray, number: np.ndarray) -> np.ndarray:
+        """Whether each decision is at most its category's :attr:`last_retry`."""
+        return np.asarray(number, dtype=float) <= self._last_retry_at(category)
+
+    def _values(
+        self, p: np.ndarray, allowed: np.ndarray, amount: np.ndarray, final: np.ndarray
+    ) -> np.ndarray:
         """Each candidate's value over the rest of the window (see the module); -inf where
-        not allowed."""
+        not allowed. At a ``final`` decision (the last the policy retries at) no later
+        retry follows a failure, so nothing is looked ahead to."""
         costs = self.costs or Costs()
         n = len(p)
         amount = amount[:, None]
         # Best later candidate (strictly later slot) for the look-ahead.
         later = np.maximum.accumulate(p[:, ::-1], axis=1)[:, ::-1]
         later = np.concatenate([later[:, 1:], np.zeros((n, 1))], axis=1)
+        later = np.where(np.asarray(final, dtype=bool)[:, None], 0.0, later)
         then = np.maximum(self.continuation * later * amount - costs.retry, 0.0)
         value = p * amount - costs.retry + (1.0 - p) * then
         return np.where(allowed, value, -np.inf)
@@ -251,6 +282,8 @@ class LearnedPolicy(Policy):
             lim["blocked"].to_numpy(),
             features["hours_to_earliest_retry"].to_numpy(),
             features["hours_to_window_end"].to_numpy(),
+            features["decline_category"].astype("object").to_numpy(),
+            features["decision_number"].to_numpy(),
         )
         p = np.zeros((n, k))
         rows = np.flatnonzero(allowed.any(axis=1))
@@ -262,7 +295,10 @@ class LearnedPolicy(Policy):
             columns = list(self.retry_model.feature_names_in_)
             p[rows] = self.retry_model.predict_proba(grid[columns])[:, 1].reshape(len(rows), k)
         p = np.where(allowed, p, 0.0)
-        return p, self._values(p, allowed, np.expm1(log_amount(batch.payments)))
+        final = features["decision_number"].to_numpy() >= self._last_retry_at(
+            features["decline_category"].astype("object").to_numpy()
+        )
+        return p, self._values(p, allowed, np.expm1(log_amount(batch.payments)), final)
 
     def channel_values(self, batch: DecisionBatch, features: pd.DataFrame) -> pd.DataFrame:
         """Expected gain of each channel (uplift × amount − cost); the ``none`` column is 0."""
@@ -336,10 +372,19 @@ class LearnedPolicy(Policy):
         if n == 0:
             return []
         f = decisions.features
+        # the rows hold each category as its code in the schema's fixed categories
+        names = schema.CATEGORICAL["decline_category"].categories
+        category = np.array(
+            [None if np.isnan(x["decline_category"]) else names[int(x["decline_category"])]
+             for x in f],
+            dtype=object,
+        )  # fmt: skip
         allowed = self._allowed(
             np.array([lim["blocked"] for lim in decisions.limits], dtype=object),
             np.array([x["hours_to_earliest_retry"] for x in f]),
             np.array([x["hours_to_window_end"] for x in f]),
+            category,
+            np.array([x["decision_number"] for x in f]),
         )
         p = np.zeros((n, k))
         rows = np.flatnonzero(allowed.any(axis=1))
@@ -349,7 +394,8 @@ class LearnedPolicy(Policy):
             p[rows] = self.retry_model.predict_proba_matrix(grid)[:, 1].reshape(len(rows), k)
         p = np.where(allowed, p, 0.0)
         amount = np.expm1(np.array([x["log_amount"] for x in f]))
-        value = self._values(p, allowed, amount)
+        final = np.array([x["decision_number"] for x in f]) >= self._last_retry_at(category)
+        value = self._values(p, allowed, amount, final)
         uplift = self.channel_model.predict_matrix(
             decisions.matrix(list(self.channel_model.feature_names_in_))
         )

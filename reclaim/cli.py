@@ -329,10 +329,26 @@ def train(
             interval(m[f"ope_{est}"], m[f"ope_{est}_lo"], m[f"ope_{est}_hi"]),
         )
     table.add_row("effective sample size", f"{m['ope_ess']:,.0f} of {m['ope_decisions']:,.0f}")
+    table.add_row(
+        "whole policy (model rollout)",
+        f"{m['whole_policy']:.1%}, the history's schedule {m['whole_history']:.1%}",
+    )
+    table.add_row(
+        "… uplift over the history's schedule",
+        interval(m["whole_uplift"], m["whole_uplift_lo"], m["whole_uplift_hi"], pts=True),
+    )
+    table.add_row(
+        "… median hours between retries",
+        f"{m['whole_median_gap_hours']:.0f} (history {m['history_median_gap_hours']:.0f})",
+    )
+    table.add_row(
+        "… retries per payment",
+        f"{m['whole_retries_per_payment']:.2f} (history {m['history_retries_per_payment']:.2f})",
+    )
     console.print(table)
     for caveat in result.caveats:
         console.print(f"caveat: {caveat}", markup=False, highlight=False)
-    console.print(f"champion: {result.reason}", markup=False, highlight=False)
+    console.print(f"gate: {result.gate} — {result.reason}", markup=False, highlight=False)
     console.print(f"tracking: {uri}", markup=False)
 
 

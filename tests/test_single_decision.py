@@ -5,6 +5,7 @@ summaries, limits, features, actions, propensities, probabilities and reasons.""
 
 from __future__ import annotations
 
+import copy
 from datetime import UTC, datetime, timedelta
 
 import mlflow
@@ -251,6 +252,21 @@ def test_the_row_path_equals_the_batch_path(policy, trained, seed):
     ).tolist()
     np.testing.assert_allclose([a["channel_propensity"] for a in mine], enforced.channel_propensity)
     assert "customer_action" in enforced.reason.tolist()  # the 3D Secure rule is exercised
+
+    # bounded retry counts (a plain export's support, issue 30): both paths stop retrying
+    # after the bound of each decision's category, and agree on everything else
+    bounded = copy.copy(policy)
+    bounded.last_retry = {"*": 1, "soft": 0}
+    acts_b = bounded.act(batch, np.random.default_rng(seed))
+    mine_b = bounded.act_rows(decisions, np.random.default_rng(seed))
+    _assert_same_actions(mine_b, acts_b)
+    features_b = frame[["decision_number", "decline_category"]]
+    over = (features_b["decision_number"] > 1) | (
+        (features_b["decline_category"] == "soft") & (features_b["decision_number"] > 0)
+    )
+    assert over.any() and acts_b.retry_at[over.to_numpy()].isna().all()
+    greedy = np.asarray(acts_b.retry_propensity) > 0.5  # not an exploration draw
+    assert acts_b.retry_at[~over.to_numpy() & greedy].notna().any()
 
     # the chosen retries' probabilities and reasons
     p_batch, why_batch = policy.describe(batch, enforced)

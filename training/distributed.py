@@ -59,6 +59,7 @@ from reclaim.training.prepared import (
     continuation_sums,
     sample_rates,
     split_rows,
+    support_columns,
 )
 
 log = logging.getLogger(__name__)
@@ -263,8 +264,8 @@ def _continuation(rows: SplitRows, model: RetryTimeModel) -> np.ndarray:
     return continuation_sums(model, rows.x)
 
 
-def _delays(rows: SplitRows) -> np.ndarray:
-    return rows.x["delay_hours"].to_numpy(dtype=float)
+def _support(rows: SplitRows) -> pd.DataFrame:
+    return support_columns(rows.x)
 
 
 def _test_predictions(rows: SplitRows, model: RetryTimeModel) -> tuple[np.ndarray, np.ndarray]:
@@ -333,8 +334,9 @@ class DaskRetryRows:
         sums = self.client.gather(self.client.map(_continuation, self.parts, model=shared))
         return continuation_factor(np.sum(sums, axis=0))
 
-    def delays(self) -> np.ndarray:
-        return np.concatenate(self.client.gather(self.client.map(_delays, self.parts)))
+    def support(self) -> pd.DataFrame:
+        parts = self.client.gather(self.client.map(_support, self.parts))
+        return pd.concat(parts, ignore_index=True)
 
     def test_predictions(self, model: RetryTimeModel) -> tuple[np.ndarray, np.ndarray]:
         shared = self.client.scatter(model, broadcast=True, hash=False)

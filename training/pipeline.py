@@ -7,9 +7,12 @@
    calibration error; each channel's Qini and AUUC; off-policy estimates (IPS, SNIPS, DR) of
    the learned policy's value against the logging policy, with intervals and effective sample
    size; per-account uplift as one table.
-5. Log plots, register the policy as ``reclaim-policy`` and move the ``champion`` alias only
-   when its DR value beats both the logging policy's and the current champion's on the same
-   test data.
+5. Value the whole policy against the history's own schedule by a model rollout on the later
+   payments (``training.whole_policy``), with a 95% interval.
+6. Log plots, register the policy as ``reclaim-policy`` and let the gate (:func:`_gate`) say
+   which of three it is: ``champion`` (the whole policy's lower bound beats the history, and
+   the current champion), ``challenger`` (not enough evidence, within the history's support)
+   or neither (worse than the history with confidence).
 
 Without a randomized log (a platform's own export: no ``decisions`` table) the message each
 decision got is read from the messages table and its probability estimated from the history
@@ -34,18 +37,25 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from reclaim import contract
+from reclaim import contract, vocab
 from reclaim.features.decisions import decision_features, log_amount
 from reclaim.features.drift import FeatureReference
 from reclaim.intervals import interval
 from reclaim.models.channel import CONTROL, ChannelCalibration, ChannelUpliftModel
-from reclaim.models.policy import CHANNELS, POLICY_DELAYS_HOURS, LearnedPolicy
+from reclaim.models.policy import CHANNELS, LearnedPolicy
 from reclaim.models.propensity import ArmPropensityModel, overlap
 from reclaim.policy import ActionBatch, DecisionBatch, merchant_of_record
 from reclaim.rules import NetworkRules, enforce
-from reclaim.training import metrics, ope, plots
-from reclaim.training.data import ChannelRows, DecisionData, channel_rows
+from reclaim.training import metrics, ope, plots, whole_policy
+from reclaim.training.data import (
+    ChannelRows,
+    DecisionData,
+    channel_rows,
+    sample_payments,
+    sample_rate,
+)
 from reclaim.training.prepared import TrainConfig, prepare
+from reclaim.training.support import supported_delays, supported_retry_counts
 from reclaim.training.tracking import use_experiment
 
 if TYPE_CHECKING:
@@ -71,6 +81,7 @@ STAGES = (
     "measuring each channel's uplift",
     "fitting the channel model",
     "evaluating on the later split",
+    "valuing the whole policy",
     "logging to MLflow",
 )
 
@@ -87,6 +98,8 @@ class TrainResult:
     policy: LearnedPolicy
     per_account: pd.DataFrame = field(repr=False)
     caveats: list[str] = field(default_factory=list)
+    #: Which of three happened: ``champion`` (promoted), ``challenger``, or ``none``.
+    gate: str = ""
 
 
 def data_digest(folder: Path) -> str:
@@ -204,6 +217,13 @@ def message_probabilities(policy: Any, batch: DecisionBatch) -> tuple[np.ndarray
     return probs, np.where(pd.isna(senders), default, senders)
 
 
+def recovered_share(tables: contract.ContractTables) -> float:
+    """The share of ``tables``' payments that an attempt recovered (by anyone), in [0, 1]."""
+    ok = tables.attempts["outcome"] == vocab.Outcome.SUCCEEDED
+    paid = tables.attempts.loc[ok, "payment_id"].astype("object")
+    return float(tables.payments["payment_id"].astype("object").isin(paid).mean())
+
+
 def per_account_uplift(terms: pd.DataFrame) -> pd.DataFrame:
     """Per connected account and currency: decisions, the logging policy's recovery rate, the
     learned policy's DR estimate of it (within [0, 1], as is its interval), and the
@@ -262,31 +282,6 @@ def observed_propensities(
     if rare:
         caveats.append(f"arms with under 100 later decisions (their values are noise): {rare}")
     return train_rows, test_rows, caveats, report
-
-
-#: The policy retries no sooner than the history did: its smallest candidate delay is the
-#: history's SUPPORT_QUANTILE of logged delays, less SUPPORT_MARGIN of it.
-SUPPORT_QUANTILE, SUPPORT_MARGIN = 0.005, 0.25
-
-
-def supported_delays(logged: np.ndarray) -> tuple[np.ndarray, str]:
-    """The candidate delays (hours from a decision to its retry) the policy may choose, and
-    a sentence saying why: those no shorter than the history shows for a retry (its
-    :data:`SUPPORT_QUANTILE` of logged delays, less :data:`SUPPORT_MARGIN`). The retry model
-    has never seen what a shorter wait does (networks and issuers penalise rapid retries),
-    so it does not extrapolate there; a randomized log's exploration range is its support."""
-    grid = POLICY_DELAYS_HOURS
-    logged = logged[np.isfinite(logged)]
-    if logged.size == 0:
-        return grid, "retry timing: the history holds no retry; the candidate delays are kept"
-    floor = float(np.quantile(logged, SUPPORT_QUANTILE)) * (1 - SUPPORT_MARGIN)
-    kept = grid[grid >= floor]
-    kept = kept if kept.size else grid[-1:]
-    return kept, (
-        f"retry timing within the history's support: no retry sooner than {kept[0]:g} h after "
-        f"its decision (the history's shortest logged delays: 0.5% under "
-        f"{np.quantile(logged, SUPPORT_QUANTILE):.1f} h, median {np.median(logged):.1f} h)"
-    )
 
 
 @dataclass
@@ -498,8 +493,10 @@ def train(
     channel_model = ChannelUpliftModel(num_boost_round=config.channel_rounds).fit(
         train_rows.features, train_rows.arm, train_rows.recovered, train_rows.propensity
     )
-    delays, support = supported_delays(prepared.retry.delays())
-    caveats.append(support)
+    logged = prepared.retry.support()
+    delays, why_delays = supported_delays(logged["delay_hours"].to_numpy(dtype=float))
+    last_retry, why_counts = supported_retry_counts(logged)
+    caveats += [why_delays, why_counts]
     policy = LearnedPolicy(
         retry_model,
         channel_model,
@@ -509,6 +506,7 @@ def train(
         continuation=prepared.retry.continuation(retry_model),
         channel_calibration=uplift.calibration,
         feature_reference=FeatureReference.from_frame(train_rows.features),
+        last_retry=last_retry,
     )
 
     stage("evaluating on the later split")
@@ -560,6 +558,51 @@ def train(
     results.update(revenue_uplift_by_currency(per_account))
     results["continuation"] = policy.continuation
     results["overlap_share_below_floor"] = overlap_report["share_below_floor"]
+    first_vs_logging = ope.mean_estimate(terms["dr"].to_numpy() - terms["logged"].to_numpy())
+
+    stage("valuing the whole policy")
+    rate = sample_rate(len(test_tables.payments), config.max_rollout_payments)
+    rolled = sample_payments(test_tables, rate)
+    history = whole_policy.LoggedSchedule(rolled, whole_policy.fallback_delays(logged))
+
+    paid = whole_policy.customer_paid_at(rolled.payments, rolled.attempts)
+
+    def roll(p: Any, messages: pd.DataFrame | None = None) -> whole_policy.Rollout:
+        empty = contract.empty(contract.MESSAGES)
+        sent = empty if messages is None else messages
+        return whole_policy.rollout(
+            p, rolled.payments, sent, retry_model, prepared.accounts, customer_paid=paid
+        )
+
+    ours = roll(policy)
+    whole = whole_policy.compare(ours, roll(history, rolled.messages))
+    results |= {
+        "whole_policy": whole.policy,
+        "whole_history": whole.history,
+        # the model check: what the history recovered of the same payments
+        "whole_history_observed": recovered_share(rolled),
+        "whole_uplift": whole.uplift.value,
+        "whole_uplift_lo": whole.uplift.lo,
+        "whole_uplift_hi": whole.uplift.hi,
+        "whole_payments": float(whole.payments),
+        "whole_median_gap_hours": whole.policy_median_gap,
+        "history_median_gap_hours": whole.history_median_gap,
+        "whole_retries_per_payment": whole.policy_retries,
+        "history_retries_per_payment": whole.history_retries,
+        # the model's calibration where the rollout leans on it: predicted over observed
+        # successes of the later logged retries (1: right on average)
+        "retry_predicted_over_observed": float(p_test.sum() / max(y_test.sum(), 1)),
+    }
+    caveats.append(
+        "whole-policy value by model rollout (training.whole_policy): assumes the export's "
+        "features explain who got which retry time, the retry model is right within the "
+        "history's support, a failed retry declines as the first failure did, and customers "
+        "pay by themselves when they did in the history; its interval is over payments, not "
+        "the model's own error. Model check: the rollout of the history's own schedule "
+        f"recovers {whole.history:.1%} of the later payments, which recovered "
+        f"{results['whole_history_observed']:.1%}; the retry model predicts "
+        f"{results['retry_predicted_over_observed']:.2f}× the later retries' successes"
+    )
 
     stage("logging to MLflow")
     mlflow.set_tracking_uri(tracking_uri)
@@ -622,23 +665,28 @@ def train(
         )
         version = str(info.registered_model_version)
         client = MlflowClient()
-        promoted, reason = _maybe_promote(
-            client,
-            version,
-            results,
-            test_data,
-            test_tables,
-            channel_model,
-            config.weight_clip,
-            test_rows,
-        )
-        if not promoted:
+        outcome, reason = _gate(client, version, whole, first_vs_logging, ours, roll)
+        promoted = outcome == CHAMPION
+        if outcome == CHALLENGER:
             reason = _as_challenger(client, version, reason)
         mlflow.set_tags(
-            {"champion_decision": reason, "promoted": str(promoted), "caveats": len(caveats)}
+            {
+                "champion_decision": reason,
+                "promoted": str(promoted),
+                "gate": outcome,
+                "caveats": len(caveats),
+            }
         )
         return TrainResult(
-            run.info.run_id, version, results, promoted, reason, policy, per_account, caveats
+            run.info.run_id,
+            version,
+            results,
+            promoted,
+            reason,
+            policy,
+            per_account,
+            caveats,
+            outcome,
         )
 
 
@@ -680,7 +728,7 @@ def _signature(payments: pd.DataFrame) -> tuple[pd.DataFrame, Any]:
 
 def _as_challenger(client: Any, version: str, reason: str) -> str:
     """Make ``version``, which the evidence could not promote, the ``challenger`` (it keeps
-    within the history's support: :func:`supported_delays`, :func:`identification`); returns
+    within the history's support: ``training.support``, :func:`identification`); returns
     ``reason`` with the command that tests it against live traffic."""
     client.set_registered_model_alias(MODEL_NAME, CHALLENGER, version)
     return reason + (
@@ -694,26 +742,53 @@ def _as_challenger(client: Any, version: str, reason: str) -> str:
     )
 
 
-def _maybe_promote(
+#: How much worse than the history's first message a promoted policy's may be (its upper
+#: bound): the price of a little exploration, not a loss worth stopping for.
+FIRST_MESSAGE_MARGIN = 0.005
+
+
+def _gate(
     client: Any,
     version: str,
-    results: dict[str, float],
-    test_data: DecisionData,
-    tables: contract.ContractTables,
-    channel_model: ChannelUpliftModel,
-    clip: float | None,
-    rows: ChannelRows,
-) -> tuple[bool, str]:
-    """Move ``champion`` to ``version`` only if its DR value beats both the logging policy's
-    value and the current champion's, on this run's test data."""
+    whole: whole_policy.WholePolicyValue,
+    first_message: ope.Estimate,
+    ours: whole_policy.Rollout,
+    roll: Callable[[Any], whole_policy.Rollout],
+) -> tuple[str, str]:
+    """Which of three ``version`` is — ``champion``, ``challenger`` or ``none`` (no alias) —
+    and why, in one sentence.
+
+    Promoted when the whole policy's value beats the history's schedule with 95% confidence
+    (the lower bound of the paired uplift is above 0; ``training.whole_policy``), its first
+    message is not worse than the history's by more than :data:`FIRST_MESSAGE_MARGIN` with
+    95% confidence (doubly robust; a non-inferiority margin: exploration alone costs a
+    little), and it beats the current champion rolled out on the same payments. Worse with
+    95% confidence on either measure: no alias. Anything between: the challenger, ready for
+    a guarded A/B test (it keeps within the history's support by construction).
+    """
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    ours, logging_value = results["ope_dr"], results["ope_logging"]
-    if not ours > logging_value:
-        return False, (
-            f"version {version} DR {ours:.4f} does not beat the logging policy's "
-            f"{logging_value:.4f} on this run's test data: not promoted"
+    up, first = whole.uplift, first_message
+    said = (
+        f"whole policy {whole.policy:.1%} against the history's schedule {whole.history:.1%} "
+        f"on {whole.payments:,} later payments (model rollout): "
+        f"{interval(up.value, up.lo, up.hi, pts=True)}; first message (doubly robust) "
+        f"{interval(first.value, first.lo, first.hi, pts=True)} against the history's"
+    )
+    if up.hi < 0:
+        return "none", (
+            f"version {version} is worse than the history's schedule with 95% confidence: {said}"
+        )
+    if first.hi < -FIRST_MESSAGE_MARGIN:
+        return "none", (
+            f"version {version}'s first message is worse than the history's by more than "
+            f"{FIRST_MESSAGE_MARGIN * 100:g} pts with 95% confidence: {said}"
+        )
+    if not (up.lo > 0):
+        return CHALLENGER, (
+            f"version {version} not promoted: the lower bound of its uplift is not above "
+            f"zero: {said}"
         )
     try:
         current = client.get_model_version_by_alias(MODEL_NAME, CHAMPION)
@@ -721,22 +796,15 @@ def _maybe_promote(
         current = None
     if current is None:
         client.set_registered_model_alias(MODEL_NAME, CHAMPION, version)
-        return True, (
-            f"no champion yet: version {version} becomes champion (DR {ours:.4f} beats the "
-            f"logging policy's {logging_value:.4f})"
-        )
+        return CHAMPION, f"no champion yet: version {version} becomes champion: {said}"
     champion = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@{CHAMPION}")
-    theirs_policy = champion.unwrap_python_model().policy
-    theirs, _ = first_message_ope(theirs_policy, test_data, tables, channel_model, clip, rows)
-    theirs_value = theirs["dr"].value
-    if ours > theirs_value:
-        client.set_registered_model_alias(MODEL_NAME, CHAMPION, version)
-        return True, (
-            f"version {version} DR {ours:.4f} beats champion v{current.version} "
-            f"DR {theirs_value:.4f} and the logging policy's {logging_value:.4f} on this "
-            "run's test data: promoted"
-        )
-    return False, (
-        f"version {version} DR {ours:.4f} does not beat champion v{current.version} "
-        f"DR {theirs_value:.4f} on this run's test data: champion kept"
+    theirs = roll(champion.unwrap_python_model().policy)
+    vs = ope.mean_estimate(ours.value - theirs.value)
+    against = (
+        f"against champion v{current.version} rolled out on the same payments "
+        f"{interval(vs.value, vs.lo, vs.hi, pts=True)}"
     )
+    if vs.value > 0:
+        client.set_registered_model_alias(MODEL_NAME, CHAMPION, version)
+        return CHAMPION, f"version {version} promoted: {said}; {against}"
+    return CHALLENGER, f"version {version} not promoted, champion kept: {said}; {against}"

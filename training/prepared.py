@@ -50,6 +50,9 @@ class TrainConfig:
     #: The off-policy evaluation reads at most about this many later payments (sampled the
     #: same way; the retry model's test metrics always read every later retry); None: all.
     max_evaluation_payments: int | None = 250_000
+    #: The whole-policy gate rolls the policy and the history's schedule out over at most
+    #: about this many later payments (``training.whole_policy``); None: all it evaluates.
+    max_rollout_payments: int | None = 5_000
     #: Share of the earlier payments whose network decline and advice codes are hidden from
     #: the models (by payment id): Stripe's network codes are recent and a real history
     #: lacks them for older charges, so the models learn that a missing code says nothing
@@ -86,9 +89,10 @@ class RetryRows(Protocol):
         """Outcomes (0/1) of the later rows and ``model``'s calibrated probabilities."""
         ...
 
-    def delays(self) -> np.ndarray:
-        """The training rows' delays (hours from the decision to the logged retry): the
-        history's support of retry timing."""
+    def support(self) -> pd.DataFrame:
+        """The history's support of retrying, one row per training retry: its delay
+        (``delay_hours``, from the decision to the retry), and the ``decline_category`` and
+        ``decision_number`` of the decision that chose it."""
         ...
 
 
@@ -145,11 +149,19 @@ class LocalRetryRows:
     def continuation(self, model: RetryTimeModel) -> float:
         return continuation_factor(continuation_sums(model, self.x))
 
-    def delays(self) -> np.ndarray:
-        return self.x["delay_hours"].to_numpy(dtype=float)
+    def support(self) -> pd.DataFrame:
+        return support_columns(self.x)
 
     def test_predictions(self, model: RetryTimeModel) -> tuple[np.ndarray, np.ndarray]:
         return self.y_test, model.predict_proba(self.x_test)[:, 1]
+
+
+SUPPORT_COLUMNS = ("delay_hours", "decline_category", "decision_number")
+
+
+def support_columns(x: pd.DataFrame) -> pd.DataFrame:
+    """The columns of retry rows that say where the history retried (:meth:`RetryRows.support`)."""
+    return x[list(SUPPORT_COLUMNS)].reset_index(drop=True)
 
 
 class DataWarnings(ValueError):

@@ -4,6 +4,7 @@ and evaluated through the command line, with the caveats such data needs."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -15,7 +16,7 @@ from reclaim.cli import app
 from reclaim.reference import RandomizedLogging
 from reclaim.settings import get_settings
 from reclaim.simulator import generate, rollout
-from reclaim.training.pipeline import _maybe_promote, per_account_uplift, revenue_uplift_by_currency
+from reclaim.training.pipeline import _gate, per_account_uplift, revenue_uplift_by_currency
 
 runner = CliRunner()
 
@@ -158,11 +159,35 @@ def test_uplift_is_never_summed_across_currencies_and_rates_stay_in_0_1():
     assert set(totals) == {"revenue_uplift_dr_usd", "revenue_uplift_dr_jpy"}
 
 
-def test_a_first_champion_must_beat_the_logging_policy():
-    promoted, reason = _maybe_promote(
-        None, "1", {"ope_dr": 0.51, "ope_logging": 0.54}, None, None, None, None, None
-    )
-    assert not promoted and "does not beat the logging policy's 0.5400" in reason
+def _whole(lo: float, value: float, hi: float) -> Any:
+    from reclaim.training.ope import Estimate
+    from reclaim.training.whole_policy import WholePolicyValue
+
+    up = Estimate(value, lo, hi, (hi - lo) / 3.92)
+    return WholePolicyValue(0.5 + value, 0.5, up, 4_000, 72.0, 48.0, 3.0, 4.0)
+
+
+@pytest.mark.parametrize(
+    ("whole", "first", "outcome", "said"),
+    [
+        # the whole policy's lower bound is below zero: not enough to promote
+        ((-0.002, 0.01, 0.02), (-0.01, 0.0, 0.01), "challenger", "lower bound"),
+        # worse than the history with confidence, on the whole or at the first message
+        ((-0.05, -0.03, -0.01), (-0.01, 0.0, 0.01), "none", "worse than the history's"),
+        ((0.01, 0.02, 0.03), (-0.06, -0.04, -0.02), "none", "first message is worse"),
+        # a first message a little worse (exploration's price) does not stop the challenger
+        ((-0.002, 0.01, 0.02), (-0.003, -0.002, -0.001), "challenger", "lower bound"),
+    ],
+)
+def test_the_gate_says_which_of_three_happened_and_why(whole, first, outcome, said):
+    """Issue 30: the gate values the whole policy with a lower bound; promotion needs it
+    above zero (that path is the demo's and ``test_pipeline``'s, on a real MLflow store)."""
+    from reclaim.training.ope import Estimate
+
+    lo, value, hi = first
+    got, reason = _gate(None, "7", _whole(*whole), Estimate(value, lo, hi, 0.01), None, None)
+    assert got == outcome and said in reason and "version 7" in reason
+    assert "95% CI" in reason and "later payments (model rollout)" in reason
 
 
 def test_a_message_the_history_always_sent_is_not_identified():
@@ -212,6 +237,18 @@ def test_a_fixed_schedules_plain_history_gives_a_challenger_within_its_support(t
     assert "uplift_email_first" not in result.metrics, "no estimate of what is not identified"
     assert result.policy.delays_hours.min() >= 18, "no retry sooner than the history's 24 h"
     assert result.policy.channel_calibration["email"].keep_first
+    # retries as far apart and as many as the history's: the gaps its rollout chose, and
+    # the retry count (stripe_like: 8 retries, after decisions 0 to 7)
+    m = result.metrics
+    assert m["whole_median_gap_hours"] >= 18 <= m["history_median_gap_hours"], m
+    assert result.policy.last_retry is not None and max(result.policy.last_retry.values()) <= 7
+    assert m["whole_retries_per_payment"] <= 8
+    assert 0 <= m["whole_policy"] <= 1 and 0 <= m["whole_history"] <= 1
+    assert (
+        "whole policy" in result.reason
+        and "lower bound" not in result.reason
+        or ("not promoted" in result.reason)
+    )
     aliases = MlflowClient(uri).get_registered_model(MODEL_NAME).aliases
     assert str(aliases.get(CHAMPION, aliases.get(CHALLENGER))) == result.model_version, (
         result.reason
