@@ -978,7 +978,7 @@ def report(
     except (ReportError, LookupError, contract.ContractError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(code=2) from exc
-    console.print(ab_publish.to_text(result))
+    console.print(ab_publish.to_text(result), markup=False, highlight=False)
     if html is not None:
         html.parent.mkdir(parents=True, exist_ok=True)
         html.write_text(ab_publish.to_html(result))

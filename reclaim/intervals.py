@@ -1,6 +1,30 @@
-"""How Reclaim writes an estimate with its interval, everywhere: ``x (95% CI lo to hi)``."""
+"""How Reclaim writes its numbers for people, everywhere: an estimate with its interval as
+``x (95% CI lo to hi)``, a rate as ``54.4%``, a p-value as ``0.025`` or ``< 0.001``, and a
+missing figure as "not known" (never ``nan``)."""
 
 from __future__ import annotations
+
+import math
+from typing import Any
+
+NOT_KNOWN = "not known"
+
+
+def known(value: Any) -> bool:
+    """Whether ``value`` is a figure (not None, not NaN)."""
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+def percent(rate: float) -> str:
+    """``54.4%``; "not known" for a missing rate."""
+    return f"{rate:.1%}" if known(rate) else NOT_KNOWN
+
+
+def p_value(p: float) -> str:
+    """``0.025``, ``< 0.001``; "not known" for a missing one."""
+    if not known(p):
+        return NOT_KNOWN
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
 def ci(value: str, lo: str, hi: str) -> str:

@@ -29,8 +29,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from reclaim.account_config import PLATFORM, effective
-from reclaim.contract import ContractError, major, money, signed_money
-from reclaim.intervals import ci, interval
+from reclaim.contract import ContractError, major, money
+from reclaim.intervals import percent
 from reclaim.serving.auth import Principal, Role, Unauthorized, authenticate, principal_of
 from reclaim.serving.routes.payments import find_payments, holding, payment_view
 from reclaim.serving.routes.stats import MAX_PERIOD_DAYS, period
@@ -44,10 +44,6 @@ _templates = jinja2.Environment(
     autoescape=True,
     undefined=jinja2.StrictUndefined,
 )
-
-
-def percent(rate: float) -> str:
-    return f"{rate:.1%}"
 
 
 _templates.filters["money"] = money
@@ -457,16 +453,6 @@ async def payment(request: Request, payment_id: str, account: str | None = None)
     )  # fmt: skip
 
 
-EFFECT_LABELS = {
-    "recovery_rate": "Recovery rate",
-    "revenue_per_payment": "Recovered revenue per failed payment",
-    "recovery_rate_cuped": "Recovery rate, adjusted by each account's earlier rate (CUPED)",
-    "revenue_per_payment_cuped": "Revenue per payment, adjusted by each account's earlier "
-    "rate (CUPED)",
-    "revenue_per_payment_by_account": "Revenue per payment, errors clustered by account",
-}
-
-
 class ReportUnavailable(ValueError):
     """The experiment's report cannot be computed from what is stored and set."""
 
@@ -476,8 +462,8 @@ def experiment_view(engine, name: str, principal: Principal, settings) -> dict[s
     ``build_report`` on the same store and settings); for a key scoped to accounts, the
     experiment as it ran on those accounts alone (nothing of another account is read).
     LookupError where the key sees no payment of the experiment."""
+    from reclaim.training import ab_present
     from reclaim.training.ab_report import ReportError, build_report
-    from reclaim.training.ab_stats import Difference, verdict
 
     inputs = experiments.report_inputs(engine, name, accounts=principal.accounts)
     tables, assignments, opted_out, pre = inputs
@@ -489,61 +475,9 @@ def experiment_view(engine, name: str, principal: Principal, settings) -> dict[s
     except (ReportError, ContractError) as exc:  # e.g. a currency without a stated rate
         raise ReportUnavailable(str(exc)) from exc
     policies = experiments.arm_policies(engine, name)
-    arms = [
-        {
-            "arm": f"{arm} ({policies[arm]})" if arm in policies else arm,
-            "payments": int(row["payments"]),
-            "recovered": int(row["recovered"]),
-            "rate": percent(row["recovery_rate"]),
-            "revenue": money(row["recovered_revenue"], cur),
-            "per_payment": money(row["revenue_per_payment"], cur),
-            "retries": f"{row['retries_per_payment']:.2f}",
-            "messages": f"{row['messages_per_payment']:.2f}",
-        }
-        for arm, row in report.arms.iterrows()
-    ]
-    effects, verdicts = [], []
-    for key, row in report.effects.iterrows():
-        d = Difference(**{**row.to_dict(), "n_control": int(row["n_control"]),
-                          "n_treatment": int(row["n_treatment"])})  # fmt: skip
-        rate = key.startswith("recovery_rate")
-        if rate:
-            shown = interval(d.diff, d.lo, d.hi, pts=True)
-            control, treatment = percent(d.control), percent(d.treatment)
-        else:
-            shown = ci(*(signed_money(v, cur) for v in (d.diff, d.lo, d.hi)))
-            control, treatment = money(d.control, cur), money(d.treatment, cur)
-        effects.append(
-            {
-                "effect": EFFECT_LABELS.get(key, key),
-                "control": control,
-                "treatment": treatment,
-                "difference": shown,
-                "p": f"{d.p_value:.3f}",
-            }
-        )
-        if key == "recovery_rate":
-            verdicts.append(verdict(d, "the recovery rate", "the treatment recovered a "
-                                    "larger share of failed payments", "the treatment recovered "
-                                    "a smaller share of failed payments",
-                                    lambda v: f"{v * 100:+.1f} pts"))  # fmt: skip
-        if key == "revenue_per_payment":
-            verdicts.append(verdict(d, "recovered revenue per failed payment", "the treatment "
-                                    "recovered more revenue per failed payment", "the treatment "
-                                    "recovered less revenue per failed payment",
-                                    lambda v: f"{signed_money(v, cur)} per payment"))  # fmt: skip
-    accounts = [
-        {
-            "account_id": account,
-            "payments": int(row["payments"]),
-            "rates": f"{percent(row['rate_control'])} → {percent(row['rate_treatment'])}",
-            "revenue": ci(
-                *(signed_money(row[c], cur) for c in ("revenue_diff", "revenue_lo", "revenue_hi"))
-            ),  # fmt: skip
-            "incremental": signed_money(row["incremental_revenue"], cur),
-        }
-        for account, row in report.accounts.iterrows()
-    ]
+    arms = ab_present.arms(report, policies)
+    effects, verdicts = ab_present.effects(report)
+    accounts = ab_present.accounts(report, top=None)
     return {
         "report": report, "arms": arms, "effects": effects, "verdicts": verdicts,
         "accounts": accounts, "rates": sorted(settings.report_fx.items()), "currency": cur,

@@ -131,7 +131,10 @@ def test_the_replay_verdict_in_plain_words():
     unclear = replay_verdict(diff(0.71, -12.31, 13.73, 0.91), "stripe_like")
     assert "no significant difference" in unclear
     assert "detect a difference of $18.6" in unclear and "per payment (80% power)" in unclear
-    assert "the observed +$0.71 per payment would need about" in unclear
+    # 0.71 against a standard error of 6.6 would need ~680,000 payments: not a practical size
+    assert "the observed +$0.71 per payment is too small to detect at any practical" in unclear
+    closer = replay_verdict(diff(5.0, -2.0, 12.0, 0.16), "stripe_like")
+    assert "the observed +$5.00 per payment would need about 4,000 payments" in closer, closer
 
 
 def test_every_option_is_described_and_defaults_are_shown() -> None:

@@ -64,7 +64,10 @@ def verdict(d: Difference, outcome: str, more: str, less: str, show: Callable[[f
     detectable = (1.96 + 0.84) * d.se
     n = d.n_control + d.n_treatment
     need = int(math.ceil(n * (2.8 * d.se / abs(d.diff)) ** 2)) if d.diff else None
-    observed = f" the observed {show(d.diff)} would need about {need:,} payments" if need else ""
+    if need is not None and need <= 100 * n:
+        observed = f" the observed {show(d.diff)} would need about {need:,} payments"
+    else:  # a difference this small is not one any test of practical size would show
+        observed = f" the observed {show(d.diff)} is too small to detect at any practical size"
     return (
         f"Verdict: no significant difference in {outcome} at this size "
         f"(p = {d.p_value:.3f}). {n:,} payments detect a difference of "

@@ -12,6 +12,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from reclaim import contract, vocab
+from reclaim.contract import money, signed_money
 
 
 def calibration_curve(table: pd.DataFrame) -> Figure:
@@ -88,9 +89,10 @@ def recovered_over_time(frame: pd.DataFrame, currency: str) -> Figure:
         )
     ax.set(
         xlabel="recovered on",
-        ylabel=f"recovered {currency.upper()} per failed payment (cumulative)",
-        title="Recovered revenue over time, per arm",
+        ylabel=f"{currency.upper()} per failed payment",
+        title="Recovered revenue per failed payment, cumulative, per arm",
     )
+    ax.yaxis.set_major_formatter(lambda v, _: money(v, currency))
     ax.legend()
     fig.autofmt_xdate()
     fig.tight_layout()
@@ -118,9 +120,10 @@ def account_uplift(accounts: pd.DataFrame, currency: str, top: int = 40) -> Figu
     ax.axvline(0, color="grey", lw=1, ls="--")
     ax.set_yticks(y, shown.index, fontsize=7)
     ax.set(
-        xlabel=f"uplift, {currency.upper()} per failed payment (95% interval)",
-        title="Per-account uplift",
+        xlabel=f"treatment − control, {currency.upper()} per failed payment (95% interval)",
+        title=f"Per-account uplift, the {len(shown)} accounts with the most payments",
     )
+    ax.xaxis.set_major_formatter(lambda v, _: signed_money(round(v, 6) + 0.0, currency))
     fig.tight_layout()
     plt.close(fig)
     return fig

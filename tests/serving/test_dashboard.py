@@ -462,6 +462,20 @@ def test_healthz_answers_while_a_dashboard_page_is_being_built(tmp_path, trained
     not (shutil.which("chromium") and shutil.which("chromedriver")),
     reason="no chromium/chromedriver: `make test` installs Debian's packages where it can",
 )
+def _report_page(engine, folder: Path) -> Path:
+    """Experiment exp-a's HTML report, from the store, written to ``folder``."""
+    from reclaim.serving.store import experiments
+    from reclaim.training.ab_publish import to_html
+    from reclaim.training.ab_report import build_report
+
+    tables = repo.load_contract(engine)
+    _, assignments, opted_out, _ = experiments.report_inputs(engine, "exp-a")
+    report = build_report("exp-a", tables, assignments, SIM_FX, "usd", opted_out=opted_out)
+    page = folder / "ab_report.html"
+    page.write_text(to_html(report))
+    return page
+
+
 def test_the_pages_in_a_real_browser(tmp_path, trained, history) -> None:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -546,6 +560,18 @@ def test_the_pages_in_a_real_browser(tmp_path, trained, history) -> None:
         driver.save_screenshot(str(DOCS / "dashboard-experiment.png"))
         errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert errors == [], errors
+
+        # the HTML report of the same experiment, as `reclaim report --html` writes it
+        page = _report_page(engine, tmp_path)
+        driver.get(page.as_uri())
+        first = driver.find_element(By.CSS_SELECTOR, "body > *:nth-child(2)")
+        assert first.get_attribute("id") == "verdicts" and first.text.startswith("Verdict:")
+        body = driver.find_element(By.TAG_NAME, "body").text
+        assert not re.search(r"\d\.?\d*e[+-]\d\d|\bnan\b|NaN", body), "numbers for people"
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#uplift tbody tr")) <= 20
+        driver.save_screenshot(str(DOCS / "ab-report.png"))
+        driver.execute_script("document.getElementById('uplift').scrollIntoView()")
+        driver.save_screenshot(str(DOCS / "ab-report-accounts.png"))
 
         sign_in(scoped)
         driver.get(f"{base}/dashboard/accounts?{PERIOD}")

@@ -47,7 +47,7 @@ def test_report_command_on_the_operational_store(engine, store_url, monkeypatch)
     finally:
         get_settings.cache_clear()
     assert ok.exit_code == 0, ok.output
-    assert "recovery_rate_cuped" in ok.output
+    assert "adjusted by each account's earlier rate (CUPED)" in ok.output
     assert missing.exit_code == 2 and "stored experiments: {'stored': 750}" in missing.output
 
 

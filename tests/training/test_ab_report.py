@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import re
+
 import mlflow
 import pandas as pd
 import pytest
@@ -75,10 +77,20 @@ def test_report_command_on_contract_tables_writes_html_and_logs_to_mlflow(experi
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "Effects (treatment - control)" in result.output
+    assert result.output.startswith("Verdict: "), result.output[:200]
     page = html.read_text()
-    for section in ("Per-account uplift", "Guardrails", "Recovery by decline category",
-                    "Attribution by channel", "data:image/png;base64,"):  # fmt: skip
+    for section in ("Uplift per connected account", "Guardrails", "Recovery by decline category",
+                    "Attribution by channel", "data:image/png;base64,",
+                    'download="per_account_uplift.csv"'):  # fmt: skip
         assert section in page
+    # the verdict comes first; numbers are written for people, in the page and the terminal
+    assert page.index('class="verdict"') < page.index("<h2>Arms</h2>")
+    text = re.sub(r'(src|href)="data:[^"]*"', "", page)
+    for shown in (text, result.output):
+        assert not re.search(r"\d\.?\d*e[+-]\d\d", shown), "scientific notation"
+        assert not re.search(r"\bnan\b|\bNaN\b", shown), "a missing figure as nan"
+    assert re.search(r"Recovery rate</td><td>\d+\.\d%</td><td>\d+\.\d%</td><td>[+-]\d+\.\d pts "
+                     r"\(95% CI [+-]\d+\.\d to [+-]\d+\.\d\)</td>", text)  # fmt: skip
     mlflow.set_tracking_uri(uri)
     run = mlflow.search_runs(experiment_names=["ab-synthetic"], output_format="list")[0]
     assert "recovery_rate_diff" in run.data.metrics
