@@ -1166,6 +1166,8 @@ def validate(
         )
         for p in problems:
             console.print(f"- {p}", markup=False, highlight=False)
+        for warning in getattr(exc, "warnings", []):
+            console.print(f"warning: {warning}", markup=False, highlight=False)
         raise typer.Exit(code=1) from exc
     console.print(
         f"valid: {len(tables.payments):,} payments, {len(tables.attempts):,} attempts, "

@@ -15,6 +15,7 @@ way in and out, and a failed write leaves the target folder untouched.
 
 from __future__ import annotations
 
+import difflib
 import os
 import shutil
 import tempfile
@@ -254,15 +255,18 @@ class ContractError(ValueError):
 
 
 class ContractProblems(ContractError):
-    """Several problems at once: :attr:`problems` holds each, the message lists them all."""
+    """Several problems at once: :attr:`problems` holds each, the message lists them all,
+    then the :attr:`warnings` (valid but probably wrong) found beside them."""
 
-    def __init__(self, problems: list[ContractError]):
+    def __init__(self, problems: list[ContractError], warnings: list[str] | None = None):
         self.problems = problems
+        self.warnings = list(warnings or [])
         first = problems[0]
         self.table, self.column, self.problem = first.table, first.column, first.problem
         self.examples = first.examples
         head = "" if len(problems) == 1 else f"{len(problems)} problems:\n"
-        ValueError.__init__(self, head + "\n".join(str(p) for p in problems))
+        tail = "".join(f"\nwarning: {w}" for w in self.warnings)
+        ValueError.__init__(self, head + "\n".join(str(p) for p in problems) + tail)
 
     def located(self, folder: Path) -> ContractProblems:
         """The same problems with each table named by its path under ``folder``."""
@@ -270,7 +274,8 @@ class ContractProblems(ContractError):
             [
                 ContractError(str(folder / p.table), p.column, p.problem, p.examples)
                 for p in self.problems
-            ]
+            ],
+            self.warnings,
         )
 
 
@@ -307,6 +312,20 @@ def _examples(df: pd.DataFrame, mask: pd.Series | np.ndarray, columns: list[str]
     return f"{n:,} row{'s' if n != 1 else ''}: " + ", ".join(
         f"row {i} {row}" for i, row in zip(rows.index, rows.to_dict("records"), strict=True)
     )
+
+
+#: Money columns: amounts in the currency's minor unit.
+MONEY_COLUMNS = frozenset({"amount", "application_fee_amount"})
+
+
+def _whole_numbers(column: str) -> str:
+    """What a whole-number column with fractions in it is told (a hint for money)."""
+    if column in MONEY_COLUMNS:
+        return (
+            "expected whole numbers: amounts are in the currency's minor unit; multiply "
+            "major units by 100 (49.99 → 4999; zero-decimal currencies such as jpy by 1)"
+        )
+    return "expected whole numbers"
 
 
 def _coerce(table: Table, col: Column, s: pd.Series) -> pd.Series:
@@ -372,7 +391,7 @@ def _coerce(table: Table, col: Column, s: pd.Series) -> pd.Series:
                 raise ContractError(
                     label,
                     col.name,
-                    "expected whole numbers",
+                    _whole_numbers(col.name),
                     _examples(s.to_frame(), frac, [col.name]),
                 )
             return numeric.astype("Int64")
@@ -384,7 +403,7 @@ def _coerce(table: Table, col: Column, s: pd.Series) -> pd.Series:
                 raise ContractError(
                     label,
                     col.name,
-                    "expected whole numbers",
+                    _whole_numbers(col.name),
                     _examples(s.to_frame(), frac, [col.name]),
                 )
         return s.astype("int64")
@@ -528,6 +547,19 @@ def _coerce_value(table: Table, col: Column, value: Any) -> Any:
     raise AssertionError(f"unknown column kind {col.kind}")  # pragma: no cover
 
 
+def _did_you_mean(missing: list[str], extra: list[str]) -> str:
+    """`` (did you mean 'customer' for 'customer_id'?)`` for each missing column that a
+    column the table has but the contract does not looks like; "" when none does."""
+    found = []
+    for name in missing:
+        close = difflib.get_close_matches(name, extra, n=1, cutoff=0.6)
+        near = [e for e in extra if e and (e in name or name in e)]
+        match = close or near[:1]
+        if match:
+            found.append(f"'{match[0]}' for '{name}'")
+    return f" (did you mean {', '.join(found)}?)" if found else ""
+
+
 def _conform(table: Table, df: pd.DataFrame) -> tuple[pd.DataFrame | None, list[ContractError]]:
     """:func:`conform`, returning the problems of every column instead of raising."""
     defaulted = {c.name: c.default for c in table.columns if c.default is not None}
@@ -541,9 +573,12 @@ def _conform(table: Table, df: pd.DataFrame) -> tuple[pd.DataFrame | None, list[
 
         df = df.assign(**{k: filled(k, v) for k, v in defaulted.items()})
     missing = [c for c in table.column_names if c not in df.columns]
+    hints = _did_you_mean(missing, [str(c) for c in df.columns if c not in table.column_names])
     problems = [
         ContractError(
-            table.file, name, f"missing column(s) {missing}; the table needs {table.column_names}"
+            table.file,
+            name,
+            f"missing column(s) {missing}{hints}; the table needs {table.column_names}",
         )
         for name in missing[:1]
     ]
@@ -576,16 +611,37 @@ def _problem(
         problems.append(ContractError(table.file, column, text, _examples(df, mask, columns)))
 
 
-def _check_rows(tables: ContractTables) -> list[ContractError]:
-    """Row-level rules across tables (keys, amounts, times, references): every problem."""
+def _check_rows(tables: ContractTables, broken: set[str] | None = None) -> list[ContractError]:
+    """Row-level rules across tables (keys, amounts, times, references): every problem.
+    Tables named in ``broken`` (their columns did not conform; they stand here empty) are
+    not checked, nor is anything checked against them."""
+    broken = broken or set()
     p, a, m, d = tables.payments, tables.attempts, tables.messages, tables.decisions
     out: list[ContractError] = []
     for table in TABLES:
         df = getattr(tables, table.name)
         key = list(table.key)
-        _problem(
-            out, table, ", ".join(key), "duplicate ids", df, df.duplicated(key, keep=False), key
-        )
+        repeated = df.duplicated(key, keep=False)
+        if repeated.any():
+            # a row repeated whole (an export written twice) is told from two different rows
+            # under one id (which of them is right, only the platform can say)
+            rows = df[repeated].astype("object")
+            distinct = rows.drop_duplicates().groupby(key, dropna=False).size()
+            differing = pd.MultiIndex.from_frame(distinct[distinct > 1].reset_index()[key])
+            conflicting = repeated & pd.MultiIndex.from_frame(df[key].astype("object")).isin(
+                differing
+            )
+            exact = repeated & ~conflicting
+            _problem(
+                out, table, ", ".join(key),
+                "duplicate ids: rows repeated exactly (drop the copies)",
+                df, exact, key,
+            )  # fmt: skip
+            _problem(
+                out, table, ", ".join(key),
+                "duplicate ids with different values (keep the right row of each)",
+                df, conflicting, key,
+            )  # fmt: skip
     _problem(
         out, PAYMENTS, "amount", "amounts must be positive (minor units)",
         p, p["amount"] <= 0, ["payment_id", "amount"],
@@ -638,6 +694,8 @@ def _check_rows(tables: ContractTables) -> list[ContractError]:
         (MESSAGES, m, "sent_at"),
         (DECISIONS, d, "decided_at"),
     ):
+        if PAYMENTS.name in broken:
+            break  # nothing to check them against
         pos = failed_at.index.get_indexer(df["payment_id"])
         known = pos >= 0
         _problem(
@@ -764,22 +822,27 @@ def validate(tables: Mapping[str, pd.DataFrame] | ContractTables) -> ContractTab
     raw = tables.as_dict() if isinstance(tables, ContractTables) else dict(tables)
     conformed: dict[str, pd.DataFrame] = {}
     problems: list[ContractError] = []
+    broken: set[str] = set()
     for table in TABLES:
         if table.name not in raw or raw[table.name] is None:
             if table.required:
                 problems.append(ContractError(table.file, None, "table is missing"))
+                broken.add(table.name)
             conformed[table.name] = empty(table)
             continue
         frame, found = _conform(table, raw[table.name])
         problems += found
+        if frame is None:
+            broken.add(table.name)
         conformed[table.name] = frame if frame is not None else empty(table)
-    if problems:
-        raise ContractProblems(problems)
     result = ContractTables(**conformed)
-    problems = _check_rows(result)
+    # one run tells everything: the rows of the tables whose columns are sound are checked
+    # too (against another table only when that one is sound), and the warnings are given
+    problems += _check_rows(result, broken)
+    warnings = _warnings(result, {k: v for k, v in raw.items() if k not in broken})
     if problems:
-        raise ContractProblems(problems)
-    result.warnings = _warnings(result, raw)
+        raise ContractProblems(problems, warnings)
+    result.warnings = warnings
     return result
 
 
@@ -809,14 +872,18 @@ def read_tables(folder: str | os.PathLike[str]) -> ContractTables:
         except (pa.ArrowException, OSError, ValueError, UnicodeDecodeError) as exc:
             kind = "CSV" if path == csv else "Parquet"
             problems.append(ContractError(str(path), None, f"not a readable {kind} file ({exc})"))
-    if problems:
-        raise ContractProblems(problems)
     try:
-        return validate(raw)
+        tables = validate(raw)
     except ContractProblems as exc:
-        for p in exc.problems:
+        # the files that could not be read are told once (not again as missing tables)
+        found = [p for p in exc.problems if not (problems and p.problem == "table is missing")]
+        for p in found:
             p.table = files.get(p.table, p.table)
-        raise exc.located(folder) from exc
+        located = ContractProblems(found).located(folder).problems if found else []
+        raise ContractProblems(problems + located, exc.warnings) from exc
+    if problems:
+        raise ContractProblems(problems, tables.warnings)
+    return tables
 
 
 def _read_parquet(path: Path) -> pd.DataFrame:

@@ -106,6 +106,48 @@ def test_every_problem_of_a_bad_export_in_one_run(export, tmp_path):
     assert "messages.csv, column 'sender': missing column" in text
 
 
+def test_one_run_tells_columns_rows_and_warnings_with_hints(export, tmp_path):
+    """Issue 28: a renamed column does not hide the other tables' row problems or the
+    warnings; a renamed column gets a "did you mean"; exact duplicates are told from
+    conflicting ones; decimal amounts get the ×100 hint."""
+    folder = tmp_path / "one-run"
+    folder.mkdir()
+    payments = pd.read_csv(export / "payments.csv", dtype=str)
+    payments.rename(columns={"customer_id": "customer"}).to_csv(
+        folder / "payments.csv", index=False
+    )
+    attempts = pd.read_csv(export / "attempts.csv", dtype=str)
+    pd.concat([attempts, attempts.head(2)]).to_csv(folder / "attempts.csv", index=False)
+    messages = pd.read_csv(export / "messages.csv", dtype=str)
+    other = messages.head(1).assign(channel="sms" if messages["channel"][0] != "sms" else "email")
+    pd.concat([messages, other]).to_csv(folder / "messages.csv", index=False)
+    out = runner.invoke(app, ["validate", str(folder)])
+    text = " ".join(out.output.split())
+    assert out.exit_code == 1 and "invalid: 3 problems" in text, text
+    assert "missing column(s) ['customer_id'] (did you mean 'customer' for 'customer_id'?)" in text
+    assert "attempts.csv, column 'payment_id, attempt_number': duplicate ids: rows repeated " \
+        "exactly (drop the copies) e.g. 4 rows" in text  # fmt: skip
+    assert "messages.csv, column 'message_id': duplicate ids with different values" in text
+
+    payments["amount"] = (payments["amount"].astype(int) / 100 + 0.01).astype(str)  # 49.01
+    payments.to_csv(folder / "payments.csv", index=False)
+    bad_time = attempts.copy()
+    bad_time.loc[0, "attempted_at"] = "1999-12-31T00:00:00Z"
+    bad_time.to_csv(folder / "attempts.csv", index=False)
+    messages.to_csv(folder / "messages.csv", index=False)
+    text = " ".join(runner.invoke(app, ["validate", str(folder)]).output.split())
+    assert "multiply major units by 100 (49.99 → 4999" in text, text
+    assert "attempts.csv, column 'attempted_at': times must be from 2000-01-01" in text
+
+    # warnings are given beside problems, in the same run
+    payments = pd.read_csv(export / "payments.csv", dtype=str)
+    payments.loc[:4, "decline_code"] = "issuer_said_no"
+    payments.to_csv(folder / "payments.csv", index=False)
+    text = " ".join(runner.invoke(app, ["validate", str(folder)]).output.split())
+    assert "invalid: " in text and "times must be from 2000-01-01" in text
+    assert "warning: payments, column 'decline_code': 5 row(s)" in text, text
+
+
 def test_major_units_and_unknown_decline_codes_are_warned_about(export, tmp_path):
     folder = tmp_path / "odd"
     folder.mkdir()
