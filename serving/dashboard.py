@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import parse_qs, quote, urlencode
 
 import jinja2
+import pandas as pd
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -399,11 +400,53 @@ NO_RETRY = {
 
 
 def plain_reason(reason: str) -> str:
-    """``days_to_payday=0 (+0.41)`` → ``days to payday = 0 raised the chance (+0.41)``."""
+    """``days_to_payday=0 (+0.41)`` → ``days to payday = 0 raised the chance (+0.41)``; a
+    missing value says so: ``network decline code not known raised the chance (+1.42)``."""
     feature, _, rest = reason.partition("=")
     value, _, effect = rest.rpartition(" (")
     direction = "raised" if effect.startswith("+") else "lowered"
-    return f"{feature.replace('_', ' ')} = {value} {direction} the chance ({effect}"
+    name = feature.replace("_", " ")
+    shown = f"{name} not known" if value in ("nan", "None", "", "<NA>") else f"{name} = {value}"
+    return f"{shown} {direction} the chance ({effect}"
+
+
+def when(value: Any) -> str:
+    """A time as every dashboard page writes it: ``2026-05-01 10:00:00`` (UTC, to the
+    second); "—" where there is none."""
+    if value is None or value is pd.NaT or (isinstance(value, float) and value != value):
+        return "—"
+    return _utc(value).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _utc(value: Any) -> pd.Timestamp:
+    """A stored time as an aware UTC timestamp (SQLite gives them back naive, in UTC)."""
+    t = pd.Timestamp(value)
+    return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+
+
+_templates.filters["when"] = when
+
+#: Within one second, the timeline reads: the attempt, the decision it led to, its message.
+_EVENT_ORDER = {"attempt": 0, "decision": 1, "message": 2}
+
+
+def timeline(view: Any) -> list[dict[str, Any]]:
+    """A payment's attempts, decisions and messages in the order they happened; a decision
+    whose planned retry a later decision replaced before it was due says by which
+    (``replaced_at``)."""
+    events = (
+        [{"at": a["attempted_at"], "kind": "attempt", "row": a} for a in view.attempts]
+        + [{"at": m["sent_at"], "kind": "message", "row": m} for m in view.messages]
+        + [{"at": d["decided_at"], "kind": "decision", "row": d} for d in view.decisions]
+    )
+    events.sort(key=lambda e: (_utc(e["at"]), _EVENT_ORDER[e["kind"]]))
+    decisions = [e for e in events if e["kind"] == "decision"]
+    for i, e in enumerate(decisions):
+        planned = e["row"].get("retry_at")
+        later = [d for d in decisions[i + 1 :] if planned is not None]
+        replaced = [d for d in later if _utc(d["at"]) < _utc(planned)]
+        e["replaced_at"] = replaced[0]["at"] if replaced else None
+    return events
 
 
 @router.get("/dashboard/payments")
@@ -441,12 +484,7 @@ async def payment(request: Request, payment_id: str, account: str | None = None)
             request, "payments.html", status=404, principal=principal, q=payment_id, found=[],
             error=f"No payment {payment_id!r}.",
         )  # fmt: skip
-    events = (
-        [{"at": a["attempted_at"], "kind": "attempt", "row": a} for a in view.attempts]
-        + [{"at": m["sent_at"], "kind": "message", "row": m} for m in view.messages]
-        + [{"at": d["decided_at"], "kind": "decision", "row": d} for d in view.decisions]
-    )
-    events.sort(key=lambda e: (str(e["at"]), e["kind"] != "attempt"))
+    events = timeline(view)
     return await _page(
         request, "payment.html", principal=principal, view=view, events=events,
         no_retry=NO_RETRY, plain=plain_reason,

@@ -348,7 +348,25 @@ def test_a_payment_page_tells_its_story_in_plain_words(site, history) -> None:
     assert page.status_code == 200
     assert "$49.00, open" in page.text and "First failure" in page.text
     assert "Retry at" in page.text or "No retry:" in page.text
-    assert re.search(r"<li>[a-z ]+ = .+ (raised|lowered) the chance \([+-]", page.text)
+    assert re.search(r"<li>[a-z ]+( = .+| not known) (raised|lowered) the chance \([+-]", page.text)
+    # a second decision half an hour later replaces the first one's plan, which says so
+    again = client.post(
+        "/v1/decisions",
+        json={"payment": payment, "now": "2026-05-20T14:30:00Z"},
+        headers={"Authorization": f"Bearer {keys['scheduler'][1]}"},
+    )
+    assert again.status_code == 200, again.text
+    page = client.get("/dashboard/payments/in_dash_1").text
+    first_plan = decided.json()["retry"]
+    if first_plan is not None:
+        assert "(replaced by the decision of 2026-05-20 14:30:00)" in page
+    # in event order, one time format, nothing shown as nan
+    kinds = re.findall(r'<tr class="(attempt|decision|message)">', page)
+    assert kinds[0] == "attempt" and kinds.index("decision") > 0, kinds
+    times = re.findall(r'<tr class="\w+">\s*<td>([^<]*)</td>', page)
+    assert times and all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", t) for t in times)
+    assert times == sorted(times)
+    assert "nan" not in re.sub(r"<[^>]+>", " ", page).split()
 
     # a key scoped to another account: not found, the same words as for an unknown id
     other = next(a for a in accounts if a != p["account_id"])
