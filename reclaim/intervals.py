@@ -38,3 +38,21 @@ def interval(value: float, lo: float, hi: float, pts: bool = False) -> str:
     if pts:
         return ci(f"{value * 100:+.1f} pts", f"{lo * 100:+.1f}", f"{hi * 100:+.1f}")
     return ci(f"{value:.1%}", f"{lo:.1%}", f"{hi:.1%}")
+
+
+def duration(seconds: float) -> str:
+    """A span as people say it, to two units: ``45 s``, ``12 min 5 s``, ``3 h 20 min``,
+    ``183 days 23 h``; "not known" for a missing one."""
+    if not known(seconds):
+        return NOT_KNOWN
+    s = int(round(max(float(seconds), 0.0)))
+    units = (("day", 86_400), ("h", 3_600), ("min", 60), ("s", 1))
+    parts = []
+    for name, size in units:
+        n, s = divmod(s, size)
+        if n or (parts and len(parts) < 2):
+            parts.append(f"{n} {name}{'s' if name == 'day' and n != 1 else ''}")
+        if len(parts) == 2:
+            break
+    text = " ".join(p for p in parts if not p.startswith("0 ")) or "0 s"
+    return text

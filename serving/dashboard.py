@@ -31,7 +31,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from reclaim.account_config import PLATFORM, effective
 from reclaim.contract import ContractError, major, money
-from reclaim.intervals import percent
+from reclaim.intervals import duration, percent
 from reclaim.serving.auth import Principal, Role, Unauthorized, authenticate, principal_of
 from reclaim.serving.routes.payments import find_payments, holding, payment_view
 from reclaim.serving.routes.stats import MAX_PERIOD_DAYS, period
@@ -49,6 +49,7 @@ _templates = jinja2.Environment(
 
 _templates.filters["money"] = money
 _templates.filters["percent"] = percent
+_templates.filters["duration"] = duration
 _templates.globals["major"] = major
 
 

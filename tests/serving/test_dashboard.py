@@ -389,7 +389,23 @@ def test_the_declines_and_operations_pages(site) -> None:
     assert "<td>soft</td>" in page.text and "<td>hard</td>" in page.text
     ops = client.get("/dashboard/operations")
     assert ops.status_code == 200 and "Retries due and not yet made" in ops.text
-    assert "Not compared yet" in ops.text
+    assert "Not compared yet" in ops.text and 'id="idle"' not in ops.text
+    # a plan left by a finished run, months due: a human duration and what it means
+    from reclaim.serving.store import tables as t
+
+    account = client.app.state.engine.connect().execute(
+        sa.text("select account_id, payment_id from payments limit 1")
+    ).one()  # fmt: skip
+    long_ago = datetime(2026, 5, 1, 12, tzinfo=UTC)
+    with client.app.state.engine.begin() as conn:
+        conn.execute(sa.insert(t.scheduled_actions), [{
+            "action_id": f"{account[0]}:{account[1]}:0:0", "payment_id": account[1],
+            "account_id": account[0], "after_attempt": 0, "decided_at": long_ago,
+            "retry_at": long_ago, "status": "scheduled", "updated_at": long_ago, "tries": 0,
+        }])  # fmt: skip
+    ops = client.get("/dashboard/operations").text
+    late = re.search(r"How late the oldest of them is</td><td>(\d+ days \d+ h)</td>", ops)
+    assert late and 'id="idle"' in ops and "no scheduler works this store" in ops, ops[:3000]
     # once the API has decided 200 times, the page compares their features with training's
     ids = list(client.app.state.engine.connect().execute(
         sa.text("select payment_id from payments order by payment_id limit 250")
