@@ -217,6 +217,41 @@ def message_probabilities(policy: Any, batch: DecisionBatch) -> tuple[np.ndarray
     return probs, np.where(pd.isna(senders), default, senders)
 
 
+def _dataset(folder: Path, digest: str) -> Any:
+    """The contract tables in ``folder`` as an MLflow dataset (its source, name, digest and
+    the payments table's schema), for ``log_input``: a run says what it learned from."""
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.sources import LocalArtifactDatasetSource
+    from mlflow.types import ColSpec, Schema
+
+    kinds = {"str": "string", "category": "string", "int": "long", "float": "double"}
+    kinds |= {"bool": "boolean", "timestamp": "datetime"}
+    schema = Schema(
+        [ColSpec(kinds[c.kind], c.name, required=not c.nullable) for c in contract.PAYMENTS.columns]
+    )
+    source = LocalArtifactDatasetSource(str(folder.resolve()))
+    return MetaDataset(source, name=folder.name, digest=digest, schema=schema)
+
+
+def recovery_by_currency(tables: contract.ContractTables) -> dict[str, float]:
+    """The history's recovery on ``tables`` (the later payments) per currency: the rate
+    (``logged_recovery_rate_<cur>``, in [0, 1]) and the amount recovered in the currency's
+    major units (``logged_recovered_<cur>``) — never summed across currencies."""
+    ok = tables.attempts["outcome"] == vocab.Outcome.SUCCEEDED
+    paid = (
+        tables.payments["payment_id"]
+        .astype("object")
+        .isin(tables.attempts.loc[ok, "payment_id"].astype("object"))
+    )
+    p = tables.payments.assign(paid=paid.to_numpy())
+    out: dict[str, float] = {}
+    for cur, g in p.groupby(p["currency"].astype("object"), sort=True):
+        out[f"logged_recovery_rate_{cur}"] = float(g["paid"].mean())
+        minor = int(g.loc[g["paid"], "amount"].sum())
+        out[f"logged_recovered_{cur}"] = contract.major(minor, str(cur))
+    return out
+
+
 def recovered_share(tables: contract.ContractTables) -> float:
     """The share of ``tables``' payments that an attempt recovered (by anyone), in [0, 1]."""
     ok = tables.attempts["outcome"] == vocab.Outcome.SUCCEEDED
@@ -639,6 +674,8 @@ def train(
         )
         if manifest.exists():
             mlflow.log_params({f"sim_{k}": v for k, v in json.loads(manifest.read_text()).items()})
+        mlflow.log_input(_dataset(Path(data_dir), digest), context="training")
+        results |= recovery_by_currency(test_tables)
         mlflow.log_metrics({k: float(v) for k, v in results.items() if np.isfinite(v)})
         mlflow.log_table(per_account, "per_account_uplift.json")
         mlflow.log_dict({"caveats": caveats, "overlap": overlap_report}, "caveats.json")
@@ -666,6 +703,18 @@ def train(
         version = str(info.registered_model_version)
         client = MlflowClient()
         outcome, reason = _gate(client, version, whole, first_vs_logging, ours, roll)
+        client.update_model_version(MODEL_NAME, version, description=description)
+        for tag, value in {
+            "data_kind": "observational" if observational else "randomized",
+            "data_digest": digest,
+            "data_dir": str(data_dir),
+            "test_from": f"{prepared.cutoff:%Y-%m-%d}",
+            "gate": outcome,
+            "whole_uplift": interval(
+                whole.uplift.value, whole.uplift.lo, whole.uplift.hi, pts=True
+            ),
+        }.items():
+            client.set_model_version_tag(MODEL_NAME, version, tag, value)
         promoted = outcome == CHAMPION
         if outcome == CHALLENGER:
             reason = _as_challenger(client, version, reason)

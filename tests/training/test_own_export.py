@@ -291,6 +291,17 @@ def test_a_fixed_schedules_plain_history_gives_a_challenger_within_its_support(t
         and "lower bound" not in result.reason
         or ("not promoted" in result.reason)
     )
+    # the run names its data and reports recovery per currency; the version says what it is
+    client = MlflowClient(uri)
+    run = client.get_run(result.run_id)
+    (dataset,) = [i.dataset for i in run.inputs.dataset_inputs]
+    assert dataset.name == "plain" and dataset.digest == run.data.params["data_digest"]
+    rates = {k: v for k, v in run.data.metrics.items() if k.startswith("logged_recovery_rate_")}
+    assert rates and all(0 <= v <= 1 for v in rates.values())
+    assert "logged_recovered_usd" in run.data.metrics
+    version = client.get_model_version(MODEL_NAME, result.model_version)
+    assert version.tags["data_kind"] == "observational" and version.tags["gate"] == result.gate
+    assert "pts (95% CI" in version.tags["whole_uplift"] and "Observational" in version.description
     aliases = MlflowClient(uri).get_registered_model(MODEL_NAME).aliases
     assert str(aliases.get(CHAMPION, aliases.get(CHALLENGER))) == result.model_version, (
         result.reason
