@@ -25,6 +25,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from reclaim.intervals import p_value
+
 LEVEL = 0.95
 
 
@@ -57,10 +59,12 @@ def verdict(d: Difference, outcome: str, more: str, less: str, show: Callable[[f
     it could detect (80% power, two-sided 5%) and about how many payments the observed
     difference would need, both assuming the arms' spread stays what it is. ``show`` writes
     an amount of the outcome with its sign (``+$2.48``, ``+1.7 pts``)."""
+    p = p_value(d.p_value)
+    p = f"p {p}" if p.startswith("<") else f"p = {p}"
     if d.lo > 0:
-        return f"Verdict: {more} (the 95% interval lies above zero; p = {d.p_value:.3f})."
+        return f"Verdict: {more} (the 95% interval lies above zero; {p})."
     if d.hi < 0:
-        return f"Verdict: {less} (the 95% interval lies below zero; p = {d.p_value:.3f})."
+        return f"Verdict: {less} (the 95% interval lies below zero; {p})."
     detectable = (1.96 + 0.84) * d.se
     n = d.n_control + d.n_treatment
     need = int(math.ceil(n * (2.8 * d.se / abs(d.diff)) ** 2)) if d.diff else None
@@ -70,7 +74,7 @@ def verdict(d: Difference, outcome: str, more: str, less: str, show: Callable[[f
         observed = f" the observed {show(d.diff)} is too small to detect at any practical size"
     return (
         f"Verdict: no significant difference in {outcome} at this size "
-        f"(p = {d.p_value:.3f}). {n:,} payments detect a difference of "
+        f"({p}). {n:,} payments detect a difference of "
         f"{show(detectable).lstrip('+')} (80% power);{observed}."
     )
 
