@@ -46,7 +46,9 @@ def test_a_channel_without_effect_stops_being_used(tmp_path) -> None:
     result = train(
         tmp_path / "d",
         f"sqlite:///{tmp_path / 'm.db'}",
-        TrainConfig(experiment="null-sms", retry_rounds=60, channel_rounds=100),
+        TrainConfig(
+            experiment="null-sms", retry_rounds=60, channel_rounds=100, max_rollout_payments=1_000
+        ),
     )
     m = result.metrics
     # no positive effect measured, at either stage. (A later SMS can truly cost a little: it

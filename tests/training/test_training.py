@@ -53,7 +53,9 @@ def test_models_never_see_test_payments(trained, monkeypatch, tmp_path) -> None:
     result = train(
         trained.data_dir,
         f"sqlite:///{tmp_path / 'm.db'}",
-        TrainConfig(experiment="split-proof", retry_rounds=20, channel_rounds=20),
+        TrainConfig(
+            experiment="split-proof", retry_rounds=20, channel_rounds=20, max_rollout_payments=1_000
+        ),
     )
 
     tables = contract.read_tables(trained.data_dir)
