@@ -11,8 +11,10 @@ load nothing from the internet and run no script.
 from __future__ import annotations
 
 import base64
+import csv
 import hashlib
 import hmac
+import io
 import json
 import logging
 import secrets
@@ -248,31 +250,103 @@ async def overview(request: Request) -> Response:
     lo, hi, first, last, error, note = await _chosen_period(request, principal)
     engine = request.app.state.engine
     found = await run_in_threadpool(stats.overview, engine, lo, hi, principal.accounts)
-    charts = await run_in_threadpool(_recovery, found, first, last)
+    shown = await run_in_threadpool(
+        _recovery, found, first, last, request.query_params.get("currency"),
+        request.app.state.settings,
+    )  # fmt: skip
+    if request.query_params.get("format") == "csv":
+        return _csv(_currency_rows(shown), f"recovery_{first}_{last}.csv")
     return await _page(
         request, "overview.html", principal=principal, first=first, last=last, error=error,
         note=note,
-        **charts,
+        **shown,
     )  # fmt: skip
 
 
-def _recovery(found: dict[str, Any], first: date, last: date) -> dict[str, Any]:
-    """What ``_recovery.html`` shows of :func:`stats.overview`: rows per currency, the
-    previous period's by currency, a daily chart per currency."""
+def _csv(rows: list[dict[str, Any]], name: str) -> Response:
+    """Rows as a CSV download (a header from the first row's keys)."""
+    buffer = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return Response(
+        buffer.getvalue(),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
+
+
+def _currency_rows(shown: dict[str, Any]) -> list[dict[str, Any]]:
+    """The overview's table as CSV rows: money in each currency's major units."""
+    out = [
+        {
+            "currency": row["currency"], "failed": row["failed"], "recovered": row["recovered"],
+            "recovery_rate": round(row["recovery_rate"], 6),
+            "recovered_amount": row["recovered_amount"], "platform_fee": row["platform_fee"],
+            "account_share": row["account_share"],
+        }
+        for row in shown["rows"]
+    ]  # fmt: skip
+    total = shown["total"]
+    if total is not None:
+        out.append(
+            {"currency": f"all, in {total['currency']} at RECLAIM_REPORT_FX",
+             "failed": total["failed"], "recovered": total["recovered"],
+             "recovery_rate": round(total["recovery_rate"], 6),
+             "recovered_amount": round(total["recovered_amount"], 2),
+             "platform_fee": round(total["platform_fee"], 2),
+             "account_share": round(total["account_share"], 2)}
+        )  # fmt: skip
+    return out
+
+
+def _total(rows: list[dict[str, Any]], settings: Any) -> tuple[dict[str, Any] | None, list[str]]:
+    """All currencies together in the reporting currency, at ``RECLAIM_REPORT_FX``'s stated
+    rates (its amount per major unit of each currency), and the currencies it has no rate
+    for (then no total: currencies are never summed without a stated rate)."""
+    fx, cur = settings.report_fx, settings.report_currency
+    missing = sorted({r["currency"] for r in rows} - set(fx))
+    if missing or len(rows) < 2:
+        return None, missing
+    failed, recovered = sum(r["failed"] for r in rows), sum(r["recovered"] for r in rows)
+    total = {"currency": cur, "failed": failed, "recovered": recovered,
+             "recovery_rate": recovered / failed if failed else 0.0}  # fmt: skip
+    for key in ("recovered_amount", "platform_fee", "account_share"):
+        total[key] = sum(r[key] * fx[r["currency"]] for r in rows)
+    return total, []
+
+
+def _recovery(
+    found: dict[str, Any],
+    first: date,
+    last: date,
+    currency: str | None = None,
+    settings: Any = None,
+) -> dict[str, Any]:
+    """What ``_recovery.html`` shows of :func:`stats.overview`: rows per currency (the most
+    failed payments first), the previous period's by currency, the total in the reporting
+    currency where every currency has a stated rate, and one daily chart: of ``currency``
+    where it has payments, else of the currency with the most."""
+    rows = sorted(found["currencies"], key=lambda r: (-r["failed"], r["currency"]))
+    names = [row["currency"] for row in rows]
+    chosen = currency if currency in names else (names[0] if names else None)
+    total, unrated = _total(rows, settings) if settings is not None else (None, [])
+    chart = None
+    if chosen is not None:
+        chart = _bars(
+            chosen,
+            [d for d in found["by_day"] if d["currency"] == chosen],
+            [d for d in found["previous_by_day"] if d["currency"] == chosen],
+            first,
+            last,
+        )
     return {
-        "rows": found["currencies"],
-        "previous": {row["currency"]: row for row in found["previous"]},
-        "charts": [
-            _bars(
-                cur,
-                [d for d in found["by_day"] if d["currency"] == cur],
-                [d for d in found["previous_by_day"] if d["currency"] == cur],
-                first,
-                last,
-            )
-            for cur in [row["currency"] for row in found["currencies"]]
-        ],
-    }
+        "rows": rows, "previous": {row["currency"]: row for row in found["previous"]},
+        "currencies": names, "chosen": chosen, "charts": [chart] if chart else [],
+        "total": total, "unrated": unrated,
+        "report_currency": settings.report_currency if settings is not None else "usd",
+    }  # fmt: skip
 
 
 SETTING_LABELS = {
@@ -337,12 +411,17 @@ async def account(request: Request, account_id: str) -> Response:
             error=f"No account {account_id!r}.", first=first, last=last, missing=True,
         )  # fmt: skip
     found = await run_in_threadpool(stats.overview, engine, lo, hi, [account_id])
+    shown = _recovery(
+        found, first, last, request.query_params.get("currency"), request.app.state.settings
+    )
+    if request.query_params.get("format") == "csv":
+        return _csv(_currency_rows(shown), f"recovery_{account_id}_{first}_{last}.csv")
     codes = await run_in_threadpool(stats.breakdown, engine, lo, hi, "decline_code", [account_id])
     overrides = await run_in_threadpool(configs.stored_overrides, engine, [account_id])
     return await _page(
         request, "account.html", principal=principal, account_id=account_id, first=first,
         last=last, error=error, note=note, missing=False, categories=stats.by_category(codes),
-        settings=_settings_table(overrides, account_id), **_recovery(found, first, last),
+        settings=_settings_table(overrides, account_id), **shown,
     )  # fmt: skip
 
 
@@ -358,6 +437,12 @@ async def accounts(request: Request) -> Response:
     descending = q.get("order", "desc") != "asc"
     search = "".join(c for c in q.get("search", "")[:100] if c.isalnum() or c in "_-")
     page, size = _page_number(request), PAGE_SIZE
+    if q.get("format") == "csv":  # every row, not a page of them
+        rows, _ = await run_in_threadpool(
+            stats.account_rows, request.app.state.engine, lo, hi, principal.accounts,
+            search or None, sort, descending, CSV_ROWS, 0,
+        )  # fmt: skip
+        return _csv([dict(r) for r in rows], f"accounts_{first}_{last}.csv")
     rows, total = await run_in_threadpool(
         stats.account_rows, request.app.state.engine, lo, hi, principal.accounts, search or None,
         sort, descending, size, page * size,
@@ -377,6 +462,7 @@ async def accounts(request: Request) -> Response:
 
 
 PAGE_SIZE = 50  # rows of a long table per page
+CSV_ROWS = 100_000  # at most this many rows in a table's CSV
 
 
 def _page_number(request: Request) -> int:
@@ -623,6 +709,9 @@ async def declines(request: Request) -> Response:
     }
     codes = tables[BREAKDOWN_TITLES["decline_code"]]
     tables = {BREAKDOWN_TITLES["decline_category"]: stats.by_category(codes), **tables}
+    if request.query_params.get("format") == "csv":
+        flat = [{"breakdown": title, **dict(row)} for title, rows in tables.items() for row in rows]
+        return _csv(flat, f"declines_{first}_{last}.csv")
     return await _page(
         request, "declines.html", principal=principal, tables=tables, first=first, last=last,
         error=error, note=note,
@@ -666,41 +755,56 @@ def _bars(
     last: date,
 ) -> dict[str, Any]:
     """An SVG bar chart of failed (light) and recovered (dark) payments per day, with the
-    previous period's recovered per day as a line: its first day drawn above ``first``."""
+    previous period's recovered per day as a line (its first day drawn above ``first``), and
+    its axes: payments per day up the left, dates along the bottom."""
     by_day = {d["day"]: d for d in days}
     earlier = {d["day"]: d for d in before}
     n = (last - first).days + 1
-    width, height, pad = 720, 160, 24
-    step = (width - 2 * pad) / max(n, 1)
+    width, height = 720, 190
+    left, right, top_pad, bottom = 48, 12, 12, 34
+    plot_h = height - top_pad - bottom
+    base_y = height - bottom
+    step = (width - left - right) / max(n, 1)
     top = max([d["failed"] for d in days] + [d["recovered"] for d in before] + [1])
     empty = {"failed": 0, "recovered": 0, "recovered_amount": 0.0}
 
     def tall(count: int) -> float:
-        return (height - 2 * pad) * count / top
+        return plot_h * count / top
 
     bars, points = [], []
     for i in range(n):
         day = (first + timedelta(days=i)).isoformat()
         d = by_day.get(day, empty)
-        x = pad + i * step
+        x = left + i * step
         for key, cls in (("failed", "failed"), ("recovered", "recovered")):
             h = tall(d[key])
             bars.append(
                 {
-                    "x": round(x, 1), "y": round(height - pad - h, 1),
+                    "x": round(x, 1), "y": round(base_y - h, 1),
                     "w": round(max(step - 1, 1), 1), "h": round(h, 1), "cls": cls,
-                    "title": f"{day}: {d['failed']} failed, {d['recovered']} recovered "
+                    "title": f"{day}: {d['failed']:,} failed, {d['recovered']:,} recovered "
                     f"({money(d['recovered_amount'], currency)})",
                 }
             )  # fmt: skip
         was = (first - timedelta(days=n - i)).isoformat()
         then = earlier.get(was, empty)
         points.append(
-            {"x": round(x + step / 2, 1), "y": round(height - pad - tall(then["recovered"]), 1),
-             "title": f"{was}: {then['recovered']} recovered of {then['failed']} failed "
+            {"x": round(x + step / 2, 1), "y": round(base_y - tall(then["recovered"]), 1),
+             "title": f"{was}: {then['recovered']:,} recovered of {then['failed']:,} failed "
                       f"({money(then['recovered_amount'], currency)})"}
         )  # fmt: skip
+    yticks = [
+        {"y": round(base_y - tall(v), 1), "label": f"{v:,}"} for v in sorted({0, top // 2, top})
+    ]
+    marks = sorted({0, (n - 1) // 2, n - 1})
+    xticks = [
+        {"x": round(left + (i + 0.5) * step, 1),
+         "label": (first + timedelta(days=i)).strftime("%b %-d"),
+         "anchor": "start" if i == 0 and n > 1 else "end" if i == n - 1 and n > 1 else "middle"}
+        for i in marks
+    ]  # fmt: skip
     return {"currency": currency, "bars": bars, "width": width, "height": height, "top": top,
             "days": sum(1 for d in days if d["failed"]),
             "previous": " ".join(f"{p['x']},{p['y']}" for p in points),
-            "previous_points": points}  # fmt: skip
+            "previous_points": points, "yticks": yticks, "xticks": xticks,
+            "left": left, "right": width - right, "base_y": base_y, "top_y": top_pad}  # fmt: skip

@@ -118,6 +118,51 @@ def test_the_dashboard_opens_on_the_newest_data(site, history) -> None:
     assert 'id="period-note"' not in chosen
 
 
+def test_one_chart_with_axes_a_total_at_stated_rates_and_csv(site, history) -> None:
+    """Issue 28: one daily chart, of the currency chosen (by default the one with the most
+    failed payments), with dates and counts on its axes; a total in the reporting currency at
+    RECLAIM_REPORT_FX's rates beside the per-currency rows; every table as CSV."""
+    import csv
+    import io
+
+    client, keys, _ = site
+    _sign_in(client, keys["analyst"][1])
+    page = client.get(f"/dashboard?{PERIOD}").text
+    counts = history.payments["currency"].value_counts()
+    top = counts.index[0]
+    assert page.count('<svg class="chart"') == 1 and f'data-currency="{top}"' in page
+    assert re.search(r'<text class="tick x"[^>]*>Jan 1</text>', page)
+    assert re.search(r'<text class="tick y"[^>]*>0</text>', page)
+    assert "day of the first failure (UTC)" in page
+    other = counts.index[1]
+    picked = client.get(f"/dashboard?{PERIOD}&currency={other}").text
+    assert f'data-currency="{other}"' in picked and f'<option value="{other}" selected>' in picked
+    assert 'data-currency="' + top + '"' in client.get(f"/dashboard?{PERIOD}&currency=xx").text
+
+    # the total: counts summed, money converted at the stated rates (the test's SIM_FX)
+    total = re.search(r'<tr class="total" id="total">(.*?)</tr>', page, re.S).group(1)
+    cells = re.findall(r"<td>([^<]*)</td>", total)
+    assert cells[0] == "All, in USD" and cells[1] == f"{len(history.payments):,}"
+    rows = list(csv.DictReader(io.StringIO(client.get(f"/dashboard?{PERIOD}&format=csv").text)))
+    assert [r["currency"] for r in rows[:-1]] == list(counts.index)
+    by_currency = {r["currency"]: r for r in rows[:-1]}
+    usd = sum(float(r["recovered_amount"]) * SIM_FX[c] for c, r in by_currency.items())
+    assert float(rows[-1]["recovered_amount"]) == pytest.approx(usd, abs=0.01)
+    assert cells[5] == f"${usd:,.2f}"
+    assert all(0 <= float(r["recovery_rate"]) <= 1 for r in rows)
+
+    accounts = client.get(f"/dashboard/accounts?{PERIOD}&format=csv")
+    assert accounts.headers["content-type"].startswith("text/csv")
+    assert (
+        len(list(csv.DictReader(io.StringIO(accounts.text))))
+        >= history.payments["account_id"].nunique()
+    )
+    declines = list(
+        csv.DictReader(io.StringIO(client.get(f"/dashboard/declines?{PERIOD}&format=csv").text))
+    )
+    assert {"Decline category", "Charge model"} <= {r["breakdown"] for r in declines}
+
+
 def test_revoking_the_key_ends_its_sessions_and_sign_out_needs_the_token(site) -> None:
     client, keys, _ = site
     _sign_in(client, keys["analyst"][1])
@@ -142,6 +187,7 @@ def test_a_scoped_key_sees_only_its_accounts(site, history) -> None:
     assert shown == {accounts[0]}
     mine = (history.payments["account_id"] == accounts[0]).sum()
     overview = client.get(f"/dashboard?{PERIOD}").text
+    overview = re.sub(r'<tr class="total".*?</tr>', "", overview, flags=re.S)  # the rows only
     failed = sum(
         int(n.replace(",", ""))
         for n in re.findall(r"<td>([\d,]+)</td>\s*<td>[\d,]+</td>\s*<td>[\d.]+%</td>", overview)
@@ -173,7 +219,8 @@ def test_an_account_page_shows_its_numbers_and_its_configuration(site, history) 
     failed = sum(
         int(n.replace(",", ""))
         for n in re.findall(r"<td>([\d,]+)</td>\s*<td>[\d,]+</td>\s*<td>[\d.]+%</td>\s*<td>",
-                            page.text.split('id="categories"')[0])
+                            re.sub(r'<tr class="total".*?</tr>', "", page.text,
+                                   flags=re.S).split('id="categories"')[0])
     )  # fmt: skip
     assert failed == (history.payments["account_id"] == mine).sum()
     assert 'class="recovered"' in page.text, "its chart has data"
@@ -592,8 +639,19 @@ def test_the_pages_in_a_real_browser(tmp_path, trained, history) -> None:
         assert len(driver.find_elements(By.CSS_SELECTOR, "#arms tbody tr")) == 2
         assert driver.find_element(By.CSS_SELECTOR, "p.verdict").text.startswith("Verdict:")
         driver.save_screenshot(str(DOCS / "dashboard-experiment.png"))
+        driver.find_element(By.LINK_TEXT, "Operations").click()
+        WebDriverWait(driver, 30).until(lambda d: d.title.startswith("Operations"))
+        driver.save_screenshot(str(DOCS / "dashboard-operations.png"))
         errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert errors == [], errors
+        # every page, as it opens (no dates given: the newest data), shows data and writes
+        # every number for people: no scientific notation, no "nan"
+        for path in ("", "/accounts", f"/accounts/{accounts[0]}", "/declines", "/experiments",
+                     "/experiments/exp-a", "/operations", "/payments"):  # fmt: skip
+            driver.get(f"{base}/dashboard{path}")
+            body = driver.find_element(By.TAG_NAME, "body").text
+            assert not re.search(r"\d\.?\d*e[+-]\d\d|\bnan\b|NaN|None", body), (path, body[:500])
+            assert "No failed payments in this period" not in body, path
 
         # the HTML report of the same experiment, as `reclaim report --html` writes it
         page = _report_page(engine, tmp_path)
