@@ -254,6 +254,10 @@ async def overview(request: Request) -> Response:
         _recovery, found, first, last, request.query_params.get("currency"),
         request.app.state.settings,
     )  # fmt: skip
+    shown["paths"] = _paths(
+        await run_in_threadpool(stats.recovery_paths, engine, lo, hi, principal.accounts),
+        shown["rows"],
+    )
     if request.query_params.get("format") == "csv":
         return _csv(_currency_rows(shown), f"recovery_{first}_{last}.csv")
     return await _page(
@@ -299,6 +303,20 @@ def _currency_rows(shown: dict[str, Any]) -> list[dict[str, Any]]:
              "account_share": round(total["account_share"], 2)}
         )  # fmt: skip
     return out
+
+
+def _paths(paths: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """:func:`stats.recovery_paths` with each way's share of its currency's recovered
+    payments, the currencies in the order of ``rows``."""
+    recovered = {r["currency"]: r["recovered"] for r in rows}
+    order = list(recovered)
+    out = [
+        {**p, "share": p["payments"] / recovered[p["currency"]] if recovered.get(p["currency"])
+         else 0.0}
+        for p in paths
+        if p["currency"] in recovered
+    ]  # fmt: skip
+    return sorted(out, key=lambda p: order.index(p["currency"]))
 
 
 def _total(rows: list[dict[str, Any]], settings: Any) -> tuple[dict[str, Any] | None, list[str]]:
@@ -413,6 +431,9 @@ async def account(request: Request, account_id: str) -> Response:
     found = await run_in_threadpool(stats.overview, engine, lo, hi, [account_id])
     shown = _recovery(
         found, first, last, request.query_params.get("currency"), request.app.state.settings
+    )
+    shown["paths"] = _paths(
+        await run_in_threadpool(stats.recovery_paths, engine, lo, hi, [account_id]), shown["rows"]
     )
     if request.query_params.get("format") == "csv":
         return _csv(_currency_rows(shown), f"recovery_{account_id}_{first}_{last}.csv")

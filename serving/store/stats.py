@@ -289,6 +289,75 @@ def newest_failure(engine: Engine, accounts: Collection[str] | None = None) -> d
     return _utc(newest).date() if isinstance(newest, datetime) else None
 
 
+#: How a recovered payment came back, in the order the overview lists them.
+RECOVERY_PATHS = {
+    "retry": "a merchant retry",
+    "customer_after_message": "the customer, after a message",
+    "customer_alone": "the customer, with no message before",
+}
+
+
+def recovery_paths(
+    engine: Engine,
+    start: datetime,
+    end: datetime,
+    accounts: Collection[str] | None = None,
+) -> list[dict[str, Any]]:
+    """How the recovered payments of ``[start, end)`` came back, per currency: by a merchant
+    retry, by the customer after a message, or by the customer with no message before —
+    each with its payments and amount (major units of the currency). Rows sorted by currency
+    then :data:`RECOVERY_PATHS` order."""
+    fp = _failed([(start, end)], accounts)
+    a, m = t.attempts.c, t.messages.c
+    ok = (
+        sa.select(a.account_id, a.payment_id, sa.func.min(a.attempted_at).label("at"))
+        .where(a.outcome == "succeeded")
+        .group_by(a.account_id, a.payment_id)
+        .subquery("ok")
+    )
+    first = (
+        sa.select(a.account_id, a.payment_id, a.initiator)
+        .join(
+            ok,
+            sa.and_(
+                a.account_id == ok.c.account_id,
+                a.payment_id == ok.c.payment_id,
+                a.attempted_at == ok.c.at,
+                a.outcome == "succeeded",
+            ),
+        )
+        .subquery("first")
+    )
+    messaged = sa.exists().where(
+        m.account_id == fp.c.account_id, m.payment_id == fp.c.payment_id,
+        m.sent_at <= ok.c.at,
+    )  # fmt: skip
+    path = sa.case(
+        (first.c.initiator == "merchant", "retry"),
+        (messaged, "customer_after_message"),
+        else_="customer_alone",
+    ).label("path")
+    query = (
+        sa.select(fp.c.currency, path, sa.func.count().label("n"),
+                  sa.func.sum(fp.c.amount).label("amount"))
+        .select_from(fp)
+        .join(ok, sa.and_(ok.c.account_id == fp.c.account_id, ok.c.payment_id == fp.c.payment_id))
+        .join(first, sa.and_(first.c.account_id == fp.c.account_id,
+                             first.c.payment_id == fp.c.payment_id))
+        .where(fp.c.won == 1)  # the payments the overview counts as recovered
+        .group_by(fp.c.currency, path)
+    )  # fmt: skip
+    with engine.connect() as conn:
+        found = conn.execute(query).all()
+    order = list(RECOVERY_PATHS)
+    rows = [
+        {"currency": cur, "path": way, "how": RECOVERY_PATHS[way], "payments": int(n),
+         "amount": major(int(amount or 0), cur)}
+        for cur, way, n, amount in found
+    ]  # fmt: skip
+    return sorted(rows, key=lambda r: (r["currency"], order.index(r["path"])))
+
+
 def account_known(engine: Engine, account_id: str) -> bool:
     """Whether the store holds a payment of ``account_id`` or a configuration for it."""
     with engine.connect() as conn:

@@ -134,6 +134,12 @@ def test_one_chart_with_axes_a_total_at_stated_rates_and_csv(site, history) -> N
     assert re.search(r'<text class="tick x"[^>]*>Jan 1</text>', page)
     assert re.search(r'<text class="tick y"[^>]*>0</text>', page)
     assert "day of the first failure (UTC)" in page
+    # how the recovered came back: per currency, the ways' shares add up to all of them
+    paths = re.findall(r"<tr><td>([A-Z]{3})</td><td>([^<]+)</td><td>[\d,]+</td><td>([\d.]+)%</td>",
+                       page.split('id="paths"')[1].split("</table>")[0])  # fmt: skip
+    assert {how for _, how, _ in paths} >= {"a merchant retry"}
+    for cur in {c for c, _, _ in paths}:
+        assert sum(float(x) for c, _, x in paths if c == cur) == pytest.approx(100, abs=0.2)
     other = counts.index[1]
     picked = client.get(f"/dashboard?{PERIOD}&currency={other}").text
     assert f'data-currency="{other}"' in picked and f'<option value="{other}" selected>' in picked

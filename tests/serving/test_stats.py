@@ -92,6 +92,33 @@ def test_accounts_are_sorted_searched_paged_and_scoped(engine, history) -> None:
     assert stats.account_rows(engine, lo, hi, search="100%_\\")[1] == 0  # wildcards are text
 
 
+def test_how_recovered_payments_came_back_equals_pandas(engine, history) -> None:
+    """Issue 28: recovered payments split by how they came back — a merchant retry, the
+    customer after a message, the customer alone — per currency, on both databases."""
+    repo.save_contract(engine, history)
+    lo, hi = datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC)
+    got = stats.recovery_paths(engine, lo, hi)
+    a, m, p = history.attempts, history.messages, history.payments
+    ok = a[a["outcome"] == "succeeded"].sort_values("attempted_at").drop_duplicates("payment_id")
+    first_sent = m.groupby("payment_id")["sent_at"].min()
+    sent = first_sent.reindex(ok["payment_id"]).to_numpy()
+    messaged = pd.notna(sent) & (sent <= ok["attempted_at"].to_numpy())
+    way = np.where(
+        ok["initiator"] == "merchant",
+        "retry",
+        np.where(messaged, "customer_after_message", "customer_alone"),
+    )
+    joined = ok.assign(path=way).merge(p[["payment_id", "currency", "amount"]], on="payment_id")
+    want = joined.groupby(["currency", "path"]).agg(n=("amount", "size"), amount=("amount", "sum"))
+    assert {(r["currency"], r["path"]): r["payments"] for r in got} == want["n"].to_dict()
+    for r in got:
+        minor = want.loc[(r["currency"], r["path"]), "amount"]
+        scale = 1 if r["currency"] in ZERO_DECIMAL else 100
+        assert r["amount"] == pytest.approx(minor / scale)
+    assert {r["path"] for r in got} == set(stats.RECOVERY_PATHS)
+    assert sum(r["payments"] for r in got) == int(p["payment_id"].isin(ok["payment_id"]).sum())
+
+
 def test_the_stats_api_shows_each_key_its_own_accounts(client, history) -> None:
     engine = client.app.state.engine
     repo.save_contract(engine, history)
