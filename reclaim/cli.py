@@ -271,6 +271,14 @@ def train(
             "major units, unknown decline codes); the warnings become the run's caveats.",
         ),
     ] = False,
+    gate_payments: Annotated[
+        int,
+        typer.Option(
+            min=100,
+            help="Later payments (at most) the gate rolls the whole policy and the history's "
+            "schedule out on; more narrows its interval and takes longer.",
+        ),
+    ] = 5_000,
     dask_workers: DaskWorkers = 2,
     dask_memory: DaskMemory = "4GiB",
 ) -> None:
@@ -287,6 +295,7 @@ def train(
         test_share=test_share,
         experiment=experiment,
         accept_warnings=accept_warnings,
+        max_rollout_payments=gate_payments,
     )
     client = _dask_client(dask, dask_workers, dask_memory)
     with _progress() as progress, client or nullcontext():

@@ -258,6 +258,7 @@ async def overview(request: Request) -> Response:
         await run_in_threadpool(stats.recovery_paths, engine, lo, hi, principal.accounts),
         shown["rows"],
     )
+    shown["where"] = await _where_the_data_is(request, shown["rows"], principal.accounts)
     if request.query_params.get("format") == "csv":
         return _csv(_currency_rows(shown), f"recovery_{first}_{last}.csv")
     return await _page(
@@ -265,6 +266,16 @@ async def overview(request: Request) -> Response:
         note=note,
         **shown,
     )  # fmt: skip
+
+
+async def _where_the_data_is(
+    request: Request, rows: list[dict[str, Any]], accounts: Any
+) -> date | None:
+    """For an empty period: the day of the newest failed payment ``accounts`` hold (the page
+    offers the 30 days up to it), or None (the period has data, or there is none at all)."""
+    if rows:
+        return None
+    return await run_in_threadpool(stats.newest_failure, request.app.state.engine, accounts)
 
 
 def _csv(rows: list[dict[str, Any]], name: str) -> Response:
@@ -435,6 +446,7 @@ async def account(request: Request, account_id: str) -> Response:
     shown["paths"] = _paths(
         await run_in_threadpool(stats.recovery_paths, engine, lo, hi, [account_id]), shown["rows"]
     )
+    shown["where"] = await _where_the_data_is(request, shown["rows"], [account_id])
     if request.query_params.get("format") == "csv":
         return _csv(_currency_rows(shown), f"recovery_{account_id}_{first}_{last}.csv")
     codes = await run_in_threadpool(stats.breakdown, engine, lo, hi, "decline_code", [account_id])

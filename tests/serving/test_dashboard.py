@@ -116,6 +116,11 @@ def test_the_dashboard_opens_on_the_newest_data(site, history) -> None:
     assert f"The newest failed payment is from {own['failed_at'].max().date():%Y-%m-%d}" in theirs
     chosen = client.get("/dashboard?end=2026-12-31").text  # dates given: no note
     assert 'id="period-note"' not in chosen
+    # an empty period chosen by hand says where the data is, and links to it
+    _sign_in(client, keys["analyst"][1])
+    empty = client.get("/dashboard?start=2020-01-01&end=2020-01-31").text
+    assert f"The newest is from {newest:%Y-%m-%d}" in empty
+    assert f'href="?end={newest:%Y-%m-%d}"' in empty
 
 
 def test_one_chart_with_axes_a_total_at_stated_rates_and_csv(site, history) -> None:

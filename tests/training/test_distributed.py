@@ -67,6 +67,8 @@ def test_train_on_dask_matches_the_single_process_model(dask_client, trained, tm
             uri,
             "--dask",
             dask_client.scheduler.address,
+            "--gate-payments",
+            "500",
         ],
         capture_output=True,
         text=True,

@@ -55,7 +55,18 @@ def test_validate_train_and_evaluate_an_export_without_a_randomized_log(
     assert "valid: 8,000 payments" in valid.output and "no decisions table" in valid.output
 
     trained = runner.invoke(
-        app, ["train", "--data", str(export), "--tracking-uri", uri, "--experiment", "own"]
+        app,
+        [
+            "train",
+            "--data",
+            str(export),
+            "--tracking-uri",
+            uri,
+            "--experiment",
+            "own",
+            "--gate-payments",
+            "1000",
+        ],
     )
     get_settings.cache_clear()
     assert trained.exit_code == 0, trained.output
