@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from reclaim import contract, vocab
+from reclaim import contract
 from reclaim.features.decisions import decision_features, log_amount
 from reclaim.features.drift import FeatureReference
 from reclaim.intervals import interval
@@ -51,6 +51,7 @@ from reclaim.training.data import (
     ChannelRows,
     DecisionData,
     channel_rows,
+    recovered_in_window,
     sample_payments,
     sample_rate,
 )
@@ -217,6 +218,12 @@ def message_probabilities(policy: Any, batch: DecisionBatch) -> tuple[np.ndarray
     return probs, np.where(pd.isna(senders), default, senders)
 
 
+#: MLflow's type for each contract column kind (times: per use).
+COLUMN_KINDS = {
+    "str": "string", "category": "string", "int": "long", "float": "double", "bool": "boolean"
+}  # fmt: skip
+
+
 def _dataset(folder: Path, digest: str) -> Any:
     """The contract tables in ``folder`` as an MLflow dataset (its source, name, digest and
     the payments table's schema), for ``log_input``: a run says what it learned from."""
@@ -224,8 +231,7 @@ def _dataset(folder: Path, digest: str) -> Any:
     from mlflow.data.sources import LocalArtifactDatasetSource
     from mlflow.types import ColSpec, Schema
 
-    kinds = {"str": "string", "category": "string", "int": "long", "float": "double"}
-    kinds |= {"bool": "boolean", "timestamp": "datetime"}
+    kinds = COLUMN_KINDS | {"timestamp": "datetime"}
     schema = Schema(
         [ColSpec(kinds[c.kind], c.name, required=not c.nullable) for c in contract.PAYMENTS.columns]
     )
@@ -237,26 +243,14 @@ def recovery_by_currency(tables: contract.ContractTables) -> dict[str, float]:
     """The history's recovery on ``tables`` (the later payments) per currency: the rate
     (``logged_recovery_rate_<cur>``, in [0, 1]) and the amount recovered in the currency's
     major units (``logged_recovered_<cur>``) — never summed across currencies."""
-    ok = tables.attempts["outcome"] == vocab.Outcome.SUCCEEDED
-    paid = (
-        tables.payments["payment_id"]
-        .astype("object")
-        .isin(tables.attempts.loc[ok, "payment_id"].astype("object"))
-    )
-    p = tables.payments.assign(paid=paid.to_numpy())
+    won = recovered_in_window(tables)
+    p = tables.payments.assign(paid=won.reindex(tables.payments["payment_id"]).to_numpy())
     out: dict[str, float] = {}
     for cur, g in p.groupby(p["currency"].astype("object"), sort=True):
         out[f"logged_recovery_rate_{cur}"] = float(g["paid"].mean())
         minor = int(g.loc[g["paid"], "amount"].sum())
         out[f"logged_recovered_{cur}"] = contract.major(minor, str(cur))
     return out
-
-
-def recovered_share(tables: contract.ContractTables) -> float:
-    """The share of ``tables``' payments that an attempt recovered (by anyone), in [0, 1]."""
-    ok = tables.attempts["outcome"] == vocab.Outcome.SUCCEEDED
-    paid = tables.attempts.loc[ok, "payment_id"].astype("object")
-    return float(tables.payments["payment_id"].astype("object").isin(paid).mean())
 
 
 def per_account_uplift(terms: pd.DataFrame) -> pd.DataFrame:
@@ -615,7 +609,7 @@ def train(
         "whole_policy": whole.policy,
         "whole_history": whole.history,
         # the model check: what the history recovered of the same payments
-        "whole_history_observed": recovered_share(rolled),
+        "whole_history_observed": float(recovered_in_window(rolled).mean()),
         "whole_uplift": whole.uplift.value,
         "whole_uplift_lo": whole.uplift.lo,
         "whole_uplift_hi": whole.uplift.hi,
@@ -749,8 +743,7 @@ def _signature(payments: pd.DataFrame) -> tuple[pd.DataFrame, Any]:
 
     from reclaim.training.mlflow_policy import model_input  # models-from-code: load late
 
-    kinds = {"str": "string", "category": "string", "int": "long", "float": "double"}
-    kinds |= {"bool": "boolean", "timestamp": "string"}
+    kinds = COLUMN_KINDS | {"timestamp": "string"}  # times travel as ISO 8601 text
     # a nullable whole number (the platform's fee) travels as a double: JSON and pandas have
     # no integer with a null, and MLflow refuses a long column holding one
     inputs = [
