@@ -38,6 +38,11 @@ def test_notebook_runs_without_error(path, tmp_path, monkeypatch):
     assert not [o for o in as_text if "image/png" not in o.get("data", {})], "a chart as text"
     if "plots." in "".join(c.source for c in book.cells):
         assert shown, "the notebook's charts render inline"
+    # what a reader sees is the notebook's story, not a library's INFO lines
+    text = " ".join(
+        str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", "")) for o in outputs
+    )
+    assert " INFO " not in text and "INFO mlflow" not in text, text[:2000]
     # no notebook defines a function or class worth reusing: those belong in the package
     for cell in book.cells:
         if cell.cell_type == "code":
