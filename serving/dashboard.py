@@ -35,7 +35,13 @@ from reclaim.account_config import PLATFORM, effective
 from reclaim.contract import ContractError, major, money
 from reclaim.intervals import duration, percent
 from reclaim.serving.auth import Principal, Role, Unauthorized, authenticate, principal_of
-from reclaim.serving.routes.payments import find_payments, holding, payment_view
+from reclaim.serving.routes.payments import (
+    PAYMENT_STATUSES,
+    find_payments,
+    holding,
+    list_payments,
+    payment_view,
+)
 from reclaim.serving.routes.stats import MAX_PERIOD_DAYS, period
 from reclaim.serving.store import configs, experiments, stats
 
@@ -576,11 +582,36 @@ async def payments(request: Request) -> Response:
         return _signed_out()
     text = request.query_params.get("q", "")[:255].strip()
     text = "".join(c for c in text if c.isprintable() and c != "\x00")
-    found = []
+    engine = request.app.state.engine
     if text:
-        engine = request.app.state.engine
         found = await run_in_threadpool(find_payments, engine, text, principal)
-    return await _page(request, "payments.html", principal=principal, q=text, found=found)
+        return await _page(request, "payments.html", principal=principal, q=text, found=found)
+    # no search: the period's payments, newest first, filtered and paged
+    lo, hi, first, last, error, note = await _chosen_period(request, principal)
+    q = request.query_params
+    status = q.get("status", "all")
+    status = status if status in PAYMENT_STATUSES else "all"
+    currency = q.get("currency", "").lower()[:3]
+    currency = currency if currency.isalpha() else ""
+    account = q.get("account", "")[:255]
+    account = account if _storable(account, 255) else ""
+    page = _page_number(request)
+    rows, total = await run_in_threadpool(
+        list_payments, engine, lo, hi, principal, status, currency or None, account or None,
+        PAGE_SIZE, page * PAGE_SIZE,
+    )  # fmt: skip
+    base = {"start": first.isoformat(), "end": last.isoformat(), "status": status,
+            "currency": currency, "account": account}  # fmt: skip
+
+    def link(**changes: Any) -> str:
+        return "/dashboard/payments?" + urlencode({**base, "page": page, **changes})
+
+    return await _page(
+        request, "payments.html", principal=principal, q="", found=[], listed=rows,
+        total=total, page=page, pages=max(1, -(-total // PAGE_SIZE)), link=link, first=first,
+        last=last, error=error, note=note, chosen_status=status, statuses=PAYMENT_STATUSES,
+        currency=currency, account=account,
+    )  # fmt: skip
 
 
 @router.get("/dashboard/payments/{payment_id}")

@@ -109,6 +109,51 @@ def payment_view(engine: Engine, key: repo.Ref) -> PaymentView | None:
     )
 
 
+#: The payment list's status filter: every payment, the recovered ones, the ones not (yet).
+PAYMENT_STATUSES = ("all", "recovered", "unrecovered")
+
+
+def list_payments(
+    engine: Engine,
+    start: datetime,
+    end: datetime,
+    principal: Principal,
+    status: str = "all",
+    currency: str | None = None,
+    account: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> tuple[list[dict[str, Any]], int]:
+    """The payments whose first failure fell in ``[start, end)`` within the key's accounts,
+    newest first, filtered by ``status`` (:data:`PAYMENT_STATUSES`), ``currency`` and
+    ``account`` (its id); a page of them and how many there are in all."""
+    if status not in PAYMENT_STATUSES:
+        raise ValueError(f"status must be one of {PAYMENT_STATUSES}, got {status!r}")
+    p = t.payments.c
+    where = [p.failed_at >= start, p.failed_at < end]
+    if status != "all":
+        where.append(p.recovered.is_(status == "recovered"))
+    if currency:
+        where.append(p.currency == currency)
+    if account:
+        where.append(p.account_id == account)
+    if principal.accounts is not None:
+        where.append(p.account_id.in_(sorted(principal.accounts)))
+    columns = (p.payment_id, p.account_id, p.customer_id, p.amount, p.currency, p.failed_at,
+               p.decline_code, p.recovered, p.merchant_retries)  # fmt: skip
+    query = (
+        sa.select(*columns)
+        .where(*where)
+        .order_by(p.failed_at.desc(), p.account_id, p.payment_id)
+        .limit(limit)
+        .offset(offset)
+    )
+    with engine.connect() as conn:
+        rows = [dict(r._mapping) for r in conn.execute(query)]
+        total = int(conn.execute(sa.select(sa.func.count()).where(*where)).scalar() or 0)
+    return rows, total
+
+
 def find_payments(
     engine: Engine, text: str, principal: Principal, limit: int = 50
 ) -> list[dict[str, Any]]:

@@ -174,6 +174,34 @@ def test_one_chart_with_axes_a_total_at_stated_rates_and_csv(site, history) -> N
     assert {"Decline category", "Charge model"} <= {r["breakdown"] for r in declines}
 
 
+def test_the_payment_list_filters_and_pages(site, history) -> None:
+    """Issue 28: a list of payments, not only search: the period's, newest first, filtered
+    by status, currency and account, paged; a scoped key lists its own accounts' alone."""
+    client, keys, accounts = site
+    _sign_in(client, keys["analyst"][1])
+    p = history.payments
+    ok = history.attempts[history.attempts["outcome"] == "succeeded"]["payment_id"]
+    page = client.get(f"/dashboard/payments?{PERIOD}").text
+    assert f"{len(p):,} payments whose first failure" in page and 'id="next"' in page
+    listed = re.findall(r'<tr><td><a href="/dashboard/payments/([^"?]+)\?', page)
+    newest = p.sort_values("failed_at", ascending=False)["payment_id"].head(50).tolist()
+    assert listed == newest
+    recovered = client.get(f"/dashboard/payments?{PERIOD}&status=recovered").text
+    want = int(p["payment_id"].isin(ok).sum())
+    assert f"{want:,} payments whose first failure" in recovered
+    assert "<td>not recovered</td>" not in recovered
+    cur, acct = p["currency"].iloc[0], accounts[1]
+    both = client.get(f"/dashboard/payments?{PERIOD}&currency={cur.upper()}&account={acct}").text
+    n = int(((p["currency"] == cur) & (p["account_id"] == acct)).sum())
+    assert f"{n:,} payments whose first failure" in both
+    assert set(re.findall(r"</a></td><td>(acct_[^<]+)</td>", both)) <= {acct}
+    for odd in ("status=lost", "currency=%00", "account=" + "x" * 300, "page=-4"):
+        assert client.get(f"/dashboard/payments?{PERIOD}&{odd}").status_code == 200, odd
+    _sign_in(client, keys["scoped"][1])
+    own = client.get(f"/dashboard/payments?{PERIOD}").text
+    assert set(re.findall(r"</a></td><td>(acct_[^<]+)</td>", own)) == {accounts[0]}
+
+
 def test_revoking_the_key_ends_its_sessions_and_sign_out_needs_the_token(site) -> None:
     client, keys, _ = site
     _sign_in(client, keys["analyst"][1])
