@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from functools import lru_cache
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
@@ -18,6 +19,13 @@ DEFAULT_TIMEZONE = "UTC"
 
 
 @lru_cache(maxsize=1024)
+def as_utc(value: Any) -> pd.Timestamp:
+    """A time as an aware UTC timestamp; a naive one is taken to be UTC already (SQLite
+    gives stored times back naive)."""
+    ts = pd.Timestamp(value)
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
 def zone(name: str) -> ZoneInfo:
     """``ZoneInfo(name)``, kept for the process's life with its pure-Python twin.
 

@@ -26,13 +26,12 @@ from typing import Any
 from urllib.parse import parse_qs, quote, urlencode
 
 import jinja2
-import pandas as pd
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from reclaim.account_config import PLATFORM, effective
-from reclaim.contract import ContractError, major, money
+from reclaim.contract import ContractError, is_null, major, money
 from reclaim.intervals import duration, percent
 from reclaim.serving.auth import Principal, Role, Unauthorized, authenticate, principal_of
 from reclaim.serving.routes.payments import (
@@ -44,6 +43,7 @@ from reclaim.serving.routes.payments import (
 )
 from reclaim.serving.routes.stats import MAX_PERIOD_DAYS, period
 from reclaim.serving.store import configs, experiments, stats
+from reclaim.timeutil import as_utc
 
 log = logging.getLogger(__name__)
 router = APIRouter(include_in_schema=False)
@@ -539,15 +539,9 @@ def plain_reason(reason: str) -> str:
 def when(value: Any) -> str:
     """A time as every dashboard page writes it: ``2026-05-01 10:00:00`` (UTC, to the
     second); "—" where there is none."""
-    if value is None or value is pd.NaT or (isinstance(value, float) and value != value):
+    if is_null(value):
         return "—"
-    return _utc(value).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _utc(value: Any) -> pd.Timestamp:
-    """A stored time as an aware UTC timestamp (SQLite gives them back naive, in UTC)."""
-    t = pd.Timestamp(value)
-    return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+    return as_utc(value).strftime("%Y-%m-%d %H:%M:%S")
 
 
 _templates.filters["when"] = when
@@ -565,12 +559,12 @@ def timeline(view: Any) -> list[dict[str, Any]]:
         + [{"at": m["sent_at"], "kind": "message", "row": m} for m in view.messages]
         + [{"at": d["decided_at"], "kind": "decision", "row": d} for d in view.decisions]
     )
-    events.sort(key=lambda e: (_utc(e["at"]), _EVENT_ORDER[e["kind"]]))
+    events.sort(key=lambda e: (as_utc(e["at"]), _EVENT_ORDER[e["kind"]]))
     decisions = [e for e in events if e["kind"] == "decision"]
     for i, e in enumerate(decisions):
         planned = e["row"].get("retry_at")
         later = [d for d in decisions[i + 1 :] if planned is not None]
-        replaced = [d for d in later if _utc(d["at"]) < _utc(planned)]
+        replaced = [d for d in later if as_utc(d["at"]) < as_utc(planned)]
         e["replaced_at"] = replaced[0]["at"] if replaced else None
     return events
 

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pandas as pd
 import sqlalchemy as sa
 import stripe
 from pydantic import TypeAdapter, ValidationError
@@ -42,6 +41,7 @@ from reclaim.serving.schemas import PaymentIn
 from reclaim.serving.store import repository as repo
 from reclaim.serving.store import tables as t
 from reclaim.serving.stripe_reads import Completed, StripeReader, complete
+from reclaim.timeutil import as_utc
 
 log = logging.getLogger(__name__)
 
@@ -503,7 +503,7 @@ def _apply(
             "event_id": event_id,
             "customer_id": update["customer_id"],
             "account_id": update.get("account_id"),
-            "updated_at": _utc(update["updated_at"]).to_pydatetime(),
+            "updated_at": as_utc(update["updated_at"]).to_pydatetime(),
         }
         repo.insert_rows_ignoring(conn, t.card_updates, [row])
         return "processed", rows.kind
@@ -516,7 +516,7 @@ def _apply(
         closed = payment_id or _owner(conn, account, object_id)
         if closed is None or account is None:
             return "ignored", "closed payment not known"
-        close_payment(conn, (account, closed), _utc(at).to_pydatetime())
+        close_payment(conn, (account, closed), as_utc(at).to_pydatetime())
         return "processed", rows.kind
     attempt = rows.attempt
     assert attempt is not None  # failures and recoveries always carry an attempt
@@ -575,9 +575,9 @@ def _apply(
         # Not Reclaim's retry: with Stripe's own retries off (docs/operations.md), whoever
         # paid is the customer, as the export records such a payment
         attempt["initiator"] = "customer"
-    at = _utc(attempt["attempted_at"])
+    at = as_utc(attempt["attempted_at"])
     if any(
-        outcome == attempt["outcome"] and abs(_utc(when) - at) <= SAME_ATTEMPT_WINDOW
+        outcome == attempt["outcome"] and abs(as_utc(when) - at) <= SAME_ATTEMPT_WINDOW
         for _, when, outcome in stored
     ):
         # Stripe reports one attempt through several events (invoice, intent, charge)
@@ -603,7 +603,7 @@ def _out_of_bounds(payment: dict[str, Any] | None, attempt: dict[str, Any]) -> s
     except ValidationError as exc:
         return _first_problem("payment", exc)
     try:
-        _WHEN.validate_python(_utc(attempt["attempted_at"]))
+        _WHEN.validate_python(as_utc(attempt["attempted_at"]))
     except ValidationError as exc:
         return _first_problem("attempt", exc)
     return None
@@ -690,12 +690,6 @@ def block_account(conn: sa.Connection, account_id: str, reason: str, detail: str
     log.error(
         "ALERT account %s blocked (%s: %s): its actions are stopped", account_id, reason, detail
     )
-
-
-def _utc(value: Any) -> pd.Timestamp:
-    """A timestamp in UTC (SQLite returns naive datetimes, stored as UTC)."""
-    ts = pd.Timestamp(value)
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
 def _insert(
