@@ -93,6 +93,13 @@ def _pages(
         cursor = items[-1]["id"]
 
 
+def connected_accounts(
+    client: stripe.StripeClient, backoff: Backoff | None = None
+) -> Iterator[dict[str, Any]]:
+    """Every connected account of the platform (Stripe Account objects), page by page."""
+    return _pages(client, "accounts", {}, None, backoff or Backoff())
+
+
 def _assemble(
     scope: Scope,
     charges: list[dict[str, Any]],
@@ -182,7 +189,7 @@ def backfill(
     backoff = backoff or Backoff()
     report = BackfillReport()
     created = {"created": {"gte": int(since.replace(tzinfo=since.tzinfo or UTC).timestamp())}}
-    accounts = [a["id"] for a in _pages(client, "accounts", {}, None, backoff)]
+    accounts = [a["id"] for a in connected_accounts(client, backoff)]
     scopes: list[Scope] = [None, *accounts]
     report.scopes = len(scopes)
     payments: list[dict[str, Any]] = []

@@ -57,6 +57,8 @@ CLOSED_EVENTS = frozenset(
     {"invoice.voided", "invoice.marked_uncollectible", "payment_intent.canceled"}
 )
 DEAUTHORIZED_EVENTS = frozenset({"account.application.deauthorized"})
+#: A connected account changed: its display name may have.
+ACCOUNT_EVENTS = frozenset({"account.updated"})
 
 
 class Unsupported(ValueError):
@@ -92,9 +94,10 @@ class EventRows:
 
     ``payment`` is a contract payment row (``failed_at`` and the decline are this failure's;
     a store keeps the earliest); ``attempt`` a contract attempt row without ``attempt_number``
-    (numbered by whoever assembles the history). ``card_update``, ``deauthorized_account`` and
-    ``closed`` (the id of the object that can no longer be collected, and when) describe the
-    other event kinds Reclaim acts on.
+    (numbered by whoever assembles the history). ``card_update``, ``deauthorized_account``,
+    ``closed`` (the id of the object that can no longer be collected, and when) and
+    ``account_profile`` (:func:`account_profile`) describe the other event kinds Reclaim acts
+    on.
     """
 
     kind: str
@@ -103,6 +106,7 @@ class EventRows:
     card_update: dict[str, Any] | None = None
     deauthorized_account: str | None = None
     closed: tuple[str, datetime] | None = None
+    account_profile: dict[str, Any] | None = None
 
 
 @dataclass
@@ -114,6 +118,27 @@ class Batch:
 
 
 # --- small readers ------------------------------------------------------------------------
+
+
+def display_name(account: Mapping[str, Any]) -> str | None:
+    """What people call a Stripe Account object: the name its owner gave its Stripe
+    dashboard (``settings.dashboard.display_name``), else its business's public name
+    (``business_profile.name``), else None. Control characters are dropped and the name cut
+    to 255 characters."""
+    for path in (("settings", "dashboard", "display_name"), ("business_profile", "name")):
+        name = get_path(account, *path)
+        if isinstance(name, str):
+            name = "".join(ch for ch in name if ch.isprintable()).strip()[:255]
+            if name:
+                return name
+    return None
+
+
+def account_profile(account: Mapping[str, Any], updated_at: datetime) -> dict[str, Any]:
+    """The row Reclaim keeps of an Account object: ``account_id``, ``display_name`` (None
+    where it has none) and ``updated_at`` (when Stripe said so)."""
+    return {"account_id": _require(account, "id", str, "account"),
+            "display_name": display_name(account), "updated_at": updated_at}  # fmt: skip
 
 
 def get_path(obj: Mapping[str, Any] | None, *path: str) -> Any:
@@ -444,6 +469,11 @@ def normalize_event(event: Mapping[str, Any]) -> EventRows:
         if not account:
             raise Unsupported("malformed_event", "deauthorization without an account")
         return EventRows("deauthorized", deauthorized_account=account)
+    if etype in ACCOUNT_EVENTS:
+        profile = account_profile(obj, created)
+        if account and profile["account_id"] != account:
+            raise Unsupported("malformed_event", "an account event about another account")
+        return EventRows("account", account_profile=profile)
     if etype in CARD_UPDATE_EVENTS:
         return EventRows(
             "card_update",

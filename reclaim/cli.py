@@ -1067,6 +1067,35 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (key_â€
     console.print(f"revoked {key_id}")
 
 
+accounts_app = typer.Typer(help="The platform's connected accounts.", no_args_is_help=True)
+app.add_typer(accounts_app, name="accounts")
+
+
+@accounts_app.command("names")
+def accounts_names() -> None:
+    """Read every connected account's display name from Stripe into the store at
+    RECLAIM_DATABASE_URL, for the dashboard (needs RECLAIM_STRIPE_API_KEY). Connect's
+    account.updated events keep them current afterwards."""
+    from reclaim.serving.store import profiles
+    from reclaim.serving.store.migrate import upgrade
+    from reclaim.serving.store.repository import make_engine
+
+    try:
+        client = get_settings().stripe_client()
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(code=2) from exc
+    url = _operational_store()
+    upgrade(url)
+    with _progress() as progress:
+        task = progress.add_task("accounts read", total=0)  # Stripe does not say how many
+        read, named = profiles.sweep(
+            make_engine(url), client,
+            on_account=lambda n: progress.update(task, completed=n, total=n),
+        )  # fmt: skip
+    console.print(f"read {read:,} connected accounts; {named:,} have a display name")
+
+
 events_app = typer.Typer(help="Stripe webhook events the API stored.", no_args_is_help=True)
 app.add_typer(events_app, name="events")
 

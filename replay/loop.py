@@ -61,6 +61,7 @@ from reclaim.serving.channels import OutgoingMessage
 from reclaim.serving.clock import SimulatedClock
 from reclaim.serving.leader import Lease
 from reclaim.serving.scheduler import Scheduler, ScoringClient
+from reclaim.serving.store import profiles
 from reclaim.serving.store import tables as t
 from reclaim.serving.store.experiments import load_assignments
 from reclaim.serving.store.migrate import upgrade
@@ -399,14 +400,17 @@ def play_part(part: Part, progress: Callable[[float, str], None]) -> Outcome:
             )
             objects = to_stripe_objects(tables)
             standin.load(objects)
+            client = stripe.StripeClient(
+                standin.api_key,
+                base_addresses={"api": standin.url},
+                http_client=stripe.RequestsClient(timeout=60),
+            )
+            # the accounts' names, as `reclaim accounts names` stores them in production
+            profiles.sweep(engine, client, now=clock.now())
             customer = SimulatedCustomer(world, clock)
             scheduler = Scheduler(
                 engine,
-                stripe.StripeClient(
-                    standin.api_key,
-                    base_addresses={"api": standin.url},
-                    http_client=stripe.RequestsClient(timeout=60),
-                ),
+                client,
                 ScoringClient(api_url, scheduler_key, timeout=600),
                 {"email": customer, "sms": customer, "in_app": customer},
                 clock,

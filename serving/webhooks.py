@@ -38,6 +38,7 @@ from reclaim.features import stripe_normalize as sn
 from reclaim.fields import PastTime, storable
 from reclaim.serving import stripe_actions
 from reclaim.serving.schemas import PaymentIn
+from reclaim.serving.store import profiles
 from reclaim.serving.store import repository as repo
 from reclaim.serving.store import tables as t
 from reclaim.serving.stripe_reads import Completed, StripeReader, complete
@@ -61,6 +62,7 @@ SUBSCRIBED_EVENTS = frozenset(
         "payment_intent.canceled",
         "payment_method.automatically_updated",
         "account.application.deauthorized",
+        "account.updated",
     }
 )
 
@@ -506,6 +508,9 @@ def _apply(
             "updated_at": as_utc(update["updated_at"]).to_pydatetime(),
         }
         repo.insert_rows_ignoring(conn, t.card_updates, [row])
+        return "processed", rows.kind
+    if rows.kind == "account":
+        profiles.save(conn, [rows.account_profile or {}])
         return "processed", rows.kind
     if rows.kind == "deauthorized":
         block_account(conn, str(rows.deauthorized_account), "deauthorized", event_id)

@@ -66,6 +66,11 @@ def _connect_fields(p: Any) -> dict[str, Any]:
     return fields
 
 
+def display_name(account_id: str) -> str:
+    """A simulated account's business name (synthetic: made from its id)."""
+    return f"Shop {account_id.rsplit('_', 1)[-1]}"
+
+
 def to_stripe_objects(tables: contract.ContractTables) -> dict[Scope, dict[str, list[dict]]]:
     """Stripe objects for every payment and attempt, by scope and resource.
 
@@ -77,7 +82,14 @@ def to_stripe_objects(tables: contract.ContractTables) -> dict[Scope, dict[str, 
     by_payment = dict(iter(attempts.groupby("payment_id", sort=False)))
     for acct in sorted(tables.payments["account_id"].unique()):
         out[None]["accounts"].append(
-            {"id": acct, "object": "account", "created": 0, "type": "standard", "metadata": {}}
+            {
+                "id": acct,
+                "object": "account",
+                "created": 0,
+                "type": "standard",
+                "metadata": {},
+                "business_profile": {"name": display_name(acct)},
+            }  # fmt: skip
         )
 
     for p in tables.payments.itertuples(index=False):

@@ -108,6 +108,7 @@ EVENT_TYPES = frozenset(
         "payment_intent.canceled",
         "payment_method.automatically_updated",
         "account.application.deauthorized",
+        "account.updated",
     }
 )
 
@@ -468,6 +469,14 @@ class StripeStandIn:
             else:
                 self._emit("payment_intent.canceled", obj, account, at, None)
             return True
+
+    def rename_account(self, account: str, name: str, at: datetime) -> None:
+        """The connected account's owner renames it in their Stripe dashboard
+        (``settings.dashboard.display_name``): Connect's ``account.updated`` event follows."""
+        with self._lock:
+            obj = self.objects[None]["accounts"][account]
+            obj.setdefault("settings", {}).setdefault("dashboard", {})["display_name"] = name
+        self._emit("account.updated", obj, account, at, None)
 
     def intent_of(self, account: Scope, obj: dict[str, Any]) -> dict[str, Any] | None:
         """The payment intent an invoice's latest payment uses (or ``obj`` itself)."""

@@ -285,6 +285,15 @@ account_status = sa.Table(
     sa.Column("reason", sa.String(100), nullable=False),  # deauthorized | authentication_error
 )
 
+# A connected account's name, as Stripe last said it (serving.store.profiles).
+account_profiles = sa.Table(
+    "account_profiles",
+    metadata,
+    sa.Column("account_id", sa.String(255), primary_key=True),
+    sa.Column("display_name", sa.String(255)),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
 scheduler_leader = sa.Table(
     "scheduler_leader",
     metadata,
