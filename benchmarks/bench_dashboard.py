@@ -153,6 +153,15 @@ def measure(engine: sa.Engine, repeats: int) -> list[tuple[str, float]]:
             engine, *recent(30), "decline_category"
         ),
         "operations": lambda: stats.operations(engine, hi, 900),
+        # read from the payments of the period (no rollup): the default period is 30 days
+        "how the recovered came back, 30 days": lambda: stats.recovery_paths(engine, *recent(30)),
+        "how the failed stand and time to recover, 30 days": lambda: stats.endings(
+            engine, *recent(30)
+        ),
+        "money by decline category, 30 days": lambda: stats.decline_money(engine, *recent(30)),
+        "money by decline category, the year": lambda: stats.decline_money(engine, lo, hi),
+        "how the failed stand, the year": lambda: stats.endings(engine, lo, hi),
+        "how the failed stand, one account, the year": lambda: stats.endings(engine, lo, hi, one),
     }
     out = [(name, timed(fn, repeats)[0]) for name, fn in queries.items()]
 

@@ -42,7 +42,7 @@ from reclaim.serving.routes.payments import (
     payment_view,
 )
 from reclaim.serving.routes.stats import MAX_PERIOD_DAYS, period
-from reclaim.serving.store import configs, experiments, stats
+from reclaim.serving.store import configs, experiments, profiles, stats
 from reclaim.timeutil import as_utc
 
 log = logging.getLogger(__name__)
@@ -260,10 +260,7 @@ async def overview(request: Request) -> Response:
         _recovery, found, first, last, request.query_params.get("currency"),
         request.app.state.settings,
     )  # fmt: skip
-    shown["paths"] = _paths(
-        await run_in_threadpool(stats.recovery_paths, engine, lo, hi, principal.accounts),
-        shown["rows"],
-    )
+    shown.update(await _how_they_ended(engine, lo, hi, principal.accounts, shown["rows"]))
     shown["where"] = await _where_the_data_is(request, shown["rows"], principal.accounts)
     if request.query_params.get("format") == "csv":
         return _csv(_currency_rows(shown), f"recovery_{first}_{last}.csv")
@@ -320,6 +317,29 @@ def _currency_rows(shown: dict[str, Any]) -> list[dict[str, Any]]:
              "account_share": round(total["account_share"], 2)}
         )  # fmt: skip
     return out
+
+
+async def _how_they_ended(
+    engine: Any, lo: datetime, hi: datetime, accounts: Any, rows: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """What the overview and an account page show below the currency table: how recovered
+    payments came back (``paths``), how every failed payment stands (``endings``, each with
+    its share of its currency's failed payments), how long recoveries took (``times``, each
+    with its share of the recovered) and their median (``median_days``)."""
+    paths = await run_in_threadpool(stats.recovery_paths, engine, lo, hi, accounts)
+    ended = await run_in_threadpool(stats.endings, engine, lo, hi, accounts)
+    failed = {r["currency"]: r["failed"] for r in rows}
+    order = list(failed)
+    endings = sorted(
+        ({**e, "share": e["payments"] / failed[e["currency"]]}
+         for e in ended["endings"] if failed.get(e["currency"])),
+        key=lambda e: order.index(e["currency"]),
+    )  # fmt: skip
+    recovered = sum(t["payments"] for t in ended["times"])
+    times = [{**t, "share": t["payments"] / recovered if recovered else 0.0}
+             for t in ended["times"]]  # fmt: skip
+    return {"paths": _paths(paths, rows), "endings": endings, "times": times if recovered else [],
+            "median_days": ended["median_days"]}  # fmt: skip
 
 
 def _paths(paths: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -449,16 +469,16 @@ async def account(request: Request, account_id: str) -> Response:
     shown = _recovery(
         found, first, last, request.query_params.get("currency"), request.app.state.settings
     )
-    shown["paths"] = _paths(
-        await run_in_threadpool(stats.recovery_paths, engine, lo, hi, [account_id]), shown["rows"]
-    )
+    shown.update(await _how_they_ended(engine, lo, hi, [account_id], shown["rows"]))
     shown["where"] = await _where_the_data_is(request, shown["rows"], [account_id])
     if request.query_params.get("format") == "csv":
         return _csv(_currency_rows(shown), f"recovery_{account_id}_{first}_{last}.csv")
     codes = await run_in_threadpool(stats.breakdown, engine, lo, hi, "decline_code", [account_id])
     overrides = await run_in_threadpool(configs.stored_overrides, engine, [account_id])
+    name = (await run_in_threadpool(profiles.names, engine, [account_id])).get(account_id)
     return await _page(
-        request, "account.html", principal=principal, account_id=account_id, first=first,
+        request, "account.html", principal=principal, account_id=account_id, name=name,
+        first=first,
         last=last, error=error, note=note, missing=False, categories=stats.by_category(codes),
         settings=_settings_table(overrides, account_id), **shown,
     )  # fmt: skip
@@ -474,18 +494,20 @@ async def accounts(request: Request) -> Response:
     sort = q.get("sort", "failed")
     sort = sort if sort in stats.ACCOUNT_SORTS else "failed"
     descending = q.get("order", "desc") != "asc"
-    search = "".join(c for c in q.get("search", "")[:100] if c.isalnum() or c in "_-")
+    search = "".join(c for c in q.get("search", "")[:100] if c.isalnum() or c in "_- .'&")
     page, size = _page_number(request), PAGE_SIZE
     if q.get("format") == "csv":  # every row, not a page of them
         rows, _ = await run_in_threadpool(
             stats.account_rows, request.app.state.engine, lo, hi, principal.accounts,
             search or None, sort, descending, CSV_ROWS, 0,
         )  # fmt: skip
+        rows = await _named(request, rows)
         return _csv([dict(r) for r in rows], f"accounts_{first}_{last}.csv")
     rows, total = await run_in_threadpool(
         stats.account_rows, request.app.state.engine, lo, hi, principal.accounts, search or None,
         sort, descending, size, page * size,
     )  # fmt: skip
+    rows = await _named(request, rows)
     base = {"start": first.isoformat(), "end": last.isoformat(), "search": search}
 
     def link(**changes: Any) -> str:
@@ -498,6 +520,19 @@ async def accounts(request: Request) -> Response:
         pages=max(1, -(-total // size)), sort=sort, descending=descending, search=search,
         first=first, last=last, link=link, sorts=stats.ACCOUNT_SORTS, error=error, note=note,
     )  # fmt: skip
+
+
+async def _named(request: Request, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` (each with an ``account_id``) with the account's ``display_name`` from Stripe
+    where the store knows it, else an empty one."""
+    known = await run_in_threadpool(
+        profiles.names, request.app.state.engine, {r["account_id"] for r in rows}
+    )
+    return [
+        {"account_id": r["account_id"], "display_name": known.get(r["account_id"], ""),
+         **{k: v for k, v in r.items() if k != "account_id"}}
+        for r in rows
+    ]  # fmt: skip
 
 
 PAGE_SIZE = 50  # rows of a long table per page
@@ -767,13 +802,49 @@ async def declines(request: Request) -> Response:
     }
     codes = tables[BREAKDOWN_TITLES["decline_code"]]
     tables = {BREAKDOWN_TITLES["decline_category"]: stats.by_category(codes), **tables}
+    found = await run_in_threadpool(stats.decline_money, engine, lo, hi, principal.accounts)
+    money_rows, money_currency = _decline_money(found, request.app.state.settings)
     if request.query_params.get("format") == "csv":
         flat = [{"breakdown": title, **dict(row)} for title, rows in tables.items() for row in rows]
+        if request.query_params.get("table") == "money":
+            return _csv(found, f"declines_money_{first}_{last}.csv")
         return _csv(flat, f"declines_{first}_{last}.csv")
     return await _page(
         request, "declines.html", principal=principal, tables=tables, first=first, last=last,
-        error=error, note=note,
+        error=error, note=note, money_rows=money_rows, money_currency=money_currency,
     )  # fmt: skip
+
+
+def _decline_money(
+    rows: list[dict[str, Any]], settings: Any
+) -> tuple[list[dict[str, Any]], str | None]:
+    """:func:`stats.decline_money`'s rows as the declines page shows them: one row per decline
+    category in the reporting currency (the second value) when there are several currencies
+    and ``RECLAIM_REPORT_FX`` states a rate for each, else the rows per currency (None).
+    Each row gains ``recovered_share``: the share of the failed amount recovered."""
+    currencies = {r["currency"] for r in rows}
+    fx, reporting = settings.report_fx, settings.report_currency
+    if len(currencies) > 1 and currencies <= set(fx):
+        merged: dict[str, dict[str, Any]] = {}
+        for r in rows:
+            rate = fx[r["currency"]]
+            m = merged.setdefault(r["category"], {"category": r["category"],
+                                  "currency": reporting, "failed": 0, "recovered": 0,
+                                  "failed_amount": 0.0, "recovered_amount": 0.0})  # fmt: skip
+            m["failed"] += r["failed"]
+            m["recovered"] += r["recovered"]
+            m["failed_amount"] += r["failed_amount"] * rate
+            m["recovered_amount"] += r["recovered_amount"] * rate
+        rows = sorted(merged.values(), key=lambda r: (-r["failed_amount"], r["category"]))
+        chosen: str | None = reporting
+    else:
+        chosen = None
+    out = [
+        {**r, "recovered_share": r["recovered_amount"] / r["failed_amount"]
+         if r["failed_amount"] else 0.0}
+        for r in rows
+    ]  # fmt: skip
+    return out, chosen
 
 
 @router.get("/dashboard/operations")

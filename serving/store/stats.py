@@ -74,22 +74,28 @@ def _failed(
     """The failed payments of the ``spans`` (within ``accounts``; account ids containing
     ``search``) with ``won`` (1 if recovered) and ``retries`` (merchant retries made)."""
     p = t.payments.c
-    columns = [p.payment_id, p.account_id, p.currency, p.amount, p.application_fee_amount,
-               p.failed_at, p.decline_code, p.charge_model, p.card_brand,
-               p.failed_local_hour.label("local_hour"), p.recovered.label("won"),
-               p.merchant_retries.label("retries")]  # fmt: skip
+    columns = [p.payment_id, p.account_id, p.customer_id, p.currency, p.amount,
+               p.application_fee_amount, p.failed_at, p.decline_code, p.charge_model,
+               p.card_brand, p.failed_local_hour.label("local_hour"), p.recovered.label("won"),
+               p.merchant_retries.label("retries"), p.recovered_at, p.closed_at]  # fmt: skip
     within = [sa.and_(p.failed_at >= a, p.failed_at < b) for a, b in spans]
     query = sa.select(*columns).where(sa.or_(*within) if within else sa.false())
     return _visible(query, p.account_id, accounts, search).subquery("fp")
 
 
 def _visible(query: Any, account: Any, accounts: Collection[str] | None, search: str | None) -> Any:
-    """``query`` restricted to ``accounts`` and to account ids containing ``search``."""
+    """``query`` restricted to ``accounts`` and to accounts whose id or display name contains
+    ``search`` (a name in any case)."""
     if accounts is not None:
         query = query.where(account.in_(sorted(accounts)))
     if search:
         escaped = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        query = query.where(account.like(f"%{escaped}%", escape="\\"))
+        named = sa.select(t.account_profiles.c.account_id).where(
+            sa.func.lower(t.account_profiles.c.display_name).like(
+                f"%{escaped.lower()}%", escape="\\"
+            )
+        )
+        query = query.where(sa.or_(account.like(f"%{escaped}%", escape="\\"), account.in_(named)))
     return query
 
 
@@ -217,8 +223,9 @@ def account_rows(
     offset: int = 0,
 ) -> tuple[list[dict[str, Any]], int]:
     """One row per connected account and currency of ``[start, end)``, sorted and paged in
-    the database; with the number of rows in all pages. ``search`` matches account ids by
-    substring. Whole months come from ``stats_account_months``, the rest from the payments."""
+    the database; with the number of rows in all pages. ``search`` matches account ids and
+    display names by substring. Whole months come from ``stats_account_months``, the rest
+    from the payments."""
     if sort not in ACCOUNT_SORTS:
         raise ValueError(f"sort must be one of {ACCOUNT_SORTS}, got {sort!r}")
     whole, spans = split_period(start, end, "month")
@@ -291,7 +298,8 @@ def newest_failure(engine: Engine, accounts: Collection[str] | None = None) -> d
 
 #: How a recovered payment came back, in the order the overview lists them.
 RECOVERY_PATHS = {
-    "retry": "a merchant retry",
+    "card_updated": "a merchant retry after the card network updated the card",
+    "retry": "a merchant retry on the same card",
     "customer_after_message": "the customer, after a message",
     "customer_alone": "the customer, with no message before",
 }
@@ -304,11 +312,14 @@ def recovery_paths(
     accounts: Collection[str] | None = None,
 ) -> list[dict[str, Any]]:
     """How the recovered payments of ``[start, end)`` came back, per currency: by a merchant
-    retry, by the customer after a message, or by the customer with no message before —
-    each with its payments and amount (major units of the currency). Rows sorted by currency
-    then :data:`RECOVERY_PATHS` order."""
+    retry after the card updater gave the customer's card new details (a
+    ``payment_method.automatically_updated`` event between the first failure and the
+    success, matched by customer as the scheduler matches it), by a merchant retry on the same
+    card, by the customer after a message, or by the customer with no message before — each
+    with its payments and amount (major units of the currency). Rows sorted by currency then
+    :data:`RECOVERY_PATHS` order."""
     fp = _failed([(start, end)], accounts)
-    a, m = t.attempts.c, t.messages.c
+    a, m, c = t.attempts.c, t.messages.c, t.card_updates.c
     ok = (
         sa.select(a.account_id, a.payment_id, sa.func.min(a.attempted_at).label("at"))
         .where(a.outcome == "succeeded")
@@ -332,7 +343,11 @@ def recovery_paths(
         m.account_id == fp.c.account_id, m.payment_id == fp.c.payment_id,
         m.sent_at <= ok.c.at,
     )  # fmt: skip
+    updated = sa.exists().where(
+        c.customer_id == fp.c.customer_id, c.updated_at > fp.c.failed_at, c.updated_at <= ok.c.at
+    )
     path = sa.case(
+        (sa.and_(first.c.initiator == "merchant", updated), "card_updated"),
         (first.c.initiator == "merchant", "retry"),
         (messaged, "customer_after_message"),
         else_="customer_alone",
@@ -356,6 +371,90 @@ def recovery_paths(
         for cur, way, n, amount in found
     ]  # fmt: skip
     return sorted(rows, key=lambda r: (r["currency"], order.index(r["path"])))
+
+
+#: How long recovered payments took from their first failure: each bucket's upper bound in
+#: days (None: no bound) and its words.
+RECOVERY_TIMES = (
+    (1, "within a day"),
+    (3, "1 to 3 days"),
+    (7, "3 to 7 days"),
+    (14, "7 to 14 days"),
+    (None, "over 14 days"),
+)
+
+#: How a failed payment of a period stands now, in the order the overview lists them.
+ENDINGS = {
+    "recovered": "recovered",
+    "lost": "lost: the platform stopped collecting (invoice voided or uncollectible, "
+    "intent canceled)",
+    "open": "still open",
+}
+
+
+def _days_between(engine: Engine, later: Any, earlier: Any) -> Any:
+    """Days from ``earlier`` to ``later`` (fractional), in this database's dialect."""
+    if engine.dialect.name == "postgresql":
+        return sa.extract("epoch", later - earlier) / 86400.0
+    return sa.func.julianday(later) - sa.func.julianday(earlier)
+
+
+def endings(
+    engine: Engine,
+    start: datetime,
+    end: datetime,
+    accounts: Collection[str] | None = None,
+) -> dict[str, Any]:
+    """How the failed payments of ``[start, end)`` stand now, and how long the recovered ones
+    took.
+
+    Returns ``{"endings": [...], "times": [...], "median_days": float | None}``: an ending
+    row per currency and :data:`ENDINGS` key (``currency``, ``ending``, ``how``,
+    ``payments``, ``amount`` in major units), sorted by currency then that order; a time row
+    per :data:`RECOVERY_TIMES` bucket (``bucket``, ``payments``; counts, so currencies mix
+    safely) and the median days from first failure to recovery (None: nothing recovered).
+    A payment recovered and later closed counts as recovered.
+    """
+    fp = _failed([(start, end)], accounts)
+    ending = sa.case(
+        (fp.c.won == 1, "recovered"), (fp.c.closed_at.is_not(None), "lost"), else_="open"
+    ).label("ending")
+    by_ending = sa.select(
+        fp.c.currency, ending, sa.func.count(), sa.func.coalesce(sa.func.sum(fp.c.amount), 0)
+    ).group_by(fp.c.currency, ending)
+    days = _days_between(engine, fp.c.recovered_at, fp.c.failed_at)
+    bucket = sa.case(
+        *[(days < bound, k) for k, (bound, _) in enumerate(RECOVERY_TIMES) if bound is not None],
+        else_=len(RECOVERY_TIMES) - 1,
+    ).label("bucket")
+    recovered = fp.c.won == 1
+    by_time = sa.select(bucket, sa.func.count()).where(recovered).group_by(bucket)
+    with engine.connect() as conn:
+        ended = conn.execute(by_ending).all()
+        counted = dict(conn.execute(by_time).all())
+        n = sum(int(v) for v in counted.values())
+        median = (
+            conn.execute(
+                sa.select(days).where(recovered).order_by(days).limit(1).offset((n - 1) // 2)
+            ).scalar()
+            if n
+            else None
+        )
+    order = list(ENDINGS)
+    rows = sorted(
+        (
+            {"currency": cur, "ending": kind, "how": ENDINGS[kind], "payments": int(count),
+             "amount": major(int(amount), cur)}
+            for cur, kind, count, amount in ended
+        ),
+        key=lambda r: (r["currency"], order.index(r["ending"])),
+    )  # fmt: skip
+    times = [
+        {"bucket": words, "payments": int(counted.get(k, 0))}
+        for k, (_, words) in enumerate(RECOVERY_TIMES)
+    ]
+    return {"endings": rows, "times": times,
+            "median_days": None if median is None else max(float(median), 0.0)}  # fmt: skip
 
 
 def account_known(engine: Engine, account_id: str) -> bool:
@@ -417,6 +516,41 @@ def by_category(code_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         total[0] += row["failed"]
         total[1] += row["recovered"]
     return _sorted_groups([(k, f, r) for k, (f, r) in merged.items()], numeric=False)
+
+
+def decline_money(
+    engine: Engine,
+    start: datetime,
+    end: datetime,
+    accounts: Collection[str] | None = None,
+) -> list[dict[str, Any]]:
+    """The money of ``[start, end)``'s failed payments per decline category and currency:
+    ``category``, ``currency``, ``failed``, ``recovered`` (payments), ``failed_amount`` and
+    ``recovered_amount`` (major units of the currency). Sorted by currency, then the largest
+    failed amount first."""
+    fp = _failed([(start, end)], accounts)
+    query = sa.select(
+        fp.c.decline_code,
+        fp.c.currency,
+        sa.func.count(),
+        sa.func.coalesce(sa.func.sum(fp.c.won), 0),
+        sa.func.coalesce(sa.func.sum(fp.c.amount), 0),
+        sa.func.coalesce(sa.func.sum(fp.c.won * fp.c.amount), 0),
+    ).group_by(fp.c.decline_code, fp.c.currency)
+    with engine.connect() as conn:
+        found = conn.execute(query).all()
+    merged: dict[tuple[str, str], list[int]] = {}
+    for code, currency, *counts in found:
+        category = vocab.decline_category(code, None, None, None) or "unknown"
+        total = merged.setdefault((category, currency), [0, 0, 0, 0])
+        for k, v in enumerate(counts):
+            total[k] += int(v)
+    rows = [
+        {"category": category, "currency": currency, "failed": f, "recovered": r,
+         "failed_amount": major(fa, currency), "recovered_amount": major(ra, currency)}
+        for (category, currency), (f, r, fa, ra) in merged.items()
+    ]  # fmt: skip
+    return sorted(rows, key=lambda r: (r["currency"], -r["failed_amount"], r["category"]))
 
 
 def _sorted_groups(rows: list[tuple[Any, int, int]], numeric: bool) -> list[dict[str, Any]]:

@@ -17,6 +17,7 @@ from pydantic import SecretStr
 from reclaim.reference import RandomizedLogging
 from reclaim.serving.app import create_app
 from reclaim.serving.auth import create_key
+from reclaim.serving.store import profiles
 from reclaim.serving.store import repository as repo
 from reclaim.serving.store import tables as t
 from reclaim.settings import Settings
@@ -142,9 +143,23 @@ def test_one_chart_with_axes_a_total_at_stated_rates_and_csv(site, history) -> N
     # how the recovered came back: per currency, the ways' shares add up to all of them
     paths = re.findall(r"<tr><td>([A-Z]{3})</td><td>([^<]+)</td><td>[\d,]+</td><td>([\d.]+)%</td>",
                        page.split('id="paths"')[1].split("</table>")[0])  # fmt: skip
-    assert {how for _, how, _ in paths} >= {"a merchant retry"}
+    assert {how for _, how, _ in paths} >= {"a merchant retry on the same card"}
     for cur in {c for c, _, _ in paths}:
         assert sum(float(x) for c, _, x in paths if c == cur) == pytest.approx(100, abs=0.2)
+    # how every failed payment stands: recovered + lost + open = all, per currency
+    ended = re.findall(
+        r'<tr class="ending-(\w+)"><td>([A-Z]{3})</td><td>[^<]+</td><td>([\d,]+)</td>', page
+    )
+    for cur, n in counts.items():
+        assert sum(int(k.replace(",", "")) for _, c, k in ended if c == cur.upper()) == n, cur
+    ok = history.attempts[history.attempts["outcome"] == "succeeded"]
+    recovered_n = ok["payment_id"].nunique()
+    assert sum(int(k.replace(",", "")) for e, _, k in ended if e == "recovered") == recovered_n
+    times = page.split('id="times"')[1].split("</table>")[0]
+    took = [int(n.replace(",", "")) for n in re.findall(r"</td><td>([\d,]+)</td>", times)]
+    assert len(took) == 5 and sum(took) == recovered_n
+    assert re.search(r'id="median-time">Half of the recovered payments came back within '
+                     r"<strong>\d+ (days?|h|min)", page)  # fmt: skip
     other = counts.index[1]
     picked = client.get(f"/dashboard?{PERIOD}&currency={other}").text
     assert f'data-currency="{other}"' in picked and f'<option value="{other}" selected>' in picked
@@ -253,7 +268,19 @@ def test_an_account_page_shows_its_numbers_and_its_configuration(site, history) 
     listing = client.get(f"/dashboard/accounts?{PERIOD}&search={mine}").text
     link = re.search(rf'href="(/dashboard/accounts/{mine}\?[^"]+)"', listing).group(1)
     page = client.get(link.replace("&amp;", "&"))
-    assert page.status_code == 200 and f"<h1>{mine}</h1>" in page.text
+    assert page.status_code == 200 and f"<h1>{mine}</h1>" in page.text  # no name known yet
+    # once Stripe has told its name: beside the id in the list and the title, and searchable
+    with client.app.state.engine.begin() as conn:
+        profiles.save(conn, [{"account_id": mine, "display_name": "Yoga Studio Nord",
+                              "updated_at": datetime(2026, 6, 1, tzinfo=UTC)}])  # fmt: skip
+    by_name = client.get(f"/dashboard/accounts?{PERIOD}&search=studio+NORD").text
+    assert (
+        re.findall(r'href="/dashboard/accounts/([^"?]+)\?', by_name)
+        == [mine] * len(re.findall(r'href="/dashboard/accounts/', by_name))
+        and f'{mine}</a> <span class="name">Yoga Studio Nord</span>' in by_name
+    )
+    page = client.get(link.replace("&amp;", "&"))
+    assert f'<h1>Yoga Studio Nord <span class="id">{mine}</span></h1>' in page.text
     # its numbers are its payments' alone
     failed = sum(
         int(n.replace(",", ""))
@@ -466,6 +493,9 @@ def test_a_payment_page_tells_its_story_in_plain_words(site, history) -> None:
 
 
 def test_the_declines_and_operations_pages(site) -> None:
+    import csv
+    import io
+
     client, keys, _ = site
     _sign_in(client, keys["analyst"][1])
     page = client.get(f"/dashboard/declines?{PERIOD}")
@@ -473,6 +503,17 @@ def test_the_declines_and_operations_pages(site) -> None:
     for title in ("Decline category", "Charge model", "Card brand", "Merchant retries made"):
         assert f"<h2>{title}</h2>" in page.text
     assert "<td>soft</td>" in page.text and "<td>hard</td>" in page.text
+    # money by decline category, in the reporting currency at the stated rates, and as CSV
+    money = page.text.split('id="decline-money"')[1].split("</table>")[0]
+    assert "<th>Currency</th>" not in money and "In USD, each currency converted" in page.text
+    first = re.search(r"<tr><td>(\w+)</td><td>[\d,]+</td><td>\$([\d,.]+)</td>", money)
+    rows = list(csv.DictReader(io.StringIO(
+        client.get(f"/dashboard/declines?{PERIOD}&format=csv&table=money").text
+    )))  # fmt: skip
+    usd = sum(float(r["failed_amount"]) * SIM_FX[r["currency"]] for r in rows
+              if r["category"] == first.group(1))  # fmt: skip
+    assert float(first.group(2).replace(",", "")) == pytest.approx(usd, abs=0.01)
+    assert {r["currency"] for r in rows} == set(SIM_FX) & {r["currency"] for r in rows}
     ops = client.get("/dashboard/operations")
     assert ops.status_code == 200 and "Retries due and not yet made" in ops.text
     assert "Not compared yet" in ops.text and 'id="idle"' not in ops.text

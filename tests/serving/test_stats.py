@@ -9,11 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from reclaim import vocab
 from reclaim.contract import ZERO_DECIMAL
 from reclaim.reference import RandomizedLogging
 from reclaim.serving.auth import create_key
 from reclaim.serving.store import repository as repo
 from reclaim.serving.store import stats
+from reclaim.serving.store import tables as t
 from reclaim.simulator import generate, rollout
 
 
@@ -93,23 +95,52 @@ def test_accounts_are_sorted_searched_paged_and_scoped(engine, history) -> None:
 
 
 def test_how_recovered_payments_came_back_equals_pandas(engine, history) -> None:
-    """Issue 28: recovered payments split by how they came back — a merchant retry, the
-    customer after a message, the customer alone — per currency, on both databases."""
+    """Issue 28: recovered payments split by how they came back — a merchant retry after a
+    card update, a merchant retry on the same card, the customer after a message, the customer
+    alone — per currency, on both databases."""
     repo.save_contract(engine, history)
-    lo, hi = datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC)
-    got = stats.recovery_paths(engine, lo, hi)
     a, m, p = history.attempts, history.messages, history.payments
     ok = a[a["outcome"] == "succeeded"].sort_values("attempted_at").drop_duplicates("payment_id")
+    ok = ok.merge(p[["payment_id", "customer_id", "failed_at", "currency", "amount"]],
+                  on="payment_id")  # fmt: skip
+    # card updates as the webhooks store them: some between a payment's failure and its
+    # merchant recovery, some before its failure (they do not count)
+    merchant = ok[ok["initiator"] == "merchant"]
+    inside, before = merchant.iloc[::4], merchant.iloc[1::4]
+    updates = [
+        {"event_id": f"evt_in_{k}", "customer_id": r.customer_id, "account_id": None,
+         "updated_at": (r.failed_at + (r.attempted_at - r.failed_at) / 2).to_pydatetime()}
+        for k, r in enumerate(inside.itertuples())
+    ] + [
+        {"event_id": f"evt_before_{k}", "customer_id": r.customer_id, "account_id": None,
+         "updated_at": (r.failed_at - pd.Timedelta(hours=1)).to_pydatetime()}
+        for k, r in enumerate(before.itertuples())
+    ]  # fmt: skip
+    with engine.begin() as conn:
+        conn.execute(t.card_updates.insert(), updates)
+    lo, hi = datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC)
+    got = stats.recovery_paths(engine, lo, hi)
+
+    stamps = pd.DataFrame(updates)
+    stamps["updated_at"] = pd.to_datetime(stamps["updated_at"], utc=True)
+    pairs = ok.merge(stamps, on="customer_id")
+    hit = pairs[(pairs["updated_at"] > pairs["failed_at"])
+                & (pairs["updated_at"] <= pairs["attempted_at"])]  # fmt: skip
     first_sent = m.groupby("payment_id")["sent_at"].min()
     sent = first_sent.reindex(ok["payment_id"]).to_numpy()
     messaged = pd.notna(sent) & (sent <= ok["attempted_at"].to_numpy())
+    by_merchant = ok["initiator"] == "merchant"
     way = np.where(
-        ok["initiator"] == "merchant",
-        "retry",
-        np.where(messaged, "customer_after_message", "customer_alone"),
+        by_merchant & ok["payment_id"].isin(hit["payment_id"]),
+        "card_updated",
+        np.where(by_merchant, "retry",
+                 np.where(messaged, "customer_after_message", "customer_alone")),
+    )  # fmt: skip
+    want = (
+        ok.assign(path=way)
+        .groupby(["currency", "path"])
+        .agg(n=("amount", "size"), amount=("amount", "sum"))
     )
-    joined = ok.assign(path=way).merge(p[["payment_id", "currency", "amount"]], on="payment_id")
-    want = joined.groupby(["currency", "path"]).agg(n=("amount", "size"), amount=("amount", "sum"))
     assert {(r["currency"], r["path"]): r["payments"] for r in got} == want["n"].to_dict()
     for r in got:
         minor = want.loc[(r["currency"], r["path"]), "amount"]
@@ -117,6 +148,70 @@ def test_how_recovered_payments_came_back_equals_pandas(engine, history) -> None
         assert r["amount"] == pytest.approx(minor / scale)
     assert {r["path"] for r in got} == set(stats.RECOVERY_PATHS)
     assert sum(r["payments"] for r in got) == int(p["payment_id"].isin(ok["payment_id"]).sum())
+
+
+def test_how_failed_payments_ended_and_how_long_recoveries_took_equal_pandas(
+    engine, history
+) -> None:
+    """Issue 28: every failed payment is recovered, lost (the platform closed it unpaid) or
+    still open, with its money per currency; recoveries by how long they took, and the
+    median; on both databases."""
+    repo.save_contract(engine, history)
+    a, p = history.attempts, history.payments
+    ok = a[a["outcome"] == "succeeded"].groupby("payment_id")["attempted_at"].min()
+    unpaid = p[~p["payment_id"].isin(ok.index)]
+    closed = list(unpaid["payment_id"].iloc[::3]) + list(ok.index[:5])  # 5 closed after paying
+    with engine.begin() as conn:
+        for pid in closed:
+            conn.execute(
+                t.payments.update().where(t.payments.c.payment_id == pid)
+                .values(closed_at=datetime(2099, 1, 1, tzinfo=UTC))
+            )  # fmt: skip
+    lo, hi = datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC)
+    got = stats.endings(engine, lo, hi)
+
+    ending = np.where(p["payment_id"].isin(ok.index), "recovered",
+                      np.where(p["payment_id"].isin(closed), "lost", "open"))  # fmt: skip
+    want = p.assign(ending=ending).groupby(["currency", "ending"])["amount"].agg(["size", "sum"])
+    assert {(r["currency"], r["ending"]): r["payments"] for r in got["endings"]} == (
+        want["size"].to_dict()
+    )
+    for r in got["endings"]:
+        scale = 1 if r["currency"] in ZERO_DECIMAL else 100
+        assert r["amount"] == pytest.approx(want.loc[(r["currency"], r["ending"]), "sum"] / scale)
+    days = (ok - p.set_index("payment_id").loc[ok.index, "failed_at"]).dt.total_seconds() / 86400
+    edges = [-np.inf] + [b for b, _ in stats.RECOVERY_TIMES if b is not None] + [np.inf]
+    counts = pd.cut(days, edges, right=False).value_counts(sort=False).tolist()
+    assert [r["payments"] for r in got["times"]] == counts
+    assert sum(counts) == len(ok) > 0 and counts[0] < len(ok)
+    # the median is a middle recovery's own time (the lower one for an even count)
+    assert got["median_days"] == pytest.approx(np.sort(days)[(len(days) - 1) // 2], abs=1e-5)
+    scoped = stats.endings(engine, lo, hi, accounts=[p["account_id"].iloc[0]])
+    assert sum(r["payments"] for r in scoped["endings"]) == int(
+        (p["account_id"] == p["account_id"].iloc[0]).sum()
+    )
+
+
+def test_money_by_decline_category_equals_pandas(engine, history) -> None:
+    repo.save_contract(engine, history)
+    lo, hi = datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC)
+    got = stats.decline_money(engine, lo, hi)
+    p = history.payments
+    won = p["payment_id"].isin(history.attempts.loc[history.attempts["outcome"] == "succeeded",
+                                                    "payment_id"])  # fmt: skip
+    category = [vocab.decline_category(c, None, None, None) or "unknown" for c in p["decline_code"]]
+    frame = p.assign(category=category, won=won, won_amount=np.where(won, p["amount"], 0))
+    want = frame.groupby(["category", "currency"]).agg(
+        failed=("amount", "size"), recovered=("won", "sum"), amount=("amount", "sum"),
+        won_amount=("won_amount", "sum"),
+    )  # fmt: skip
+    assert len(got) == len(want) > 3
+    for r in got:
+        w = want.loc[(r["category"], r["currency"])]
+        scale = 1 if r["currency"] in ZERO_DECIMAL else 100
+        assert (r["failed"], r["recovered"]) == (w["failed"], w["recovered"])
+        assert r["failed_amount"] == pytest.approx(w["amount"] / scale)
+        assert r["recovered_amount"] == pytest.approx(w["won_amount"] / scale)
 
 
 def test_the_stats_api_shows_each_key_its_own_accounts(client, history) -> None:
