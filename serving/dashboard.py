@@ -263,7 +263,7 @@ async def overview(request: Request) -> Response:
     shown.update(await _how_they_ended(engine, lo, hi, principal.accounts, shown["rows"]))
     shown["where"] = await _where_the_data_is(request, shown["rows"], principal.accounts)
     if request.query_params.get("format") == "csv":
-        return _csv(_currency_rows(shown), f"recovery_{first}_{last}.csv")
+        return _overview_csv(request, shown, f"{first}_{last}")
     return await _page(
         request, "overview.html", principal=principal, first=first, last=last, error=error,
         note=note,
@@ -293,6 +293,21 @@ def _csv(rows: list[dict[str, Any]], name: str) -> Response:
         media_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": f'attachment; filename="{name}"'},
     )
+
+
+#: The overview's tables besides the currency table, by the ``table`` a CSV link asks for.
+OVERVIEW_TABLES = ("paths", "endings", "times")
+
+
+def _overview_csv(request: Request, shown: dict[str, Any], name: str) -> Response:
+    """One of the overview's (or an account page's) tables as CSV: ``table`` names it (one of
+    :data:`OVERVIEW_TABLES`), else the currency table."""
+    table = request.query_params.get("table")
+    if table in OVERVIEW_TABLES:
+        rows = [{k: (round(v, 6) if k == "share" else v) for k, v in row.items()}
+                for row in shown[table]]  # fmt: skip
+        return _csv(rows, f"{table}_{name}.csv")
+    return _csv(_currency_rows(shown), f"recovery_{name}.csv")
 
 
 def _currency_rows(shown: dict[str, Any]) -> list[dict[str, Any]]:
@@ -472,7 +487,7 @@ async def account(request: Request, account_id: str) -> Response:
     shown.update(await _how_they_ended(engine, lo, hi, [account_id], shown["rows"]))
     shown["where"] = await _where_the_data_is(request, shown["rows"], [account_id])
     if request.query_params.get("format") == "csv":
-        return _csv(_currency_rows(shown), f"recovery_{account_id}_{first}_{last}.csv")
+        return _overview_csv(request, shown, f"{account_id}_{first}_{last}")
     codes = await run_in_threadpool(stats.breakdown, engine, lo, hi, "decline_code", [account_id])
     overrides = await run_in_threadpool(configs.stored_overrides, engine, [account_id])
     name = (await run_in_threadpool(profiles.names, engine, [account_id])).get(account_id)
@@ -625,6 +640,16 @@ async def payments(request: Request) -> Response:
     account = q.get("account", "")[:255]
     account = account if _storable(account, 255) else ""
     page = _page_number(request)
+    if q.get("format") == "csv":  # every payment of the filter, money in major units
+        rows, _ = await run_in_threadpool(
+            list_payments, engine, lo, hi, principal, status, currency or None,
+            account or None, CSV_ROWS, 0,
+        )  # fmt: skip
+        return _csv(
+            [{**r, "amount": major(r["amount"], r["currency"]), "failed_at": when(r["failed_at"]),
+              "recovered": bool(r["recovered"])} for r in rows],
+            f"payments_{first}_{last}.csv",
+        )  # fmt: skip
     rows, total = await run_in_threadpool(
         list_payments, engine, lo, hi, principal, status, currency or None, account or None,
         PAGE_SIZE, page * PAGE_SIZE,

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
+from reclaim.contract import ZERO_DECIMAL
 from reclaim.reference import RandomizedLogging
 from reclaim.serving.app import create_app
 from reclaim.serving.auth import create_key
@@ -183,6 +184,26 @@ def test_one_chart_with_axes_a_total_at_stated_rates_and_csv(site, history) -> N
         len(list(csv.DictReader(io.StringIO(accounts.text))))
         >= history.payments["account_id"].nunique()
     )
+    # the overview's other tables, each as the page links it
+    for table, first_column in (("paths", "currency"), ("endings", "currency"),
+                                ("times", "bucket")):  # fmt: skip
+        assert f"format=csv&amp;table={table}" in page, table
+        got = list(csv.DictReader(io.StringIO(
+            client.get(f"/dashboard?{PERIOD}&format=csv&table={table}").text
+        )))  # fmt: skip
+        assert got and list(got[0])[0] == first_column, table
+        assert all(0 <= float(r["share"]) <= 1 for r in got), table
+    times = list(csv.DictReader(io.StringIO(
+        client.get(f"/dashboard?{PERIOD}&format=csv&table=times").text
+    )))  # fmt: skip
+    assert sum(int(r["payments"]) for r in times) == recovered_n
+    listed = list(csv.DictReader(io.StringIO(
+        client.get(f"/dashboard/payments?{PERIOD}&status=recovered&format=csv").text
+    )))  # fmt: skip
+    assert len(listed) == recovered_n and {r["recovered"] for r in listed} == {"True"}
+    some = history.payments.set_index("payment_id").loc[listed[0]["payment_id"]]
+    scale = 1 if some["currency"] in ZERO_DECIMAL else 100
+    assert float(listed[0]["amount"]) == pytest.approx(some["amount"] / scale)
     declines = list(
         csv.DictReader(io.StringIO(client.get(f"/dashboard/declines?{PERIOD}&format=csv").text))
     )
