@@ -320,45 +320,39 @@ def recovery_paths(
     :data:`RECOVERY_PATHS` order."""
     fp = _failed([(start, end)], accounts)
     a, m, c = t.attempts.c, t.messages.c, t.card_updates.c
-    ok = (
-        sa.select(a.account_id, a.payment_id, sa.func.min(a.attempted_at).label("at"))
-        .where(a.outcome == "succeeded")
-        .group_by(a.account_id, a.payment_id)
-        .subquery("ok")
-    )
-    first = (
-        sa.select(a.account_id, a.payment_id, a.initiator)
-        .join(
-            ok,
-            sa.and_(
-                a.account_id == ok.c.account_id,
-                a.payment_id == ok.c.payment_id,
-                a.attempted_at == ok.c.at,
-                a.outcome == "succeeded",
-            ),
+    # each recovered payment's first success is at its ``recovered_at`` (kept by the store's
+    # triggers): its attempt, messages before it and card updates before it are looked up by
+    # the payment's own keys, so the query reads the period's payments and nothing else
+    by_merchant = (
+        sa.select(sa.literal(1))
+        .where(
+            a.account_id == fp.c.account_id, a.payment_id == fp.c.payment_id,
+            a.attempted_at == fp.c.recovered_at, a.outcome == "succeeded",
+            a.initiator == "merchant",
         )
-        .subquery("first")
-    )
-    messaged = sa.exists().where(
-        m.account_id == fp.c.account_id, m.payment_id == fp.c.payment_id,
-        m.sent_at <= ok.c.at,
+        .exists()
     )  # fmt: skip
-    updated = sa.exists().where(
-        c.customer_id == fp.c.customer_id, c.updated_at > fp.c.failed_at, c.updated_at <= ok.c.at
-    )
+    messaged = (
+        sa.select(sa.literal(1))
+        .where(m.account_id == fp.c.account_id, m.payment_id == fp.c.payment_id,
+               m.sent_at <= fp.c.recovered_at)
+        .exists()
+    )  # fmt: skip
+    updated = (
+        sa.select(sa.literal(1))
+        .where(c.customer_id == fp.c.customer_id, c.updated_at > fp.c.failed_at,
+               c.updated_at <= fp.c.recovered_at)
+        .exists()
+    )  # fmt: skip
     path = sa.case(
-        (sa.and_(first.c.initiator == "merchant", updated), "card_updated"),
-        (first.c.initiator == "merchant", "retry"),
+        (sa.and_(by_merchant, updated), "card_updated"),
+        (by_merchant, "retry"),
         (messaged, "customer_after_message"),
         else_="customer_alone",
     ).label("path")
     query = (
         sa.select(fp.c.currency, path, sa.func.count().label("n"),
                   sa.func.sum(fp.c.amount).label("amount"))
-        .select_from(fp)
-        .join(ok, sa.and_(ok.c.account_id == fp.c.account_id, ok.c.payment_id == fp.c.payment_id))
-        .join(first, sa.and_(first.c.account_id == fp.c.account_id,
-                             first.c.payment_id == fp.c.payment_id))
         .where(fp.c.won == 1)  # the payments the overview counts as recovered
         .group_by(fp.c.currency, path)
     )  # fmt: skip
