@@ -7,7 +7,6 @@ work itself lives in the packages (``reclaim.simulator``, ``reclaim.contract``, 
 from __future__ import annotations
 
 import json
-import logging
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -21,7 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from reclaim import contract
+from reclaim import contract, logs
 from reclaim.intervals import ci, interval
 from reclaim.settings import get_settings
 
@@ -44,10 +43,8 @@ def main(
     ] = False,
 ) -> None:
     """Reclaim's commands. Settings come from RECLAIM_* environment variables or .env."""
-    level = logging.DEBUG if verbose else getattr(logging, get_settings().log_level.upper())
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    for chatty in ("httpx", "stripe", "alembic", "distributed"):  # a line per request, step, worker
-        logging.getLogger(chatty).setLevel(max(level, logging.WARNING))
+    settings = get_settings()
+    logs.configure("DEBUG" if verbose else settings.log_level, settings.log_format)
 
 
 @contextmanager
@@ -475,7 +472,7 @@ def _default_model(uri: str) -> tuple[str, str]:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from reclaim.training.pipeline import CHALLENGER, CHAMPION, MODEL_NAME
+    from reclaim.training.registry import CHALLENGER, CHAMPION, MODEL_NAME
 
     client = MlflowClient(uri)
     for alias in (CHAMPION, CHALLENGER):
@@ -645,6 +642,10 @@ def serve(
             port=port,
             workers=workers,
             log_level=get_settings().log_level.lower(),
+            # the app's own logging (reclaim.logs, set by create_app in each worker) writes
+            # uvicorn's lines too, and one access line per request with its request id
+            log_config=None,
+            access_log=False,
         )
     finally:
         if made:
@@ -1000,6 +1001,84 @@ def report(
             settings.mlflow_artifact_uri,
         )
         console.print(f"logged to MLflow as run {run_id}")
+
+
+@app.command()
+def migrate() -> None:
+    """Bring the store at RECLAIM_DATABASE_URL to the latest migration, once, before the API
+    and the schedulers start (with RECLAIM_MIGRATE_ON_START=false they only check it)."""
+    from reclaim.serving.store.migrate import current, head, upgrade
+
+    url = _operational_store()
+    before = current(url)
+    upgrade(url)
+    latest = head()
+    console.print(
+        f"the store was already at migration {latest}"
+        if before == latest
+        else f"migrated the store from {before or 'an empty database'} to {latest}"
+    )
+
+
+models_app = typer.Typer(help="The policy's versions in the MLflow registry.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+TrackingUri = Annotated[
+    str | None,
+    typer.Option(help="MLflow tracking store (default: RECLAIM_MLFLOW_TRACKING_URI)."),
+]
+
+
+def _registry(tracking_uri: str | None) -> Any:
+    from mlflow import MlflowClient
+
+    return MlflowClient(_existing_store(tracking_uri))
+
+
+@models_app.command("list")
+def models_list(tracking_uri: TrackingUri = None) -> None:
+    """Every version of the policy, newest first: its aliases, its gate and its whole-policy
+    uplift as training measured them."""
+    from reclaim.training import registry
+
+    table = Table(title=f"{registry.MODEL_NAME} versions")
+    for column in ("version", "aliases", "gate", "whole-policy uplift", "registered (UTC)"):
+        table.add_column(column)
+    for v in registry.versions(_registry(tracking_uri)):
+        when = datetime.fromtimestamp(v.created_ms / 1000, UTC) if v.created_ms else None
+        table.add_row(v.version, ", ".join(v.aliases), v.gate, v.whole_uplift,
+                      f"{when:%Y-%m-%d %H:%M}" if when else "")  # fmt: skip
+    console.print(table)
+
+
+@models_app.command("promote")
+def models_promote(
+    version: Annotated[str, typer.Argument(help="The version to make champion.")],
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Make a version the champion by hand (the API follows within
+    RECLAIM_POLICY_RELOAD_SECONDS); `reclaim models rollback` undoes it."""
+    from reclaim.training import registry
+
+    try:
+        before = registry.promote(_registry(tracking_uri), version)
+    except LookupError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(code=2) from exc
+    console.print(f"champion: version {version} (was {before or 'none'})")
+
+
+@models_app.command("rollback")
+def models_rollback(tracking_uri: TrackingUri = None) -> None:
+    """Move the champion back to the version it replaced (the API follows within
+    RECLAIM_POLICY_RELOAD_SECONDS)."""
+    from reclaim.training import registry
+
+    try:
+        was, now = registry.rollback(_registry(tracking_uri))
+    except LookupError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(code=2) from exc
+    console.print(f"champion rolled back: version {now} (was {was})")
 
 
 keys_app = typer.Typer(help="API keys of the scoring API.", no_args_is_help=True)

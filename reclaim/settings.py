@@ -26,6 +26,10 @@ class Settings(BaseSettings):
     """Where commands write contract tables by default."""
     database_url: str = "sqlite:///reclaim.db"
     """The operational store (SQLite embedded; PostgreSQL in production)."""
+    migrate_on_start: bool = True
+    """``reclaim serve`` and ``reclaim scheduler`` bring the store to the latest migration as
+    they start (one process at a time). False: they refuse a store that is not at it, and
+    ``reclaim migrate`` runs once before them (a deployment's choice: docs/deploy.md)."""
     mlflow_tracking_uri: str = "sqlite:///mlflow.db"
     """MLflow tracking store."""
     dashboard_session_secret: SecretStr | None = None
@@ -40,6 +44,9 @@ class Settings(BaseSettings):
     store URI. Unset: MLflow's default, ``./mlruns`` of the working directory for a local
     store."""
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    """``json``: one JSON object per line with the request id, the connected account and the
+    payment where there is one (``reclaim.logs``); ``text``: a line for people."""
     lightgbm_threads: int = Field(default=0, ge=0)
     """Threads per LightGBM call, training and scoring; 0: LightGBM's default, every core.
     Where several processes share the cores (API workers, parallel test workers), set it to

@@ -13,6 +13,7 @@ from datetime import timedelta
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 
+from reclaim import logs
 from reclaim.serving import dashboard, guards
 from reclaim.serving import decide as domain
 from reclaim.serving import webhooks as events
@@ -26,19 +27,26 @@ from reclaim.serving.routes import accounts, decisions, health, payments, stats,
 from reclaim.serving.skew import SkewMonitor
 from reclaim.serving.store import repository as repo
 from reclaim.serving.store.configs import ConfigCache
-from reclaim.serving.store.migrate import upgrade
+from reclaim.serving.store.migrate import ready
 from reclaim.serving.store.repository import make_engine
 from reclaim.serving.stripe_reads import StripeReader
 from reclaim.settings import Settings, get_settings
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the API for ``settings`` (default: from the environment)."""
+def create_app(settings: Settings | None = None, configure_logs: bool | None = None) -> FastAPI:
+    """Build the API for ``settings`` (default: from the environment). ``configure_logs``
+    (default: when the settings come from the environment, as in ``reclaim serve``'s worker
+    processes) sets the process's logging from ``RECLAIM_LOG_LEVEL`` and
+    ``RECLAIM_LOG_FORMAT``."""
+    if configure_logs is None:
+        configure_logs = settings is None
     settings = settings or get_settings()
+    if configure_logs:
+        logs.configure(settings.log_level, settings.log_format)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        upgrade(settings.database_url)
+        ready(settings.database_url, settings.migrate_on_start)
         app.state.engine = make_engine(settings.database_url)
         holder = PolicyHolder(settings.policy_uri, settings.mlflow_tracking_uri)
         holder.refresh()
@@ -115,6 +123,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
 
     app.add_middleware(guards.RequestMetrics, metrics=app.state.metrics)
+    app.add_middleware(guards.RequestIds)
     app.add_exception_handler(RequestValidationError, guards.validation_error)
     app.add_exception_handler(Exception, guards.internal_error)
     app.add_middleware(

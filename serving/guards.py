@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +24,8 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from reclaim import logs
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +58,50 @@ class RequestMetrics:
             path = getattr(route, "path", "unmatched")
             self.metrics.requests.labels(scope["method"], path, str(status)).inc()
             self.metrics.latency.labels(path).observe(time.perf_counter() - start)
+
+
+#: What a caller's ``X-Request-ID`` may hold to be kept (else a new id is made).
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+access_log = logging.getLogger("reclaim.access")
+
+
+class RequestIds:
+    """ASGI middleware: each request gets an id — the caller's ``X-Request-ID`` where it is a
+    plain token of at most 64 characters, else a new one — returned in the answer's
+    ``X-Request-ID`` and carried by every log line written while it is served
+    (:func:`reclaim.logs.bound`); one access line per request: method, route, status and
+    milliseconds (the route's template, not the address: no query string is logged)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        sent = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")
+        request_id = sent if _REQUEST_ID.fullmatch(sent) else uuid.uuid4().hex
+        start, status = time.perf_counter(), 500
+
+        async def with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-request-id", request_id.encode()),
+                ]
+            await send(message)
+
+        with logs.bound(request_id=request_id):
+            try:
+                await self.app(scope, receive, with_id)
+            finally:
+                path = getattr(scope.get("route"), "path", "unmatched")
+                access_log.info(
+                    "%s %s %d %.1f ms", scope["method"], path, status,
+                    (time.perf_counter() - start) * 1000,
+                )  # fmt: skip
 
 
 class _TooLarge(Exception):

@@ -33,7 +33,7 @@ import stripe
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.engine import Engine
 
-from reclaim import contract
+from reclaim import contract, logs
 from reclaim.features import stripe_normalize as sn
 from reclaim.fields import PastTime, storable
 from reclaim.serving import stripe_actions
@@ -222,6 +222,14 @@ def process_event(
         raise KeyError(f"no stored event {event_id}")
     if row.status not in TO_APPLY:
         return row.status
+    with logs.bound(event_id=event_id):
+        return _process(engine, event_id, row, retry_base, reader)
+
+
+def _process(
+    engine: Engine, event_id: str, row: Any, retry_base: timedelta, reader: StripeReader | None
+) -> str:
+    """:func:`process_event` for a stored event ``row`` still to apply."""
     e = t.stripe_events.c
     try:
         # what the event lacks is read from Stripe first, outside the store's transaction
@@ -238,7 +246,8 @@ def process_event(
             if not claimed:
                 raise _Taken
             woken: list[str] = []
-            status, note = _apply(conn, done, event_id, woken)
+            with logs.bound(account_id=done.account, payment_id=done.payment_id):
+                status, note = _apply(conn, done, event_id, woken)
             _set_status(conn, event_id, status, note, tries=row.tries + 1)
         for waiting in woken:  # successes that arrived before this failure: applied now
             process_event(engine, waiting, retry_base, reader)

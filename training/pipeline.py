@@ -46,7 +46,7 @@ from reclaim.models.policy import CHANNELS, LearnedPolicy
 from reclaim.models.propensity import ArmPropensityModel, overlap
 from reclaim.policy import ActionBatch, DecisionBatch, merchant_of_record
 from reclaim.rules import NetworkRules, enforce
-from reclaim.training import metrics, ope, plots, whole_policy
+from reclaim.training import metrics, ope, plots, registry, whole_policy
 from reclaim.training.data import (
     ChannelRows,
     DecisionData,
@@ -56,6 +56,7 @@ from reclaim.training.data import (
     sample_rate,
 )
 from reclaim.training.prepared import TrainConfig, prepare
+from reclaim.training.registry import CHALLENGER, CHAMPION, MODEL_NAME
 from reclaim.training.support import supported_delays, supported_retry_counts
 from reclaim.training.tracking import use_experiment
 
@@ -64,11 +65,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MODEL_NAME = "reclaim-policy"
-CHAMPION = "champion"
-#: A version the evidence could not promote but that keeps within the history's support:
-#: ready for a guarded A/B test (``reclaim train`` prints the command).
-CHALLENGER = "challenger"
+# CHALLENGER: a version the evidence could not promote but that keeps within the history's
+# support: ready for a guarded A/B test (``reclaim train`` prints the command).
 POLICY_CODE = Path(__file__).with_name("mlflow_policy.py")
 SIMULATION_MANIFEST = "simulation.json"
 
@@ -837,7 +835,7 @@ def _gate(
     except MlflowException:
         current = None
     if current is None:
-        client.set_registered_model_alias(MODEL_NAME, CHAMPION, version)
+        registry.promote(client, version)
         return CHAMPION, f"no champion yet: version {version} becomes champion: {said}"
     champion = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@{CHAMPION}")
     theirs = roll(champion.unwrap_python_model().policy)
@@ -847,6 +845,6 @@ def _gate(
         f"{interval(vs.value, vs.lo, vs.hi, pts=True)}"
     )
     if vs.value > 0:
-        client.set_registered_model_alias(MODEL_NAME, CHAMPION, version)
+        registry.promote(client, version)  # tagged with the champion it replaces
         return CHAMPION, f"version {version} promoted: {said}; {against}"
     return CHALLENGER, f"version {version} not promoted, champion kept: {said}; {against}"

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from fastapi import APIRouter, HTTPException
 from starlette.concurrency import run_in_threadpool
 
+from reclaim import logs
 from reclaim.serving import decide as domain
 from reclaim.serving.auth import Principal
 from reclaim.serving.batcher import DecisionBatcher
@@ -85,7 +86,8 @@ async def decide_one(
     principal: SchedulerDep,
     batcher: BatcherDep,
 ) -> DecisionOut:
-    return (await _run([request], policy, metrics, principal, batcher))[0]
+    with logs.bound(account_id=request.account, payment_id=request.id):
+        return (await _run([request], policy, metrics, principal, batcher))[0]
 
 
 @router.post(

@@ -7,18 +7,21 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, as_completed
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
-from reclaim import vocab
+from reclaim import logs, vocab
 from reclaim.serving import stripe_actions
 from reclaim.serving.scheduler.records import ACT_BATCH, OPEN
 from reclaim.serving.store import repository as repo
 from reclaim.serving.store import tables as t
 from reclaim.serving.webhooks import block_account
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +126,7 @@ class Acting:
             )
         calls = {
             self._pool.submit(
-                stripe_actions.retry_payment,
+                _about(x, stripe_actions.retry_payment),
                 self.stripe,
                 history[repo.ref(x)][0],
                 x["attempt_number"],
@@ -156,7 +159,8 @@ class Acting:
             result = call.result()
         except stripe_actions.Transient as exc:
             later = now + timedelta(minutes=15)
-            log.warning("%s; trying again at %s under the same key", exc, later)
+            with _bound(action):
+                log.warning("%s; trying again at %s under the same key", exc, later)
             self._set(action_id, status="scheduled", retry_at=later)
             self._schedule(action_id, later)
             self.stats.transient += 1
@@ -242,3 +246,19 @@ class Acting:
                 .values(status="done", outcome=sa.bindparam("out"), updated_at=datetime.now(UTC)),
                 [{"id": x["action_id"], "out": r.outcome} for x, r in finished],
             )
+
+
+def _bound(action: dict[str, Any]) -> Any:
+    """Log lines about ``action`` carry its id, account and payment (``reclaim.logs``)."""
+    return logs.bound(action_id=action["action_id"], account_id=action["account_id"],
+                      payment_id=action["payment_id"])  # fmt: skip
+
+
+def _about(action: dict[str, Any], fn: Callable[..., T]) -> Callable[..., T]:
+    """``fn`` run with :func:`_bound` ``action`` (in the pool's thread, where it runs)."""
+
+    def run(*args: Any) -> T:
+        with _bound(action):
+            return fn(*args)
+
+    return run

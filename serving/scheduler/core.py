@@ -108,11 +108,14 @@ def from_settings(settings: Any) -> Scheduler:
     missing secret."""
     from reclaim.serving.channels import SignedWebhook, SmtpEmail
     from reclaim.serving.leader import holder_id
-    from reclaim.serving.store.migrate import upgrade
+    from reclaim.serving.store.migrate import ready
 
     if settings.scoring_api_key is None:
         raise ValueError("RECLAIM_SCORING_API_KEY is not set: a scheduler key of the scoring API")
-    upgrade(settings.database_url)
+    try:
+        ready(settings.database_url, settings.migrate_on_start)
+    except RuntimeError as exc:
+        raise ValueError(str(exc)) from exc
     engine = repo.make_engine(settings.database_url)
     channels: dict[str, Channel] = {
         "email": SmtpEmail(settings.smtp_host, settings.smtp_port, settings.email_from)
