@@ -906,7 +906,9 @@ def scheduler() -> None:
     if port:
         from prometheus_client import start_http_server
 
-        start_http_server(port, addr="127.0.0.1", registry=runner.metrics.registry)
+        start_http_server(
+            port, addr=get_settings().scheduler_metrics_host, registry=runner.metrics.registry
+        )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

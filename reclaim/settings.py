@@ -136,7 +136,10 @@ class Settings(BaseSettings):
     """How long a scheduler's leadership lasts unrenewed: a crashed leader's standby takes
     over after at most this long."""
     scheduler_metrics_port: int | None = None
-    """Serve the scheduler's Prometheus metrics on 127.0.0.1 at this port (unset: off)."""
+    """Serve the scheduler's Prometheus metrics at this port (unset: off)."""
+    scheduler_metrics_host: str = "127.0.0.1"
+    """The address the scheduler's metrics listen on (``0.0.0.0`` in a container, for
+    Prometheus to reach)."""
     clock_speed: float = Field(default=1.0, gt=0)
     """Simulated time runs this many times faster than the wall clock (demo and tests)."""
     clock_origin: datetime | None = None

@@ -145,3 +145,18 @@ class SchedulerMetrics:
             ["kind"],
             registry=self.registry,
         )
+        self.leading = Gauge(
+            "reclaim_scheduler_leading",
+            "1 while this scheduler holds the lease and acts, 0 while it stands by",
+            registry=self.registry,
+        )
+        self.due_late = Gauge(
+            "reclaim_scheduler_due_late",
+            "Open actions more than a minute past their due time (set by the leader)",
+            registry=self.registry,
+        )
+        self.oldest_due = Gauge(
+            "reclaim_scheduler_oldest_due_seconds",
+            "Seconds the oldest open action is past its due time (set by the leader)",
+            registry=self.registry,
+        )

@@ -94,6 +94,7 @@ class Scheduler(Leading, Planning, Checks, Acting, Messaging):
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="reclaim-stripe")
         self._draining: tuple[threading.Thread, threading.Event] | None = None
         self._reconciled = 0.0
+        self._due_watched = 0.0
         self._send_again = True  # whatever an earlier process left in the outbox
         self._jobs: Any = None  # the APScheduler BackgroundScheduler, while leading
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RECONCILE_SECONDS = 15.0
+#: How often the leader refreshes its due-work gauges.
+DUE_WATCH_SECONDS = 15.0
 
 # APScheduler stores a job's function by name, so jobs call this module-level function, which
 # hands them to the scheduler of this process.
@@ -60,6 +62,7 @@ class Leading:
                         log.warning("leading as %s", self.lease.holder)
                         self._start_jobs()
                     self.tick()
+                    self._watch_due()
                     if time.monotonic() - self._reconciled > RECONCILE_SECONDS:
                         added = self.reconcile(missing_only=True)
                         if added:
@@ -96,6 +99,25 @@ class Leading:
             leading.set()
         else:
             leading.clear()
+        self.metrics.leading.set(1 if won else 0)
+
+    def _watch_due(self) -> None:
+        """The due-work gauges (what ``reclaim_scheduler_due_late`` alerts on), from the
+        store, at most every :data:`DUE_WATCH_SECONDS` of wall time."""
+        if time.monotonic() - self._due_watched < DUE_WATCH_SECONDS:
+            return
+        self._due_watched = time.monotonic()
+        a = t.scheduled_actions.c
+        now = self.clock.now()
+        with self.engine.connect() as conn:
+            late, oldest = conn.execute(
+                sa.select(sa.func.count(), sa.func.min(a.retry_at)).where(
+                    a.status.in_(OPEN), a.retry_at < now - timedelta(minutes=1)
+                )
+            ).one()
+        self.metrics.due_late.set(int(late))
+        past = (now - repo.aware(oldest)).total_seconds() if oldest is not None else 0.0
+        self.metrics.oldest_due.set(max(past, 0.0))
 
     def _start_jobs(self) -> None:
         from apscheduler.executors.pool import ThreadPoolExecutor as JobExecutor
