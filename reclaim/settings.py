@@ -20,7 +20,10 @@ from reclaim.experiment import ExperimentDesign, Segment
 class Settings(BaseSettings):
     """Reclaim's settings. Each field reads ``RECLAIM_<NAME>`` from the environment."""
 
-    model_config = SettingsConfigDict(env_prefix="RECLAIM_", env_file=".env", extra="ignore")
+    # an empty variable (``RECLAIM_METRICS_TOKEN=`` in a .env) is unset, never an empty secret
+    model_config = SettingsConfigDict(
+        env_prefix="RECLAIM_", env_file=".env", extra="ignore", env_ignore_empty=True
+    )
 
     data_dir: Path = Path("data")
     """Where commands write contract tables by default."""
