@@ -12,9 +12,11 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from typing import Any
 
 #: The context a log line may carry, in the order a JSON line writes them.
 CONTEXT_FIELDS = ("request_id", "account_id", "payment_id", "action_id", "event_id")
@@ -74,11 +76,27 @@ class _ContextFilter(logging.Filter):
         return True
 
 
+class _Stderr(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a line is written (a test runner or a CLI
+    runner swaps it; a handler bound to the old one would write to a closed file)."""
+
+    _reclaim = True  # installed by configure(), replaced by the next configure()
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def configure(level: str | int = "INFO", fmt: str = "text") -> None:
-    """Send the process's logs to stderr as ``fmt`` (``text`` or ``json``) from ``level``,
-    replacing any handler set before (uvicorn's loggers go through the same handler)."""
+    """Send the process's logs to stderr as ``fmt`` (``text`` or ``json``) from ``level``:
+    one handler on the root logger, replacing the one an earlier call installed (others, a
+    test runner's, stay); uvicorn's loggers write through it too."""
     level = logging.getLevelName(level.upper()) if isinstance(level, str) else level
-    handler = logging.StreamHandler()
+    handler = _Stderr()
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
@@ -86,7 +104,8 @@ def configure(level: str | int = "INFO", fmt: str = "text") -> None:
     handler.addFilter(_ContextFilter())
     root = logging.getLogger()
     for old in list(root.handlers):
-        root.removeHandler(old)
+        if getattr(old, "_reclaim", False):
+            root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):

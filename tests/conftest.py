@@ -27,6 +27,20 @@ if "PYTEST_XDIST_WORKER" in os.environ:
     os.environ.setdefault("RECLAIM_LIGHTGBM_THREADS", "1")
 
 
+@pytest.fixture(autouse=True)
+def _logging_as_it_was():
+    """A command run in-process (typer's CliRunner) configures the process's logging as the
+    CLI does (reclaim.logs): put it back after each test, so one test's INFO level and
+    handlers do not slow or clutter the next."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
 @pytest.fixture(scope="session")
 def market() -> Marketplace:
     """2,000 failed payments over 40 accounts (seed 11)."""

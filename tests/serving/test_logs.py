@@ -11,18 +11,6 @@ import pytest
 from reclaim import logs
 
 
-@pytest.fixture
-def restored_logging():
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for h in list(root.handlers):
-        root.removeHandler(h)
-    for h in handlers:
-        root.addHandler(h)
-    root.setLevel(level)
-
-
 class _Lines(logging.Handler):
     """Formats each record as a JSON line when it is written (in the caller's context)."""
 
@@ -35,7 +23,7 @@ class _Lines(logging.Handler):
         self.lines.append(json.loads(self.format(record)))
 
 
-def test_json_lines_carry_the_context_and_nothing_else(capfd, restored_logging) -> None:
+def test_json_lines_carry_the_context_and_nothing_else(capfd) -> None:
     logs.configure("INFO", "json")
     log = logging.getLogger("reclaim.test")
     with logs.bound(request_id="req-1", account_id="acct_1", payment_id="in_1"):

@@ -13,6 +13,11 @@ import uuid
 
 import pytest
 import schemathesis
+
+# imported here, at collection, not lazily by from_url while the live API's threads run:
+# CPython 3.11's parser can fail with "AST constructor recursion depth mismatch" when pytest
+# rewrites a module it imports beside running threads
+import schemathesis.specs.openapi.schemas
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
