@@ -31,7 +31,7 @@ def test_json_lines_carry_the_context_and_nothing_else(capfd) -> None:
     try:
         raise ValueError("boom")
     except ValueError:
-        log.exception("failed on \ud800")  # a lone surrogate cannot break the line
+        log.exception("failed")
     err = capfd.readouterr().err
     first, second = (json.loads(line) for line in err.strip().splitlines())
     assert first == {
@@ -42,7 +42,14 @@ def test_json_lines_carry_the_context_and_nothing_else(capfd) -> None:
     assert first["time"].endswith("+00:00")
     assert "4242" not in err and "a@b.example" not in err
     assert "account_id" not in second and second["error"] == "ValueError"
+    assert second["message"] == "failed"
     assert "Traceback" in second["traceback"]
+    # a lone surrogate (any text a caller may send) cannot break the line: it is escaped
+    odd, lines = logging.getLogger("reclaim.test.odd"), _Lines()
+    odd.propagate = False  # kept from the test runner's own capture, which cannot carry it
+    odd.addHandler(lines)
+    odd.warning("no payment %s", "in_\ud800")
+    assert lines.lines[0]["message"] == "no payment in_\ud800"
     with pytest.raises(ValueError, match="not a log context field"):
         with logs.bound(email="a@b.example"):
             pass
