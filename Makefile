@@ -47,9 +47,11 @@ demo: $(VENV)/.installed
 	@echo "  then open http://localhost:8000/dashboard and sign in with the key above"
 
 # Two workers, one per core; a test file stays on one worker (its module fixtures are built once).
+# Files are handed out in tests/conftest.py's order, the longest first (not xdist's default of
+# the most tests first, which left the longest single tests for last, one core idle meanwhile).
 # The dashboard's browser test drives Debian's chromium: installed where missing and possible.
 test: $(VENV)/.installed-dev browser-tools
-	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=15
+	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=15
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy reclaim simulator
