@@ -42,18 +42,25 @@ def save(conn: sa.Connection, rows: Iterable[dict[str, Any]]) -> None:
         )
 
 
+#: Ids per query: a CSV of every account names up to 100,000, over the 65,535 parameters a
+#: PostgreSQL statement takes.
+CHUNK = 1_000
+
+
 def names(engine: Engine, account_ids: Collection[str]) -> dict[str, str]:
     """The known display names of ``account_ids`` (an account without one is left out)."""
-    if not account_ids:
-        return {}
+    ids = sorted(set(account_ids))
     c = t.account_profiles.c
+    out: dict[str, str] = {}
     with engine.connect() as conn:
-        found = conn.execute(
-            sa.select(c.account_id, c.display_name).where(
-                c.account_id.in_(sorted(set(account_ids))), c.display_name.is_not(None)
-            )
-        ).all()
-    return {str(a): str(n) for a, n in found}
+        for start in range(0, len(ids), CHUNK):
+            found = conn.execute(
+                sa.select(c.account_id, c.display_name).where(
+                    c.account_id.in_(ids[start : start + CHUNK]), c.display_name.is_not(None)
+                )
+            ).all()
+            out.update({str(a): str(n) for a, n in found})
+    return out
 
 
 def sweep(

@@ -97,3 +97,13 @@ def test_a_display_name_is_what_people_call_the_account() -> None:
     assert len(sn.display_name({"business_profile": {"name": "n" * 1000}}) or "") == 255
     with pytest.raises(sn.Unsupported):
         sn.account_profile({"business_profile": {"name": "no id"}}, datetime.now(UTC))
+
+
+def test_names_of_more_accounts_than_a_query_may_name(engine) -> None:
+    """The accounts CSV asks for the names of every row (up to 100,000): more ids than one
+    PostgreSQL statement takes."""
+    at = datetime(2026, 6, 1, tzinfo=UTC)
+    many = [f"acct_{k:06d}" for k in range(70_000)]  # PostgreSQL takes at most 65,535
+    with engine.begin() as conn:
+        profiles.save(conn, [{"account_id": many[-1], "display_name": "Last", "updated_at": at}])
+    assert profiles.names(engine, many) == {many[-1]: "Last"}
