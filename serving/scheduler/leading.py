@@ -99,6 +99,9 @@ class Leading:
             leading.set()
         else:
             leading.clear()
+            # the due-work gauges are the leader's: a standby reports none, never a stale figure
+            self.metrics.due_late.set(0)
+            self.metrics.oldest_due.set(0)
         self.metrics.leading.set(1 if won else 0)
 
     def _watch_due(self) -> None:

@@ -129,3 +129,31 @@ def test_an_action_too_soon_after_the_last_attempt_waits(batch, engine):
     assert runner.execute(action) == "wait"  # the one-hour minimum gap
     assert standin.executed == {}
     assert _actions(engine).loc[action, "status"] == "scheduled"
+
+
+def test_the_leader_reports_late_due_work_and_a_standby_none(batch, engine):
+    """Issue 29: what `ReclaimRetriesLate` and `ReclaimNoSchedulerLeads` alert on."""
+    import threading
+
+    runner, payments, _ = batch
+    runner._watch_due()
+    assert runner.metrics.due_late._value.get() == 0  # due now: not late yet
+    with engine.begin() as conn:  # the scheduler was away: everything came due an hour ago
+        conn.execute(sa.update(t.scheduled_actions).values(
+            retry_at=datetime.now(UTC) - timedelta(hours=1)
+        ))  # fmt: skip
+    runner._due_watched = 0.0  # its next look (every 15 s of wall time)
+    runner._watch_due()
+    assert runner.metrics.due_late._value.get() == len(payments)
+    assert 3500 < runner.metrics.oldest_due._value.get() < 3700 + 60
+    runner._renew(threading.Event())
+    assert runner.metrics.leading._value.get() == 1
+    # another holder takes the lease (this one's lapsed): this process stands by, reports 0
+    with engine.begin() as conn:
+        conn.execute(sa.update(t.scheduler_leader).values(
+            holder="other", expires_at=datetime.now(UTC) + timedelta(minutes=5)
+        ))  # fmt: skip
+    runner._renew(threading.Event())
+    assert runner.metrics.leading._value.get() == 0
+    assert runner.metrics.due_late._value.get() == 0
+    assert runner.metrics.oldest_due._value.get() == 0
