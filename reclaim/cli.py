@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import pandas as pd
 import typer
@@ -817,15 +817,43 @@ def replay(
 
 def _operational_store() -> str:
     """The store at RECLAIM_DATABASE_URL, said on the console (without a password) before
-    a command reads or writes it: no one writes keys into a store they did not mean."""
+    a command reads or writes it: no one writes keys into a store they did not mean. A URL
+    that is not SQLite's or PostgreSQL's, or a store that cannot be opened, ends the command
+    with one line naming the store and the fix (exit 2), never a traceback."""
+    import sqlalchemy as sa
     from sqlalchemy.engine import make_url
+    from sqlalchemy.pool import NullPool
 
     url = get_settings().database_url
+
+    def refuse(why: str) -> NoReturn:
+        console.print(f"[red]error:[/red] {why}", highlight=False)
+        raise typer.Exit(code=2)
+
     try:
-        shown = make_url(url).render_as_string(hide_password=True)
-    except Exception:  # an unparsable URL: the store's own error names it next
-        shown = url
+        parsed = make_url(url)
+    except Exception:
+        refuse(
+            f"RECLAIM_DATABASE_URL is not a database URL: {url!r} (sqlite:///path/reclaim.db, "
+            "or postgresql+psycopg://user@host:5432/db)"
+        )
+    shown = parsed.render_as_string(hide_password=True)
     console.print(f"store: {shown} (RECLAIM_DATABASE_URL)", markup=False, highlight=False)
+    if parsed.drivername == "postgres":
+        refuse(f"{shown}: write postgresql+psycopg://… (SQLAlchemy does not take postgres://)")
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        refuse(f"{shown}: the store is SQLite or PostgreSQL, not {parsed.get_backend_name()}")
+    timeout = {"connect_timeout": 10} if parsed.get_backend_name() == "postgresql" else {}
+    engine = sa.create_engine(url, poolclass=NullPool, connect_args=timeout)
+    try:
+        with engine.connect():
+            pass
+    except Exception as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        refuse(f"cannot open the store {shown}: {reason}. Check the address, or set "
+               "RECLAIM_DATABASE_URL")  # fmt: skip
+    finally:
+        engine.dispose()
     return url
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from typer.testing import CliRunner
 
 from reclaim import contract
@@ -256,3 +257,31 @@ def test_serve_with_workers_refuses_to_start_without_a_session_secret(monkeypatc
     finally:
         get_settings.cache_clear()
     assert result.exit_code == 2 and "RECLAIM_DASHBOARD_SESSION_SECRET" in result.output
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("postgres://u@127.0.0.1:1/db", "write postgresql+psycopg://"),
+        ("mysql://u@127.0.0.1/db", "SQLite or PostgreSQL, not mysql"),
+        ("::not a url", "is not a database URL"),
+        ("postgresql+psycopg://nobody@127.0.0.1:1/x", "cannot open the store"),
+        ("sqlite:////no/such/folder/x.db", "cannot open the store"),
+    ],
+)
+def test_a_store_that_cannot_be_opened_is_one_line_naming_the_fix(url, said, monkeypatch):
+    """Issue 28/29: the commands on the operational store (keys, events, migrate, accounts)
+    end a wrong or unreachable RECLAIM_DATABASE_URL in a line or two, never a traceback."""
+    from reclaim.settings import get_settings
+
+    monkeypatch.setenv("RECLAIM_DATABASE_URL", url)
+    get_settings.cache_clear()
+    try:
+        for command in (["keys", "list"], ["migrate"], ["events", "list"]):
+            result = runner.invoke(app, command, terminal_width=200)
+            assert result.exit_code == 2, (command, result.output)
+            text = " ".join(result.output.split())
+            assert said in text and "RECLAIM_DATABASE_URL" in text, (command, text)
+            assert "Traceback" not in result.output and len(result.output.splitlines()) <= 3
+    finally:
+        get_settings.cache_clear()
