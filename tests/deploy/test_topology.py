@@ -239,7 +239,7 @@ def test_compose_topology_fails_over_rolls_back_and_charges_each_retry_once(
             metrics = {name: str(_free_port()) for name in ("scheduler-a", "scheduler-b")}
             for name in ("scheduler-a", "scheduler-b"):
                 top.start(name, **here, **fast, RECLAIM_SCHEDULER_METRICS_PORT=metrics[name])
-            engine = make_engine(top._map(top.command("migrate")[1]["RECLAIM_DATABASE_URL"]))
+            engine = make_engine(top.command("migrate")[1]["RECLAIM_DATABASE_URL"])
             deadline = time.monotonic() + 60
             while _leader_pid(engine) is None and time.monotonic() < deadline:
                 time.sleep(0.2)
