@@ -93,6 +93,42 @@ def local_times(utc: pd.Series, timezone: pd.Series) -> pd.Series:
     return pd.Series(out, index=utc.index)
 
 
+#: Two changes of a zone's offset are never closer than this (checked columns of
+#: :func:`local_grid` are at most this far apart).
+_OFFSET_CHANGES_APART = np.timedelta64(7, "D")
+
+
+def local_grid(utc: np.ndarray, timezone: np.ndarray) -> np.ndarray:
+    """:func:`local_times` of an ``(n, k)`` array of naive UTC ``datetime64[us]`` times, row
+    ``i`` in ``timezone[i]``; each row's times ascending.
+
+    A row whose zone keeps one UTC offset over its span is shifted by that offset (checked
+    at columns at most a week apart, closer than any two offset changes); the others are
+    converted time by time.
+    """
+    n, k = utc.shape
+    if n == 0 or k == 0:
+        return utc.copy()
+    span = utc[:, -1] - utc[:, 0]
+    width = max(int(np.max(span) // _OFFSET_CHANGES_APART) + 2, 2)
+    cols = np.unique(np.linspace(0, k - 1, width).round().astype(int))
+    zones = pd.Series(np.repeat(timezone, len(cols)), dtype=object)
+    checked = utc[:, cols].ravel()
+    local = local_times(pd.Series(pd.DatetimeIndex(checked).tz_localize("UTC")), zones)
+    offset = (local.to_numpy(dtype="datetime64[us]") - checked).reshape(n, len(cols))
+    steady = (offset == offset[:, :1]).all(axis=1)
+    out = utc + offset[:, :1]
+    moving = np.flatnonzero(~steady)
+    if len(moving):
+        times = utc[moving].ravel()
+        converted = local_times(
+            pd.Series(pd.DatetimeIndex(times).tz_localize("UTC")),
+            pd.Series(np.repeat(timezone[moving], k), dtype=object),
+        )
+        out[moving] = converted.to_numpy(dtype="datetime64[us]").reshape(len(moving), k)
+    return out
+
+
 def to_utc(local: pd.Series, timezone: pd.Series) -> pd.Series:
     """Inverse of :func:`local_times`: naive wall-clock times in each row's zone to UTC.
 

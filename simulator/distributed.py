@@ -37,7 +37,7 @@ class _OracleOfSlice:
     """Stands for an :class:`Oracle` on the wire: each worker's oracle reads the hidden state
     of its own slice, instead of every worker receiving the whole marketplace."""
 
-    horizon_days: int
+    step_minutes: int
 
 
 def slices(n: int, parts: int) -> list[np.ndarray]:
@@ -52,7 +52,7 @@ def slice_count(payments: int, workers: int) -> int:
 
 def _roll_slice(market: Marketplace, policy: Policy | _OracleOfSlice, seed: int) -> Rollout:
     if isinstance(policy, _OracleOfSlice):
-        policy = Oracle(market, policy.horizon_days)
+        policy = Oracle(market, policy.step_minutes)
     return rollout(market, policy, seed=seed)
 
 
@@ -82,7 +82,7 @@ def rollout_on(
     futures: dict[Any, tuple[str, int]] = {}
     for name, policy in policies.items():
         sent: Any = (
-            _OracleOfSlice(policy.horizon_days)
+            _OracleOfSlice(policy.step_minutes)
             if isinstance(policy, Oracle)
             else client.scatter(policy, broadcast=True)
         )

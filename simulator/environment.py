@@ -16,13 +16,13 @@ split across processes (``simulator.distributed``) with the same result.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from reclaim import contract, rules, vocab
+from reclaim import account_config, contract, rules, vocab
 from reclaim.policy import ActionBatch, DecisionBatch, DecisionRandom, Policy
 from reclaim.simulator import truth
 from reclaim.simulator.marketplace import Marketplace
@@ -145,6 +145,7 @@ def rollout(
     network_rules: rules.NetworkRules | None = None,
     on_step: Callable[[int, int], None] | None = None,
     stream: str | None = None,
+    account_configs: Mapping[str, account_config.AccountConfig] | None = None,
 ) -> Rollout:
     """Roll ``policy`` out over every payment of ``market``.
 
@@ -160,6 +161,9 @@ def rollout(
     stream
         The policy's draw stream (default ``"rollout {seed}/"``); ``""`` draws as the scoring
         API does, so a rollout and a replay of the same payments meet the same draws.
+    account_configs
+        Accounts' own settings; every other account has the platform defaults (at most
+        three messages a payment, every channel), as the scoring API applies them.
     """
     cfg = market.config
     limits = network_rules or cfg.rules
@@ -193,6 +197,7 @@ def rollout(
     settled_attempts: list[pd.DataFrame] = []
     settled_messages: list[pd.DataFrame] = []
     position = pd.Index(pay["payment_id"].astype("object"))
+    allowed = account_config.constraints(pay["account_id"], account_configs or {})
 
     def first(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Element-wise earliest of two time arrays, NaT meaning never."""
@@ -209,6 +214,7 @@ def rollout(
             attempts_so_far,
             messages_so_far,
             pd.Series(pd.DatetimeIndex(now[rows]).tz_localize("UTC")),
+            allowed.iloc[rows],
         )
         draws = DecisionRandom(
             batch.payments["payment_id"],

@@ -72,14 +72,49 @@ def retry_success_probability(
     retry_number
         Which merchant retry this is (the first retry is 1).
     """
+    return attempt_probability(market, retry_odds(market, rows, at), retry_number)
+
+
+def attempt_probability(
+    market: Marketplace, odds: np.ndarray, retry_number: np.ndarray | int
+) -> np.ndarray:
+    """Retry number ``retry_number``'s success probability from its :func:`retry_odds`: each
+    earlier failed retry lowers it by ``attempt_decay``, and it never exceeds ``max_success``."""
+    cfg = market.config
+    decay = cfg.attempt_decay ** (np.asarray(retry_number) - 1)
+    return np.clip(odds * decay, 0.0, cfg.max_success)
+
+
+def retry_odds(market: Marketplace, rows: np.ndarray, at: pd.Series | np.ndarray) -> np.ndarray:
+    """A first retry's success chance at ``at`` before the cap on success: the payment's
+    state at that time (the issuer's score, a hold, funds, the card updater) times the
+    local hour, weekday, funding and business multipliers. :func:`attempt_probability`
+    turns it into the probability of any retry number.
+
+    ``at``: aware UTC times, one per row of ``rows`` (gives one chance per row); or an
+    ``(n, k)`` array of naive UTC ``datetime64`` times, ascending along each row, ``k``
+    per row of ``rows`` (gives an ``(n, k)`` array).
+    """
     cfg = market.config
     rows = np.asarray(rows)
-    p = {k: v[rows] for k, v in market.arrays("payments", _RETRY_PAYMENT_COLUMNS).items()}
-    h = {k: v[rows] for k, v in market.arrays("hidden", _RETRY_HIDDEN_COLUMNS).items()}
-    hours = (at.to_numpy(dtype="datetime64[us]") - p["failed_at"]) / np.timedelta64(1, "h")
+    grid = not isinstance(at, pd.Series)
+    if isinstance(at, pd.Series):
+        t = at.to_numpy(dtype="datetime64[us]")
+    else:
+        t = np.asarray(at, dtype="datetime64[us]")
+
+    def per_row(v: np.ndarray) -> np.ndarray:
+        return v[rows][:, None] if grid else v[rows]
+
+    p = {k: per_row(v) for k, v in market.arrays("payments", _RETRY_PAYMENT_COLUMNS).items()}
+    h = {k: per_row(v) for k, v in market.arrays("hidden", _RETRY_HIDDEN_COLUMNS).items()}
+    hours = (t - p["failed_at"]) / np.timedelta64(1, "h")
     days = hours / 24.0
-    zones = pd.Series(h["true_timezone"], dtype=object)
-    local = timeutil.local_times(pd.Series(at.array), zones).to_numpy(dtype="datetime64[us]")
+    if isinstance(at, pd.Series):
+        zones = pd.Series(h["true_timezone"], dtype=object)
+        local = timeutil.local_times(pd.Series(at.array), zones).to_numpy(dtype="datetime64[us]")
+    else:
+        local = timeutil.local_grid(t, h["true_timezone"][:, 0])
     failure_local = h["failed_local"]
     code = p["decline_code"]
     category = h["category"]
@@ -126,11 +161,11 @@ def retry_success_probability(
     dow = ((local.astype("datetime64[D]") - _FRIDAY_EPOCH).astype(int) + 4) % 7  # Monday = 0
     mult = mult * np.where(dow >= 5, cfg.weekend_multiplier, 1.0)
     funding = vocab.lookup(
-        pd.Series(p["card_funding"], dtype=object), cfg.funding_multiplier, 1.0
+        pd.Series(p["card_funding"].ravel(), dtype=object), cfg.funding_multiplier, 1.0
     ).astype(float)
+    funding = funding[:, None] if grid else funding
     mult = mult * funding * np.where(h["b2b"].astype(bool), cfg.b2b_multiplier, 1.0)
-    mult = mult * h["quality"] * cfg.attempt_decay ** (np.asarray(retry_number) - 1)
-    return np.clip(base * mult, 0.0, cfg.max_success)
+    return base * mult * h["quality"]
 
 
 def response_decay(days: np.ndarray, market: Marketplace) -> np.ndarray:

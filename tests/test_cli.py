@@ -174,7 +174,18 @@ def test_evaluate_writes_its_figures_as_json(tmp_path: Path, trained) -> None:
         )
         assert figures["payments"] == 300
         assert {"usd_per_payment", "retries_per_payment", "messages_per_payment"} <= set(figures)
-    assert "gap_closed" in found
+        net = figures["net_revenue"]
+        assert net["usd_lo"] <= net["usd"] <= net["usd_hi"]
+        assert net["share_of_failed"] == pytest.approx(net["usd"] / found["failed_usd"])
+        assert "hard" in net["share_of_failed_by_decline_kind"]
+    policies = found["policies"]
+    ceiling = policies["oracle"]["net_revenue"]["usd"]
+    assert all(p["net_revenue"]["usd"] <= ceiling for p in policies.values())
+    fixed = policies["fixed_schedule"]["net_revenue"]["usd"]
+    learned = policies["learned"]["net_revenue"]["usd"]
+    assert found["gap_closed"] == pytest.approx((learned - fixed) / (ceiling - fixed))
+    assert found["ceiling"] == "oracle" and found["currency"] == "USD"
+    assert "by decline" in result.output and "insufficient funds" in result.output
     # no --model: the champion, said so
     assert "evaluating models:/reclaim-policy@champion: the champion" in " ".join(
         result.output.split()

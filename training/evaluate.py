@@ -9,6 +9,7 @@ marketplace and draws new payments after its history, which no model has seen.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -16,6 +17,7 @@ import pandas as pd
 from reclaim.cluster import worker_count
 from reclaim.simulator import (
     Marketplace,
+    Rollout,
     compare,
     fresh_payments,
     generate,
@@ -40,6 +42,40 @@ def simulated_market(model: Any, model_uri: str) -> Marketplace:
     )
 
 
+@dataclass
+class SimulatorEvaluation:
+    """What :func:`evaluate_in_simulator` found.
+
+    Attributes
+    ----------
+    table
+        One row per policy (``simulator.evaluation.summarize`` and the net revenue share per
+        decline kind), the learned policy last.
+    run_id
+        The MLflow run it was logged as.
+    rollouts
+        Each policy's rollout on the same fresh payments, in the table's order.
+    market
+        Those fresh payments.
+    gap_closed
+        The share of the net-revenue gap from ``fixed_schedule`` to the oracle (the ceiling)
+        that the learned policy closes.
+    """
+
+    table: pd.DataFrame
+    run_id: str
+    rollouts: dict[str, Rollout]
+    market: Marketplace
+    gap_closed: float
+
+
+def gap_closed(table: pd.DataFrame, policy: str = "learned") -> float:
+    """The share of the net-revenue gap from ``fixed_schedule`` to the oracle that
+    ``policy`` closes (1: as good as the ceiling)."""
+    fixed, ceiling = table.loc["fixed_schedule", "net_usd"], table.loc["oracle", "net_usd"]
+    return float((table.loc[policy, "net_usd"] - fixed) / (ceiling - fixed))
+
+
 def evaluate_in_simulator(
     model_uri: str,
     tracking_uri: str,
@@ -47,10 +83,9 @@ def evaluate_in_simulator(
     seed: int = 1,
     on_policy: Callable[[str], Callable[[int, int], None] | None] | None = None,
     client: Any | None = None,
-) -> tuple[pd.DataFrame, str]:
+) -> SimulatorEvaluation:
     """Roll the model and the reference policies out on fresh payments (on the Dask cluster
-    of ``client`` if given, with the same result); log and return the table (one row per
-    policy, see ``simulator.evaluation.summarize``) and the run id."""
+    of ``client`` if given, with the same result); log them to MLflow and return them."""
     import mlflow
     from mlflow import MlflowClient
 
@@ -61,9 +96,8 @@ def evaluate_in_simulator(
     fresh = fresh_payments(market, n_payments, seed)
     policies = reference_policies(fresh)
     policies["learned"] = policy
-    table, _ = compare(fresh, policies, seed, on_policy, client)
-    fixed, oracle = table.loc["fixed_schedule", "net_usd"], table.loc["oracle", "net_usd"]
-    gap = (table.loc["learned", "net_usd"] - fixed) / (oracle - fixed)
+    table, rollouts = compare(fresh, policies, seed, on_policy, client)
+    gap = gap_closed(table)
 
     experiment = MlflowClient().get_run(model.metadata.run_id).info.experiment_id
     with mlflow.start_run(run_name="evaluate-simulator", experiment_id=experiment) as run:
@@ -80,4 +114,4 @@ def evaluate_in_simulator(
             mlflow.log_metrics({f"{name}_{k}": float(v) for k, v in row.items()})
         mlflow.log_metric("gap_closed_net", float(gap))
         mlflow.log_table(table.reset_index(), "policy_table.json")
-        return table, run.info.run_id
+        return SimulatorEvaluation(table, run.info.run_id, rollouts, fresh, gap)
