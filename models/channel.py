@@ -10,7 +10,7 @@ a channel is its arm's predicted recovery minus the control arm's.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import lightgbm as lgb
@@ -143,14 +143,6 @@ class ChannelCalibration:
     is nothing to compare it with): ``keep_first`` / ``keep_later`` make the policy keep the
     history's own behaviour there, as it would send it whatever its effect (:data:`KEEP`),
     rather than act on an estimate the history cannot give.
-
-    ``groups`` refines the average by decline category: ``"{category}/{stage}"`` → the
-    channel's average uplift measured on those decisions alone and the model's mean
-    prediction there, for the groups where that average is above zero with 95% confidence.
-    Where the stage average mixes kinds of decline whose customers answer differently (a
-    hard decline, where the message is the only lever, and a soft one, where a retry often
-    recovers the payment first), the group's own average is what the policy compares
-    channels by.
     """
 
     first: float | None
@@ -160,14 +152,10 @@ class ChannelCalibration:
     center_later: float = 0.0
     keep_first: bool = False
     keep_later: bool = False
-    groups: dict[str, tuple[float, float]] = field(default_factory=dict)
 
-    def apply(
-        self, uplift: np.ndarray, first: np.ndarray, category: np.ndarray | None = None
-    ) -> np.ndarray:
-        """The uplift to act on per decision (``first``: the decision is the first;
-        ``category``: its decline category, for :attr:`groups`); NaN where the channel is
-        closed at that stage."""
+    def apply(self, uplift: np.ndarray, first: np.ndarray) -> np.ndarray:
+        """The uplift to act on per decision (``first``: the decision is the first); NaN
+        where the channel is closed at that stage."""
         first = np.asarray(first, dtype=bool)
         nan = float("nan")
         base = np.where(
@@ -176,14 +164,6 @@ class ChannelCalibration:
             nan if self.later is None else self.later,
         )
         center = np.where(first, self.center_first, self.center_later)
-        groups = getattr(self, "groups", None) or {}  # absent from calibrations pickled before
-        if groups and category is not None:
-            stage = np.where(first, "first", "later")
-            key = np.char.add(np.char.add(np.asarray(category, dtype=str), "/"), stage)
-            for name, (level, mean) in groups.items():
-                mine = key == name
-                base = np.where(mine, level, base)
-                center = np.where(mine, mean, center)
         acted = base + self.slope * (np.asarray(uplift, dtype=float) - center)
         keep = np.where(first, self.keep_first, self.keep_later)
         return np.where(keep, KEEP, acted)

@@ -56,9 +56,6 @@ from reclaim.rules import NetworkRules, limits
 
 #: Candidate delays the learned policy scores: every 3 hours for a week.
 POLICY_DELAYS_HOURS = np.arange(3, 169, 3)
-#: At most this many later retries are planned for: a failed retry's successors are worth
-#: ``continuation`` less each, so deeper plans change no choice.
-PLAN_DEPTH = 8
 CHANNELS = [c.value for c in vocab.Channel]
 
 
@@ -102,9 +99,6 @@ class LearnedPolicy(Policy):
         policy may retry; ``"*"`` covers categories not named. None: up to the rules' limits.
         Training sets it to what the history shows (``training.support``): the retry model
         has not seen what retries beyond it do.
-    planning
-        Value each candidate over the rest of the recovery window (:func:`plan_values`:
-        backward induction over the retries still allowed); False looks one retry ahead.
     """
 
     name = "learned"
@@ -124,7 +118,6 @@ class LearnedPolicy(Policy):
         channel_calibration: dict[str, ChannelCalibration] | None = None,
         feature_reference: FeatureReference | None = None,
         last_retry: dict[str, int] | None = None,
-        planning: bool = True,
     ):
         self.retry_model = retry_model
         self.channel_model = channel_model
@@ -138,7 +131,6 @@ class LearnedPolicy(Policy):
         self.delays_hours = delays_hours
         self.channel_calibration = channel_calibration
         self.last_retry = last_retry
-        self.planning = planning
         # the training rows' feature distribution: what serving compares its decisions with
         self.feature_reference = feature_reference
 
@@ -155,7 +147,6 @@ class LearnedPolicy(Policy):
             "delays_hours": POLICY_DELAYS_HOURS,
             "channel_calibration": None,
             "last_retry": None,
-            "planning": False,  # pickled before planning: it looked one retry ahead
         }
         self.__dict__.update({**defaults, **state})
 
@@ -213,26 +204,12 @@ class LearnedPolicy(Policy):
         return np.asarray(number, dtype=float) <= self._last_retry_at(category)
 
     def _values(
-        self,
-        p: np.ndarray,
-        allowed: np.ndarray,
-        amount: np.ndarray,
-        final: np.ndarray,
-        later: np.ndarray | None = None,
-        window_hours: np.ndarray | None = None,
+        self, p: np.ndarray, allowed: np.ndarray, amount: np.ndarray, final: np.ndarray
     ) -> np.ndarray:
         """Each candidate's value over the rest of the window (see the module); -inf where
         not allowed. At a ``final`` decision (the last the policy retries at) no later
-        retry follows a failure, so nothing is looked ahead to. With :attr:`planning`,
-        ``later`` (retries still allowed after this one) and ``window_hours`` (hours to the
-        window's end) bound the plan (:func:`plan_values`)."""
+        retry follows a failure, so nothing is looked ahead to."""
         costs = self.costs or Costs()
-        if self.planning and later is not None and window_hours is not None:
-            later = np.where(np.asarray(final, dtype=bool), 0, later)
-            value = plan_values(
-                p, self.delays_hours, amount, later, window_hours, self.continuation, costs.retry
-            )
-            return np.where(allowed, value, -np.inf)
         n = len(p)
         amount = amount[:, None]
         # Best later candidate (strictly later slot) for the look-ahead.
@@ -251,7 +228,6 @@ class LearnedPolicy(Policy):
         c: dict[str, np.ndarray] | None,
         reachable: dict[str, np.ndarray],
         first: np.ndarray,
-        category: np.ndarray | None = None,
     ) -> np.ndarray:
         """(n, 4): expected gain of none, email, sms, in_app (uplift × amount − cost; -inf
         where the channel is closed: the customer cannot receive it, the account does not
@@ -268,11 +244,7 @@ class LearnedPolicy(Policy):
             if ch not in uplift or (calibration is not None and ch not in calibration):
                 gain[:, j] = -np.inf
                 continue
-            u = (
-                uplift[ch]
-                if calibration is None
-                else calibration[ch].apply(uplift[ch], first, category)
-            )
+            u = uplift[ch] if calibration is None else calibration[ch].apply(uplift[ch], first)
             closed = closed | np.isnan(u)
             gain[:, j] = np.where(closed, -np.inf, np.nan_to_num(u) * amount - costs.message[ch])
         return gain
@@ -323,27 +295,10 @@ class LearnedPolicy(Policy):
             columns = list(self.retry_model.feature_names_in_)
             p[rows] = self.retry_model.predict_proba(grid[columns])[:, 1].reshape(len(rows), k)
         p = np.where(allowed, p, 0.0)
-        number = features["decision_number"].to_numpy()
-        category = features["decline_category"].astype("object").to_numpy()
-        final = number >= self._last_retry_at(category)
-        later = self._later_retries(category, number, lim["retries_left"].to_numpy())
-        return p, self._values(
-            p,
-            allowed,
-            np.expm1(log_amount(batch.payments)),
-            final,
-            later,
-            features["hours_to_window_end"].to_numpy(dtype=float),
+        final = features["decision_number"].to_numpy() >= self._last_retry_at(
+            features["decline_category"].astype("object").to_numpy()
         )
-
-    def _later_retries(
-        self, category: np.ndarray, number: np.ndarray, retries_left: np.ndarray
-    ) -> np.ndarray:
-        """Retries the policy may still make after the next one: within the history's
-        support (:attr:`last_retry`) and the rules' caps, at most :data:`PLAN_DEPTH`."""
-        support = self._last_retry_at(category) - np.asarray(number, dtype=float)
-        rules = np.asarray(retries_left, dtype=float) - 1
-        return np.clip(np.minimum(support, rules), 0, PLAN_DEPTH).astype(int)
+        return p, self._values(p, allowed, np.expm1(log_amount(batch.payments)), final)
 
     def channel_values(self, batch: DecisionBatch, features: pd.DataFrame) -> pd.DataFrame:
         """Expected gain of each channel (uplift × amount − cost); the ``none`` column is 0."""
@@ -357,7 +312,6 @@ class LearnedPolicy(Policy):
             arrays,
             {ch: batch.payments[f"reachable_{ch}"].to_numpy(dtype=bool) for ch in CHANNELS},
             features["decision_number"].to_numpy() == 0,
-            features["decline_category"].astype("object").to_numpy(),
         )
         return pd.DataFrame(gains, index=features.index, columns=["none", *CHANNELS])
 
@@ -440,17 +394,8 @@ class LearnedPolicy(Policy):
             p[rows] = self.retry_model.predict_proba_matrix(grid)[:, 1].reshape(len(rows), k)
         p = np.where(allowed, p, 0.0)
         amount = np.expm1(np.array([x["log_amount"] for x in f]))
-        number = np.array([x["decision_number"] for x in f])
-        final = number >= self._last_retry_at(category)
-        left = np.array([lim["retries_left"] for lim in decisions.limits], dtype=float)
-        value = self._values(
-            p,
-            allowed,
-            amount,
-            final,
-            self._later_retries(category, number, left),
-            np.array([x["hours_to_window_end"] for x in f], dtype=float),
-        )
+        final = np.array([x["decision_number"] for x in f]) >= self._last_retry_at(category)
+        value = self._values(p, allowed, amount, final)
         uplift = self.channel_model.predict_matrix(
             decisions.matrix(list(self.channel_model.feature_names_in_))
         )
@@ -461,7 +406,7 @@ class LearnedPolicy(Policy):
         }
         first = np.array([x["decision_number"] == 0 for x in f], dtype=bool)
         sent = np.array([x["n_messages"] for x in f])
-        gains = self._gains(uplift, amount, sent, c, reachable, first, category)
+        gains = self._gains(uplift, amount, sent, c, reachable, first)
         option, retry_prop, chosen, channel_prop = self._choose(value, gains, rng)
         options = ["none", *CHANNELS]
         out = []
@@ -541,62 +486,6 @@ class LearnedPolicy(Policy):
     def explain(self, batch: DecisionBatch, actions: ActionBatch, top: int = 3) -> list[list[str]]:
         """The reasons half of :meth:`describe`."""
         return self.describe(batch, actions, top)[1]
-
-
-def plan_values(
-    p: np.ndarray,
-    delays_hours: np.ndarray,
-    amount: np.ndarray,
-    later: np.ndarray,
-    window_hours: np.ndarray,
-    continuation: float,
-    retry_cost: float,
-) -> np.ndarray:
-    """Each candidate's value when the retries after it are planned too: backward induction
-    on the model's own success chances.
-
-    A retry at candidate ``i`` is worth ``p(i)·A − c + (1 − p(i))·V₁(i)``, where ``Vⱼ(i)``
-    is the best of stopping (0) and retrying again at a later slot ``i' > i`` as retry
-    ``j``, worth ``p(i')·cʲ·A − c + (1 − p(i')·cʲ)·Vⱼ₊₁(i')`` (``c``: ``continuation``, the
-    model's estimate of what each failed attempt does to the next one's chance). The later
-    slots are the candidates and, past them to the window's end, one a day at the best chance
-    the model gives the grid's last day (the model has not seen later delays; a later day is
-    valued as its last day). The chosen retry itself is always a candidate.
-
-    Parameters
-    ----------
-    p
-        ``(n, k)`` success chances of the candidates (0 where not allowed).
-    later
-        ``(n,)`` retries still allowed after this one (0: look no further).
-    window_hours
-        ``(n,)`` hours to the end of the recovery window.
-
-    Returns ``(n, k)`` values, in the amount's units.
-    """
-    n, k = p.shape
-    last_day = delays_hours > delays_hours.max() - 24
-    extra = np.arange(delays_hours.max() + 24, 30 * 24 + 1, 24, dtype=float)
-    slots = np.concatenate([delays_hours.astype(float), extra])
-    chance = np.concatenate(
-        [p, np.repeat(p[:, last_day].max(axis=1, initial=0.0)[:, None], len(extra), axis=1)],
-        axis=1,
-    )
-    chance = np.where(slots[None, :] <= np.asarray(window_hours)[:, None], chance, 0.0)
-    a = np.asarray(amount, dtype=float)[:, None]
-    depth = int(np.max(later, initial=0))
-    after = np.zeros((n, len(slots)))  # V_{j+1} at each slot: what a failure there leaves
-    for j in range(depth, 0, -1):
-        q = chance * continuation**j
-        worth = q * a - retry_cost + (1.0 - q) * after
-        worth = np.where(chance > 0, worth, -np.inf)
-        # the best strictly later slot, or stopping
-        best = np.maximum.accumulate(worth[:, ::-1], axis=1)[:, ::-1]
-        best = np.concatenate([best[:, 1:], np.full((n, 1), -np.inf)], axis=1)
-        v = np.maximum(best, 0.0)
-        after = np.where((np.asarray(later) >= j)[:, None], v, 0.0)
-    value = p * a - retry_cost + (1.0 - p) * after[:, :k]
-    return value
 
 
 def _show(value: Any) -> str:

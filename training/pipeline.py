@@ -323,9 +323,6 @@ class MeasuredUplift:
     calibration: dict[str, ChannelCalibration]
     #: (channel, "first" | "later") -> why the history cannot tell its effect there
     unidentified: dict[tuple[str, str], str] = field(default_factory=dict)
-    #: (channel, stage, decline category) -> the uplift measured there alone, where it is
-    #: above zero with 95% confidence (``ChannelCalibration.groups``)
-    by_category: dict[tuple[str, str, str], ope.Estimate] = field(default_factory=dict)
 
     def closed(self) -> list[str]:
         """Where a channel is not used: ``email (later decisions): +0.1 pts (95% CI …)``, or
@@ -345,8 +342,6 @@ class MeasuredUplift:
         return out
 
 
-#: A decline category's own uplift is measured from at least this many of its decisions.
-MIN_GROUP = 300
 #: A stratum shows both sides of a choice when each holds at least this share of its
 #: decisions, and MIN_SIDE of them.
 MIN_SHARE, MIN_SIDE = 0.02, 10
@@ -417,12 +412,10 @@ def measured_uplift(
             q[a][out] = (pred[a] if a in pred.columns else pred[CONTROL]).to_numpy()
     effects = ope.aipw_effects(rows.recovered, rows.arm.to_numpy(), rows.propensity, q, CONTROL)
     first = rows.features["decision_number"].to_numpy() == 0
-    category = rows.features["decline_category"].astype("object").fillna("?").to_numpy()
     result = MeasuredUplift({}, {}, {}, {})
     for ch, psi in effects.items():
         predicted = q[ch] - q[CONTROL]
         stages = {}
-        groups: dict[str, tuple[float, float]] = {}
         for name, mask in (("first", first), ("later", ~first)):
             why = identification(rows.features, rows.arm, mask, ch)
             if why is not None:  # reported as such, never estimated, never acted on
@@ -432,15 +425,6 @@ def measured_uplift(
                 e = ope.mean_estimate(psi[mask])
                 getattr(result, name)[ch] = e
                 stages[name] = (e.value if e.lo > 0 else None, float(predicted[mask].mean()))
-            # each decline category's own average, where it is measured on its own
-            for group in pd.unique(category[mask]):
-                mine = mask & (category == group)
-                if mine.sum() < MIN_GROUP or identification(rows.features, rows.arm, mine, ch):
-                    continue
-                e = ope.mean_estimate(psi[mine])
-                if e.lo > 0:
-                    result.by_category[(ch, name, str(group))] = e
-                    groups[f"{group}/{name}"] = (e.value, float(predicted[mine].mean()))
         known = ~np.where(
             first,
             (ch, "first") in result.unidentified,
@@ -471,7 +455,6 @@ def measured_uplift(
             center_later=stages.get("later", (None, 0.0))[1],
             keep_first=keep["first"],
             keep_later=keep["later"],
-            groups=groups,
         )
     return result
 
@@ -565,9 +548,6 @@ def train(
             results.update({name: e.value, f"{name}_lo": e.lo, f"{name}_hi": e.hi})
     for ch, cal in uplift.calibration.items():
         results[f"uplift_{ch}_slope"] = cal.slope
-    for (ch, when, group), e in uplift.by_category.items():
-        name = f"uplift_{ch}_{when}_{group}"
-        results.update({name: e.value, f"{name}_lo": e.lo, f"{name}_hi": e.hi})
     qini_curves = {}
     if len(channel_model.arms_) > 1:
         uplift_test = channel_model.predict(
