@@ -16,7 +16,7 @@ def test_learned_policy_beats_references_on_fresh_payments(trained) -> None:
     found = evaluate_in_simulator(
         f"models:/reclaim-policy/{trained.result.model_version}",
         trained.tracking_uri,
-        n_payments=20_000,
+        n_payments=12_000,
         seed=8,
     )
     table = found.table
