@@ -124,6 +124,9 @@ class ChannelUpliftModel(BaseEstimator):
 #: The uplift a kept channel is given (the history's own choice, where its effect is not
 #: identified): above any measured one, so that the policy sends it where it may.
 KEEP = 1.0
+#: The channel a platform sends by default (Stripe's own dunning emails): another channel is
+#: preferred to it only where measured to do better (``ChannelCalibration.ahead_first``).
+DEFAULT_CHANNEL = "email"
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,13 @@ class ChannelCalibration:
     is nothing to compare it with): ``keep_first`` / ``keep_later`` make the policy keep the
     history's own behaviour there, as it would send it whatever its effect (:data:`KEEP`),
     rather than act on an estimate the history cannot give.
+
+    ``ahead_first`` / ``ahead_later``: whether this channel was measured to recover more
+    than :data:`DEFAULT_CHANNEL` at that stage (paired, on the customers who can receive
+    both, the difference above zero with 95% confidence). Where it was not, the policy does
+    not prefer it to the default channel for a customer who can receive the default: two
+    uplifts within each other's noise do not tell which channel is better, and the default is
+    what a platform already sends.
     """
 
     first: float | None
@@ -152,6 +162,12 @@ class ChannelCalibration:
     center_later: float = 0.0
     keep_first: bool = False
     keep_later: bool = False
+    ahead_first: bool = True
+    ahead_later: bool = True
+
+    def ahead(self, first: np.ndarray) -> np.ndarray:
+        """Per decision, whether this channel may be preferred to the default channel."""
+        return np.where(np.asarray(first, dtype=bool), self.ahead_first, self.ahead_later)
 
     def apply(self, uplift: np.ndarray, first: np.ndarray) -> np.ndarray:
         """The uplift to act on per decision (``first``: the decision is the first); NaN

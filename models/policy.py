@@ -42,7 +42,7 @@ from reclaim.features.candidates import expand_retry_times, retry_features
 from reclaim.features.decisions import decision_features, log_amount
 from reclaim.features.drift import FeatureReference
 from reclaim.features.single import Decisions
-from reclaim.models.channel import ChannelCalibration, ChannelUpliftModel
+from reclaim.models.channel import DEFAULT_CHANNEL, ChannelCalibration, ChannelUpliftModel
 from reclaim.models.retry import RetryTimeModel
 from reclaim.policy import (
     ActionBatch,
@@ -247,6 +247,15 @@ class LearnedPolicy(Policy):
             u = uplift[ch] if calibration is None else calibration[ch].apply(uplift[ch], first)
             closed = closed | np.isnan(u)
             gain[:, j] = np.where(closed, -np.inf, np.nan_to_num(u) * amount - costs.message[ch])
+        if calibration is not None and DEFAULT_CHANNEL in CHANNELS:
+            # a channel not measured ahead of the default never beats it where the default is
+            # open (ties go to the default, which comes first)
+            d = CHANNELS.index(DEFAULT_CHANNEL) + 1
+            for j, ch in enumerate(CHANNELS, start=1):
+                if ch == DEFAULT_CHANNEL or ch not in calibration:
+                    continue
+                behind = ~calibration[ch].ahead(first) & np.isfinite(gain[:, d])
+                gain[:, j] = np.where(behind, np.minimum(gain[:, j], gain[:, d]), gain[:, j])
         return gain
 
     def _choose(

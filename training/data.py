@@ -184,6 +184,9 @@ class ChannelRows(NamedTuple):
     decision: np.ndarray  # position of each row among ``DecisionData``'s decisions
     sender: pd.Series  # who sent the message (None where there was none)
     sender_propensity: np.ndarray  # probability of that sender given the arm (1: not random)
+    #: per row, whether the customer could receive each channel (``reachable_<channel>``
+    #: columns of the payment); None where not known
+    reachable: pd.DataFrame | None = None
 
     def with_propensity(self, propensity: np.ndarray) -> ChannelRows:
         return self._replace(propensity=np.asarray(propensity, dtype=float))
@@ -206,6 +209,7 @@ class ChannelRows(NamedTuple):
             np.concatenate([p.decision + o for p, o in zip(parts, offsets, strict=True)]),
             cat([p.sender for p in parts]),
             np.concatenate([p.sender_propensity for p in parts]),
+            None if any(p.reachable is None for p in parts) else cat([p.reachable for p in parts]),  # type: ignore[misc]
         )
 
     def take(self, rows: np.ndarray) -> ChannelRows:
@@ -217,6 +221,7 @@ class ChannelRows(NamedTuple):
             self.decision[rows],
             self.sender.iloc[rows].reset_index(drop=True),
             self.sender_propensity[rows],
+            None if self.reachable is None else self.reachable.iloc[rows].reset_index(drop=True),
         )
 
 
@@ -237,6 +242,8 @@ def channel_rows(tables: contract.ContractTables, data: DecisionData) -> Channel
     """
     d = tables.decisions
     recovered = recovered_in_window(tables)
+    columns = [f"reachable_{ch.value}" for ch in vocab.Channel]
+    reachable = data.batch.payments.reindex(columns=columns).fillna(True).astype(bool)
     if d.empty:
         arm, sender = _observed_arms(tables.messages, data.keys)
         ids = data.keys["payment_id"].astype("object")
@@ -248,6 +255,7 @@ def channel_rows(tables: contract.ContractTables, data: DecisionData) -> Channel
             np.arange(len(arm)),
             sender,
             np.ones(len(arm)),  # without a log, the sender is taken as chosen by rule
+            reachable.reset_index(drop=True),
         )
     key = pd.MultiIndex.from_frame(
         data.keys[["payment_id", "decision_number"]].astype({"payment_id": "object"})
@@ -265,6 +273,7 @@ def channel_rows(tables: contract.ContractTables, data: DecisionData) -> Channel
         pos,
         d["sender"].astype("object").where(d["sender"].notna(), None).reset_index(drop=True),
         d["sender_propensity"].to_numpy(dtype=float),
+        reachable.iloc[pos].reset_index(drop=True),
     )
 
 

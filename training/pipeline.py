@@ -41,7 +41,12 @@ from reclaim import contract
 from reclaim.features.decisions import decision_features, log_amount
 from reclaim.features.drift import FeatureReference
 from reclaim.intervals import interval
-from reclaim.models.channel import CONTROL, ChannelCalibration, ChannelUpliftModel
+from reclaim.models.channel import (
+    CONTROL,
+    DEFAULT_CHANNEL,
+    ChannelCalibration,
+    ChannelUpliftModel,
+)
 from reclaim.models.policy import CHANNELS, LearnedPolicy
 from reclaim.models.propensity import ArmPropensityModel, overlap
 from reclaim.policy import ActionBatch, DecisionBatch, merchant_of_record
@@ -323,6 +328,9 @@ class MeasuredUplift:
     calibration: dict[str, ChannelCalibration]
     #: (channel, "first" | "later") -> why the history cannot tell its effect there
     unidentified: dict[tuple[str, str], str] = field(default_factory=dict)
+    #: (channel, "first" | "later") -> how much more it recovers than the default channel,
+    #: paired on the decisions whose customer could receive both
+    versus_default: dict[tuple[str, str], ope.Estimate] = field(default_factory=dict)
 
     def closed(self) -> list[str]:
         """Where a channel is not used: ``email (later decisions): +0.1 pts (95% CI …)``, or
@@ -447,6 +455,19 @@ def measured_uplift(
             )
             for name, mask in (("first", first), ("later", ~first))
         }
+        ahead = {name: ch == DEFAULT_CHANNEL for name in ("first", "later")}
+        if ch != DEFAULT_CHANNEL and DEFAULT_CHANNEL in effects and rows.reachable is not None:
+            both = rows.reachable[f"reachable_{ch}"].to_numpy(dtype=bool) & rows.reachable[
+                f"reachable_{DEFAULT_CHANNEL}"
+            ].to_numpy(dtype=bool)
+            for name, mask in (("first", first), ("later", ~first)):
+                mine = mask & both
+                if mine.sum() > 1 and (ch, name) not in result.unidentified:
+                    e = ope.mean_estimate(psi[mine] - effects[DEFAULT_CHANNEL][mine])
+                    result.versus_default[(ch, name)] = e
+                    ahead[name] = bool(e.lo > 0)
+        elif ch != DEFAULT_CHANNEL:  # nothing to compare with: as before
+            ahead = {"first": True, "later": True}
         result.calibration[ch] = ChannelCalibration(
             first=stages.get("first", (None, 0.0))[0],
             later=stages.get("later", (None, 0.0))[0],
@@ -455,6 +476,8 @@ def measured_uplift(
             center_later=stages.get("later", (None, 0.0))[1],
             keep_first=keep["first"],
             keep_later=keep["later"],
+            ahead_first=ahead["first"],
+            ahead_later=ahead["later"],
         )
     return result
 
@@ -548,6 +571,9 @@ def train(
             results.update({name: e.value, f"{name}_lo": e.lo, f"{name}_hi": e.hi})
     for ch, cal in uplift.calibration.items():
         results[f"uplift_{ch}_slope"] = cal.slope
+    for (ch, when), e in uplift.versus_default.items():
+        name = f"uplift_{ch}_vs_{DEFAULT_CHANNEL}_{when}"
+        results.update({name: e.value, f"{name}_lo": e.lo, f"{name}_hi": e.hi})
     qini_curves = {}
     if len(channel_model.arms_) > 1:
         uplift_test = channel_model.predict(
