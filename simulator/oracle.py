@@ -263,24 +263,18 @@ class Oracle(Policy):
         self.market = market
         self.step_minutes = step_minutes
         n = len(market)
+        steps = market.config.max_decisions  # no plan has more retries or messages
+        self._position = pd.Series(np.arange(n), index=market.payments["payment_id"].to_numpy())
         self._planned = np.zeros(n, dtype=bool)
-        self._retry_steps = np.full((n, 1), -1, dtype=np.int32)
-        self._channels = np.full((n, 1), None, dtype=object)
+        self._retry_steps = np.full((n, steps), -1, dtype=np.int32)
+        self._channels = np.full((n, steps), None, dtype=object)
         self._sender = np.full(n, None, dtype=object)
         self._first = np.full(n, np.datetime64("NaT", "us"))
         self.expected_net_usd = np.full(n, np.nan)
 
     def _keep(self, rows: np.ndarray, plans: Plans, first: np.ndarray) -> None:
-        for name, new in (("_retry_steps", plans.retry_steps), ("_channels", plans.channels)):
-            old = getattr(self, name)
-            if new.shape[1] > old.shape[1]:
-                wider = np.full(
-                    (old.shape[0], new.shape[1]), -1 if old.dtype != object else None, old.dtype
-                )
-                wider[:, : old.shape[1]] = old
-                setattr(self, name, old := wider)
-            old[rows] = -1 if old.dtype != object else None
-            old[rows, : new.shape[1]] = new
+        self._retry_steps[rows, : plans.retry_steps.shape[1]] = plans.retry_steps
+        self._channels[rows, : plans.channels.shape[1]] = plans.channels
         self._sender[rows] = plans.sender
         self._first[rows] = first
         self.expected_net_usd[rows] = plans.expected_net_usd
@@ -288,8 +282,7 @@ class Oracle(Policy):
 
     def act(self, batch: DecisionBatch, rng: Uniforms) -> ActionBatch:
         market = self.market
-        position = pd.Series(np.arange(len(market)), index=market.payments["payment_id"].to_numpy())
-        rows = position.reindex(batch.payments["payment_id"].to_numpy()).to_numpy()
+        rows = self._position.reindex(batch.payments["payment_id"].to_numpy()).to_numpy()
         decision = batch.state["decision_number"].to_numpy()
         new = ~self._planned[rows]
         if (new & (decision > 0)).any():
