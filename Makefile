@@ -25,8 +25,6 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 # customer), report the experiment (HTML and MLflow), and compare the policies offline
 # against the simulator's truth.
 DEMO := data/demo
-# the demo's runs keep their artifacts beside its store, not in ./mlruns
-demo: export RECLAIM_MLFLOW_ARTIFACT_URI = $(abspath $(DEMO))/artifacts
 demo: $(VENV)/.installed
 	rm -rf $(DEMO)
 	$(BIN)/reclaim simulate --accounts 300 --payments 50000 --seed 7 --out $(DEMO)/sim
@@ -68,5 +66,5 @@ bench-tools:
 bench: $(VENV)/.installed-dev bench-tools
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
 
-clean:  # the environment and what the demo made (never a store you made: ./reclaim.db, ./mlflow.db)
-	rm -rf $(VENV) data build *.egg-info mlruns .pytest_cache
+clean:  # the environment and what the demo made (never the stores in data/ a command made for you)
+	rm -rf $(VENV) $(DEMO) build *.egg-info .pytest_cache

@@ -22,7 +22,7 @@ from rich.table import Table
 
 from reclaim import contract, logs
 from reclaim.intervals import ci, interval
-from reclaim.settings import get_settings
+from reclaim.settings import get_settings, sqlite_file
 
 app = typer.Typer(
     help="Reclaim: recover failed payments on Stripe Connect marketplaces.",
@@ -303,7 +303,7 @@ def train(
     from reclaim.training.pipeline import train as run_training
 
     settings = get_settings()
-    uri = tracking_uri or settings.mlflow_tracking_uri
+    uri = _tracking_store(tracking_uri)
     config = TrainConfig(
         exploration=exploration,
         test_share=test_share,
@@ -845,16 +845,37 @@ def replay(
         )  # fmt: skip
 
 
-def _operational_store() -> str:
+def _operational_store(creates: bool = False) -> str:
     """The store at RECLAIM_DATABASE_URL, said on the console (without a password) before
     a command reads or writes it: no one writes keys into a store they did not mean. A URL
     that is not SQLite's or PostgreSQL's, or a store that cannot be opened, ends the command
-    with one line naming the store and the fix (exit 2), never a traceback."""
+    with one line naming the store and the fix (exit 2), never a traceback. A SQLite store
+    that does not exist is made only by a command that ``creates`` (its folder too); any
+    other says so and makes nothing."""
     import sqlalchemy as sa
     from sqlalchemy.engine import make_url
     from sqlalchemy.pool import NullPool
 
     url = get_settings().database_url
+    file = sqlite_file(url)
+    if file is not None and not file.exists():
+        if not creates:
+            console.print(
+                f"[red]error:[/red] no store at {file} (RECLAIM_DATABASE_URL"
+                f"{'' if 'RECLAIM_DATABASE_URL' in os.environ else ', default'}): the API, the "
+                "scheduler and `reclaim migrate` make it; or set RECLAIM_DATABASE_URL to the "
+                "store you mean.",
+                highlight=False,
+            )
+            raise typer.Exit(code=2)
+        get_settings().make_data_folder(url)
+        if not file.parent.is_dir():
+            console.print(
+                f"[red]error:[/red] no folder {file.parent} for the store {file.name}: make it, "
+                "or set RECLAIM_DATABASE_URL to the store you mean.",
+                highlight=False,
+            )
+            raise typer.Exit(code=2)
 
     def refuse(why: str) -> NoReturn:
         console.print(f"[red]error:[/red] {why}", highlight=False)
@@ -894,8 +915,7 @@ def _existing_store(tracking_uri: str | None) -> str:
     working folder (MLflow creates one when asked for a model in it)."""
     uri = tracking_uri or get_settings().mlflow_tracking_uri
     where = "--tracking-uri" if tracking_uri else "RECLAIM_MLFLOW_TRACKING_URI (default)"
-    if uri.startswith("sqlite:///"):
-        path = Path(uri.removeprefix("sqlite:///"))
+    if (path := sqlite_file(uri)) is not None:
         if not path.exists():
             console.print(
                 f"[red]error:[/red] no MLflow store at {path} ({where}). Train first, or name "
@@ -904,6 +924,15 @@ def _existing_store(tracking_uri: str | None) -> str:
                 highlight=False,
             )
             raise typer.Exit(code=2)
+    console.print(f"tracking: {uri}", markup=False, highlight=False)
+    return uri
+
+
+def _tracking_store(tracking_uri: str | None) -> str:
+    """The MLflow tracking store a command writes runs to, said on the console: the option's,
+    else ``RECLAIM_MLFLOW_TRACKING_URI``'s (by default in the data folder, made if missing)."""
+    uri = tracking_uri or get_settings().mlflow_tracking_uri
+    get_settings().make_data_folder(uri)
     console.print(f"tracking: {uri}", markup=False, highlight=False)
     return uri
 
@@ -1033,7 +1062,7 @@ def report(
                 from reclaim.serving.store.repository import make_engine
 
                 data, assignments, opted_out, pre = report_inputs(
-                    make_engine(settings.database_url), experiment
+                    make_engine(_operational_store()), experiment
                 )
         with console.status("computing the report ..."):
             result = build_report(
@@ -1056,7 +1085,7 @@ def report(
     if mlflow:
         run_id = ab_publish.log_to_mlflow(
             result,
-            tracking_uri or settings.mlflow_tracking_uri,
+            _tracking_store(tracking_uri),
             f"ab-{experiment}",
             settings.mlflow_artifact_uri,
         )
@@ -1069,7 +1098,7 @@ def migrate() -> None:
     and the schedulers start (with RECLAIM_MIGRATE_ON_START=false they only check it)."""
     from reclaim.serving.store.migrate import current, head, upgrade
 
-    url = _operational_store()
+    url = _operational_store(creates=True)
     before = current(url)
     upgrade(url)
     latest = head()
@@ -1160,7 +1189,7 @@ def keys_create(
     if role not in {r.value for r in Role}:
         console.print(f"[red]error:[/red] --role must be one of {[r.value for r in Role]}")
         raise typer.Exit(code=2)
-    url = _operational_store()
+    url = _operational_store(creates=True)
     upgrade(url)
     key_id, key = create_key(make_engine(url), role, account)
     console.print(f"{key_id} ({role}{', accounts ' + ', '.join(account) if account else ''}):")
@@ -1224,7 +1253,7 @@ def accounts_names() -> None:
     except ValueError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(code=2) from exc
-    url = _operational_store()
+    url = _operational_store(creates=True)
     upgrade(url)
     with _progress() as progress:
         task = progress.add_task("accounts read", total=0)  # Stripe does not say how many

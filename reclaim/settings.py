@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from reclaim.experiment import ExperimentDesign, Segment
@@ -26,15 +26,17 @@ class Settings(BaseSettings):
     )
 
     data_dir: Path = Path("data")
-    """Where commands write contract tables by default."""
-    database_url: str = "sqlite:///reclaim.db"
-    """The operational store (SQLite embedded; PostgreSQL in production)."""
+    """The one folder where commands keep what they make unasked: contract tables, and the
+    default stores (``reclaim.db``, ``mlflow.db`` and its artifacts in ``mlruns``)."""
+    database_url: str = ""
+    """The operational store (SQLite embedded; PostgreSQL in production). Unset:
+    ``sqlite:///DATA_DIR/reclaim.db``."""
     migrate_on_start: bool = True
     """``reclaim serve`` and ``reclaim scheduler`` bring the store to the latest migration as
     they start (one process at a time). False: they refuse a store that is not at it, and
     ``reclaim migrate`` runs once before them (a deployment's choice: docs/deploy.md)."""
-    mlflow_tracking_uri: str = "sqlite:///mlflow.db"
-    """MLflow tracking store."""
+    mlflow_tracking_uri: str = ""
+    """MLflow tracking store. Unset: ``sqlite:///DATA_DIR/mlflow.db``."""
     dashboard_session_secret: SecretStr | None = None
     """Signs dashboard session cookies. Unset: a random secret per process (sessions end when
     the server restarts; with several workers, set it)."""
@@ -44,8 +46,8 @@ class Settings(BaseSettings):
     """Send the session cookie only over HTTPS (browsers treat http://localhost as secure)."""
     mlflow_artifact_uri: str | None = None
     """Where a new MLflow experiment keeps its artifacts (models, plots): a folder or an object
-    store URI. Unset: MLflow's default, ``./mlruns`` of the working directory for a local
-    store."""
+    store URI. Unset: an ``mlruns`` folder beside a SQLite store, the server's own choice for
+    a tracking server."""
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
     """``json``: one JSON object per line with the request id, the connected account and the
@@ -113,6 +115,23 @@ class Settings(BaseSettings):
     report_fx: dict[str, float] = {"usd": 1.0}
     """Amount of the report currency per major unit of each currency, as JSON."""
 
+    @model_validator(mode="after")
+    def _stores_in_the_data_folder(self) -> Settings:
+        """Stores not named live in ``data_dir``, never loose in the working directory."""
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.data_dir / 'reclaim.db'}"
+        if not self.mlflow_tracking_uri:
+            self.mlflow_tracking_uri = f"sqlite:///{self.data_dir / 'mlflow.db'}"
+        return self
+
+    def make_data_folder(self, url: str) -> None:
+        """Make the data folder where ``url`` is a SQLite store in it (a default store, made
+        on first write); a store named elsewhere must have its folder (a missing one is more
+        likely a typo than a wish)."""
+        file = sqlite_file(url)
+        if file is not None and file.parent.resolve() == self.data_dir.resolve():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+
     def experiment_design(self) -> ExperimentDesign:
         """The experiment these settings describe."""
         segments = self.experiment_rollout or [
@@ -171,6 +190,15 @@ class Settings(BaseSettings):
             http_client=stripe.RequestsClient(timeout=self.stripe_timeout_seconds),
             **base,
         )
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite store's URL (``sqlite:///path/to.db``, SQLAlchemy's and MLflow's
+    form), or None for an in-memory SQLite store and any other kind of store."""
+    if not url.startswith("sqlite:///"):
+        return None
+    path = url.removeprefix("sqlite:///").split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
 
 
 @lru_cache

@@ -46,6 +46,7 @@ def create_app(settings: Settings | None = None, configure_logs: bool | None = N
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.make_data_folder(settings.database_url)
         ready(settings.database_url, settings.migrate_on_start)
         app.state.engine = make_engine(settings.database_url)
         holder = PolicyHolder(settings.policy_uri, settings.mlflow_tracking_uri)

@@ -202,11 +202,11 @@ def test_evaluate_and_replay_mistakes_end_in_one_line_naming_the_fix(
 
     monkeypatch.chdir(tmp_path)
     for command in (["evaluate", "--simulator"], ["replay"]):
-        result = runner.invoke(app, command)  # the default store: ./mlflow.db, absent
+        result = runner.invoke(app, command)  # the default store: data/mlflow.db, absent
         text = " ".join(result.output.split())
-        assert result.exit_code == 2 and "no MLflow store at mlflow.db" in text, text
+        assert result.exit_code == 2 and "no MLflow store at data/mlflow.db" in text, text
         assert "--tracking-uri" in text and "Traceback" not in text
-        assert not (tmp_path / "mlflow.db").exists(), "nothing created unasked"
+        assert not list(tmp_path.iterdir()), "nothing created unasked"
     empty = f"sqlite:///{tmp_path / 'empty.db'}"
     MlflowClient(empty).search_experiments()  # an MLflow store with nothing registered
     result = runner.invoke(app, ["evaluate", "--simulator", "--tracking-uri", empty])
@@ -277,7 +277,7 @@ def test_serve_with_workers_refuses_to_start_without_a_session_secret(monkeypatc
         ("mysql://u@127.0.0.1/db", "SQLite or PostgreSQL, not mysql"),
         ("::not a url", "is not a database URL"),
         ("postgresql+psycopg://nobody@127.0.0.1:1/x", "cannot open the store"),
-        ("sqlite:////no/such/folder/x.db", "cannot open the store"),
+        ("sqlite:////no/such/folder/x.db", "/no/such/folder"),
     ],
 )
 def test_a_store_that_cannot_be_opened_is_one_line_naming_the_fix(url, said, monkeypatch):
@@ -296,3 +296,56 @@ def test_a_store_that_cannot_be_opened_is_one_line_naming_the_fix(url, said, mon
             assert "Traceback" not in result.output and len(result.output.splitlines()) <= 3
     finally:
         get_settings.cache_clear()
+
+
+def test_default_stores_live_in_the_data_folder_and_only_writers_make_them(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Issue 28: with nothing set, the stores are DATA_DIR/reclaim.db and DATA_DIR/mlflow.db
+    (its artifacts in DATA_DIR/mlruns), never loose in the working folder; a command that
+    only reads a store that is not there says so and makes nothing; one that writes says
+    which store it used and makes it in the data folder."""
+    import mlflow
+
+    from reclaim.settings import get_settings
+    from reclaim.training.tracking import use_experiment
+
+    for name in ("RECLAIM_DATABASE_URL", "RECLAIM_MLFLOW_TRACKING_URI", "RECLAIM_DATA_DIR",
+                 "RECLAIM_MLFLOW_ARTIFACT_URI"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    get_settings.cache_clear()
+    try:
+        settings = get_settings()
+        assert settings.database_url == "sqlite:///data/reclaim.db"
+        assert settings.mlflow_tracking_uri == "sqlite:///data/mlflow.db"
+        for command in (["keys", "list"], ["events", "list"],
+                        ["report", "--experiment", "replay", "--no-mlflow"]):  # fmt: skip
+            result = runner.invoke(app, command, terminal_width=200)
+            text = " ".join(result.output.split())
+            assert result.exit_code == 2 and "no store at data/reclaim.db" in text, (command, text)
+            assert "Traceback" not in result.output
+        assert not list(tmp_path.iterdir()), "a reading command made nothing"
+
+        made = runner.invoke(app, ["keys", "create", "--role", "analyst"])
+        assert made.exit_code == 0, made.output
+        assert made.output.startswith("store: sqlite:///data/reclaim.db")
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+        assert (tmp_path / "data" / "reclaim.db").exists()
+    finally:
+        get_settings.cache_clear()
+
+    # a run logged to a SQLite store keeps its artifacts beside it, not in ./mlruns
+    store = tmp_path / "elsewhere" / "mlflow.db"
+    store.parent.mkdir()
+    mlflow.set_tracking_uri(f"sqlite:///{store}")
+    try:
+        use_experiment("where-artifacts-go")
+        with mlflow.start_run() as run:
+            mlflow.log_text("kept", "note.txt")
+        assert (store.parent / "mlruns").is_dir()
+        assert run.info.artifact_uri.startswith((store.parent / "mlruns").as_uri())
+        assert any((store.parent / "mlruns").rglob("note.txt"))
+        assert not (tmp_path / "mlruns").exists()
+    finally:
+        mlflow.set_tracking_uri(None)

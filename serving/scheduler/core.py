@@ -113,6 +113,7 @@ def from_settings(settings: Any) -> Scheduler:
 
     if settings.scoring_api_key is None:
         raise ValueError("RECLAIM_SCORING_API_KEY is not set: a scheduler key of the scoring API")
+    settings.make_data_folder(settings.database_url)
     try:
         ready(settings.database_url, settings.migrate_on_start)
     except RuntimeError as exc:
