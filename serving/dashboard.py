@@ -690,9 +690,10 @@ async def payment(request: Request, payment_id: str, account: str | None = None)
             error=f"No payment {payment_id!r}.",
         )  # fmt: skip
     events = timeline(view)
+    (named,) = await _named(request, [{"account_id": view.payment["account_id"]}])
     return await _page(
         request, "payment.html", principal=principal, view=view, events=events,
-        no_retry=NO_RETRY, plain=plain_reason,
+        no_retry=NO_RETRY, plain=plain_reason, account_name=named["display_name"],
     )  # fmt: skip
 
 
