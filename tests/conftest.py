@@ -45,7 +45,6 @@ SLOW_FIRST = (
     "training/test_own_export.py",
     "training/test_training.py",
     "replay/test_skew.py",
-    "replay/test_dashboard_after_replay.py",
     "test_notebooks.py",
 )
 
