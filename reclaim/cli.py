@@ -861,8 +861,7 @@ def _operational_store(creates: bool = False) -> str:
     if file is not None and not file.exists():
         if not creates:
             console.print(
-                f"[red]error:[/red] no store at {file} (RECLAIM_DATABASE_URL"
-                f"{'' if 'RECLAIM_DATABASE_URL' in os.environ else ', default'}): the API, the "
+                f"[red]error:[/red] no store at {file} (RECLAIM_DATABASE_URL): the API, the "
                 "scheduler and `reclaim migrate` make it; or set RECLAIM_DATABASE_URL to the "
                 "store you mean.",
                 highlight=False,
