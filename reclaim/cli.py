@@ -655,6 +655,7 @@ def serve(
             "long random string), so that every worker accepts the dashboard's sessions"
         )
         raise typer.Exit(code=2)
+    _say_stores(tracking=True)
     made = None
     if workers > 1:
         # every worker writes its metrics here; a folder left by an earlier run would be
@@ -845,6 +846,29 @@ def replay(
         )  # fmt: skip
 
 
+def _shown(url: str) -> str:
+    """A store's URL as a console may show it: any password replaced by ***."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL: whatever uses it refuses it with the reason
+        return url if "@" not in url else "(not a URL)"
+
+
+def _say_stores(tracking: bool) -> None:
+    """Log which stores a long-running service will use before it starts (a JSON line where
+    logs are JSON): the operational store, and with ``tracking`` the MLflow store and the
+    policy it serves."""
+    import logging
+
+    settings = get_settings()
+    said = f"store: {_shown(settings.database_url)} (RECLAIM_DATABASE_URL)"
+    if tracking:
+        said += f"; tracking: {_shown(settings.mlflow_tracking_uri)}; serving {settings.policy_uri}"
+    logging.getLogger("reclaim.cli").info(said)
+
+
 def _operational_store(creates: bool = False) -> str:
     """The store at RECLAIM_DATABASE_URL, said on the console (without a password) before
     a command reads or writes it: no one writes keys into a store they did not mean. A URL
@@ -923,7 +947,7 @@ def _existing_store(tracking_uri: str | None) -> str:
                 highlight=False,
             )
             raise typer.Exit(code=2)
-    console.print(f"tracking: {uri}", markup=False, highlight=False)
+    console.print(f"tracking: {_shown(uri)}", markup=False, highlight=False)
     return uri
 
 
@@ -932,7 +956,7 @@ def _tracking_store(tracking_uri: str | None) -> str:
     else ``RECLAIM_MLFLOW_TRACKING_URI``'s (by default in the data folder, made if missing)."""
     uri = tracking_uri or get_settings().mlflow_tracking_uri
     get_settings().make_data_folder(uri)
-    console.print(f"tracking: {uri}", markup=False, highlight=False)
+    console.print(f"tracking: {_shown(uri)}", markup=False, highlight=False)
     return uri
 
 
@@ -983,6 +1007,7 @@ def scheduler() -> None:
 
     from reclaim.serving.scheduler import from_settings
 
+    _say_stores(tracking=False)
     try:
         runner = from_settings(get_settings())
     except ValueError as exc:

@@ -349,3 +349,27 @@ def test_default_stores_live_in_the_data_folder_and_only_writers_make_them(
         assert not (tmp_path / "mlruns").exists()
     finally:
         mlflow.set_tracking_uri(None)
+
+
+def test_services_say_which_stores_they_use_without_passwords(monkeypatch) -> None:
+    """Issue 28: a long-running service names its store before it starts (here the scheduler,
+    refused for a missing key after saying it), with the password hidden."""
+    from reclaim.settings import get_settings
+
+    monkeypatch.setenv("RECLAIM_DATABASE_URL", "postgresql+psycopg://u:s3cret@127.0.0.1:1/db")
+    monkeypatch.setenv("RECLAIM_MLFLOW_TRACKING_URI", "postgresql://m:t0ken@127.0.0.1:1/ml")
+    monkeypatch.delenv("RECLAIM_SCORING_API_KEY", raising=False)
+    get_settings.cache_clear()
+    try:
+        result = runner.invoke(app, ["scheduler"], terminal_width=200)
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 2 and "RECLAIM_SCORING_API_KEY" in result.output
+    said = "store: postgresql+psycopg://u:***@127.0.0.1:1/db (RECLAIM_DATABASE_URL)"
+    assert said in result.output and "s3cret" not in result.output
+
+    from reclaim.cli import _shown
+
+    assert _shown("postgresql://m:t0ken@127.0.0.1:1/ml") == "postgresql://m:***@127.0.0.1:1/ml"
+    assert _shown("http://mlflow:5000") == "http://mlflow:5000"
+    assert _shown("sqlite:///data/mlflow.db") == "sqlite:///data/mlflow.db"
