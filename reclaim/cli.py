@@ -11,6 +11,7 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -240,6 +241,22 @@ def simulate(
     console.print(_kind_table(table))
 
 
+class AmountUnit(StrEnum):
+    """The unit of a table's amounts."""
+
+    minor = "minor"
+    major = "major"
+
+
+Amounts = Annotated[
+    AmountUnit,
+    typer.Option(
+        help="The unit of the payments' amounts: minor (4999 for $49.99, the contract's) or "
+        "major (49.99), turned into minor units as they are read.",
+    ),
+]
+
+
 @app.command()
 def train(
     data: Annotated[Path, typer.Option(help="Folder of contract tables (Parquet or CSV).")],
@@ -285,6 +302,7 @@ def train(
             "major units, unknown decline codes); the warnings become the run's caveats.",
         ),
     ] = False,
+    amounts: Amounts = AmountUnit.minor,
     gate_payments: Annotated[
         int,
         typer.Option(
@@ -310,7 +328,15 @@ def train(
         experiment=experiment,
         accept_warnings=accept_warnings,
         max_rollout_payments=gate_payments,
+        amounts=amounts.value,
     )
+    if dask and amounts is AmountUnit.major:
+        console.print(
+            "[red]error:[/red] --amounts major reads the tables in this process; with --dask, "
+            "the workers read the Parquet files as they are: write the amounts in minor units "
+            "first (`reclaim validate --amounts major` shows what they become)"
+        )
+        raise typer.Exit(code=2)
     client = _dask_client(dask, dask_workers, dask_memory)
     with _progress() as progress, client or nullcontext():
         task = progress.add_task("training", total=len(STAGES))
@@ -1384,11 +1410,12 @@ def validate(
     folder: Annotated[
         Path, typer.Argument(help="Folder of contract tables: <table>.parquet or <table>.csv.")
     ],
+    amounts: Amounts = AmountUnit.minor,
 ) -> None:
     """Check a folder of contract tables (for example a platform's own export): every problem
     at once, with counts and example rows; then what is valid but looks wrong."""
     try:
-        tables = contract.read_tables(folder)
+        tables = contract.read_tables(folder, amounts.value)
     except contract.ContractError as exc:
         problems = getattr(exc, "problems", [exc])
         console.print(

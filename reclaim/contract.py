@@ -25,7 +25,7 @@ from datetime import datetime
 from enum import StrEnum
 from functools import cache, cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -846,9 +846,33 @@ def validate(tables: Mapping[str, pd.DataFrame] | ContractTables) -> ContractTab
     return result
 
 
-def read_tables(folder: str | os.PathLike[str]) -> ContractTables:
+def major_to_minor(payments: pd.DataFrame) -> pd.DataFrame:
+    """``payments`` with its money columns given in major units (49.99) turned into the
+    contract's minor units (4999; a zero-decimal currency's yen stay yen). Values that are
+    not numbers, or rows without a currency, are left for validation to name."""
+    out = payments.copy()
+    if "currency" not in out:
+        return out
+    scale = 10.0 ** out["currency"].astype("string").str.lower().map(
+        lambda c: decimals(c) if isinstance(c, str) else 0
+    ).astype(float)
+    for column in MONEY_COLUMNS & set(out.columns):
+        values = pd.to_numeric(out[column], errors="coerce")
+        converted = (values * scale).round()
+        if (values.isna() == out[column].isna()).all():  # every value a number or missing
+            out[column] = converted.astype("Int64")
+        else:
+            out[column] = converted.astype(object).where(values.notna(), out[column])
+    return out
+
+
+def read_tables(
+    folder: str | os.PathLike[str], amounts: Literal["minor", "major"] = "minor"
+) -> ContractTables:
     """Read and validate the contract tables in ``folder``: ``<table>.parquet``, or
     ``<table>.csv`` (a header row; times as ISO 8601 text with an offset; empty cells null).
+    ``amounts="major"``: the payments' money columns are in major units (49.99), turned into
+    minor units before validation (:func:`major_to_minor`).
 
     Raises :class:`ContractError` naming every problem with its file: a missing or unreadable
     table, then what :func:`validate` finds.
@@ -872,6 +896,8 @@ def read_tables(folder: str | os.PathLike[str]) -> ContractTables:
         except (pa.ArrowException, OSError, ValueError, UnicodeDecodeError) as exc:
             kind = "CSV" if path == csv else "Parquet"
             problems.append(ContractError(str(path), None, f"not a readable {kind} file ({exc})"))
+    if amounts == "major" and "payments" in raw:
+        raw["payments"] = major_to_minor(raw["payments"])
     try:
         tables = validate(raw)
     except ContractProblems as exc:

@@ -528,6 +528,11 @@ def train(
         train_rows, test_rows, not observational
     )
     caveats += [f"accepted with --accept-warnings: {w}" for w in prepared.warnings]
+    if config.amounts == "major":
+        caveats.append(
+            "amounts read as major units (--amounts major) and turned into minor units: ×100, "
+            "zero-decimal currencies such as jpy ×1"
+        )
 
     stage("fitting the retry-time model")
     retry_model = prepared.retry.fit(config)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 import pandas as pd
@@ -60,6 +60,9 @@ class TrainConfig:
     network_code_dropout: float = 0.25
     #: Train on data that validation warns about (the warnings become the run's caveats).
     accept_warnings: bool = False
+    #: The unit of the payments' amounts in the data: the contract's ``minor`` units, or
+    #: ``major`` units (49.99), turned into minor units as they are read (a run caveat says so).
+    amounts: Literal["minor", "major"] = "minor"
 
     def retry_model(self) -> RetryTimeModel:
         """The retry-time model this configuration asks for, unfitted."""
@@ -170,9 +173,12 @@ class DataWarnings(ValueError):
 
     def __init__(self, warnings: list[str]):
         self.warnings = warnings
+        major = any("major units" in w for w in warnings)
         super().__init__(
-            "validation warns about this data; fix it, or train on it as it is with "
-            "--accept-warnings (the warnings become the run's caveats):\n- " + "\n- ".join(warnings)
+            "validation warns about this data; fix it, "
+            + ("read its amounts as major units with --amounts major, " if major else "")
+            + "or train on it as it is with --accept-warnings (the warnings become the run's "
+            "caveats):\n- " + "\n- ".join(warnings)
         )
 
 
@@ -180,7 +186,7 @@ def prepare(data_dir: Path, config: TrainConfig) -> Prepared:
     """Read the contract tables in ``data_dir``, split them by time and build every row, in
     this process. :class:`DataWarnings` when validation warns and ``config`` does not accept
     warnings: a model trained on amounts in major units values revenue 100× too low."""
-    tables = contract.read_tables(data_dir)
+    tables = contract.read_tables(data_dir, config.amounts)
     if tables.warnings and not config.accept_warnings:
         raise DataWarnings(tables.warnings)
     return prepare_tables(tables, config)

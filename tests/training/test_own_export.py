@@ -184,11 +184,50 @@ def test_major_units_and_unknown_decline_codes_are_warned_about(export, tmp_path
     refused = runner.invoke(app, ["train", "--data", str(folder), "--tracking-uri", uri])
     said = " ".join(refused.output.split())
     assert refused.exit_code == 1 and "--accept-warnings" in said and "major units" in said
+    assert "--amounts major" in said, "it says how to treat major units, not only to accept"
     assert "Traceback" not in refused.output and "Created version" not in refused.output
     from reclaim.training.prepared import TrainConfig, prepare
 
     accepted = prepare(folder, TrainConfig(accept_warnings=True))  # what --accept-warnings does
     assert any("look like major units" in w for w in accepted.warnings)
+
+
+def test_an_export_in_major_units_is_read_as_such_when_told(export, tmp_path):
+    """Issue 28: `--amounts major` turns an export's amounts from major units (49.99; yen as
+    they are) into the contract's minor units as it is read: the same payments as the
+    minor-unit export, no warning left, and training told so in its caveats."""
+    from reclaim import contract
+    from reclaim.training.prepared import TrainConfig, prepare
+
+    folder = tmp_path / "major"
+    folder.mkdir()
+    payments = pd.read_csv(export / "payments.csv", dtype={"amount": float})
+    scale = 10.0 ** payments["currency"].map(contract.decimals)
+    for col in ("amount", "application_fee_amount"):
+        payments[col] = payments[col] / scale
+    assert (payments.loc[payments["currency"] == "usd", "amount"] % 1 != 0).any(), "cents"
+    payments.to_csv(folder / "payments.csv", index=False)
+    for name in ("attempts", "messages"):
+        (folder / f"{name}.csv").write_bytes((export / f"{name}.csv").read_bytes())
+
+    as_major = runner.invoke(app, ["validate", str(folder), "--amounts", "major"])
+    text = " ".join(as_major.output.split())
+    assert as_major.exit_code == 0 and "valid: " in text and "warning" not in text, text
+    as_is = " ".join(runner.invoke(app, ["validate", str(folder)]).output.split())
+    assert "major units" in as_is, "read as minor units, the same file is warned about"
+
+    original = contract.read_tables(export).payments.set_index("payment_id")
+    read = contract.read_tables(folder, "major").payments.set_index("payment_id")
+    for col in ("amount", "application_fee_amount"):
+        pd.testing.assert_series_equal(read[col], original[col].loc[read.index], obj=col)
+    assert prepare(folder, TrainConfig(amounts="major")).warnings == []
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    dask = runner.invoke(
+        app, ["train", "--data", str(folder), "--amounts", "major", "--dask", "local",
+              "--tracking-uri", uri],
+    )  # fmt: skip
+    assert dask.exit_code == 2 and "minor units first" in " ".join(dask.output.split())
 
 
 def test_uplift_is_never_summed_across_currencies_and_rates_stay_in_0_1():
