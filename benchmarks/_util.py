@@ -53,3 +53,30 @@ def timed(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
 def peak_rss_mib() -> float:
     """Peak resident memory of this process so far, MiB (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def registered_policy_args(description: str) -> Any:
+    """An argument parser for a benchmark of a registered policy on fresh simulated payments:
+    ``--tracking-uri`` (required), ``--model``, ``--payments``, ``--seed``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--tracking-uri", required=True)
+    parser.add_argument("--model", default="models:/reclaim-policy@champion")
+    parser.add_argument("--payments", type=int, default=8_000)
+    parser.add_argument("--seed", type=int, default=8)
+    return parser
+
+
+def registered_policy_market(args: Any) -> tuple[Any, Any]:
+    """The registered policy ``args.model`` and ``args.payments`` fresh payments (seed
+    ``args.seed``) of the marketplace it was trained on."""
+    import mlflow
+
+    from reclaim.simulator import fresh_payments
+    from reclaim.training.evaluate import simulated_market
+
+    mlflow.set_tracking_uri(args.tracking_uri)
+    model = mlflow.pyfunc.load_model(args.model)
+    market = fresh_payments(simulated_market(model, args.model), args.payments, args.seed)
+    return model.unwrap_python_model().policy, market

@@ -24,12 +24,12 @@ with 95% intervals over payments (``simulator.evaluation.paired_difference``).
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 from collections.abc import Callable
 
 import numpy as np
+from _util import registered_policy_args, registered_policy_market
 
 from reclaim.models.policy import LearnedPolicy
 from reclaim.policy import ActionBatch, DecisionBatch, Policy
@@ -91,28 +91,18 @@ VARIANTS: dict[str, Callable[[LearnedPolicy], Policy]] = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tracking-uri", required=True)
-    parser.add_argument("--model", default="models:/reclaim-policy@champion")
-    parser.add_argument("--payments", type=int, default=8_000)
-    parser.add_argument("--seed", type=int, default=8)
+    parser = registered_policy_args(__doc__.splitlines()[0])
     parser.add_argument("--variants", default=",".join(VARIANTS))
     args = parser.parse_args()
     chosen = [v.strip() for v in args.variants.split(",") if v.strip()]
     if unknown := sorted(set(chosen) - set(VARIANTS)):
         raise SystemExit(f"unknown variants {unknown}: choose from {sorted(VARIANTS)}")
 
-    import mlflow
-
     from reclaim.intervals import interval
-    from reclaim.simulator import Oracle, compare, fresh_payments
+    from reclaim.simulator import Oracle, compare
     from reclaim.simulator.evaluation import decline_kinds, net_share, paired_difference
-    from reclaim.training.evaluate import simulated_market
 
-    mlflow.set_tracking_uri(args.tracking_uri)
-    model = mlflow.pyfunc.load_model(args.model)
-    policy = model.unwrap_python_model().policy
-    market = fresh_payments(simulated_market(model, args.model), args.payments, args.seed)
+    policy, market = registered_policy_market(args)
     policies: dict[str, Policy] = {"policy": policy}
     policies.update({name: VARIANTS[name](policy) for name in chosen})
     policies["ceiling"] = Oracle(market)

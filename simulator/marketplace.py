@@ -87,6 +87,48 @@ class Marketplace:
         )
 
 
+def _hold_hours(config: SimulatorConfig, rng: np.random.Generator, n: int) -> np.ndarray:
+    """How long each temporary hold lasts: log-normal about its median, capped."""
+    return np.minimum(
+        config.hold_median_hours * np.exp(rng.normal(0.0, 1.0, n)), config.hold_max_days * 24
+    )
+
+
+def _card_update_hours(config: SimulatorConfig, rng: np.random.Generator, n: int) -> np.ndarray:
+    """When the card updater delivers a new card (inf: never, within the simulation)."""
+    return np.where(
+        rng.random(n) < config.card_update_share,
+        rng.random(n) * config.card_update_max_days * 24,
+        np.inf,
+    )
+
+
+#: The hidden columns that decide a retry's chance beyond what a policy sees and beyond the
+#: account: drawn for each payment independently of everything observable.
+RETRY_STATE = ("pay_cycle", "biweekly_phase", "funds_never", "funds_window_days",
+               "hold_hours", "latent_r", "card_update_hours")  # fmt: skip
+
+
+def redraw_retry_state(market: Marketplace, seed: int) -> Marketplace:
+    """``market`` with its payments' :data:`RETRY_STATE` drawn again from the configuration's
+    distributions (as :func:`generate` draws them), everything else the same: one draw of
+    what a policy that knows the simulator but no payment's hidden state must allow for."""
+    config, n = market.config, len(market)
+    rng = np.random.default_rng(seed)
+    g_a, g_b = config.generic_beta
+    w_lo, w_hi = config.funds_window_days
+    hidden = market.hidden.assign(
+        pay_cycle=_choice(rng, config.pay_cycle_mix, n),
+        biweekly_phase=rng.integers(0, 2, n),
+        funds_never=rng.random(n) < config.funds_never_share,
+        funds_window_days=rng.uniform(w_lo, w_hi, n),
+        hold_hours=_hold_hours(config, rng, n),
+        latent_r=rng.beta(g_a, g_b, n),
+        card_update_hours=_card_update_hours(config, rng, n),
+    )
+    return Marketplace(market.config, market.accounts, market.payments, hidden, market.noise)
+
+
 def _choice(rng: np.random.Generator, mix: dict[str, float], size: int) -> np.ndarray:
     keys = list(mix)
     p = np.array([mix[k] for k in keys], dtype=float)
@@ -285,14 +327,8 @@ def draw_payments(
 
     # --- hidden truth ---------------------------------------------------------------------
     g_a, g_b = config.generic_beta
-    hold = np.minimum(
-        config.hold_median_hours * np.exp(rng.normal(0.0, 1.0, n)), config.hold_max_days * 24
-    )
-    update = np.where(
-        rng.random(n) < config.card_update_share,
-        rng.random(n) * config.card_update_max_days * 24,
-        np.inf,
-    )
+    hold = _hold_hours(config, rng, n)
+    update = _card_update_hours(config, rng, n)
     cure_share = np.array([config.self_cure_share[c] for c in category])
     cure = np.where(
         rng.random(n) < cure_share,

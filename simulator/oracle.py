@@ -27,6 +27,7 @@ It reads hidden state and is for comparison only, never deployable.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,15 +80,21 @@ def _shifted_suffix_min(values: np.ndarray, offset: np.ndarray) -> np.ndarray:
     return out
 
 
+RetryOdds = Callable[[Marketplace, np.ndarray, np.ndarray], np.ndarray]
+
+
 def plan_payments(
     market: Marketplace,
     batch: DecisionBatch,
     rows: np.ndarray,
     step_minutes: int = 30,
     chunk: int = 256,
+    retry_odds: RetryOdds = truth.retry_odds,
 ) -> Plans:
     """Plan each payment of ``batch`` (its first decision; ``rows`` its positions in
-    ``market``) by backward induction on its hidden state; see the module's docstring."""
+    ``market``) by backward induction on its hidden state; see the module's docstring.
+    ``retry_odds`` gives the retry odds the plan assumes (:func:`truth.retry_odds`'s grid
+    form): the truth, or another (``truth.prior_retry_odds``: no hidden retry state)."""
     cfg = market.config
     rules = cfg.rules
     n = len(batch)
@@ -165,6 +172,7 @@ def plan_payments(
             cancel[part],
             fee[part],
             np.where(channel[part] != None, max_messages[part], 0),  # noqa: E711
+            retry_odds,
         )
         retry_steps[part, : steps_p.shape[1]] = steps_p
         for k in range(send_p.shape[1]):
@@ -186,6 +194,7 @@ def _induct(
     cancel: np.ndarray,
     fee: np.ndarray,
     max_messages: np.ndarray,
+    retry_odds: RetryOdds = truth.retry_odds,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Backward induction for payments that may be retried and would not pay unprompted.
 
@@ -201,7 +210,7 @@ def _induct(
     cfg = market.config
     n, size = len(rows), len(grid_h)
     at = t0[:, None] + (grid_h * 3600e6).astype("timedelta64[us]")[None, :]
-    odds = truth.retry_odds(market, rows, at)
+    odds = retry_odds(market, rows, at)
     retry_fee = cfg.retry_cost_cents / 100.0
     k_max = int(cap.max())
     m_max = int(max_messages.max())
@@ -259,9 +268,17 @@ class Oracle(Policy):
 
     name = "oracle"
 
-    def __init__(self, market: Marketplace, step_minutes: int = 30):
+    def __init__(
+        self,
+        market: Marketplace,
+        step_minutes: int = 30,
+        retry_odds: RetryOdds = truth.retry_odds,
+        name: str = "oracle",
+    ):
         self.market = market
         self.step_minutes = step_minutes
+        self.retry_odds = retry_odds
+        self.name = name
         n = len(market)
         steps = market.config.max_decisions  # no plan has more retries or messages
         self._position = pd.Series(np.arange(n), index=market.payments["payment_id"].to_numpy())
@@ -289,7 +306,7 @@ class Oracle(Policy):
             raise ValueError("the oracle plans each payment at its first decision")
         if new.any():
             sub = batch.subset(new)
-            plans = plan_payments(market, sub, rows[new], self.step_minutes)
+            plans = plan_payments(market, sub, rows[new], self.step_minutes, 256, self.retry_odds)
             self._keep(rows[new], plans, sub.now.to_numpy(dtype="datetime64[us]"))
 
         width = self._retry_steps.shape[1]

@@ -6,6 +6,8 @@ policy or a model sees is computed from them, except the logged outcomes.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import numpy as np
 import pandas as pd
 
@@ -166,6 +168,22 @@ def retry_odds(market: Marketplace, rows: np.ndarray, at: pd.Series | np.ndarray
     funding = funding[:, None] if grid else funding
     mult = mult * funding * np.where(h["b2b"].astype(bool), cfg.b2b_multiplier, 1.0)
     return base * mult * h["quality"]
+
+
+def prior_retry_odds(
+    draws: Sequence[Marketplace],
+) -> Callable[[Marketplace, np.ndarray, np.ndarray], np.ndarray]:
+    """:func:`retry_odds` as a planner that knows the simulator but no payment's hidden retry
+    state sees it: the mean over ``draws`` of the marketplace with that state drawn again
+    (``marketplace.redraw_retry_state``). It still knows the rest of the hidden truth that
+    moves a retry's chance (the account's quality, the customer's true time zone, a
+    business card), so it bounds what planning alone could gain; the market it is asked
+    about is not read."""
+
+    def odds(market: Marketplace, rows: np.ndarray, at: np.ndarray) -> np.ndarray:
+        return np.mean([retry_odds(d, rows, at) for d in draws], axis=0)
+
+    return odds
 
 
 def response_decay(days: np.ndarray, market: Marketplace) -> np.ndarray:

@@ -110,3 +110,31 @@ def test_an_oracle_asked_mid_payment_refuses() -> None:
     batch.state["decision_number"] = 1
     with pytest.raises(ValueError, match="first decision"):
         oracle.act(batch, np.random.default_rng(0))
+
+
+def test_a_plan_on_the_prior_retry_odds_stays_below_the_ceiling() -> None:
+    """The same planner with the retries planned on the prior's odds (each payment's hidden
+    retry state drawn again, ``benchmarks/ceiling_parts.py``) knows less, so the ceiling is
+    ahead of it beyond doubt; the redrawn marketplaces change that state and nothing else."""
+    from reclaim.simulator import truth
+    from reclaim.simulator.marketplace import RETRY_STATE, redraw_retry_state
+
+    market = generate(40, 1_500, seed=24)
+    draws = [redraw_retry_state(market, k) for k in range(2)]
+    again = redraw_retry_state(market, 0)
+    pd.testing.assert_frame_equal(draws[0].hidden, again.hidden)  # a seed gives one draw
+    for draw in draws:
+        assert draw.payments is market.payments and draw.noise is market.noise
+        others = [c for c in market.hidden.columns if c not in RETRY_STATE]
+        pd.testing.assert_frame_equal(draw.hidden[others], market.hidden[others])
+        for column in ("hold_hours", "latent_r", "funds_window_days"):
+            assert not np.allclose(draw.hidden[column], market.hidden[column]), column
+            # drawn from the same distribution: medians agree within sampling error
+            assert abs(draw.hidden[column].median() / market.hidden[column].median() - 1) < 0.15
+    policies = {
+        "ceiling": Oracle(market),
+        "prior_plan": Oracle(market, retry_odds=truth.prior_retry_odds(draws), name="prior_plan"),
+    }
+    _, rollouts = compare(market, policies, seed=24)
+    diff, lo, hi = paired_difference(rollouts["prior_plan"].outcomes, rollouts["ceiling"].outcomes)
+    assert hi < 0, (diff, lo, hi)
