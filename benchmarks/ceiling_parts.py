@@ -7,7 +7,10 @@ odds: the mean over ``--draws`` marketplaces whose payments' pay cycle, funds wi
 length, issuer approval chance and card-update time are drawn again from the simulator's
 distributions (``marketplace.redraw_retry_state``, ``truth.prior_retry_odds``). That planner
 still knows the rest of the truth (each customer's channel response, the account's quality),
-so it bounds what better planning of retries could reach without new information.
+so it bounds what better planning of retries could reach without new information. A third
+planner plans on the policy's own odds: its retry model's chance for each first retry 3 to
+168 hours after the failure (held at the last beyond), read at each payment's first decision
+— whether the model is good enough to plan the window on.
 
 Net revenue as a share of the failed amount per decline kind; paired differences in points
 with 95% intervals over payments.
@@ -18,8 +21,49 @@ with 95% intervals over payments.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+import pandas as pd
 from _util import registered_policy_args, registered_policy_market
+
+from reclaim.features.decisions import decision_features
+from reclaim.models.policy import LearnedPolicy
+from reclaim.policy import ActionBatch, DecisionBatch, Policy
+
+
+class FirstOdds(Policy):
+    """``policy`` as it is, keeping its retry model's chance for each candidate delay at each
+    payment's first decision; :meth:`odds` reads them as a planner's retry odds."""
+
+    def __init__(self, policy: LearnedPolicy, market: Any) -> None:
+        self.policy, self.name = policy, policy.name
+        n = len(market)
+        self._position = pd.Series(np.arange(n), index=market.payments["payment_id"].to_numpy())
+        self._chance = np.zeros((n, len(policy.delays_hours)))
+        self._at = np.full(n, np.datetime64("NaT", "us"))
+
+    def act(self, batch: DecisionBatch, rng: Any) -> ActionBatch:
+        first = np.flatnonzero((batch.state["decision_number"] == 0).to_numpy())
+        if len(first):
+            sub = batch.take(first)
+            features = decision_features(sub, self.policy.accounts, self.policy.network_rules)
+            chance, _ = self.policy.retry_scores(sub, features)
+            rows = self._position.loc[sub.payments["payment_id"].to_numpy()].to_numpy()
+            self._chance[rows] = chance
+            self._at[rows] = sub.now.to_numpy(dtype="datetime64[us]")
+        return self.policy.act(batch, rng)
+
+    def odds(self, market: Any, rows: np.ndarray, at: np.ndarray) -> np.ndarray:
+        """The kept chances at the (n, k) grid ``at``, interpolated between candidate delays
+        and held at the first and last beyond them."""
+        d = self.policy.delays_hours
+        hours = (at - self._at[rows][:, None]) / np.timedelta64(1, "h")
+        x = np.clip((hours - d[0]) / (d[1] - d[0]), 0, len(d) - 1)
+        lo = np.floor(x).astype(int)
+        hi = np.minimum(lo + 1, len(d) - 1)
+        chance, r = self._chance[rows], np.arange(len(rows))[:, None]
+        return chance[r, lo] * (1 - (x - lo)) + chance[r, hi] * (x - lo)
 
 
 def main() -> None:
@@ -35,13 +79,15 @@ def main() -> None:
 
     policy, market = registered_policy_market(args)
     draws = [redraw_retry_state(market, 1_000 + k) for k in range(args.draws)]
-    policies = {
-        "policy": policy,
+    probe = FirstOdds(policy, market)
+    _, rolled = compare(market, {"policy": probe}, args.seed)  # reads the model's odds
+    others = {
         "stripe_like": StripeLike(),
+        "model_plan": Oracle(market, retry_odds=probe.odds, name="model_plan"),
         "prior_plan": Oracle(market, retry_odds=truth.prior_retry_odds(draws), name="prior_plan"),
         "ceiling": Oracle(market),
     }
-    _, rolled = compare(market, policies, args.seed)
+    rolled.update(compare(market, others, args.seed)[1])
     kinds = decline_kinds(market)
     print(
         f"{args.model}, {args.payments:,} fresh payments (seed {args.seed}), retries planned on "
@@ -55,11 +101,13 @@ def main() -> None:
         knowing = paired_difference(rolled["ceiling"].outcomes, rolled["prior_plan"].outcomes, mask)
         print(
             f"{kind} ({amount[mask].sum() / amount.sum():.1%} of the amount): policy "
-            f"{share['policy']:.1%}, stripe_like {share['stripe_like']:.1%}, planned on the prior "
-            f"{share['prior_plan']:.1%}, ceiling {share['ceiling']:.1%}"
+            f"{share['policy']:.1%}, stripe_like {share['stripe_like']:.1%}, planned on the "
+            f"policy's odds {share['model_plan']:.1%}, on the prior {share['prior_plan']:.1%}, "
+            f"ceiling {share['ceiling']:.1%}"
         )
-        said = [interval(*planning, pts=True), interval(*knowing, pts=True)]
-        print(f"    planning: {said[0]}; knowing: {said[1]}")
+        own = paired_difference(rolled["model_plan"].outcomes, rolled["policy"].outcomes, mask)
+        said = [interval(*d, pts=True) for d in (own, planning, knowing)]
+        print(f"    on its odds: {said[0]}; planning: {said[1]}; knowing: {said[2]}")
     gap = net_share(rolled["ceiling"].outcomes) - net_share(rolled["policy"].outcomes)
     reach = net_share(rolled["prior_plan"].outcomes) - net_share(rolled["policy"].outcomes)
     print(f"planning on the prior reaches {reach / gap:.0%} of the policy's gap to the ceiling")
