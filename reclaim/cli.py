@@ -937,7 +937,7 @@ def _operational_store(creates: bool = False) -> str:
             f"RECLAIM_DATABASE_URL is not a database URL: {url!r} (sqlite:///path/reclaim.db, "
             "or postgresql+psycopg://user@host:5432/db)"
         )
-    shown = parsed.render_as_string(hide_password=True)
+    shown = _shown(url)
     console.print(f"store: {shown} (RECLAIM_DATABASE_URL)", markup=False, highlight=False)
     if parsed.drivername == "postgres":
         refuse(f"{shown}: write postgresql+psycopg://… (SQLAlchemy does not take postgres://)")

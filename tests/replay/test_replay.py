@@ -5,7 +5,6 @@ the A/B report over what it stored, in a real browser."""
 from __future__ import annotations
 
 import re
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from reclaim.serving.store.repository import make_engine
 from reclaim.settings import Settings
 from reclaim.simulator.config import SimulatorConfig
 
-from ..serving.conftest import _free_port, _serve
+from ..serving.conftest import _free_port, _serve, chromium, needs_chromium
 
 CONFIG = ReplayConfig(payments=40, horizon_days=20, failure_days=10)
 
@@ -126,17 +125,12 @@ SHOTS = Path(__file__).parents[2] / "docs" / "replay-dashboard"
 NOT_FOR_PEOPLE = re.compile(r"\d\.?\d*e[+-]\d\d|\bnan\b|NaN|\bNone\b")
 
 
-@pytest.mark.skipif(
-    not (shutil.which("chromium") and shutil.which("chromedriver")),
-    reason="no chromium/chromedriver: `make test` installs Debian's packages where it can",
-)
+@needs_chromium
 def test_every_page_after_a_small_replay_opens_on_its_data(tmp_path, trained, first) -> None:
     """Issue 28: the dashboard and the A/B report as an analyst meets them after a small
     replay — data that came in through Stripe's webhooks, the API and the scheduler, in the
     past of the machine's clock — opened in Debian's chromium with no dates chosen, every page
     screenshotted (docs/replay-dashboard/)."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -172,12 +166,7 @@ def test_every_page_after_a_small_replay_opens_on_its_data(tmp_path, trained, fi
         ).scalar()
     assert shop, "the replay's account.updated events named the accounts"
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium")
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                "--window-size=1280,900"):  # fmt: skip
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    driver = chromium()
     base = f"http://localhost:{port}/dashboard"
     SHOTS.mkdir(exist_ok=True)
     try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -270,6 +271,29 @@ def _outcome_by_hash(success_share: float):
         return None if digest[0] / 256 < success_share else "insufficient_funds"
 
     return outcome
+
+
+#: Tests that drive Debian's chromium: skipped where it is missing (`make test` installs it).
+needs_chromium = pytest.mark.skipif(
+    not (shutil.which("chromium") and shutil.which("chromedriver")),
+    reason="no chromium/chromedriver: `make test` installs Debian's packages where it can",
+)
+
+
+def chromium(browser_logs: bool = False):
+    """Debian's chromium through Selenium, headless in a 1280×900 window; with
+    ``browser_logs`` the page's console is kept (``driver.get_log("browser")``)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                "--window-size=1280,900"):  # fmt: skip
+        options.add_argument(arg)
+    if browser_logs:
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
 
 
 def _serve(app, port: int) -> uvicorn.Server:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import html
 import re
-import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from reclaim.settings import Settings
 from reclaim.simulator import generate, rollout
 from reclaim.simulator.config import SimulatorConfig
 
-from .conftest import _free_port, _serve
+from .conftest import _free_port, _serve, chromium, needs_chromium
 
 DOCS = Path(__file__).parents[2] / "docs"
 
@@ -640,10 +639,6 @@ def test_healthz_answers_while_a_dashboard_page_is_being_built(tmp_path, trained
         server.should_exit = True
 
 
-@pytest.mark.skipif(
-    not (shutil.which("chromium") and shutil.which("chromedriver")),
-    reason="no chromium/chromedriver: `make test` installs Debian's packages where it can",
-)
 def _report_page(engine, folder: Path) -> Path:
     """Experiment exp-a's HTML report, from the store, written to ``folder``."""
     from reclaim.serving.store import experiments
@@ -658,9 +653,8 @@ def _report_page(engine, folder: Path) -> Path:
     return page
 
 
+@needs_chromium
 def test_the_pages_in_a_real_browser(tmp_path, trained, history) -> None:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -674,13 +668,7 @@ def test_the_pages_in_a_real_browser(tmp_path, trained, history) -> None:
     _, analyst = create_key(engine, "analyst")
     _, scoped = create_key(engine, "analyst", accounts=[accounts[1]])
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium")
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                "--window-size=1280,900"):  # fmt: skip
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    driver = chromium(browser_logs=True)
     base = f"http://localhost:{port}"
     try:
 
