@@ -306,7 +306,9 @@ class Oracle(Policy):
             raise ValueError("the oracle plans each payment at its first decision")
         if new.any():
             sub = batch.subset(new)
-            plans = plan_payments(market, sub, rows[new], self.step_minutes, 256, self.retry_odds)
+            plans = plan_payments(
+                market, sub, rows[new], self.step_minutes, retry_odds=self.retry_odds
+            )
             self._keep(rows[new], plans, sub.now.to_numpy(dtype="datetime64[us]"))
 
         width = self._retry_steps.shape[1]
