@@ -1,16 +1,24 @@
 """How much of a registered policy's gap to the simulator's ceiling planning alone could close,
-and how much takes knowing each payment's hidden retry state.
+and how much takes knowing each payment's hidden state: the customer's, and the retry's.
 
 Beside the policy, stripe_like and the ceiling (the oracle: every payment planned on its
-hidden state), it rolls out the same planner with the retries planned on the *prior* retry
-odds: the mean over ``--draws`` marketplaces whose payments' pay cycle, funds window, hold
-length, issuer approval chance and card-update time are drawn again from the simulator's
-distributions (``marketplace.redraw_retry_state``, ``truth.prior_retry_odds``). That planner
-still knows the rest of the truth (each customer's channel response, the account's quality),
-so it bounds what better planning of retries could reach without new information. A third
-planner plans on the policy's own odds: its retry model's chance for each first retry 3 to
-168 hours after the failure (held at the last beyond), read at each payment's first decision
-— whether the model is good enough to plan the window on.
+hidden state), it rolls out the same planner on priors instead of hidden state:
+
+- ``prior_plan`` knows neither the payment's retry state nor its customer: the retry odds are
+  the mean over ``--draws`` marketplaces whose payments' pay cycle, funds window, hold length,
+  issuer approval chance and card-update time are drawn again (``redraw_retry_state``,
+  ``truth.prior_retry_odds``), the messages' effect the mean over as many whose customers'
+  segments are drawn again from their account's mix (``redraw_customer_state``,
+  ``truth.prior_message_effect``), and it does not know who pays unprompted. It still knows
+  the simulator's structure and each account's quality and segment mix (what a policy could
+  learn of an account from its history), so it bounds what better planning alone could reach;
+- ``prior_retries`` plans the retries on the same prior but knows each customer (their
+  segment, who pays unprompted): the step from ``prior_plan`` is knowing the customer, the
+  step from it to the ceiling knowing the retry state.
+
+A last planner plans on the policy's own odds: its retry model's chance for each first retry
+3 to 168 hours after the failure (held at the last beyond), read at each payment's first
+decision — whether the model is good enough to plan the window on.
 
 Net revenue as a share of the failed amount per decline kind; paired differences in points
 with 95% intervals over payments.
@@ -75,16 +83,25 @@ def main() -> None:
     from reclaim.reference import StripeLike
     from reclaim.simulator import Oracle, compare, truth
     from reclaim.simulator.evaluation import decline_kinds, net_share, paired_difference
-    from reclaim.simulator.marketplace import redraw_retry_state
+    from reclaim.simulator.marketplace import redraw_customer_state, redraw_retry_state
 
     policy, market = registered_policy_market(args)
     draws = [redraw_retry_state(market, 1_000 + k) for k in range(args.draws)]
+    customers = [redraw_customer_state(market, 2_000 + k) for k in range(args.draws)]
+    retry_prior = truth.prior_retry_odds(draws)
     probe = FirstOdds(policy, market)
     _, rolled = compare(market, {"policy": probe}, args.seed)  # reads the model's odds
     others = {
         "stripe_like": StripeLike(),
         "model_plan": Oracle(market, retry_odds=probe.odds, name="model_plan"),
-        "prior_plan": Oracle(market, retry_odds=truth.prior_retry_odds(draws), name="prior_plan"),
+        "prior_plan": Oracle(
+            market,
+            retry_odds=retry_prior,
+            message_effect=truth.prior_message_effect(customers),
+            knows_self_cure=False,
+            name="prior_plan",
+        ),
+        "prior_retries": Oracle(market, retry_odds=retry_prior, name="prior_retries"),
         "ceiling": Oracle(market),
     }
     rolled.update(compare(market, others, args.seed)[1])
@@ -97,17 +114,22 @@ def main() -> None:
     for kind in ["all", *np.unique(kinds)]:
         mask = np.ones(len(kinds), dtype=bool) if kind == "all" else kinds == kind
         share = {name: net_share(r.outcomes, mask) for name, r in rolled.items()}
-        planning = paired_difference(rolled["prior_plan"].outcomes, rolled["policy"].outcomes, mask)
-        knowing = paired_difference(rolled["ceiling"].outcomes, rolled["prior_plan"].outcomes, mask)
+        out = {name: r.outcomes for name, r in rolled.items()}
+        planning = paired_difference(out["prior_plan"], out["policy"], mask)
+        customer = paired_difference(out["prior_retries"], out["prior_plan"], mask)
+        retry_state = paired_difference(out["ceiling"], out["prior_retries"], mask)
         print(
             f"{kind} ({amount[mask].sum() / amount.sum():.1%} of the amount): policy "
             f"{share['policy']:.1%}, stripe_like {share['stripe_like']:.1%}, planned on the "
             f"policy's odds {share['model_plan']:.1%}, on the prior {share['prior_plan']:.1%}, "
-            f"ceiling {share['ceiling']:.1%}"
+            f"knowing the customer {share['prior_retries']:.1%}, ceiling {share['ceiling']:.1%}"
         )
-        own = paired_difference(rolled["model_plan"].outcomes, rolled["policy"].outcomes, mask)
-        said = [interval(*d, pts=True) for d in (own, planning, knowing)]
-        print(f"    on its odds: {said[0]}; planning: {said[1]}; knowing: {said[2]}")
+        own = paired_difference(out["model_plan"], out["policy"], mask)
+        said = [interval(*d, pts=True) for d in (own, planning, customer, retry_state)]
+        print(
+            f"    on its odds: {said[0]}; planning: {said[1]}; knowing the customer: {said[2]}; "
+            f"knowing the retry state: {said[3]}"
+        )
     gap = net_share(rolled["ceiling"].outcomes) - net_share(rolled["policy"].outcomes)
     reach = net_share(rolled["prior_plan"].outcomes) - net_share(rolled["policy"].outcomes)
     print(f"planning on the prior reaches {reach / gap:.0%} of the policy's gap to the ceiling")

@@ -129,6 +129,46 @@ def redraw_retry_state(market: Marketplace, seed: int) -> Marketplace:
     return Marketplace(market.config, market.accounts, market.payments, hidden, market.noise)
 
 
+#: The hidden columns that decide how a customer answers messages and whether they pay
+#: unprompted: drawn for each payment from its account's segment mix and the configuration.
+CUSTOMER_STATE = ("segment", "self_cure_hours")
+
+
+def redraw_customer_state(market: Marketplace, seed: int) -> Marketplace:
+    """``market`` with its payments' :data:`CUSTOMER_STATE` drawn again (as :func:`generate`
+    draws them: the segment from the payment's account's mix), everything else the same: one
+    draw of what a policy that knows each account's customers, but not which customer this
+    is, must allow for. Whether the customer has the app (``app_active``) stays: the
+    platform sees it (``reachable_in_app``)."""
+    config = market.config
+    rng = np.random.default_rng(seed)
+    mix = market.accounts.set_index("account_id").loc[market.payments["account_id"]]
+    hidden = market.hidden.assign(
+        self_cure_hours=_self_cure_hours(config, rng, market.hidden["category"].to_numpy()),
+        segment=_segments(rng, mix[[f"segment_{s}" for s in SEGMENTS]].to_numpy()),
+    )
+    return Marketplace(market.config, market.accounts, market.payments, hidden, market.noise)
+
+
+def _self_cure_hours(
+    config: SimulatorConfig, rng: np.random.Generator, category: np.ndarray
+) -> np.ndarray:
+    """When each customer pays unprompted (inf: not within the simulation), by the decline
+    category's share."""
+    n = len(category)
+    share = np.array([config.self_cure_share[c] for c in category])
+    return np.where(
+        rng.random(n) < share, rng.exponential(config.self_cure_mean_days * 24, n), np.inf
+    )
+
+
+def _segments(rng: np.random.Generator, mix: np.ndarray) -> np.ndarray:
+    """Each customer's channel segment, drawn from its account's segment shares (one row of
+    ``mix`` per customer, columns in :data:`SEGMENTS` order)."""
+    at = (rng.random(len(mix))[:, None] > np.cumsum(mix, axis=1)).sum(axis=1)
+    return np.asarray(SEGMENTS, dtype=object)[at.clip(0, len(SEGMENTS) - 1)]
+
+
 def _choice(rng: np.random.Generator, mix: dict[str, float], size: int) -> np.ndarray:
     keys = list(mix)
     p = np.array([mix[k] for k in keys], dtype=float)
@@ -329,16 +369,8 @@ def draw_payments(
     g_a, g_b = config.generic_beta
     hold = _hold_hours(config, rng, n)
     update = _card_update_hours(config, rng, n)
-    cure_share = np.array([config.self_cure_share[c] for c in category])
-    cure = np.where(
-        rng.random(n) < cure_share,
-        rng.exponential(config.self_cure_mean_days * 24, n),
-        np.inf,
-    )
-    seg_p = a[[f"segment_{s}" for s in SEGMENTS]].to_numpy()
-    seg_idx = (
-        (rng.random(n)[:, None] > np.cumsum(seg_p, axis=1)).sum(axis=1).clip(0, len(SEGMENTS) - 1)
-    )
+    cure = _self_cure_hours(config, rng, category)
+    segment = _segments(rng, a[[f"segment_{s}" for s in SEGMENTS]].to_numpy())
     hidden = (
         pd.DataFrame(
             {
@@ -355,7 +387,7 @@ def draw_payments(
                 "funds_window_days": rng.uniform(*config.funds_window_days, n),
                 "card_update_hours": update,
                 "self_cure_hours": cure,
-                "segment": np.asarray(SEGMENTS, dtype=object)[seg_idx],
+                "segment": segment,
                 "app_active": rng.random(n) < config.in_app_active_share,
                 "usd_per_minor": usd_per_unit / minor_per_unit,
                 "kind": kind,

@@ -81,6 +81,7 @@ def _shifted_suffix_min(values: np.ndarray, offset: np.ndarray) -> np.ndarray:
 
 
 RetryOdds = Callable[[Marketplace, np.ndarray, np.ndarray], np.ndarray]
+MessageEffect = Callable[..., tuple[np.ndarray, np.ndarray]]
 
 
 def plan_payments(
@@ -90,11 +91,16 @@ def plan_payments(
     step_minutes: int = 30,
     chunk: int = 256,
     retry_odds: RetryOdds = truth.retry_odds,
+    message_effect: MessageEffect = truth.message_effect,
+    knows_self_cure: bool = True,
 ) -> Plans:
     """Plan each payment of ``batch`` (its first decision; ``rows`` its positions in
     ``market``) by backward induction on its hidden state; see the module's docstring.
     ``retry_odds`` gives the retry odds the plan assumes (:func:`truth.retry_odds`'s grid
-    form): the truth, or another (``truth.prior_retry_odds``: no hidden retry state)."""
+    form): the truth, or another (``truth.prior_retry_odds``: no hidden retry state);
+    ``message_effect`` the messages' (:func:`truth.message_effect`, or
+    ``truth.prior_message_effect``: no customer's own response); ``knows_self_cure``
+    whether the plan knows who pays unprompted (it leaves them alone)."""
     cfg = market.config
     rules = cfg.rules
     n = len(batch)
@@ -104,7 +110,7 @@ def plan_payments(
     usd = batch.payments["amount"].to_numpy() * hidden["usd_per_minor"].to_numpy()
     window_h = rules.window_days * 24.0
     cure = hidden["self_cure_hours"].to_numpy(dtype=float)
-    pays_anyway = np.isfinite(cure) & (cure <= window_h)
+    pays_anyway = np.isfinite(cure) & (cure <= window_h) & knows_self_cure
 
     # the message each payment would get: its best allowed channel, from its own sender
     cons = batch.constraints
@@ -120,7 +126,7 @@ def plan_payments(
     channel = np.full(n, None, dtype=object)
     at0 = pd.Series(batch.now.array)
     for ch in vocab.Channel:
-        r, c = truth.message_effect(
+        r, c = message_effect(
             market, rows, at0, np.full(n, ch.value, dtype=object), sender, np.zeros(n)
         )
         allowed = batch.payments[f"reachable_{ch.value}"].to_numpy(dtype=bool).copy()
@@ -264,6 +270,9 @@ class Oracle(Policy):
     At each payment's first decision it plans the payment whole (:func:`plan_payments`);
     later decisions follow the plan. ``expected_net_usd`` holds each planned payment's
     expected net revenue by its position in the marketplace (NaN until planned).
+    ``retry_odds``, ``message_effect`` and ``knows_self_cure`` are :func:`plan_payments`'s:
+    the truth by default, priors to plan as one that knows less would
+    (``benchmarks/ceiling_parts.py``).
     """
 
     name = "oracle"
@@ -274,10 +283,14 @@ class Oracle(Policy):
         step_minutes: int = 30,
         retry_odds: RetryOdds = truth.retry_odds,
         name: str = "oracle",
+        message_effect: MessageEffect = truth.message_effect,
+        knows_self_cure: bool = True,
     ):
         self.market = market
         self.step_minutes = step_minutes
         self.retry_odds = retry_odds
+        self.message_effect = message_effect
+        self.knows_self_cure = knows_self_cure
         self.name = name
         n = len(market)
         steps = market.config.max_decisions  # no plan has more retries or messages
@@ -307,7 +320,13 @@ class Oracle(Policy):
         if new.any():
             sub = batch.subset(new)
             plans = plan_payments(
-                market, sub, rows[new], self.step_minutes, retry_odds=self.retry_odds
+                market,
+                sub,
+                rows[new],
+                self.step_minutes,
+                retry_odds=self.retry_odds,
+                message_effect=self.message_effect,
+                knows_self_cure=self.knows_self_cure,
             )
             self._keep(rows[new], plans, sub.now.to_numpy(dtype="datetime64[us]"))
 

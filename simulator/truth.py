@@ -186,6 +186,28 @@ def prior_retry_odds(
     return odds
 
 
+def prior_message_effect(
+    draws: Sequence[Marketplace],
+) -> Callable[..., tuple[np.ndarray, np.ndarray]]:
+    """:func:`message_effect` as a planner that knows each account's customers but not the
+    customer sees it: the mean chance of a reply and of a cancellation over ``draws`` (the
+    marketplace with each customer's segment drawn again from its account's mix,
+    ``marketplace.redraw_customer_state``); the market it is asked about is not read."""
+
+    def effect(
+        market: Marketplace,
+        rows: np.ndarray,
+        at: pd.Series,
+        channel: np.ndarray,
+        sender: np.ndarray,
+        earlier_messages: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        each = [message_effect(d, rows, at, channel, sender, earlier_messages) for d in draws]
+        return np.mean([r for r, _ in each], axis=0), np.mean([c for _, c in each], axis=0)
+
+    return effect
+
+
 def response_decay(days: np.ndarray, market: Marketplace) -> np.ndarray:
     """Relative effect of a message sent ``days`` after the failure (1 at day 0)."""
     curve = market.config.response_decay

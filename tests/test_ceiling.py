@@ -112,29 +112,58 @@ def test_an_oracle_asked_mid_payment_refuses() -> None:
         oracle.act(batch, np.random.default_rng(0))
 
 
-def test_a_plan_on_the_prior_retry_odds_stays_below_the_ceiling() -> None:
+def test_plans_on_the_priors_stay_below_the_ceiling() -> None:
     """The same planner with the retries planned on the prior's odds (each payment's hidden
     retry state drawn again, ``benchmarks/ceiling_parts.py``) knows less, so the ceiling is
-    ahead of it beyond doubt; the redrawn marketplaces change that state and nothing else."""
+    ahead of it beyond doubt; so is it ahead of the planner that knows no customer either
+    (their segments drawn again from their account's mix, self-cure unknown). The redrawn
+    marketplaces change that state and nothing else."""
     from reclaim.simulator import truth
-    from reclaim.simulator.marketplace import RETRY_STATE, redraw_retry_state
+    from reclaim.simulator.marketplace import (
+        CUSTOMER_STATE,
+        RETRY_STATE,
+        redraw_customer_state,
+        redraw_retry_state,
+    )
 
     market = generate(40, 1_500, seed=24)
     draws = [redraw_retry_state(market, k) for k in range(2)]
-    again = redraw_retry_state(market, 0)
-    pd.testing.assert_frame_equal(draws[0].hidden, again.hidden)  # a seed gives one draw
-    for draw in draws:
+    customers = [redraw_customer_state(market, k) for k in range(2)]
+    pd.testing.assert_frame_equal(draws[0].hidden, redraw_retry_state(market, 0).hidden)
+    pd.testing.assert_frame_equal(customers[0].hidden, redraw_customer_state(market, 0).hidden)
+    for draw, state in [
+        *((d, RETRY_STATE) for d in draws),
+        *((c, CUSTOMER_STATE) for c in customers),
+    ]:
         assert draw.payments is market.payments and draw.noise is market.noise
-        others = [c for c in market.hidden.columns if c not in RETRY_STATE]
+        others = [c for c in market.hidden.columns if c not in state]
         pd.testing.assert_frame_equal(draw.hidden[others], market.hidden[others])
+    for draw in draws:
         for column in ("hold_hours", "latent_r", "funds_window_days"):
             assert not np.allclose(draw.hidden[column], market.hidden[column]), column
             # drawn from the same distribution: medians agree within sampling error
             assert abs(draw.hidden[column].median() / market.hidden[column].median() - 1) < 0.15
+    for draw in customers:
+        # each customer's segment again from their account's mix: other customers, same shares
+        assert (draw.hidden["segment"] != market.hidden["segment"]).mean() > 0.3
+        shares = draw.hidden["segment"].value_counts(normalize=True)
+        truth_shares = market.hidden["segment"].value_counts(normalize=True)
+        assert (shares - truth_shares).abs().max() < 0.05, (shares, truth_shares)
+        cured = np.isfinite(draw.hidden["self_cure_hours"]).mean()
+        assert abs(cured - np.isfinite(market.hidden["self_cure_hours"]).mean()) < 0.03
+    prior = truth.prior_retry_odds(draws)
     policies = {
         "ceiling": Oracle(market),
-        "prior_plan": Oracle(market, retry_odds=truth.prior_retry_odds(draws), name="prior_plan"),
+        "prior_retries": Oracle(market, retry_odds=prior, name="prior_retries"),
+        "prior_plan": Oracle(
+            market,
+            retry_odds=prior,
+            message_effect=truth.prior_message_effect(customers),
+            knows_self_cure=False,
+            name="prior_plan",
+        ),
     }
     _, rollouts = compare(market, policies, seed=24)
-    diff, lo, hi = paired_difference(rollouts["prior_plan"].outcomes, rollouts["ceiling"].outcomes)
-    assert hi < 0, (diff, lo, hi)
+    for name in ("prior_retries", "prior_plan"):
+        diff, lo, hi = paired_difference(rollouts[name].outcomes, rollouts["ceiling"].outcomes)
+        assert hi < 0, (name, diff, lo, hi)
