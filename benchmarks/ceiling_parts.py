@@ -14,7 +14,12 @@ hidden state), it rolls out the same planner on priors instead of hidden state:
   learn of an account from its history), so it bounds what better planning alone could reach;
 - ``prior_retries`` plans the retries on the same prior but knows each customer (their
   segment, who pays unprompted): the step from ``prior_plan`` is knowing the customer, the
-  step from it to the ceiling knowing the retry state.
+  step from it to the ceiling knowing the retry state;
+- with ``--posterior``, ``posterior_plan`` (``simulator.posterior.PosteriorPlan``) knows what
+  ``prior_plan`` knows and learns from each failed retry: at every decision it weighs the
+  redrawn retry states by how likely each makes the failures so far and plans the rest of
+  the window on them — what a policy reading no hidden state could reach by updating as it
+  goes (several times slower than the rest).
 
 A last planner plans on the policy's own odds: its retry model's chance for each first retry
 3 to 168 hours after the failure (held at the last beyond), read at each payment's first
@@ -24,7 +29,8 @@ Net revenue as a share of the failed amount per decline kind; paired differences
 with 95% intervals over payments.
 
     .venv/bin/python benchmarks/ceiling_parts.py --tracking-uri sqlite:///data/demo/mlflow.db \
-        [--model models:/reclaim-policy@champion] [--payments 8000] [--seed 8] [--draws 48]
+        [--model models:/reclaim-policy@champion] [--payments 8000] [--seed 8] [--draws 48] \
+        [--posterior]
 """
 
 from __future__ import annotations
@@ -77,6 +83,7 @@ class FirstOdds(Policy):
 def main() -> None:
     parser = registered_policy_args(__doc__.splitlines()[0])
     parser.add_argument("--draws", type=int, default=48)
+    parser.add_argument("--posterior", action="store_true", help="add the posterior plan")
     args = parser.parse_args()
 
     from reclaim.intervals import interval
@@ -104,6 +111,10 @@ def main() -> None:
         "prior_retries": Oracle(market, retry_odds=retry_prior, name="prior_retries"),
         "ceiling": Oracle(market),
     }
+    if args.posterior:
+        from reclaim.simulator.posterior import PosteriorPlan
+
+        others["posterior_plan"] = PosteriorPlan(market, draws, customers)
     rolled.update(compare(market, others, args.seed)[1])
     kinds = decline_kinds(market)
     print(
@@ -130,9 +141,18 @@ def main() -> None:
             f"    on its odds: {said[0]}; planning: {said[1]}; knowing the customer: {said[2]}; "
             f"knowing the retry state: {said[3]}"
         )
+        if args.posterior:
+            learned = paired_difference(out["posterior_plan"], out["prior_plan"], mask)
+            print(
+                f"    planned on the posterior {share['posterior_plan']:.1%}: learning from "
+                f"failed retries {interval(*learned, pts=True)} over the prior plan"
+            )
     gap = net_share(rolled["ceiling"].outcomes) - net_share(rolled["policy"].outcomes)
     reach = net_share(rolled["prior_plan"].outcomes) - net_share(rolled["policy"].outcomes)
     print(f"planning on the prior reaches {reach / gap:.0%} of the policy's gap to the ceiling")
+    if args.posterior:
+        reach = net_share(rolled["posterior_plan"].outcomes) - net_share(rolled["policy"].outcomes)
+        print(f"planning on the posterior reaches {reach / gap:.0%} of it")
 
 
 if __name__ == "__main__":

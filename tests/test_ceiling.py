@@ -167,3 +167,36 @@ def test_plans_on_the_priors_stay_below_the_ceiling() -> None:
     for name in ("prior_retries", "prior_plan"):
         diff, lo, hi = paired_difference(rollouts[name].outcomes, rollouts["ceiling"].outcomes)
         assert hi < 0, (name, diff, lo, hi)
+
+
+def test_the_posterior_plan_learns_from_failed_retries_and_stays_below_the_ceiling() -> None:
+    """``PosteriorPlan`` weighs the redrawn retry states by the failures seen: a hold whose
+    retry failed a day after the decline has likely not lifted by then, so the draws where
+    it had lifted lose weight. Acting on that it keeps every rule and knows less than the
+    ceiling, which stays ahead of it beyond doubt."""
+    from reclaim.simulator.marketplace import redraw_customer_state, redraw_retry_state
+    from reclaim.simulator.posterior import PosteriorPlan
+
+    market = generate(40, 800, seed=25)
+    draws = [redraw_retry_state(market, k) for k in range(4)]
+    customers = [redraw_customer_state(market, k) for k in range(2)]
+    planner = PosteriorPlan(market, draws, customers)
+
+    holds = np.flatnonzero(
+        market.payments["decline_code"].isin(["try_again_later", "card_velocity_exceeded"])
+    )
+    failed = market.payments["failed_at"].to_numpy(dtype="datetime64[us]")[holds]
+    planner._update(holds, np.ones(len(holds), dtype=int), failed + np.timedelta64(24, "h"))
+    lifted = np.stack([d.hidden["hold_hours"].to_numpy()[holds] <= 24 for d in draws], axis=1)
+    weight = planner._weight[holds]
+    np.testing.assert_allclose(weight.sum(axis=1), 1.0)
+    mixed = lifted.any(axis=1) & ~lifted.all(axis=1)
+    assert mixed.sum() > 20
+    # a draw where the hold had lifted by the failed retry weighs less than one where it had not
+    assert (weight[mixed][lifted[mixed]].mean()) < 0.5 * weight[mixed][~lifted[mixed]].mean()
+
+    checked = Enforced(PosteriorPlan(market, draws, customers))
+    _, rollouts = compare(market, {"posterior": checked, "ceiling": Oracle(market)}, seed=25)
+    assert checked.retries > 0 and checked.changed == 0
+    diff, lo, hi = paired_difference(rollouts["posterior"].outcomes, rollouts["ceiling"].outcomes)
+    assert hi < 0, (diff, lo, hi)
