@@ -100,7 +100,9 @@ def plan_payments(
     form): the truth, or another (``truth.prior_retry_odds``: no hidden retry state);
     ``message_effect`` the messages' (:func:`truth.message_effect`, or
     ``truth.prior_message_effect``: no customer's own response); ``knows_self_cure``
-    whether the plan knows who pays unprompted (it leaves them alone)."""
+    whether the plan knows who pays unprompted (it leaves them alone). A decision after the
+    first is planned from where it stands (the time gone, the messages sent: a planner that
+    plans again at every decision, ``simulator.posterior``)."""
     cfg = market.config
     rules = cfg.rules
     n = len(batch)
@@ -112,6 +114,11 @@ def plan_payments(
     cure = hidden["self_cure_hours"].to_numpy(dtype=float)
     pays_anyway = np.isfinite(cure) & (cure <= window_h) & knows_self_cure
 
+    # a plan made later than the first decision counts the time gone and the messages sent
+    failed = batch.payments["failed_at"].to_numpy(dtype="datetime64[us]")
+    elapsed_h = np.maximum((t0 - failed) / np.timedelta64(1, "h"), 0.0)
+    sent = sum(batch.state[f"n_{ch.value}"].to_numpy() for ch in vocab.Channel)
+
     # the message each payment would get: its best allowed channel, from its own sender
     cons = batch.constraints
     sender = merchant_of_record(batch.payments).astype("object").to_numpy()
@@ -120,6 +127,7 @@ def plan_payments(
         own = cons["sender"].to_numpy(dtype=object)
         sender = np.where(pd.notna(own), own, sender)
         max_messages = np.where(cons["opted_out"].to_numpy(), 0, cons["max_messages"].to_numpy())
+    max_messages = np.maximum(max_messages - sent, 0)
     respond = np.zeros(n)
     cancel = np.zeros(n)
     fee = np.zeros(n)
@@ -127,7 +135,7 @@ def plan_payments(
     at0 = pd.Series(batch.now.array)
     for ch in vocab.Channel:
         r, c = message_effect(
-            market, rows, at0, np.full(n, ch.value, dtype=object), sender, np.zeros(n)
+            market, rows, at0, np.full(n, ch.value, dtype=object), sender, sent.astype(float)
         )
         allowed = batch.payments[f"reachable_{ch.value}"].to_numpy(dtype=bool).copy()
         if cons is not None:
@@ -139,9 +147,16 @@ def plan_payments(
 
     steps = int(round(window_h * 60 / step_minutes))
     grid_h = np.arange(steps + 1) * step_minutes / 60.0
-    # a message's reply must come before the window closes to count
-    reply_by_end = 1.0 - np.exp(-(window_h - grid_h) / cfg.response_delay_mean_hours)
-    message_curve = truth.response_decay(grid_h / 24.0, market) * reply_by_end
+    left_h = window_h - elapsed_h
+    now_decay = truth.response_decay(elapsed_h / 24.0, market)
+
+    def message_curve(part: np.ndarray) -> np.ndarray:
+        """(len(part), steps + 1): a message sent at each grid step, relative to one sent
+        now, times the chance its reply comes before the window closes."""
+        later = elapsed_h[part][:, None] + grid_h[None, :]
+        decay = truth.response_decay(later / 24.0, market) / now_decay[part][:, None]
+        wait = np.maximum(left_h[part][:, None] - grid_h[None, :], 0.0)
+        return decay * (1.0 - np.exp(-wait / cfg.response_delay_mean_hours))
 
     cap = lim["retries_left"].to_numpy()
     wait_h = (lim["earliest_retry_at"] - batch.now).dt.total_seconds().to_numpy() / 3600.0
@@ -156,7 +171,8 @@ def plan_payments(
 
     # no retry allowed: one message at the first decision, if it pays for itself
     quiet = ~retryable & ~pays_anyway & (max_messages > 0)
-    gain = usd * (1.0 - cancel) * respond * message_curve[0] - fee
+    reply_now = 1.0 - np.exp(-np.maximum(left_h, 0.0) / cfg.response_delay_mean_hours)
+    gain = usd * (1.0 - cancel) * respond * reply_now - fee
     send = quiet & (channel != None) & (gain > 0)  # noqa: E711 (element-wise)
     channels[send, 0] = channel[send]
     expected = np.where(send, gain, expected)
@@ -174,7 +190,7 @@ def plan_payments(
             usd[part],
             cap[part],
             offset[part],
-            respond[part][:, None] * message_curve[None, :],
+            respond[part][:, None] * message_curve(part),
             cancel[part],
             fee[part],
             np.where(channel[part] != None, max_messages[part], 0),  # noqa: E711
@@ -216,7 +232,9 @@ def _induct(
     cfg = market.config
     n, size = len(rows), len(grid_h)
     at = t0[:, None] + (grid_h * 3600e6).astype("timedelta64[us]")[None, :]
-    odds = retry_odds(market, rows, at)
+    end = market.payments["failed_at"].to_numpy(dtype="datetime64[us]")[rows]
+    end = end + np.timedelta64(int(round(cfg.rules.window_days * 24 * 3600e6)), "us")
+    odds = np.where(at <= end[:, None], retry_odds(market, rows, at), 0.0)  # a later plan's grid
     retry_fee = cfg.retry_cost_cents / 100.0
     k_max = int(cap.max())
     m_max = int(max_messages.max())

@@ -6,10 +6,10 @@ plans once, at the first failure, on odds averaged over redrawn hidden retry sta
 learns more as it goes: a retry that failed at hour 40 says the hold had not lifted by then,
 or that no payday had come. :class:`PosteriorPlan` weighs the same redrawn states, at every
 decision, by how likely each makes the failures seen so far (Bayes' rule over the draws, a
-uniform prior), and plans the rest of the window on the weighted odds with the oracle's
-planner. Its messages are the prior plan's (who is sent what does not depend on the retries'
-outcomes there). It reads the payments' observable history and the simulator's
-distributions, never a payment's own hidden state.
+uniform prior), and plans the rest of the window from where the payment stands — its next
+retry and message, on the weighted odds and the messages' prior effect — with the oracle's
+planner, acting on the plan's first step. It reads the payments' observable history and the
+simulator's distributions, never a payment's own hidden state.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import pandas as pd
 from reclaim.policy import ActionBatch, DecisionBatch, Policy, Uniforms
 from reclaim.simulator import truth
 from reclaim.simulator.marketplace import Marketplace
-from reclaim.simulator.oracle import Oracle, plan_payments
+from reclaim.simulator.oracle import plan_payments
 
 
 def _no_message(market: Marketplace, rows: np.ndarray, *_: object) -> tuple[np.ndarray, np.ndarray]:
@@ -56,13 +56,7 @@ class PosteriorPlan(Policy):
         name: str = "posterior_plan",
     ):
         self.market, self.draws, self.step_minutes, self.name = market, draws, step_minutes, name
-        self.messages = Oracle(
-            market,
-            step_minutes,
-            retry_odds=truth.prior_retry_odds(draws),
-            message_effect=truth.prior_message_effect(customers),
-            knows_self_cure=False,
-        )
+        self.message_effect = truth.prior_message_effect(customers)
         n, k = len(market), market.config.max_decisions
         self._position = pd.Series(np.arange(n), index=market.payments["payment_id"].to_numpy())
         self._tried = np.full((n, k), np.datetime64("NaT", "us"))  # each failed retry's time
@@ -94,20 +88,15 @@ class PosteriorPlan(Policy):
         self._weight[rows] = w / w.sum(axis=1, keepdims=True)
 
     def _odds(self, market: Marketplace, rows: np.ndarray, at: np.ndarray) -> np.ndarray:
-        """The posterior's odds of the next retry at the grid ``at`` (the failures made so far
-        already counted in), nothing after the window."""
+        """The posterior's odds of the next retry at the grid ``at``, the failures made so far
+        counted in (the planner gives nothing after the window)."""
         w = self._weight[rows]
         odds = sum(
             w[:, [d]] * truth.retry_odds(draw, rows, at) for d, draw in enumerate(self.draws)
         )
-        cfg = market.config
-        odds = odds * cfg.attempt_decay ** self._made[rows][:, None]
-        failed = market.payments["failed_at"].to_numpy(dtype="datetime64[us]")[rows]
-        end = failed + np.timedelta64(int(cfg.rules.window_days * 24), "h")
-        return np.where(at <= end[:, None], odds, 0.0)
+        return odds * market.config.attempt_decay ** self._made[rows][:, None]
 
     def act(self, batch: DecisionBatch, rng: Uniforms) -> ActionBatch:
-        sent = self.messages.act(batch, rng)
         rows = self._position.reindex(batch.payments["payment_id"].to_numpy()).to_numpy()
         made = batch.state["decision_number"].to_numpy().astype(int)
         last = batch.state["last_attempt_at"].to_numpy(dtype="datetime64[us]")
@@ -118,7 +107,7 @@ class PosteriorPlan(Policy):
             rows,
             self.step_minutes,
             retry_odds=self._odds,
-            message_effect=_no_message,
+            message_effect=self.message_effect,
             knows_self_cure=False,
         )
         step = plans.retry_steps[:, 0]
@@ -126,9 +115,6 @@ class PosteriorPlan(Policy):
         now = batch.now.to_numpy(dtype="datetime64[us]")
         at = np.where(step >= 0, now + offset, np.datetime64("NaT", "us"))
         retry_at = pd.Series(pd.DatetimeIndex(at).tz_localize("UTC"))
-        return ActionBatch.build(
-            len(batch),
-            retry_at=retry_at,
-            channel=sent.channel.to_numpy(),
-            sender=sent.sender.to_numpy(),
-        )
+        channel = plans.channels[:, 0]
+        sender = np.where(pd.notna(channel), plans.sender, None)
+        return ActionBatch.build(len(batch), retry_at=retry_at, channel=channel, sender=sender)
