@@ -12,7 +12,12 @@ Variants (``--variants``, default all):
 - ``backoff``: after the n-th retry, the next one at least 24 h × 1.5^(n−1) later;
 - ``continuation_0.8``: the look-ahead's effect of a failed attempt at 0.8 instead of the
   value training estimated;
-- ``no_count_bound``: retries up to the network rules' limits, not the history's support.
+- ``no_count_bound``: retries up to the network rules' limits, not the history's support;
+- ``published_timing``: the retry model's chances times the published effect of the retry's
+  local time (Recurly: about 0.90 at night, 1 to 4 am, and 0.96 outside business hours,
+  against business hours; weekends 0.95, an assumption) — what the policy would gain if its
+  model had learned timing as sharply as the simulator draws it. Not a policy to ship: the
+  multipliers are the simulator's own.
 
 Net revenue (recovered less fees) as a share of the failed amount; differences in points
 with 95% intervals over payments (``simulator.evaluation.paired_difference``).
@@ -31,6 +36,7 @@ from collections.abc import Callable
 import numpy as np
 from _util import registered_policy_args, registered_policy_market
 
+from reclaim.features.candidates import expand_retry_times
 from reclaim.models.policy import LearnedPolicy
 from reclaim.policy import ActionBatch, DecisionBatch, Policy
 from reclaim.reference import DeclineRules
@@ -66,6 +72,34 @@ class Backoff(LearnedPolicy):
         return super()._allowed(blocked, np.maximum(first, gap), last, category, number)
 
 
+#: The mean of the timing effect over a week's hours: 4 night, 9 business and 11 other hours a
+#: day, 2 weekend days a week.
+WEEK_MEAN_EFFECT = (4 * 0.90 + 9 * 1.0 + 11 * 0.96) / 24 * (5 + 2 * 0.95) / 7
+
+
+class PublishedTiming(LearnedPolicy):
+    """A learned policy whose retry chances are multiplied by the published local-time
+    effects (relative to their mean over a week's hours, so only the timing moves)."""
+
+    def __init__(self, base: LearnedPolicy):
+        self.__dict__.update(base.__dict__)
+        self.name = "published_timing"
+
+    def retry_scores(self, batch, features):
+        p, value = super().retry_scores(batch, features)
+        allowed = np.isfinite(value)
+        grid = expand_retry_times(batch, features, self.delays_hours)
+        hour = grid["retry_local_hour"].to_numpy().reshape(p.shape)
+        weekend = grid["retry_is_weekend"].to_numpy().reshape(p.shape) > 0
+        night, business = (hour >= 1) & (hour < 5), (hour >= 9) & (hour < 18)
+        effect = np.where(night, 0.90, np.where(business, 1.0, 0.96)) * np.where(weekend, 0.95, 1)
+        p = np.where(allowed, np.clip(p * effect / WEEK_MEAN_EFFECT, 0.0, 1.0), 0.0)
+        category = features["decline_category"].astype("object").to_numpy()
+        final = features["decision_number"].to_numpy() >= self._last_retry_at(category)
+        amount = np.expm1(features["log_amount"].to_numpy())
+        return p, self._values(p, allowed, amount, final)
+
+
 def _changed(policy: LearnedPolicy, name: str, **values) -> LearnedPolicy:
     other = copy.copy(policy)
     other.__dict__.update(values)
@@ -87,6 +121,7 @@ VARIANTS: dict[str, Callable[[LearnedPolicy], Policy]] = {
     "backoff": Backoff,
     "continuation_0.8": lambda p: _changed(p, "continuation_0.8", continuation=0.8),
     "no_count_bound": lambda p: _changed(p, "no_count_bound", last_retry=None),
+    "published_timing": PublishedTiming,
 }
 
 

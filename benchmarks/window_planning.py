@@ -47,12 +47,7 @@ PATH_FREE = [
     "timezone_known",
     *ACCOUNT_COLUMNS,
     "decision_number",
-    "retry_local_hour",
-    "retry_local_dow",
-    "retry_local_dom",
-    "retry_days_to_payday",
-    "retry_hours_since_failure",
-    "retry_is_weekend",
+    *(name for name in schema.RETRY_FEATURES if name != "delay_hours"),
 ]
 MAX_GAP_HOURS = 168.0
 
