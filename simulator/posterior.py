@@ -25,13 +25,8 @@ from reclaim.simulator.marketplace import Marketplace
 from reclaim.simulator.oracle import plan_payments
 
 
-def _no_message(market: Marketplace, rows: np.ndarray, *_: object) -> tuple[np.ndarray, np.ndarray]:
-    """A message effect of nothing: plans of retries alone."""
-    return np.zeros(len(rows)), np.zeros(len(rows))
-
-
 class PosteriorPlan(Policy):
-    """Re-plans each payment's retries at every decision on the posterior over ``draws``.
+    """Plans each payment again at every decision on the posterior over ``draws``.
 
     Parameters
     ----------
