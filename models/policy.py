@@ -44,6 +44,7 @@ from reclaim.features.drift import FeatureReference
 from reclaim.features.single import Decisions
 from reclaim.models.channel import DEFAULT_CHANNEL, ChannelCalibration, ChannelUpliftModel
 from reclaim.models.retry import RetryTimeModel
+from reclaim.models.timing import TimingEffect
 from reclaim.policy import (
     ActionBatch,
     DecisionBatch,
@@ -99,6 +100,9 @@ class LearnedPolicy(Policy):
         policy may retry; ``"*"`` covers categories not named. None: up to the rules' limits.
         Training sets it to what the history shows (``training.support``): the retry model
         has not seen what retries beyond it do.
+    timing
+        The local-time effect the retry model left out (``models.timing``), measured in
+        training across all retries; its chances are shifted by it. None: as predicted.
     """
 
     name = "learned"
@@ -118,6 +122,7 @@ class LearnedPolicy(Policy):
         channel_calibration: dict[str, ChannelCalibration] | None = None,
         feature_reference: FeatureReference | None = None,
         last_retry: dict[str, int] | None = None,
+        timing: TimingEffect | None = None,
     ):
         self.retry_model = retry_model
         self.channel_model = channel_model
@@ -131,6 +136,7 @@ class LearnedPolicy(Policy):
         self.delays_hours = delays_hours
         self.channel_calibration = channel_calibration
         self.last_retry = last_retry
+        self.timing = timing
         # the training rows' feature distribution: what serving compares its decisions with
         self.feature_reference = feature_reference
 
@@ -147,6 +153,7 @@ class LearnedPolicy(Policy):
             "delays_hours": POLICY_DELAYS_HOURS,
             "channel_calibration": None,
             "last_retry": None,
+            "timing": None,
         }
         self.__dict__.update({**defaults, **state})
 
@@ -176,6 +183,19 @@ class LearnedPolicy(Policy):
         return True
 
     # --- scoring ------------------------------------------------------------------------
+    def _timed(self, chance: np.ndarray, hour: np.ndarray, weekend: np.ndarray) -> np.ndarray:
+        """The retry model's chances shifted by :attr:`timing` (as they are without one)."""
+        if self.timing is None:
+            return chance
+        return self.timing.apply(chance, hour, weekend)
+
+    def _timed_matrix(self, chance: np.ndarray, matrix: np.ndarray, names: list[str]) -> np.ndarray:
+        """:meth:`_timed` for rows of the retry model's float matrix (columns ``names``)."""
+        if self.timing is None:
+            return chance
+        hour = matrix[:, names.index("retry_local_hour")]
+        return self.timing.apply(chance, hour, matrix[:, names.index("retry_is_weekend")])
+
     def _allowed(
         self,
         blocked: np.ndarray,
@@ -302,7 +322,10 @@ class LearnedPolicy(Policy):
                 sub, features.iloc[rows].reset_index(drop=True), self.delays_hours
             )
             columns = list(self.retry_model.feature_names_in_)
-            p[rows] = self.retry_model.predict_proba(grid[columns])[:, 1].reshape(len(rows), k)
+            chance = self.retry_model.predict_proba(grid[columns])[:, 1]
+            p[rows] = self._timed(
+                chance, grid["retry_local_hour"].to_numpy(), grid["retry_is_weekend"].to_numpy()
+            ).reshape(len(rows), k)
         p = np.where(allowed, p, 0.0)
         final = features["decision_number"].to_numpy() >= self._last_retry_at(
             features["decline_category"].astype("object").to_numpy()
@@ -400,7 +423,8 @@ class LearnedPolicy(Policy):
         if len(rows):
             names = list(self.retry_model.feature_names_in_)
             grid = decisions.retry_grid(rows, self.delays_hours, names)
-            p[rows] = self.retry_model.predict_proba_matrix(grid)[:, 1].reshape(len(rows), k)
+            chance = self.retry_model.predict_proba_matrix(grid)[:, 1]
+            p[rows] = self._timed_matrix(chance, grid, names).reshape(len(rows), k)
         p = np.where(allowed, p, 0.0)
         amount = np.expm1(np.array([x["log_amount"] for x in f]))
         final = np.array([x["decision_number"] for x in f]) >= self._last_retry_at(category)
@@ -466,7 +490,11 @@ class LearnedPolicy(Policy):
             decision_features(sub, self.accounts, self.network_rules),
             actions.retry_at.iloc[rows].reset_index(drop=True),
         )[list(self.retry_model.feature_names_in_)]
-        probability[rows] = self.retry_model.predict_proba(x)[:, 1]
+        probability[rows] = self._timed(
+            self.retry_model.predict_proba(x)[:, 1],
+            x["retry_local_hour"].to_numpy(),
+            x["retry_is_weekend"].to_numpy(),
+        )
         contrib = self.retry_model.contributions(x).to_numpy()
         shown = x.astype(object).to_numpy()
         for j, i in enumerate(rows):
@@ -485,7 +513,9 @@ class LearnedPolicy(Policy):
         names = list(self.retry_model.feature_names_in_)
         built = decisions.retry_rows(rows, [retry_at[i] for i in rows])
         x = np.array([[codes[nm] for nm in names] for codes, _ in built], dtype=np.float64)
-        probability[rows] = self.retry_model.predict_proba_matrix(x)[:, 1]
+        probability[rows] = self._timed_matrix(
+            self.retry_model.predict_proba_matrix(x)[:, 1], x, names
+        )
         contrib = self.retry_model.contributions_matrix(x)
         for j, i in enumerate(rows):
             shown = [built[j][1][nm] for nm in names]

@@ -41,6 +41,7 @@ from reclaim.features.accounts import AccountEvents, AccountHistory
 from reclaim.features.decisions import build_decision_rows
 from reclaim.models import lgbm
 from reclaim.models.retry import RetryTimeModel, round_losses
+from reclaim.models.timing import TimingEffect
 from reclaim.training.data import (
     ChannelRows,
     DecisionData,
@@ -337,6 +338,11 @@ class DaskRetryRows:
     def support(self) -> pd.DataFrame:
         parts = self.client.gather(self.client.map(_support, self.parts))
         return pd.concat(parts, ignore_index=True)
+
+    def timing_effect(self, config: TrainConfig) -> TimingEffect | None:
+        """Not measured on a cluster (its folds would be two more distributed fits): the
+        policy acts on the retry model's chances as they are, and the run's caveats say so."""
+        return None
 
     def test_predictions(self, model: RetryTimeModel) -> tuple[np.ndarray, np.ndarray]:
         shared = self.client.scatter(model, broadcast=True, hash=False)

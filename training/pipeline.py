@@ -49,6 +49,7 @@ from reclaim.models.channel import (
 )
 from reclaim.models.policy import CHANNELS, LearnedPolicy
 from reclaim.models.propensity import ArmPropensityModel, overlap
+from reclaim.models.timing import BANDS
 from reclaim.policy import ActionBatch, DecisionBatch, merchant_of_record
 from reclaim.rules import NetworkRules, enforce
 from reclaim.training import metrics, ope, plots, registry, whole_policy
@@ -84,6 +85,7 @@ STAGES = (
     "fitting the retry-time model",
     "measuring each channel's uplift",
     "fitting the channel model",
+    "measuring the retry timing the model left out",
     "evaluating on the later split",
     "valuing the whole policy",
     "logging to MLflow",
@@ -548,6 +550,14 @@ def train(
     channel_model = ChannelUpliftModel(num_boost_round=config.channel_rounds).fit(
         train_rows.features, train_rows.arm, train_rows.recovered, train_rows.propensity
     )
+    stage("measuring the retry timing the model left out")
+    timing = prepared.retry.timing_effect(config)
+    caveats.append(
+        timing.describe()
+        if timing is not None
+        else "retry timing: not measured beyond the retry model (a cluster run, or too few "
+        "retries); the policy acts on the model's chances as they are"
+    )
     logged = prepared.retry.support()
     delays, why_delays = supported_delays(logged["delay_hours"].to_numpy(dtype=float))
     last_retry, why_counts = supported_retry_counts(logged)
@@ -562,6 +572,7 @@ def train(
         channel_calibration=uplift.calibration,
         feature_reference=FeatureReference.from_frame(train_rows.features),
         last_retry=last_retry,
+        timing=timing,
     )
 
     stage("evaluating on the later split")
@@ -615,6 +626,8 @@ def train(
     )
     results.update(revenue_uplift_by_currency(per_account))
     results["continuation"] = policy.continuation
+    if timing is not None:
+        results.update({f"timing_{band}": c for band, c in zip(BANDS, timing.coef, strict=True)})
     results["overlap_share_below_floor"] = overlap_report["share_below_floor"]
     first_vs_logging = ope.mean_estimate(terms["dr"].to_numpy() - terms["logged"].to_numpy())
 
@@ -629,7 +642,13 @@ def train(
         empty = contract.empty(contract.MESSAGES)
         sent = empty if messages is None else messages
         return whole_policy.rollout(
-            p, rolled.payments, sent, retry_model, prepared.accounts, customer_paid=paid
+            p,
+            rolled.payments,
+            sent,
+            retry_model,
+            prepared.accounts,
+            customer_paid=paid,
+            timing=timing,
         )
 
     ours = roll(policy)

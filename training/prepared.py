@@ -18,6 +18,7 @@ import pandas as pd
 from reclaim import contract
 from reclaim.features.accounts import AccountHistory
 from reclaim.models.retry import RetryTimeModel
+from reclaim.models.timing import TimingEffect, fit_timing_effect
 from reclaim.training.data import (
     ChannelRows,
     DecisionData,
@@ -98,6 +99,11 @@ class RetryRows(Protocol):
         ``decision_number`` of the decision that chose it."""
         ...
 
+    def timing_effect(self, config: TrainConfig) -> TimingEffect | None:
+        """The local-time effect the retry model leaves out (``models.timing``), measured on
+        out-of-fold predictions of the training rows; None where it is not measured."""
+        ...
+
 
 @dataclass
 class Prepared:
@@ -155,6 +161,10 @@ class LocalRetryRows:
     def support(self) -> pd.DataFrame:
         return support_columns(self.x)
 
+    def timing_effect(self, config: TrainConfig) -> TimingEffect | None:
+        """Two folds by time: each half's chances from a model fitted on the other half."""
+        return timing_effect(config, self.x, self.y)
+
     def test_predictions(self, model: RetryTimeModel) -> tuple[np.ndarray, np.ndarray]:
         return self.y_test, model.predict_proba(self.x_test)[:, 1]
 
@@ -165,6 +175,28 @@ SUPPORT_COLUMNS = ("delay_hours", "decline_category", "decision_number")
 def support_columns(x: pd.DataFrame) -> pd.DataFrame:
     """The columns of retry rows that say where the history retried (:meth:`RetryRows.support`)."""
     return x[list(SUPPORT_COLUMNS)].reset_index(drop=True)
+
+
+#: Fewer training retries than this leave the timing effect unmeasured (each fold fits a model).
+MIN_TIMING_ROWS = 2_000
+
+
+def timing_effect(config: TrainConfig, x: pd.DataFrame, y: np.ndarray) -> TimingEffect | None:
+    """:func:`models.timing.fit_timing_effect` on retry rows ``x`` (time order) with
+    outcomes ``y``, the chances out of fold: the earlier half's from a model fitted on the
+    later half, and the other way round. None with fewer than :data:`MIN_TIMING_ROWS` rows
+    or where a half holds one outcome only."""
+    y = np.asarray(y, dtype=float)
+    half = len(x) // 2
+    folds = [(slice(0, half), slice(half, None)), (slice(half, None), slice(0, half))]
+    if len(x) < MIN_TIMING_ROWS or any(len(np.unique(y[f])) < 2 for f, _ in folds):
+        return None
+    chance = np.zeros(len(x))
+    for fit, out in folds:
+        model = config.retry_model().fit(x.iloc[fit], y[fit])
+        chance[out] = model.predict_proba(x.iloc[out])[:, 1]
+    hour = x["retry_local_hour"].to_numpy(dtype=float)
+    return fit_timing_effect(y, chance, hour, x["retry_is_weekend"].to_numpy(dtype=float))
 
 
 class DataWarnings(ValueError):

@@ -47,6 +47,7 @@ from reclaim.features.accounts import AccountHistory
 from reclaim.features.candidates import retry_features
 from reclaim.features.decisions import decision_features
 from reclaim.models.retry import RetryTimeModel
+from reclaim.models.timing import TimingEffect
 from reclaim.policy import ActionBatch, DecisionBatch, DecisionRandom, Policy, Uniforms
 from reclaim.rules import NetworkRules, enforce
 from reclaim.training import ope
@@ -142,11 +143,14 @@ def rollout(
     customer_paid: np.ndarray | None = None,
     rules: NetworkRules | None = None,
     on_step: Callable[[int, int], None] | None = None,
+    timing: TimingEffect | None = None,
 ) -> Rollout:
     """Roll ``policy`` out over ``payments`` (contract rows, each from its first failure),
     with ``messages`` already sent (the history's, for :class:`LoggedSchedule`; none for a
     policy that sends its own) and the customers paying by themselves at ``customer_paid``
-    (:func:`customer_paid_at`; None: none does). See the module for what is assumed."""
+    (:func:`customer_paid_at`; None: none does). Each retry succeeds with the retry model's
+    chance, shifted by ``timing`` (``models.timing``: what the run measured of local time
+    beyond the model) where given. See the module for what is assumed."""
     rules = rules or NetworkRules()
     pay = payments.reset_index(drop=True)
     n = len(pay)
@@ -195,6 +199,8 @@ def rollout(
         at = action.retry_at[retry].reset_index(drop=True)
         x = retry_features(sub, decision_features(sub, accounts, rules), at)
         p = retry_model.predict_proba(x[columns])[:, 1]
+        if timing is not None:
+            p = timing.apply(p, x["retry_local_hour"].to_numpy(), x["retry_is_weekend"].to_numpy())
         value[idx] += unpaid[idx] * p
         retries[idx] += unpaid[idx]
         unpaid[idx] *= 1.0 - p

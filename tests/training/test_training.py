@@ -36,12 +36,14 @@ def test_time_split_is_disjoint_and_ordered(trained) -> None:
 
 def test_models_never_see_test_payments(trained, monkeypatch, tmp_path) -> None:
     """Every row the models are fit on comes from a training payment, and the evaluation
-    rows are exactly the test payments'."""
+    rows are exactly the test payments'. The retry model is fitted on them all, and twice
+    more on each half of them (the timing effect's folds)."""
     seen: dict[str, int] = {}
+    retry_fits: list[int] = []
     real_retry_fit, real_channel_fit = RetryTimeModel.fit, ChannelUpliftModel.fit
 
     def retry_fit(self, X, y):
-        seen["retry"] = len(X)
+        retry_fits.append(len(X))
         return real_retry_fit(self, X, y)
 
     def channel_fit(self, X, treatment, y, propensity=None):
@@ -63,7 +65,9 @@ def test_models_never_see_test_payments(trained, monkeypatch, tmp_path) -> None:
     train_data = DecisionData.build(
         split.train, AccountHistory.from_tables(split.train.payments, split.train.attempts)
     )
-    assert seen["retry"] == len(retry_rows(split.train, train_data)[0])
+    rows = len(retry_rows(split.train, train_data)[0])
+    assert sorted(retry_fits) == sorted([rows, rows // 2, rows - rows // 2]), retry_fits
+    seen["retry"] = max(retry_fits)
     assert seen["channel"] == len(channel_rows(split.train, train_data)[0])
     all_retries = tables.attempts[
         (tables.attempts["initiator"] == "merchant") & (tables.attempts["attempt_number"] > 0)
@@ -91,8 +95,17 @@ def test_run_records_params_metrics_plots_table_and_model(trained) -> None:
         "ope_ess",
         "channel_email_qini",
         "channel_sms_auuc",
+        "timing_night",
+        "timing_outside_business_hours",
+        "timing_weekend",
     ):
         assert key in run.data.metrics, key
+    # the timing the retry model left out is measured, acted on and said
+    mlflow.set_tracking_uri(trained.tracking_uri)
+    loaded = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/1")
+    timing = loaded.unwrap_python_model().policy.timing
+    assert timing is not None and timing.coef[0] == run.data.metrics["timing_night"]
+    assert any("retry timing beyond the retry model" in c for c in trained.result.caveats)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {
         "calibration.png",
