@@ -555,8 +555,8 @@ def train(
     caveats.append(
         timing.describe()
         if timing is not None
-        else "retry timing: not measured beyond the retry model (a cluster run, or too few "
-        "retries); the policy acts on the model's chances as they are"
+        else "retry timing: not measured beyond the retry model (too few retries, or one "
+        "outcome only in a half of them); the policy acts on the model's chances as they are"
     )
     logged = prepared.retry.support()
     delays, why_delays = supported_delays(logged["delay_hours"].to_numpy(dtype=float))
