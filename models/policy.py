@@ -497,8 +497,12 @@ class LearnedPolicy(Policy):
         )
         contrib = self.retry_model.contributions(x).to_numpy()
         shown = x.astype(object).to_numpy()
+        names = list(x.columns)
+        if self.timing is not None:
+            hour, weekend = x["retry_local_hour"].to_numpy(), x["retry_is_weekend"].to_numpy()
+            contrib, shown, names = _with_timing(self.timing, contrib, shown, names, hour, weekend)
         for j, i in enumerate(rows):
-            reasons[i] = _reasons(contrib[j], list(x.columns), shown[j], top)
+            reasons[i] = _reasons(contrib[j], names, shown[j], top)
         return probability, reasons
 
     def describe_rows(
@@ -517,9 +521,13 @@ class LearnedPolicy(Policy):
             self.retry_model.predict_proba_matrix(x)[:, 1], x, names
         )
         contrib = self.retry_model.contributions_matrix(x)
+        shown = np.array([[built[j][1][nm] for nm in names] for j in range(len(rows))], object)
+        if self.timing is not None:
+            hour = x[:, names.index("retry_local_hour")]
+            weekend = x[:, names.index("retry_is_weekend")]
+            contrib, shown, names = _with_timing(self.timing, contrib, shown, names, hour, weekend)
         for j, i in enumerate(rows):
-            shown = [built[j][1][nm] for nm in names]
-            reasons[i] = _reasons(contrib[j], names, shown, top)
+            reasons[i] = _reasons(contrib[j], names, shown[j], top)
         return probability, reasons
 
     def explain(self, batch: DecisionBatch, actions: ActionBatch, top: int = 3) -> list[list[str]]:
@@ -540,6 +548,24 @@ def _reasons(contrib: np.ndarray, names: list[str], shown: Any, top: int) -> lis
     ties keep the model's column order."""
     order = np.argsort(-np.abs(contrib), kind="stable")[:top]
     return [f"{names[j]}={_show(shown[j])} ({contrib[j]:+.2f})" for j in order]
+
+
+def _with_timing(
+    timing: TimingEffect,
+    contrib: np.ndarray,
+    shown: np.ndarray,
+    names: list[str],
+    hour: np.ndarray,
+    weekend: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Contributions, shown values and names with the timing effect's shift of the log-odds
+    added as one more reason, ``local_time`` (its bands in words)."""
+    label = np.array(timing.labels(hour, weekend), dtype=object)[:, None]
+    return (
+        np.column_stack([contrib, timing.shift(hour, weekend)]),
+        np.concatenate([np.asarray(shown, dtype=object), label], axis=1),
+        [*names, "local_time"],
+    )
 
 
 def _constraint_arrays(rows: list[Any]) -> dict[str, np.ndarray] | None:

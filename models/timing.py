@@ -52,6 +52,15 @@ class TimingEffect:
         odds = p / np.clip(1.0 - p, 1e-12, None) * np.exp(shift)
         return np.where((p <= 0) | (p >= 1), p, odds / (1.0 + odds))
 
+    def labels(self, hour: np.ndarray, weekend: np.ndarray) -> list[str]:
+        """Each retry's bands in words, as a decision's reasons show them: ``night``,
+        ``outside business hours``, ``weekend`` (joined by ``+``) or ``business hours``."""
+        names = [b.replace("_", " ") for b in BANDS]
+        return [
+            "+".join(n for n, on in zip(names, row, strict=True) if on) or "business hours"
+            for row in bands(hour, weekend)
+        ]
+
     def describe(self) -> str:
         """One line for a run's record: each band's odds ratio with its 95% interval."""
         parts = [

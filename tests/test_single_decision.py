@@ -6,6 +6,7 @@ summaries, limits, features, actions, propensities, probabilities and reasons.""
 from __future__ import annotations
 
 import copy
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import mlflow
@@ -274,6 +275,17 @@ def test_the_row_path_equals_the_batch_path(policy, trained, seed):
     np.testing.assert_allclose(p_rows, p_batch, rtol=0, atol=1e-12)
     assert why_rows == why_batch
     assert sum(1 for w in why_rows if w) > 25
+
+    # the timing effect the policy was trained with shifts its chances the same way in both
+    # paths, and says so among the reasons where it moves them most
+    assert policy.timing is not None
+    loud = copy.copy(policy)
+    loud.timing = dataclasses.replace(policy.timing, coef=(-3.0, -2.0, -1.0))
+    p_batch, why_batch = loud.describe(batch, enforced)
+    p_rows, why_rows = loud.describe_rows(decisions, retry_at)
+    np.testing.assert_allclose(p_rows, p_batch, rtol=0, atol=1e-12)
+    assert why_rows == why_batch
+    assert any(r.startswith("local_time=night") for w in why_rows for r in w), why_rows[:5]
 
 
 @pytest.mark.parametrize("name", ["stripe_like", "fixed_schedule"])

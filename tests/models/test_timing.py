@@ -46,3 +46,15 @@ def test_the_effect_shifts_chances_in_log_odds_by_band() -> None:
                                             (18, [0, 1])])  # fmt: skip
 def test_bands_follow_the_published_hours(hour: float, expected: list[int]) -> None:
     assert bands(np.array([hour]), np.array([0]))[0, :2].tolist() == [bool(e) for e in expected]
+
+
+def test_each_retry_s_bands_are_said_in_words() -> None:
+    effect = TimingEffect(coef=(-0.1, -0.05, -0.02), se=(0.1, 0.1, 0.1), rows=1)
+    hour, weekend = np.array([3.0, 12.0, 20.0, 2.0]), np.array([0, 0, 1, 1])
+    assert effect.labels(hour, weekend) == [
+        "night",
+        "business hours",
+        "outside business hours+weekend",
+        "night+weekend",
+    ]
+    np.testing.assert_allclose(effect.shift(hour, weekend), [-0.1, 0.0, -0.07, -0.12])
