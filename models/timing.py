@@ -24,11 +24,12 @@ BANDS = ("night", "outside_business_hours", "weekend")
 
 def bands(hour: np.ndarray, weekend: np.ndarray) -> np.ndarray:
     """(n, 3) indicators of :data:`BANDS` for local retry hours (0–23, fractional allowed)
-    and weekend flags."""
+    and weekend flags. An unknown hour or day (NaN) is in no band: no shift is guessed."""
     hour = np.asarray(hour, dtype=float)
     night = (hour >= NIGHT_HOURS[0]) & (hour < NIGHT_HOURS[1])
     business = (hour >= BUSINESS_HOURS[0]) & (hour < BUSINESS_HOURS[1])
-    return np.column_stack([night, ~night & ~business, np.asarray(weekend, dtype=float) > 0])
+    outside = np.isfinite(hour) & ~night & ~business
+    return np.column_stack([night, outside, np.asarray(weekend, dtype=float) > 0])
 
 
 @dataclass(frozen=True)
@@ -54,11 +55,15 @@ class TimingEffect:
 
     def labels(self, hour: np.ndarray, weekend: np.ndarray) -> list[str]:
         """Each retry's bands in words, as a decision's reasons show them: ``night``,
-        ``outside business hours``, ``weekend`` (joined by ``+``) or ``business hours``."""
+        ``outside business hours``, ``weekend`` (joined by ``+``), ``business hours``, or
+        ``unknown`` where the local hour is not known."""
         names = [b.replace("_", " ") for b in BANDS]
+        known = np.isfinite(np.asarray(hour, dtype=float))
         return [
-            "+".join(n for n, on in zip(names, row, strict=True) if on) or "business hours"
-            for row in bands(hour, weekend)
+            ("+".join(n for n, on in zip(names, row, strict=True) if on) or "business hours")
+            if ok
+            else "unknown"
+            for row, ok in zip(bands(hour, weekend), known, strict=True)
         ]
 
     def describe(self) -> str:

@@ -58,3 +58,7 @@ def test_each_retry_s_bands_are_said_in_words() -> None:
         "night+weekend",
     ]
     np.testing.assert_allclose(effect.shift(hour, weekend), [-0.1, 0.0, -0.07, -0.12])
+    # an unknown local time is in no band: nothing is guessed
+    unknown = effect.apply(np.array([0.3]), np.array([np.nan]), np.array([np.nan]))
+    assert unknown[0] == 0.3
+    assert effect.labels(np.array([np.nan]), np.array([np.nan])) == ["unknown"]
