@@ -13,6 +13,8 @@ Variants (``--variants``, default all):
 - ``continuation_0.8``: the look-ahead's effect of a failed attempt at 0.8 instead of the
   value training estimated;
 - ``no_count_bound``: retries up to the network rules' limits, not the history's support;
+- ``no_timing``: the policy without the timing effect training measured beyond its retry
+  model (``models.timing``) — what that effect is worth, with the sign turned;
 - ``published_timing``: the retry model's chances times the published effect of the retry's
   local time (Recurly: about 0.90 at night, 1 to 4 am, and 0.96 outside business hours,
   against business hours; weekends 0.95, an assumption) — what the policy would gain if its
@@ -122,6 +124,7 @@ VARIANTS: dict[str, Callable[[LearnedPolicy], Policy]] = {
     "continuation_0.8": lambda p: _changed(p, "continuation_0.8", continuation=0.8),
     "no_count_bound": lambda p: _changed(p, "no_count_bound", last_retry=None),
     "published_timing": PublishedTiming,
+    "no_timing": lambda p: _changed(p, "no_timing", timing=None),
 }
 
 
