@@ -40,6 +40,7 @@ from _util import registered_policy_args, registered_policy_market
 
 from reclaim.features.candidates import expand_retry_times
 from reclaim.models.policy import LearnedPolicy
+from reclaim.models.timing import bands
 from reclaim.policy import ActionBatch, DecisionBatch, Policy
 from reclaim.reference import DeclineRules
 
@@ -79,22 +80,25 @@ class Backoff(LearnedPolicy):
 WEEK_MEAN_EFFECT = (4 * 0.90 + 9 * 1.0 + 11 * 0.96) / 24 * (5 + 2 * 0.95) / 7
 
 
+#: The published effects by ``models.timing.BANDS`` (night, outside business hours, weekend).
+PUBLISHED_EFFECT = np.array([0.90, 0.96, 0.95])
+
+
 class PublishedTiming(LearnedPolicy):
-    """A learned policy whose retry chances are multiplied by the published local-time
-    effects (relative to their mean over a week's hours, so only the timing moves)."""
+    """A learned policy whose retry model's chances are multiplied by the published
+    local-time effects (relative to their mean over a week's hours, so only the timing
+    moves), in place of any timing effect it was trained with."""
 
     def __init__(self, base: LearnedPolicy):
         self.__dict__.update(base.__dict__)
-        self.name = "published_timing"
+        self.name, self.timing = "published_timing", None
 
     def retry_scores(self, batch, features):
         p, value = super().retry_scores(batch, features)
         allowed = np.isfinite(value)
         grid = expand_retry_times(batch, features, self.delays_hours)
-        hour = grid["retry_local_hour"].to_numpy().reshape(p.shape)
-        weekend = grid["retry_is_weekend"].to_numpy().reshape(p.shape) > 0
-        night, business = (hour >= 1) & (hour < 5), (hour >= 9) & (hour < 18)
-        effect = np.where(night, 0.90, np.where(business, 1.0, 0.96)) * np.where(weekend, 0.95, 1)
+        on = bands(grid["retry_local_hour"].to_numpy(), grid["retry_is_weekend"].to_numpy())
+        effect = np.prod(np.where(on, PUBLISHED_EFFECT, 1.0), axis=1).reshape(p.shape)
         p = np.where(allowed, np.clip(p * effect / WEEK_MEAN_EFFECT, 0.0, 1.0), 0.0)
         category = features["decline_category"].astype("object").to_numpy()
         final = features["decision_number"].to_numpy() >= self._last_retry_at(category)
