@@ -13,14 +13,21 @@ with every share floored at :data:`FLOOR` so an empty bin counts but does not ex
 Features that describe the payment are compared over first decisions only (one row a
 payment): how many decisions a payment gets is the policy's doing, so over all decisions the
 mix of declines would move with the policy. The others are compared over all decisions.
+Late in a month the recent decisions are mostly later ones, so the API keeps a window of
+recent first decisions of its own; and a missing share is only called a rise when the rows
+behind it tell it from chance (below).
 
 A feature that describes the payment and its decline (:data:`DESCRIBES_THE_PAYMENT`)
 **drifts** when its missing share rose by more than :data:`MISSING_ALERT` (absolute) over the
-reference's, or its PSI exceeds :data:`PSI_ALERT` (the usual rule of thumb: < 0.1 stable,
-0.1–0.25 moderate, > 0.25 a shift worth acting on). The other features are compared and shown
-but raise no alert: when to decide, how many retries and messages came before (and so whether
-there was a last message), and the account's aggregates as of the decision move whenever the
-served policy differs from the one that logged the history, or time passes.
+reference's — over at least :data:`MIN_MISSING_ROWS` rows and by more than
+:data:`MISSING_Z` binomial standard errors of the reference's share (three missing codes
+among five first decisions are 60%, not a shift; a code missing from all of 80 where
+training never lacked it is one) — or its PSI exceeds :data:`PSI_ALERT` (the usual rule of
+thumb: < 0.1 stable, 0.1–0.25 moderate, > 0.25 a shift worth acting on). The other
+features are compared and shown but raise no alert: when to decide, how many retries and
+messages came before (and so whether there was a last message), and the account's
+aggregates as of the decision move whenever the served policy differs from the one that
+logged the history, or time passes.
 docs/operations.md says what to do.
 """
 
@@ -44,6 +51,13 @@ DESCRIBES_THE_PAYMENT = frozenset(
     [*schema.CATEGORICAL, "visa_category", "on_behalf_of", "log_amount", "timezone_known"]
 )
 MISSING_ALERT = 0.20
+#: A missing share over fewer rows than this raises no alert.
+MIN_MISSING_ROWS = 30
+#: A rise in the missing share alerts only beyond this many standard errors of the reference's
+#: share (compared every 100 decisions, all month: a rare false alarm needs a high bar).
+MISSING_Z = 4.0
+#: The reference's missing share is taken as at least this (and at most 1 − it) in the test.
+MISSING_FLOOR = 0.01
 FLOOR = 1e-4
 BINS = 10
 
@@ -56,17 +70,28 @@ class Drift:
     missing_reference: float
     missing_recent: float
     psi: float
+    rows: int = MIN_PRESENT  # the recent rows its missing share is over
 
     @property
     def alert(self) -> str | None:
         """Why this feature drifts (``missing`` or ``distribution``), or None."""
         if self.feature not in DESCRIBES_THE_PAYMENT:
             return None  # the policy's own doing: shown, not alerted on
-        if self.missing_recent - self.missing_reference > MISSING_ALERT:
+        if self.missing_rose:
             return "missing"
         if self.psi > PSI_ALERT:
             return "distribution"
         return None
+
+    @property
+    def missing_rose(self) -> bool:
+        """Whether the missing share rose by more than :data:`MISSING_ALERT`, over enough
+        rows to tell it from chance (see the module)."""
+        if self.rows < MIN_MISSING_ROWS:
+            return False
+        rise = self.missing_recent - self.missing_reference
+        p = min(max(self.missing_reference, MISSING_FLOOR), 1.0 - MISSING_FLOOR)
+        return rise > MISSING_ALERT and rise > MISSING_Z * math.sqrt(p * (1 - p) / self.rows)
 
 
 @dataclass
@@ -103,18 +128,26 @@ class FeatureReference:
                 ref.shares[name] = _bin_shares(x, ref.edges[name])
         return ref
 
-    def compare(self, rows: Iterable[Mapping[str, Any]]) -> list[Drift]:
+    def compare(
+        self,
+        rows: Iterable[Mapping[str, Any]],
+        firsts: Iterable[Mapping[str, Any]] | None = None,
+    ) -> list[Drift]:
         """Each feature's drift over ``rows``: feature rows as the API shows them (category
-        names, floats, None or NaN for missing)."""
+        names, floats, None or NaN for missing). The features that describe the payment are
+        compared over ``firsts`` (recent first decisions; by default those among ``rows``)."""
         rows = list(rows)
-        firsts = [r for r in rows if r.get("decision_number") == 0]
+        if firsts is None:
+            firsts = [r for r in rows if r.get("decision_number") == 0]
+        firsts = list(firsts)
         out = []
         for name in schema.DECISION_FEATURES:
             pool = firsts if name in DESCRIBES_THE_PAYMENT else rows
             present = [r.get(name) for r in pool if not _missing(r.get(name))]
             missing = 1.0 - len(present) / len(pool) if pool else 0.0
+            reference_missing = self.missing.get(name, 0.0)
             if len(present) < MIN_PRESENT:  # too few to tell a shift from noise
-                out.append(Drift(name, self.missing.get(name, 0.0), missing, 0.0))
+                out.append(Drift(name, reference_missing, missing, 0.0, len(pool)))
                 continue
             if name in self.categories:
                 ref = self.categories[name]
@@ -128,7 +161,7 @@ class FeatureReference:
             else:
                 recent = _bin_shares(np.asarray(present, dtype=float), self.edges.get(name, []))
                 psi = _psi(self.shares.get(name, [1.0]), recent)
-            out.append(Drift(name, self.missing.get(name, 0.0), missing, psi))
+            out.append(Drift(name, reference_missing, missing, psi, len(pool)))
         return out
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,7 +1,9 @@
 """Train/serve skew caught in production: the served decisions' features against training's.
 
 :class:`SkewMonitor` keeps the feature rows of a process's most recent decisions (a window of
-``window`` rows), compares them every ``every`` decisions with the reference the model was
+``window`` rows) and, apart, of its most recent first decisions (which the features that
+describe a payment are compared over: late in a month they are few among the recent
+decisions), compares them every ``every`` decisions with the reference the model was
 trained with (:class:`reclaim.features.drift.FeatureReference`, carried by the policy), sets
 the ``reclaim_feature_*`` gauges, and logs an ``ALERT`` when a feature starts drifting (and a
 line when it stops). The dashboard's operations page shows :meth:`SkewMonitor.state`.
@@ -22,7 +24,8 @@ log = logging.getLogger(__name__)
 
 
 class SkewMonitor:
-    """Recent decisions' features against a reference; thread-safe."""
+    """Recent decisions' features against a reference; thread-safe. It keeps the last
+    ``window`` decisions and, apart, the last ``window`` first decisions."""
 
     def __init__(
         self,
@@ -35,6 +38,9 @@ class SkewMonitor:
         self.reference, self.metrics = reference, metrics
         self.every, self.min_rows = every, min_rows
         self._rows: deque[Mapping[str, Any]] = deque(maxlen=window)
+        # first decisions apart: late in a month most recent decisions are later ones, and
+        # the features that describe a payment are compared over first decisions only
+        self._firsts: deque[Mapping[str, Any]] = deque(maxlen=window)
         self._since = 0
         self._drift: list[Drift] = []
         self._alerting: set[str] = set()
@@ -48,6 +54,7 @@ class SkewMonitor:
                 return
             self.reference = reference
             self._rows.clear()
+            self._firsts.clear()
             self._since, self._drift = 0, []
 
     def observe(self, rows: Iterable[Mapping[str, Any]]) -> None:
@@ -55,6 +62,8 @@ class SkewMonitor:
         with self._lock:
             for row in rows:
                 self._rows.append(row)
+                if row.get("decision_number") == 0:
+                    self._firsts.append(row)
                 self._since += 1
             due = (
                 self.reference is not None
@@ -64,10 +73,10 @@ class SkewMonitor:
             if not due:
                 return
             self._since = 0
-            recent = list(self._rows)
+            recent, firsts = list(self._rows), list(self._firsts)
             reference = self.reference
         assert reference is not None
-        drift = reference.compare(recent)
+        drift = reference.compare(recent, firsts)
         with self._lock:
             self._drift = drift
         self._report(drift)
