@@ -45,8 +45,6 @@ from reclaim.features.single import Decisions
 from reclaim.models.channel import DEFAULT_CHANNEL, ChannelCalibration, ChannelUpliftModel
 from reclaim.models.retry import RetryTimeModel
 from reclaim.models.timing import TimingEffect
-from reclaim.models.timing import inputs as timing_inputs
-from reclaim.models.timing import inputs_matrix as timing_inputs_matrix
 from reclaim.policy import (
     ActionBatch,
     DecisionBatch,
@@ -185,18 +183,18 @@ class LearnedPolicy(Policy):
         return True
 
     # --- scoring ------------------------------------------------------------------------
-    def _timed(self, chance: np.ndarray, x: pd.DataFrame) -> np.ndarray:
-        """The retry model's chances of retry rows ``x`` shifted by :attr:`timing` (as they
-        are without one)."""
+    def _timed(self, chance: np.ndarray, hour: np.ndarray, weekend: np.ndarray) -> np.ndarray:
+        """The retry model's chances shifted by :attr:`timing` (as they are without one)."""
         if self.timing is None:
             return chance
-        return self.timing.apply(chance, *timing_inputs(x))
+        return self.timing.apply(chance, hour, weekend)
 
     def _timed_matrix(self, chance: np.ndarray, matrix: np.ndarray, names: list[str]) -> np.ndarray:
         """:meth:`_timed` for rows of the retry model's float matrix (columns ``names``)."""
         if self.timing is None:
             return chance
-        return self.timing.apply(chance, *timing_inputs_matrix(matrix, names))
+        hour = matrix[:, names.index("retry_local_hour")]
+        return self.timing.apply(chance, hour, matrix[:, names.index("retry_is_weekend")])
 
     def _allowed(
         self,
@@ -325,7 +323,9 @@ class LearnedPolicy(Policy):
             )
             columns = list(self.retry_model.feature_names_in_)
             chance = self.retry_model.predict_proba(grid[columns])[:, 1]
-            p[rows] = self._timed(chance, grid).reshape(len(rows), k)
+            p[rows] = self._timed(
+                chance, grid["retry_local_hour"].to_numpy(), grid["retry_is_weekend"].to_numpy()
+            ).reshape(len(rows), k)
         p = np.where(allowed, p, 0.0)
         final = features["decision_number"].to_numpy() >= self._last_retry_at(
             features["decline_category"].astype("object").to_numpy()
@@ -490,14 +490,17 @@ class LearnedPolicy(Policy):
             decision_features(sub, self.accounts, self.network_rules),
             actions.retry_at.iloc[rows].reset_index(drop=True),
         )[list(self.retry_model.feature_names_in_)]
-        probability[rows] = self._timed(self.retry_model.predict_proba(x)[:, 1], x)
+        probability[rows] = self._timed(
+            self.retry_model.predict_proba(x)[:, 1],
+            x["retry_local_hour"].to_numpy(),
+            x["retry_is_weekend"].to_numpy(),
+        )
         contrib = self.retry_model.contributions(x).to_numpy()
         shown = x.astype(object).to_numpy()
         names = list(x.columns)
         if self.timing is not None:
-            contrib, shown, names = _with_timing(
-                self.timing, contrib, shown, names, *timing_inputs(x)
-            )
+            hour, weekend = x["retry_local_hour"].to_numpy(), x["retry_is_weekend"].to_numpy()
+            contrib, shown, names = _with_timing(self.timing, contrib, shown, names, hour, weekend)
         for j, i in enumerate(rows):
             reasons[i] = _reasons(contrib[j], names, shown[j], top)
         return probability, reasons
@@ -520,9 +523,9 @@ class LearnedPolicy(Policy):
         contrib = self.retry_model.contributions_matrix(x)
         shown = np.array([[built[j][1][nm] for nm in names] for j in range(len(rows))], object)
         if self.timing is not None:
-            contrib, shown, names = _with_timing(
-                self.timing, contrib, shown, names, *timing_inputs_matrix(x, names)
-            )
+            hour = x[:, names.index("retry_local_hour")]
+            weekend = x[:, names.index("retry_is_weekend")]
+            contrib, shown, names = _with_timing(self.timing, contrib, shown, names, hour, weekend)
         for j, i in enumerate(rows):
             reasons[i] = _reasons(contrib[j], names, shown[j], top)
         return probability, reasons
@@ -554,13 +557,12 @@ def _with_timing(
     names: list[str],
     hour: np.ndarray,
     weekend: np.ndarray,
-    group: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Contributions, shown values and names with the timing effect's shift of the log-odds
     added as one more reason, ``local_time`` (its bands in words)."""
     label = np.array(timing.labels(hour, weekend), dtype=object)[:, None]
     return (
-        np.column_stack([contrib, timing.shift(hour, weekend, group)]),
+        np.column_stack([contrib, timing.shift(hour, weekend)]),
         np.concatenate([np.asarray(shown, dtype=object), label], axis=1),
         [*names, "local_time"],
     )

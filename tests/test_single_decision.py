@@ -6,6 +6,7 @@ summaries, limits, features, actions, propensities, probabilities and reasons.""
 from __future__ import annotations
 
 import copy
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import mlflow
@@ -19,7 +20,6 @@ from reclaim.features import single
 from reclaim.features.candidates import expand_retry_times
 from reclaim.features.decisions import decision_features
 from reclaim.models import lgbm
-from reclaim.models.timing import BandEffect, TimingEffect
 from reclaim.policy import STATE_COLUMNS, DecisionBatch, summarize_row
 from reclaim.reference import REFERENCE_POLICIES
 from reclaim.rules import NetworkRules, enforce, enforce_row, limits, limits_row
@@ -280,13 +280,7 @@ def test_the_row_path_equals_the_batch_path(policy, trained, seed):
     # paths, and says so among the reasons where it moves them most
     assert policy.timing is not None
     loud = copy.copy(policy)
-    # each group its own shifts, so both paths must also agree on each retry's group
-    loud.timing = TimingEffect(
-        {
-            "funds": BandEffect((-3.0, -2.0, -1.0), (0.1, 0.1, 0.1), 1),
-            "other": BandEffect((-2.0, -0.5, -2.5), (0.1, 0.1, 0.1), 1),
-        }
-    )
+    loud.timing = dataclasses.replace(policy.timing, coef=(-3.0, -2.0, -1.0))
     p_batch, why_batch = loud.describe(batch, enforced)
     p_rows, why_rows = loud.describe_rows(decisions, retry_at)
     np.testing.assert_allclose(p_rows, p_batch, rtol=0, atol=1e-12)

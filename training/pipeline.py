@@ -49,6 +49,7 @@ from reclaim.models.channel import (
 )
 from reclaim.models.policy import CHANNELS, LearnedPolicy
 from reclaim.models.propensity import ArmPropensityModel, overlap
+from reclaim.models.timing import BANDS
 from reclaim.policy import ActionBatch, DecisionBatch, merchant_of_record
 from reclaim.rules import NetworkRules, enforce
 from reclaim.training import metrics, ope, plots, registry, whole_policy
@@ -626,7 +627,7 @@ def train(
     results.update(revenue_uplift_by_currency(per_account))
     results["continuation"] = policy.continuation
     if timing is not None:
-        results.update(timing.metrics())
+        results.update({f"timing_{band}": c for band, c in zip(BANDS, timing.coef, strict=True)})
     results["overlap_share_below_floor"] = overlap_report["share_below_floor"]
     first_vs_logging = ope.mean_estimate(terms["dr"].to_numpy() - terms["logged"].to_numpy())
 

@@ -19,7 +19,6 @@ from reclaim import contract
 from reclaim.features.accounts import AccountHistory
 from reclaim.models.retry import RetryTimeModel
 from reclaim.models.timing import TimingEffect, fit_timing_effect
-from reclaim.models.timing import inputs as timing_inputs
 from reclaim.training.data import (
     ChannelRows,
     DecisionData,
@@ -185,8 +184,8 @@ MIN_TIMING_ROWS = 2_000
 def timing_effect(config: TrainConfig, x: pd.DataFrame, y: np.ndarray) -> TimingEffect | None:
     """:func:`models.timing.fit_timing_effect` on retry rows ``x`` (time order) with
     outcomes ``y``, the chances out of fold: the earlier half's from a model fitted on the
-    later half, and the other way round. None with fewer than :data:`MIN_TIMING_ROWS` rows,
-    where a half holds one outcome only, or where no group of declines could be measured."""
+    later half, and the other way round. None with fewer than :data:`MIN_TIMING_ROWS` rows
+    or where a half holds one outcome only."""
     y = np.asarray(y, dtype=float)
     half = len(x) // 2
     folds = [(slice(0, half), slice(half, None)), (slice(half, None), slice(0, half))]
@@ -196,8 +195,8 @@ def timing_effect(config: TrainConfig, x: pd.DataFrame, y: np.ndarray) -> Timing
     for fit, out in folds:
         model = config.retry_model().fit(x.iloc[fit], y[fit])
         chance[out] = model.predict_proba(x.iloc[out])[:, 1]
-    effect = fit_timing_effect(y, chance, *timing_inputs(x))
-    return effect if effect.effects else None
+    hour = x["retry_local_hour"].to_numpy(dtype=float)
+    return fit_timing_effect(y, chance, hour, x["retry_is_weekend"].to_numpy(dtype=float))
 
 
 class DataWarnings(ValueError):

@@ -48,7 +48,6 @@ from reclaim.features.candidates import retry_features
 from reclaim.features.decisions import decision_features
 from reclaim.models.retry import RetryTimeModel
 from reclaim.models.timing import TimingEffect
-from reclaim.models.timing import inputs as timing_inputs
 from reclaim.policy import ActionBatch, DecisionBatch, DecisionRandom, Policy, Uniforms
 from reclaim.rules import NetworkRules, enforce
 from reclaim.training import ope
@@ -201,7 +200,7 @@ def rollout(
         x = retry_features(sub, decision_features(sub, accounts, rules), at)
         p = retry_model.predict_proba(x[columns])[:, 1]
         if timing is not None:
-            p = timing.apply(p, *timing_inputs(x))
+            p = timing.apply(p, x["retry_local_hour"].to_numpy(), x["retry_is_weekend"].to_numpy())
         value[idx] += unpaid[idx] * p
         retries[idx] += unpaid[idx]
         unpaid[idx] *= 1.0 - p
