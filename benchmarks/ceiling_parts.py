@@ -15,6 +15,10 @@ hidden state), it rolls out the same planner on priors instead of hidden state:
 - ``prior_retries`` plans the retries on the same prior but knows each customer (their
   segment, who pays unprompted): the step from ``prior_plan`` is knowing the customer, the
   step from it to the ceiling knowing the retry state;
+- with ``--email-only``, ``prior_plan_email``: ``prior_plan`` allowed email alone — what
+  choosing each account's channel from its segment mix is worth to the plan;
+- with ``--retries``, per decline kind, each plan's first three merchant retries: how many,
+  how many hours after the failure (median), and the share that succeeded;
 - with ``--posterior``, ``posterior_plan`` (``simulator.posterior.PosteriorPlan``) knows what
   ``prior_plan`` knows and learns from each failed retry: at every decision it weighs the
   redrawn retry states by how likely each makes the failures so far and plans the rest of
@@ -30,7 +34,7 @@ with 95% intervals over payments.
 
     .venv/bin/python benchmarks/ceiling_parts.py --tracking-uri sqlite:///data/demo/mlflow.db \
         [--model models:/reclaim-policy@champion] [--payments 8000] [--seed 8] [--draws 48] \
-        [--posterior]
+        [--posterior] [--email-only] [--retries]
 """
 
 from __future__ import annotations
@@ -80,10 +84,67 @@ class FirstOdds(Policy):
         return chance[r, lo] * (1 - (x - lo)) + chance[r, hi] * (x - lo)
 
 
+def email_only(effect: Any) -> Any:
+    """A planner's message effect (``truth.message_effect``'s signature) with every channel
+    but email doing nothing, so the plan sends email or nothing."""
+
+    def only(market: Any, rows: Any, at: Any, channel: Any, *rest: Any) -> Any:
+        respond, cancel = effect(market, rows, at, channel, *rest)
+        email = np.asarray(channel, dtype=object) == "email"
+        return np.where(email, respond, 0.0), np.where(email, cancel, 0.0)
+
+    return only
+
+
+def retry_profile(rolled: dict[str, Any], market: Any, kinds: np.ndarray) -> None:
+    """Print, per decline kind and rollout, its first three merchant retries: their count,
+    median hours after the failure and success share; and the share of all its merchant
+    retries on the customer's weekend."""
+    from reclaim import timeutil
+
+    zone = pd.Series(market.hidden["true_timezone"].to_numpy(), index=market.payments["payment_id"])
+    failed = pd.Series(
+        market.payments["failed_at"].to_numpy(dtype="datetime64[us]"),
+        index=market.payments["payment_id"].to_numpy(),
+    )
+    kind_of = pd.Series(kinds, index=failed.index)
+    for kind in np.unique(kinds):
+        print(f"{kind}: merchant retries 1, 2, 3 (count, median hours after the failure, success)")
+        for name, r in rolled.items():
+            a = r.tables.attempts
+            a = a[(a["initiator"] == "merchant") & (a["attempt_number"] > 0)]
+            a = a[kind_of.loc[a["payment_id"]].to_numpy() == kind]
+            local = timeutil.local_times(
+                pd.Series(a["attempted_at"].array),
+                pd.Series(zone.loc[a["payment_id"]].to_numpy(), dtype=object),
+            )
+            weekend = float((local.dt.day_of_week >= 5).mean()) if len(a) else float("nan")
+            a = a[a["attempt_number"] <= 3]
+            hours = (
+                a["attempted_at"].to_numpy(dtype="datetime64[us]")
+                - failed.loc[a["payment_id"]].to_numpy()
+            ) / np.timedelta64(1, "h")
+            said = []
+            for k in (1, 2, 3):
+                at = (a["attempt_number"] == k).to_numpy()
+                ok = (a["outcome"][at] == "succeeded").mean() if at.any() else float("nan")
+                med = np.median(hours[at]) if at.any() else float("nan")
+                said.append(f"{at.sum():,}, {med:.0f} h, {ok:.1%}")
+            print(
+                f"    {name}: " + "; ".join(said) + f"; all its retries {weekend:.0%} on weekends"
+            )
+
+
 def main() -> None:
     parser = registered_policy_args(__doc__.splitlines()[0])
     parser.add_argument("--draws", type=int, default=48)
     parser.add_argument("--posterior", action="store_true", help="add the posterior plan")
+    parser.add_argument(
+        "--email-only", action="store_true", help="add the prior plan allowed email alone"
+    )
+    parser.add_argument(
+        "--retries", action="store_true", help="each plan's first three retries by kind"
+    )
     args = parser.parse_args()
 
     from reclaim.intervals import interval
@@ -115,6 +176,14 @@ def main() -> None:
         from reclaim.simulator.posterior import PosteriorPlan
 
         others["posterior_plan"] = PosteriorPlan(market, draws, customers)
+    if args.email_only:
+        others["prior_plan_email"] = Oracle(
+            market,
+            retry_odds=retry_prior,
+            message_effect=email_only(truth.prior_message_effect(customers)),
+            knows_self_cure=False,
+            name="prior_plan_email",
+        )
     rolled.update(compare(market, others, args.seed)[1])
     kinds = decline_kinds(market)
     print(
@@ -141,12 +210,20 @@ def main() -> None:
             f"    on its odds: {said[0]}; planning: {said[1]}; knowing the customer: {said[2]}; "
             f"knowing the retry state: {said[3]}"
         )
+        if args.email_only:
+            email = paired_difference(out["prior_plan_email"], out["prior_plan"], mask)
+            print(
+                f"    planned on the prior with email alone {share['prior_plan_email']:.1%}: "
+                f"{interval(*email, pts=True)} against choosing the channel"
+            )
         if args.posterior:
             learned = paired_difference(out["posterior_plan"], out["prior_plan"], mask)
             print(
                 f"    planned on the posterior {share['posterior_plan']:.1%}: learning from "
                 f"failed retries {interval(*learned, pts=True)} over the prior plan"
             )
+    if args.retries:
+        retry_profile({k: rolled[k] for k in ("policy", "prior_plan", "ceiling")}, market, kinds)
     gap = net_share(rolled["ceiling"].outcomes) - net_share(rolled["policy"].outcomes)
     reach = net_share(rolled["prior_plan"].outcomes) - net_share(rolled["policy"].outcomes)
     print(f"planning on the prior reaches {reach / gap:.0%} of the policy's gap to the ceiling")

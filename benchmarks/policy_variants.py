@@ -19,7 +19,10 @@ Variants (``--variants``, default all):
   local time (Recurly: about 0.90 at night, 1 to 4 am, and 0.96 outside business hours,
   against business hours; weekends 0.95, an assumption) — what the policy would gain if its
   model had learned timing as sharply as the simulator draws it. Not a policy to ship: the
-  multipliers are the simulator's own.
+  multipliers are the simulator's own;
+- ``lookahead_tail`` / ``lookahead_best``: the look-ahead not ending with the candidate
+  grid — what a failure leaves valued at no less than the grid's last slot's chance, or at
+  the week's best slot wherever the retry falls (``PastTheGrid``).
 
 Net revenue (recovered less fees) as a share of the failed amount; differences in points
 with 95% intervals over payments (``simulator.evaluation.paired_difference``).
@@ -39,7 +42,7 @@ import numpy as np
 from _util import registered_policy_args, registered_policy_market
 
 from reclaim.features.candidates import expand_retry_times
-from reclaim.models.policy import LearnedPolicy
+from reclaim.models.policy import Costs, LearnedPolicy
 from reclaim.models.timing import bands
 from reclaim.policy import ActionBatch, DecisionBatch, Policy
 from reclaim.reference import DeclineRules
@@ -106,6 +109,29 @@ class PublishedTiming(LearnedPolicy):
         return p, self._values(p, allowed, amount, final)
 
 
+class PastTheGrid(LearnedPolicy):
+    """A learned policy whose look-ahead does not end with its candidate grid: after a failure
+    at any slot the next retry may come a week later again, so what a failure leaves is
+    valued at no less than the grid's last slot's chance (``tail``), or at the week's best
+    slot wherever the retry falls (``best``: the look-ahead then ranks slots by their chance
+    alone)."""
+
+    def __init__(self, base: LearnedPolicy, mode: str):
+        self.__dict__.update(base.__dict__)
+        self.mode, self.name = mode, f"lookahead_{mode}"
+
+    def _values(self, p, allowed, amount, final):
+        costs = self.costs or Costs()
+        later = np.maximum.accumulate(p[:, ::-1], axis=1)[:, ::-1]
+        later = np.concatenate([later[:, 1:], np.zeros((len(p), 1))], axis=1)
+        week = np.broadcast_to(p.max(axis=1, keepdims=True), p.shape)
+        later = np.maximum(later, p[:, -1:]) if self.mode == "tail" else week
+        later = np.where(np.asarray(final, dtype=bool)[:, None], 0.0, later)
+        then = np.maximum(self.continuation * later * amount[:, None] - costs.retry, 0.0)
+        value = p * amount[:, None] - costs.retry + (1.0 - p) * then
+        return np.where(allowed, value, -np.inf)
+
+
 def _changed(policy: LearnedPolicy, name: str, **values) -> LearnedPolicy:
     other = copy.copy(policy)
     other.__dict__.update(values)
@@ -129,6 +155,8 @@ VARIANTS: dict[str, Callable[[LearnedPolicy], Policy]] = {
     "no_count_bound": lambda p: _changed(p, "no_count_bound", last_retry=None),
     "published_timing": PublishedTiming,
     "no_timing": lambda p: _changed(p, "no_timing", timing=None),
+    "lookahead_tail": lambda p: PastTheGrid(p, "tail"),
+    "lookahead_best": lambda p: PastTheGrid(p, "best"),
 }
 
 
