@@ -1,0 +1,100 @@
+"""Why the training gate's model rollout and the simulator disagree on the timing effect.
+
+The gate (``training.whole_policy``) values a policy by rolling it out through the retry
+model on the training data's later payments. This rolls out a registered policy with and
+without its timing effect (``models.timing``) there, in a model world with the timing shift
+and in one without it, paired payment by payment (by decline code); then it reads the retry
+model's own trend in time: the mean predicted chance of the later payments' retries at a
+second or later decision, and the same rows moved ``--shift`` hours later (time since the
+failure up, time left in the window down, nothing else changed). A model whose chances fall
+with time alone makes any policy that waits longer look worse in its world.
+
+    .venv/bin/python benchmarks/gate_rollout.py --data sim16 --tracking-uri sqlite:///sim16.db \
+        [--model models:/reclaim-policy/1] [--shift 72]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+from pathlib import Path
+
+import numpy as np
+
+CODES = ("insufficient_funds", "do_not_honor", "generic_decline", "try_again_later")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, required=True, help="the folder it was trained on")
+    parser.add_argument("--tracking-uri", required=True)
+    parser.add_argument("--model", default="models:/reclaim-policy@champion")
+    parser.add_argument("--shift", type=float, default=72.0)
+    args = parser.parse_args()
+
+    import mlflow
+
+    from reclaim import contract
+    from reclaim.training import whole_policy
+    from reclaim.training.data import sample_payments
+    from reclaim.training.prepared import TrainConfig, prepare
+
+    mlflow.set_tracking_uri(args.tracking_uri)
+    policy = mlflow.pyfunc.load_model(args.model).unwrap_python_model().policy
+    if policy.timing is None:
+        raise SystemExit(f"{args.model} has no timing effect to compare")
+    prepared = prepare(args.data, TrainConfig())
+    later = sample_payments(prepared.test_tables, 1.0)
+    paid = whole_policy.customer_paid_at(later.payments, later.attempts)
+    plain = copy.copy(policy)
+    plain.timing, plain.name = None, "without_timing"
+    code = later.payments["decline_code"].astype(object).to_numpy()
+    print(f"{args.model}: model rollout on the {len(code):,} later payments of {args.data}")
+    for world in (policy.timing, None):
+        value = {}
+        for name, p in (("with the timing effect", policy), ("without it", plain)):
+            rolled = whole_policy.rollout(
+                p,
+                later.payments,
+                contract.empty(contract.MESSAGES),
+                policy.retry_model,
+                prepared.accounts,
+                customer_paid=paid,
+                timing=world,
+            )
+            value[name] = rolled.value
+            print(
+                f"  world {'with' if world else 'without'} the shift, policy {name}: "
+                f"{rolled.value.mean():.1%} recovered, {rolled.retries.mean():.2f} retries, "
+                f"median {rolled.median_gap:.0f} h between them"
+            )
+        d = value["with the timing effect"] - value["without it"]
+        by_code = ", ".join(f"{c} {100 * d[code == c].mean():+.1f}" for c in CODES)
+        print(
+            f"    difference {100 * d.mean():+.2f} pts (standard error "
+            f"{100 * d.std() / np.sqrt(len(d)):.2f}); by code: {by_code}"
+        )
+
+    x = prepared.retry.x_test
+    columns = list(policy.retry_model.feature_names_in_)
+    moved = x.copy()
+    for column in ("retry_hours_since_failure", "hours_since_failure"):
+        moved[column] = moved[column] + args.shift
+    moved["hours_to_window_end"] = moved["hours_to_window_end"] - args.shift
+    before = policy.retry_model.predict_proba(x[columns])[:, 1]
+    after = policy.retry_model.predict_proba(moved[columns])[:, 1]
+    second = (x["decision_number"].to_numpy() >= 1) & (
+        x["hours_to_window_end"].to_numpy() > args.shift + 24
+    )
+    retry_code = x["decline_code"].astype(object).to_numpy()
+    print(f"the retry model's chance at a second or later decision, {args.shift:g} h later:")
+    for c in CODES:
+        rows = second & (retry_code == c)
+        print(
+            f"  {c}: {before[rows].mean():.4f} → {after[rows].mean():.4f} "
+            f"({after[rows].mean() / before[rows].mean() - 1:+.1%}; {rows.sum():,} retries)"
+        )
+
+
+if __name__ == "__main__":
+    main()
