@@ -9,8 +9,13 @@ second or later decision, and the same rows moved ``--shift`` hours later (time 
 failure up, time left in the window down, nothing else changed). A model whose chances fall
 with time alone makes any policy that waits longer look worse in its world.
 
+With ``--monotone-world`` it also rolls both out in a world whose retry model, fitted on the
+same training retries, cannot fall with time alone (LightGBM's monotone constraints: not
+lower for a later retry or decision, a longer delay, or less of the window left): the gate's
+world as it would be if that trend were taken out.
+
     .venv/bin/python benchmarks/gate_rollout.py --data sim16 --tracking-uri sqlite:///sim16.db \
-        [--model models:/reclaim-policy/1] [--shift 72]
+        [--model models:/reclaim-policy/1] [--shift 72] [--monotone-world]
 """
 
 from __future__ import annotations
@@ -22,6 +27,29 @@ from pathlib import Path
 import numpy as np
 
 CODES = ("insufficient_funds", "do_not_honor", "generic_decline", "try_again_later")
+#: The retry features a monotone world's chances may not fall with (+1) or rise with (-1).
+TIME_DIRECTION = {
+    "retry_hours_since_failure": 1,
+    "hours_since_failure": 1,
+    "delay_hours": 1,
+    "hours_to_window_end": -1,
+}
+
+
+def monotone_world(config, x, y):
+    """A retry-time model like the run's, on the training retries ``x``, ``y``, whose
+    chances cannot fall with time alone (:data:`TIME_DIRECTION`)."""
+    from reclaim.models.retry import RetryTimeModel
+
+    return RetryTimeModel(
+        num_boost_round=config.retry_rounds,
+        calibration_share=config.calibration_share,
+        early_stopping_rounds=config.retry_early_stopping,
+        params={
+            "monotone_constraints": [TIME_DIRECTION.get(c, 0) for c in x.columns],
+            "monotone_constraints_method": "intermediate",
+        },
+    ).fit(x, y)
 
 
 def main() -> None:
@@ -30,6 +58,7 @@ def main() -> None:
     parser.add_argument("--tracking-uri", required=True)
     parser.add_argument("--model", default="models:/reclaim-policy@champion")
     parser.add_argument("--shift", type=float, default=72.0)
+    parser.add_argument("--monotone-world", action="store_true")
     args = parser.parse_args()
 
     import mlflow
@@ -50,21 +79,29 @@ def main() -> None:
     plain.timing, plain.name = None, "without_timing"
     code = later.payments["decline_code"].astype(object).to_numpy()
     print(f"{args.model}: model rollout on the {len(code):,} later payments of {args.data}")
-    for world in (policy.timing, None):
+    worlds = [
+        ("the run's", policy.retry_model, policy.timing),
+        ("the run's", policy.retry_model, None),
+    ]
+    if args.monotone_world:
+        config = TrainConfig()
+        model = monotone_world(config, prepared.retry.x, prepared.retry.y)
+        worlds.append(("a monotone", model, policy.timing))
+    for label, world_model, world in worlds:
         value = {}
         for name, p in (("with the timing effect", policy), ("without it", plain)):
             rolled = whole_policy.rollout(
                 p,
                 later.payments,
                 contract.empty(contract.MESSAGES),
-                policy.retry_model,
+                world_model,
                 prepared.accounts,
                 customer_paid=paid,
                 timing=world,
             )
             value[name] = rolled.value
             print(
-                f"  world {'with' if world else 'without'} the shift, policy {name}: "
+                f"  {label} world {'with' if world else 'without'} the shift, policy {name}: "
                 f"{rolled.value.mean():.1%} recovered, {rolled.retries.mean():.2f} retries, "
                 f"median {rolled.median_gap:.0f} h between them"
             )
