@@ -65,7 +65,7 @@ def main() -> None:
 
     from reclaim import contract
     from reclaim.training import whole_policy
-    from reclaim.training.data import sample_payments
+    from reclaim.training.data import recovered_in_window, sample_payments
     from reclaim.training.prepared import TrainConfig, prepare
 
     mlflow.set_tracking_uri(args.tracking_uri)
@@ -105,6 +105,24 @@ def main() -> None:
                 f"{rolled.value.mean():.1%} recovered, {rolled.retries.mean():.2f} retries, "
                 f"median {rolled.median_gap:.0f} h between them"
             )
+        # the model check the gate reports: the history's own schedule rolled out in this
+        # world against what the history recovered of the same payments
+        logged = whole_policy.LoggedSchedule(
+            later, whole_policy.fallback_delays(prepared.retry.support())
+        )
+        check = whole_policy.rollout(
+            logged,
+            later.payments,
+            later.messages,
+            world_model,
+            prepared.accounts,
+            customer_paid=paid,
+            timing=world,
+        )
+        print(
+            f"    the history's schedule here {check.value.mean():.1%}; it recovered "
+            f"{recovered_in_window(later).mean():.1%}"
+        )
         d = value["with the timing effect"] - value["without it"]
         by_code = ", ".join(f"{c} {100 * d[code == c].mean():+.1f}" for c in CODES)
         print(
