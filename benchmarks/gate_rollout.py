@@ -10,9 +10,10 @@ failure up, time left in the window down, nothing else changed). A model whose c
 with time alone makes any policy that waits longer look worse in its world.
 
 With ``--monotone-world`` it also rolls both out in a world whose retry model, fitted on the
-same training retries, cannot fall with time alone (LightGBM's monotone constraints: not
-lower for a later retry or decision, a longer delay, or less of the window left): the gate's
-world as it would be if that trend were taken out.
+same training retries, cannot fall with time alone (``TrainConfig.world_model``: not lower
+for a later retry or decision, a longer delay, or less of the window left) — the gate's
+world since ``TrainConfig.gate_world`` defaults to it; the policy's own retry model is the
+world of a run trained with ``--gate-world policy``.
 
     .venv/bin/python benchmarks/gate_rollout.py --data sim16 --tracking-uri sqlite:///sim16.db \
         [--model models:/reclaim-policy/1] [--shift 72] [--monotone-world]
@@ -27,29 +28,6 @@ from pathlib import Path
 import numpy as np
 
 CODES = ("insufficient_funds", "do_not_honor", "generic_decline", "try_again_later")
-#: The retry features a monotone world's chances may not fall with (+1) or rise with (-1).
-TIME_DIRECTION = {
-    "retry_hours_since_failure": 1,
-    "hours_since_failure": 1,
-    "delay_hours": 1,
-    "hours_to_window_end": -1,
-}
-
-
-def monotone_world(config, x, y):
-    """A retry-time model like the run's, on the training retries ``x``, ``y``, whose
-    chances cannot fall with time alone (:data:`TIME_DIRECTION`)."""
-    from reclaim.models.retry import RetryTimeModel
-
-    return RetryTimeModel(
-        num_boost_round=config.retry_rounds,
-        calibration_share=config.calibration_share,
-        early_stopping_rounds=config.retry_early_stopping,
-        params={
-            "monotone_constraints": [TIME_DIRECTION.get(c, 0) for c in x.columns],
-            "monotone_constraints_method": "intermediate",
-        },
-    ).fit(x, y)
 
 
 def main() -> None:
@@ -84,8 +62,7 @@ def main() -> None:
         ("the run's", policy.retry_model, None),
     ]
     if args.monotone_world:
-        config = TrainConfig()
-        model = monotone_world(config, prepared.retry.x, prepared.retry.y)
+        model = prepared.retry.fit(TrainConfig(), TrainConfig(gate_world="monotone").world_model())
         worlds.append(("a monotone", model, policy.timing))
     for label, world_model, world in worlds:
         value = {}

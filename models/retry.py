@@ -97,6 +97,9 @@ class RetryTimeModel(ClassifierMixin, BaseEstimator):
         Share of the (time-ordered) rows, taken from the end, used only to calibrate.
     min_isotonic_rows
         Fewer calibration rows than this use sigmoid calibration instead of isotonic.
+    monotone
+        Feature name → +1 (the chance may not fall as it grows) or -1 (may not rise): LightGBM's
+        monotone constraints, for the features among the rows' columns; None: none.
     """
 
     def __init__(
@@ -106,12 +109,14 @@ class RetryTimeModel(ClassifierMixin, BaseEstimator):
         calibration_share: float = 0.2,
         min_isotonic_rows: int = 1000,
         early_stopping_rounds: int | None = 25,
+        monotone: dict[str, int] | None = None,
     ):
         self.params = params
         self.num_boost_round = num_boost_round
         self.early_stopping_rounds = early_stopping_rounds
         self.calibration_share = calibration_share
         self.min_isotonic_rows = min_isotonic_rows
+        self.monotone = monotone
 
     def fit(self, X: Any, y: Any) -> RetryTimeModel:
         """Fit on rows in time order: the last ``calibration_share`` of them calibrate."""
@@ -126,7 +131,8 @@ class RetryTimeModel(ClassifierMixin, BaseEstimator):
         classes, target = _binary_target(y)
         n_cal = int(round(len(frame) * self.calibration_share))
         n_fit = len(frame) - n_cal
-        self.booster_ = self._boost(self.lightgbm_params(n_fit), frame, target, n_fit)
+        params = self.lightgbm_params(n_fit, list(frame.columns))
+        self.booster_ = self._boost(params, frame, target, n_fit)
         self.feature_names_in_ = np.asarray(frame.columns, dtype=object)
         self.n_features_in_ = frame.shape[1]
         self.classes_ = classes
@@ -134,13 +140,18 @@ class RetryTimeModel(ClassifierMixin, BaseEstimator):
         self._calibrate(raw, target[n_fit:])
         return self
 
-    def lightgbm_params(self, n_fit: int) -> dict[str, Any]:
-        """The booster's parameters for ``n_fit`` training rows: :attr:`params` over
-        :data:`DEFAULT_PARAMS`, with smaller leaves where the rows are few."""
+    def lightgbm_params(self, n_fit: int, columns: list[str] | None = None) -> dict[str, Any]:
+        """The booster's parameters for ``n_fit`` training rows with ``columns``: :attr:`params`
+        over :data:`DEFAULT_PARAMS`, with smaller leaves where the rows are few, and
+        :attr:`monotone` as constraints on the columns it names."""
         params = {**DEFAULT_PARAMS, "num_threads": lgbm.threads(), **(self.params or {})}
         if n_fit < 2 * params["min_data_in_leaf"]:
             params["min_data_in_leaf"] = max(1, n_fit // 10)
             params["min_data_in_bin"] = 1
+        monotone = getattr(self, "monotone", None)  # models pickled before it have none
+        if monotone and columns is not None:
+            params["monotone_constraints"] = [int(monotone.get(c, 0)) for c in columns]
+            params["monotone_constraints_method"] = "intermediate"
         return params
 
     def fit_booster(self, booster: lgb.Booster, X_cal: Any, y_cal: Any) -> RetryTimeModel:

@@ -241,6 +241,13 @@ def simulate(
     console.print(_kind_table(table))
 
 
+class GateWorld(StrEnum):
+    """The retry model of the whole-policy gate's world (``TrainConfig.gate_world``)."""
+
+    monotone = "monotone"
+    policy = "policy"
+
+
 class AmountUnit(StrEnum):
     """The unit of a table's amounts."""
 
@@ -311,6 +318,13 @@ def train(
             "schedule out on; more narrows its interval and takes longer.",
         ),
     ] = 5_000,
+    gate_world: Annotated[
+        GateWorld,
+        typer.Option(
+            help="The retry model the gate rolls policies out through: monotone (fitted on "
+            "the same rows, its chance cannot fall with time alone) or the policy's own.",
+        ),
+    ] = GateWorld.monotone,
     dask_workers: DaskWorkers = 2,
     dask_memory: DaskMemory = "4GiB",
 ) -> None:
@@ -329,6 +343,7 @@ def train(
         accept_warnings=accept_warnings,
         max_rollout_payments=gate_payments,
         amounts=amounts.value,
+        gate_world=gate_world.value,
     )
     if dask and amounts is AmountUnit.major:
         console.print(

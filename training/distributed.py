@@ -300,7 +300,7 @@ class DaskRetryRows:
     def __len__(self) -> int:
         return self.rows
 
-    def fit(self, config: TrainConfig) -> RetryTimeModel:
+    def fit(self, config: TrainConfig, model: RetryTimeModel | None = None) -> RetryTimeModel:
         """Boost on the workers over the rows before the latest ``calibration_share`` (by
         time, as in one process), then choose the trees and calibrate on those latest rows,
         which stay on the workers: only each round's summed log-loss and the kept model's raw
@@ -308,7 +308,7 @@ class DaskRetryRows:
         import dask.dataframe as dd
         import lightgbm as lgb
 
-        model = config.retry_model()
+        model = model or config.retry_model()
         times = np.sort(np.concatenate(self.client.gather(self.client.map(_times, self.parts))))
         n_cal = int(round(len(times) * config.calibration_share))
         n_fit = len(times) - n_cal
@@ -318,7 +318,7 @@ class DaskRetryRows:
         x = dd.from_delayed(self.client.map(_first, fit), meta=x_meta.iloc[:0])
         y = dd.from_delayed(self.client.map(_second, fit), meta=y_meta.iloc[:0])
 
-        params = model.lightgbm_params(n_fit)
+        params = model.lightgbm_params(n_fit, list(x_meta.columns))
         params["num_threads"] = max(self.client.nthreads().values())
         kwargs = {SKLEARN_NAMES.get(k, k): v for k, v in params.items()}
         booster = (

@@ -632,6 +632,10 @@ def train(
     first_vs_logging = ope.mean_estimate(terms["dr"].to_numpy() - terms["logged"].to_numpy())
 
     stage("valuing the whole policy")
+    world_model = config.world_model()
+    # the gate's world: a retry model whose chance cannot fall with time alone, or the
+    # policy's own (TrainConfig.gate_world)
+    world = retry_model if world_model is None else prepared.retry.fit(config, world_model)
     rate = sample_rate(len(test_tables.payments), config.max_rollout_payments)
     rolled = sample_payments(test_tables, rate)
     history = whole_policy.LoggedSchedule(rolled, whole_policy.fallback_delays(logged))
@@ -645,7 +649,7 @@ def train(
             p,
             rolled.payments,
             sent,
-            retry_model,
+            world,
             prepared.accounts,
             customer_paid=paid,
             timing=timing,
@@ -673,7 +677,13 @@ def train(
     caveats.append(
         "whole-policy value by model rollout (training.whole_policy): assumes the export's "
         "features explain who got which retry time, the retry model is right within the "
-        "history's support, a failed retry declines as the first failure did, and customers "
+        "history's support"
+        + (
+            " (a retry model fitted on the same rows whose chance cannot fall with time alone)"
+            if world_model is not None
+            else ""
+        )
+        + ", a failed retry declines as the first failure did, and customers "
         "pay by themselves when they did in the history; its interval is over payments, not "
         "the model's own error. Model check: the rollout of the history's own schedule "
         f"recovers {whole.history:.1%} of the later payments, which recovered "

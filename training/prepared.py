@@ -54,6 +54,11 @@ class TrainConfig:
     #: The whole-policy gate rolls the policy and the history's schedule out over at most
     #: about this many later payments (``training.whole_policy``); None: all it evaluates.
     max_rollout_payments: int | None = 5_000
+    #: The retry-time model of the gate's world: ``monotone``, one fitted on the same rows
+    #: whose chance cannot fall with time alone (``training.whole_policy.TIME_DIRECTION``),
+    #: or ``policy``, the policy's own (whose chance falls with time where the history's
+    #: later retries fared worse, so that it favours faster schedules; docs/modeling.md).
+    gate_world: Literal["monotone", "policy"] = "monotone"
     #: Share of the earlier payments whose network decline and advice codes are hidden from
     #: the models (by payment id): Stripe's network codes are recent and a real history
     #: lacks them for older charges, so the models learn that a missing code says nothing
@@ -65,13 +70,22 @@ class TrainConfig:
     #: ``major`` units (49.99), turned into minor units as they are read (a run caveat says so).
     amounts: Literal["minor", "major"] = "minor"
 
-    def retry_model(self) -> RetryTimeModel:
-        """The retry-time model this configuration asks for, unfitted."""
+    def retry_model(self, monotone: dict[str, int] | None = None) -> RetryTimeModel:
+        """The retry-time model this configuration asks for, unfitted (with ``monotone``
+        constraints, ``RetryTimeModel``'s)."""
         return RetryTimeModel(
             num_boost_round=self.retry_rounds,
             calibration_share=self.calibration_share,
             early_stopping_rounds=self.retry_early_stopping,
+            monotone=monotone,
         )
+
+    def world_model(self) -> RetryTimeModel | None:
+        """The retry-time model the whole-policy gate rolls policies out through, unfitted
+        (``training.whole_policy.TIME_DIRECTION``); None: the policy's own."""
+        from reclaim.training.whole_policy import TIME_DIRECTION
+
+        return self.retry_model(TIME_DIRECTION) if self.gate_world == "monotone" else None
 
 
 class RetryRows(Protocol):
@@ -81,8 +95,9 @@ class RetryRows(Protocol):
         """Training rows."""
         ...
 
-    def fit(self, config: TrainConfig) -> RetryTimeModel:
-        """The retry-time model fitted on the training rows."""
+    def fit(self, config: TrainConfig, model: RetryTimeModel | None = None) -> RetryTimeModel:
+        """``model`` (the configuration's retry-time model by default) fitted on the training
+        rows."""
         ...
 
     def continuation(self, model: RetryTimeModel) -> float:
@@ -152,8 +167,8 @@ class LocalRetryRows:
     def __len__(self) -> int:
         return len(self.x)
 
-    def fit(self, config: TrainConfig) -> RetryTimeModel:
-        return config.retry_model().fit(self.x, self.y)
+    def fit(self, config: TrainConfig, model: RetryTimeModel | None = None) -> RetryTimeModel:
+        return (model or config.retry_model()).fit(self.x, self.y)
 
     def continuation(self, model: RetryTimeModel) -> float:
         return continuation_factor(continuation_sums(model, self.x))

@@ -52,6 +52,17 @@ from reclaim.policy import ActionBatch, DecisionBatch, DecisionRandom, Policy, U
 from reclaim.rules import NetworkRules, enforce
 from reclaim.training import ope
 
+#: The retry features along which the gate's world may not lower a retry's chance (+1: not
+#: lower as it grows; -1: not lower as it shrinks): time alone does not make a retry worse,
+#: failing does (the decision's number and retries left stay free). A retry model fitted
+#: freely gives a later retry a lower chance at the same decision number, which in a model
+#: rollout makes any schedule that waits look worse (``benchmarks/gate_rollout.py``).
+TIME_DIRECTION = {
+    "retry_hours_since_failure": 1,
+    "hours_since_failure": 1,
+    "delay_hours": 1,
+    "hours_to_window_end": -1,
+}
 #: No rollout goes past this many decisions (a 30-day window at the rules' minimum gaps is
 #: far fewer; this only stops a policy that never stops).
 MAX_DECISIONS = 40

@@ -180,3 +180,23 @@ def test_lightgbm_threads_come_from_the_settings(monkeypatch) -> None:
         get_settings.cache_clear()
     with pytest.raises(ValidationError, match="lightgbm_threads"):
         Settings(lightgbm_threads=-1)
+
+
+def test_a_monotone_model_s_chance_does_not_fall_along_the_features_it_names() -> None:
+    """The gate's world (``TrainConfig.world_model``): rows where success falls with ``days``
+    give a free model a falling chance; constrained not to fall with ``days``, it stays level
+    or rises at every row, while the feature it does not name still moves it."""
+    rng = np.random.default_rng(5)
+    n = 12_000
+    x = pd.DataFrame({"days": rng.uniform(0, 10, n), "hour": rng.uniform(0, 24, n)})
+    logit = -1.0 - 0.15 * x["days"] - 1.0 * (x["hour"] < 5)
+    y = (rng.random(n) < 1 / (1 + np.exp(-logit))).to_numpy().astype(int)
+    later = x.assign(days=x["days"] + 3.0)
+    free = RetryTimeModel(num_boost_round=100).fit(x, y)
+    assert free.predict_proba(later)[:, 1].mean() < free.predict_proba(x)[:, 1].mean() - 0.02
+    held = RetryTimeModel(num_boost_round=100, monotone={"days": 1, "absent": -1}).fit(x, y)
+    assert held.lightgbm_params(10_000, ["hour", "days"])["monotone_constraints"] == [0, 1]
+    raw = held.booster_.predict(x), held.booster_.predict(later)
+    assert np.all(raw[1] >= raw[0] - 1e-12)
+    night = x.assign(hour=3.0)
+    assert held.predict_proba(night)[:, 1].mean() < held.predict_proba(x)[:, 1].mean() - 0.02

@@ -36,8 +36,9 @@ def test_time_split_is_disjoint_and_ordered(trained) -> None:
 
 def test_models_never_see_test_payments(trained, monkeypatch, tmp_path) -> None:
     """Every row the models are fit on comes from a training payment, and the evaluation
-    rows are exactly the test payments'. The retry model is fitted on them all, and twice
-    more on each half of them (the timing effect's folds)."""
+    rows are exactly the test payments'. The retry model is fitted on them all, twice more on
+    each half of them (the timing effect's folds), and once more on them all for the gate's
+    world (``TrainConfig.world_model``)."""
     seen: dict[str, int] = {}
     retry_fits: list[int] = []
     real_retry_fit, real_channel_fit = RetryTimeModel.fit, ChannelUpliftModel.fit
@@ -66,7 +67,7 @@ def test_models_never_see_test_payments(trained, monkeypatch, tmp_path) -> None:
         split.train, AccountHistory.from_tables(split.train.payments, split.train.attempts)
     )
     rows = len(retry_rows(split.train, train_data)[0])
-    assert sorted(retry_fits) == sorted([rows, rows // 2, rows - rows // 2]), retry_fits
+    assert sorted(retry_fits) == sorted([rows, rows, rows // 2, rows - rows // 2]), retry_fits
     seen["retry"] = max(retry_fits)
     assert seen["channel"] == len(channel_rows(split.train, train_data)[0])
     all_retries = tables.attempts[
@@ -82,6 +83,9 @@ def test_run_records_params_metrics_plots_table_and_model(trained) -> None:
     run = client.get_run(trained.result.run_id)
     assert len(run.data.params["data_digest"]) == 16
     assert run.data.params["sim_seed"] == "5"
+    # the gate's world cannot fall with time alone (training.whole_policy.TIME_DIRECTION)
+    assert run.data.params["gate_world"] == "monotone"
+    assert any("cannot fall with time alone" in c for c in trained.result.caveats)
     for key in (
         "retry_auc",
         "retry_log_loss",
