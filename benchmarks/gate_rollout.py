@@ -58,8 +58,8 @@ def main() -> None:
     code = later.payments["decline_code"].astype(object).to_numpy()
     print(f"{args.model}: model rollout on the {len(code):,} later payments of {args.data}")
     worlds = [
-        ("the run's", policy.retry_model, policy.timing),
-        ("the run's", policy.retry_model, None),
+        ("the policy's retry model's", policy.retry_model, policy.timing),
+        ("the policy's retry model's", policy.retry_model, None),
     ]
     if args.monotone_world:
         model = prepared.retry.fit(TrainConfig(), TrainConfig(gate_world="monotone").world_model())
