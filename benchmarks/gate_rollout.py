@@ -107,6 +107,8 @@ def main() -> None:
             f"{100 * d.std() / np.sqrt(len(d)):.2f}); by code: {by_code}"
         )
 
+    every = contract.read_tables(args.data)
+    history_by_time(every.attempts, every.payments)
     x = prepared.retry.x_test
     columns = list(policy.retry_model.feature_names_in_)
     moved = x.copy()
@@ -126,6 +128,37 @@ def main() -> None:
             f"  {c}: {before[rows].mean():.4f} → {after[rows].mean():.4f} "
             f"({after[rows].mean() / before[rows].mean() - 1:+.1%}; {rows.sum():,} retries)"
         )
+
+
+def history_by_time(attempts, payments) -> None:
+    """Print the history's own second and third merchant retries on issuer declines: the
+    share that succeeded by days since the failure — whether the data, not the model, has
+    a retry fare worse for being later at the same attempt number."""
+    import pandas as pd
+
+    failed = payments.set_index("payment_id")
+    a = attempts[
+        (attempts["initiator"] == "merchant") & attempts["attempt_number"].between(2, 3)
+    ].copy()
+    code = failed.loc[a["payment_id"], "decline_code"].astype(object).to_numpy()
+    a = a[np.isin(code, ["do_not_honor", "generic_decline"])]
+    days = (
+        a["attempted_at"].to_numpy(dtype="datetime64[us]")
+        - failed.loc[a["payment_id"], "failed_at"].to_numpy(dtype="datetime64[us]")
+    ) / np.timedelta64(1, "D")
+    a["days"] = pd.cut(days, [0, 4, 7, 10, 14, 20, 30])
+    a["ok"] = (a["outcome"] == "succeeded").to_numpy()
+    print(
+        "the history's own retries on issuer declines (all its payments), succeeded by days "
+        "since the failure:"
+    )
+    for number, rows in a.groupby("attempt_number"):
+        said = [
+            f"{b.left:g}-{b.right:g} d {g['ok'].mean():.1%} ({len(g):,})"
+            for b, g in rows.groupby("days", observed=True)
+            if len(g) >= 100
+        ]
+        print(f"  retry {number}: " + ", ".join(said))
 
 
 if __name__ == "__main__":
