@@ -56,8 +56,8 @@ class TrainConfig:
     max_rollout_payments: int | None = 5_000
     #: The retry-time model of the gate's world: ``monotone``, one fitted on the same rows
     #: whose chance cannot fall with time alone (``training.whole_policy.TIME_DIRECTION``),
-    #: or ``policy``, the policy's own (whose chance falls with time where the history's
-    #: later retries fared worse, so that it favours faster schedules; docs/modeling.md).
+    #: or ``policy``, the policy's own (whose chance can fall with time alone where the
+    #: history's retries do not, so that it favours faster schedules; docs/decisions.md).
     gate_world: Literal["monotone", "policy"] = "monotone"
     #: Share of the earlier payments whose network decline and advice codes are hidden from
     #: the models (by payment id): Stripe's network codes are recent and a real history
