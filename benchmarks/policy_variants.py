@@ -42,7 +42,7 @@ import numpy as np
 from _util import registered_policy_args, registered_policy_market
 
 from reclaim.features.candidates import expand_retry_times
-from reclaim.models.policy import Costs, LearnedPolicy
+from reclaim.models.policy import LearnedPolicy
 from reclaim.models.timing import bands
 from reclaim.policy import ActionBatch, DecisionBatch, Policy
 from reclaim.reference import DeclineRules
@@ -120,16 +120,10 @@ class PastTheGrid(LearnedPolicy):
         self.__dict__.update(base.__dict__)
         self.mode, self.name = mode, f"lookahead_{mode}"
 
-    def _values(self, p, allowed, amount, final):
-        costs = self.costs or Costs()
-        later = np.maximum.accumulate(p[:, ::-1], axis=1)[:, ::-1]
-        later = np.concatenate([later[:, 1:], np.zeros((len(p), 1))], axis=1)
-        week = np.broadcast_to(p.max(axis=1, keepdims=True), p.shape)
-        later = np.maximum(later, p[:, -1:]) if self.mode == "tail" else week
-        later = np.where(np.asarray(final, dtype=bool)[:, None], 0.0, later)
-        then = np.maximum(self.continuation * later * amount[:, None] - costs.retry, 0.0)
-        value = p * amount[:, None] - costs.retry + (1.0 - p) * then
-        return np.where(allowed, value, -np.inf)
+    def _later_chances(self, p):
+        if self.mode == "tail":
+            return np.maximum(super()._later_chances(p), p[:, -1:])
+        return np.broadcast_to(p.max(axis=1, keepdims=True), p.shape)
 
 
 def _changed(policy: LearnedPolicy, name: str, **values) -> LearnedPolicy:

@@ -230,15 +230,17 @@ class LearnedPolicy(Policy):
         not allowed. At a ``final`` decision (the last the policy retries at) no later
         retry follows a failure, so nothing is looked ahead to."""
         costs = self.costs or Costs()
-        n = len(p)
         amount = amount[:, None]
-        # Best later candidate (strictly later slot) for the look-ahead.
-        later = np.maximum.accumulate(p[:, ::-1], axis=1)[:, ::-1]
-        later = np.concatenate([later[:, 1:], np.zeros((n, 1))], axis=1)
-        later = np.where(np.asarray(final, dtype=bool)[:, None], 0.0, later)
+        later = np.where(np.asarray(final, dtype=bool)[:, None], 0.0, self._later_chances(p))
         then = np.maximum(self.continuation * later * amount - costs.retry, 0.0)
         value = p * amount - costs.retry + (1.0 - p) * then
         return np.where(allowed, value, -np.inf)
+
+    def _later_chances(self, p: np.ndarray) -> np.ndarray:
+        """(n, k): the chance the look-ahead gives a retry after a failure at each candidate
+        slot — the best strictly later slot's (0 after the last)."""
+        later = np.maximum.accumulate(p[:, ::-1], axis=1)[:, ::-1]
+        return np.concatenate([later[:, 1:], np.zeros((len(p), 1))], axis=1)
 
     def _gains(
         self,

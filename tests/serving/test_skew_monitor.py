@@ -4,18 +4,11 @@ decisions is still caught when later decisions far outnumber them."""
 
 from __future__ import annotations
 
-import numpy as np
-
 from reclaim.features.decisions import build_decision_rows
 from reclaim.features.drift import FeatureReference
 from reclaim.serving.skew import SkewMonitor
 
-
-def _shown(features) -> list[dict]:
-    rows = features.astype(object).where(features.notna(), None).to_dict(orient="records")
-    return [
-        {k: (float(v) if isinstance(v, np.floating) else v) for k, v in r.items()} for r in rows
-    ]
+from ..features.test_drift import _shown
 
 
 def _month(history) -> tuple[FeatureReference, list[dict], list[dict]]:
