@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from reclaim import contract, timeutil
+from reclaim import timeutil
 from reclaim.features import schema
 from reclaim.features.decisions import calendar_features
 from reclaim.policy import DecisionBatch
@@ -30,18 +30,8 @@ def retry_features(
     All three inputs share one index (one retry per decision row).
     """
     p = batch.payments
-    zones = p["customer_timezone"]
-    local = timeutil.local_times(retry_at, zones)
+    local = timeutil.local_times(retry_at, p["customer_timezone"])
     cal = calendar_features(local, "retry_")
-    later = local.to_numpy(dtype="datetime64[us]")
-    since = {"decision": batch.now, "failure": p["failed_at"]}
-    paydays = {
-        f"retry_{kind}_since_{name}": count
-        for name in schema.PAYDAY_SPANS
-        for kind, count in timeutil.paydays_between(
-            timeutil.local_times(contract.utc(since[name], p.index), zones), later
-        ).items()
-    }
     extra = pd.DataFrame(
         {
             "delay_hours": timeutil.hours_between(retry_at, batch.now),
@@ -51,7 +41,6 @@ def retry_features(
             "retry_days_to_payday": cal["retry_days_to_payday"],
             "retry_hours_since_failure": timeutil.hours_between(retry_at, p["failed_at"]),
             "retry_is_weekend": (cal["retry_local_dow"] >= 5).astype(float),
-            **paydays,
         },
         index=features.index,
     )

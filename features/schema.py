@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from reclaim import timeutil, vocab
+from reclaim import vocab
 from reclaim.features.accounts import COLUMNS as ACCOUNT_COLUMNS
 
 OTHER = "other"
@@ -116,9 +116,6 @@ NUMERIC: tuple[str, ...] = (
 
 DECISION_FEATURES: tuple[str, ...] = (*CATEGORICAL, *NUMERIC)
 
-#: What the payday counts of a candidate retry are counted from.
-PAYDAY_SPANS = ("decision", "failure")
-
 #: Features of a candidate retry time, added to the decision's.
 RETRY_FEATURES: tuple[str, ...] = (
     "delay_hours",
@@ -128,8 +125,6 @@ RETRY_FEATURES: tuple[str, ...] = (
     "retry_days_to_payday",
     "retry_hours_since_failure",
     "retry_is_weekend",
-    # paydays between the decision (the last failure) or the first failure and the retry
-    *(f"retry_{kind}_since_{since}" for since in PAYDAY_SPANS for kind in timeutil.PAYDAY_KINDS),
 )
 #: Features of a candidate message, added to the decision's.
 CHANNEL_FEATURES: dict[str, pd.CategoricalDtype] = {"channel": CHANNEL_OR_NONE}

@@ -86,19 +86,6 @@ def _retry_extra(
     failed_us = np.repeat(np.array([_micros(p["failed_at"]) for p in payments], np.int64), k)
     flat = at_us.ravel()
     hour, dow, dom, payday = _calendar_array(local)
-    later = local.astype("datetime64[us]")
-    since = {
-        "decision": [_micros(t) for t in now],
-        "failure": [_micros(p["failed_at"]) for p in payments],
-    }
-    paydays: dict[str, np.ndarray] = {}
-    for name in schema.PAYDAY_SPANS:
-        earlier = np.concatenate(
-            [_local_micros(np.array([t], np.int64), p["customer_timezone"])
-             for t, p in zip(since[name], payments, strict=True)]
-        )  # fmt: skip
-        counts = timeutil.paydays_between(np.repeat(earlier, k).astype("datetime64[us]"), later)
-        paydays |= {f"retry_{kind}_since_{name}": v for kind, v in counts.items()}
     return {
         "delay_hours": (flat - now_us) / _HOUR_US,
         "retry_local_hour": hour,
@@ -107,7 +94,6 @@ def _retry_extra(
         "retry_days_to_payday": payday,
         "retry_hours_since_failure": (flat - failed_us) / _HOUR_US,
         "retry_is_weekend": (dow >= 5).astype(float),
-        **paydays,
     }
 
 

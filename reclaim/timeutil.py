@@ -170,39 +170,3 @@ def days_to_likely_payday(local: pd.Series) -> pd.Series:
     to_first = dim - dom + 1
     days = np.minimum.reduce([to_friday, to_15, to_last, to_first]).astype(float)
     return pd.Series(days, index=local.index)
-
-
-#: The common paydays :func:`paydays_between` counts, by the pay cycle that has them.
-PAYDAY_KINDS = ("month_starts", "semimonthly", "fridays")
-
-_FRIDAY_DAY = np.datetime64("1970-01-02", "D")  # a Friday
-
-
-def _paydays_up_to(day: np.ndarray) -> dict[str, np.ndarray]:
-    """How many paydays of each kind of :data:`PAYDAY_KINDS` fall on or before each local
-    day (``datetime64[D]``), counted from the epoch: differences of two of these count the
-    paydays between two days."""
-    month = day.astype("datetime64[M]")
-    months = month.astype(np.int64)
-    dom = (day - month.astype("datetime64[D]")).astype(np.int64) + 1
-    last = (day + 1).astype("datetime64[M]") != month  # the month's last day
-    return {
-        "month_starts": months.astype(float),
-        # the 15th and the month's last day
-        "semimonthly": (2 * months + (dom >= 15) + last).astype(float),
-        "fridays": np.floor((day - _FRIDAY_DAY).astype(np.int64) / 7).astype(float),
-    }
-
-
-def paydays_between(earlier: np.ndarray, later: np.ndarray) -> dict[str, np.ndarray]:
-    """Common paydays whose local day began after ``earlier`` and at or before ``later``.
-
-    ``earlier``, ``later``: naive local times (``datetime64``, same shape). Returns, for each
-    kind of :data:`PAYDAY_KINDS` (the 1st: monthly pay; the 15th and the month's last day:
-    semi-monthly; Fridays: weekly or biweekly), how many such days start in that span, as
-    floats. A failed retry with no payday of the customer's cycle since it says nothing new
-    about their funds; one after a payday does — a model reads that from these counts.
-    """
-    a = _paydays_up_to(np.asarray(earlier, dtype="datetime64[us]").astype("datetime64[D]"))
-    b = _paydays_up_to(np.asarray(later, dtype="datetime64[us]").astype("datetime64[D]"))
-    return {k: np.maximum(b[k] - a[k], 0.0) for k in PAYDAY_KINDS}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 
 from reclaim import timeutil
@@ -34,19 +33,3 @@ def test_days_to_likely_payday() -> None:
         )
     )  # month end
     assert list(timeutil.days_to_likely_payday(local)) == [1.0, 0.0, 2.0, 0.0]
-
-
-def test_paydays_between_counts_each_kind_whose_day_begins_in_the_span() -> None:
-    def counts(earlier: str, later: str) -> tuple[float, float, float]:
-        found = timeutil.paydays_between(
-            np.array([earlier], dtype="datetime64[us]"), np.array([later], dtype="datetime64[us]")
-        )
-        return tuple(float(found[k][0]) for k in timeutil.PAYDAY_KINDS)
-
-    # month starts (the 1st), semi-monthly days (the 15th, the month's last day), Fridays
-    assert counts("2026-01-14T10:00", "2026-01-15T01:00") == (0, 1, 0)
-    assert counts("2026-01-30T23:00", "2026-02-02T00:00") == (1, 1, 0)  # 31st, 1st; Fri 30th
-    assert counts("2026-01-01T00:00", "2026-01-31T23:00") == (0, 2, 5)  # 15th, 31st; 5 Fridays
-    assert counts("2026-02-27T09:00", "2026-02-27T18:00") == (0, 0, 0)  # same day: nothing new
-    assert counts("2026-02-26T09:00", "2026-02-28T18:00") == (0, 1, 1)  # Fri 27th, Sat 28th last
-    assert counts("2026-03-05T00:00", "2026-03-01T00:00") == (0, 0, 0)  # never negative
