@@ -21,7 +21,7 @@ from reclaim.serving.metrics import SchedulerMetrics
 from reclaim.serving.scheduler.acting import Acting
 from reclaim.serving.scheduler.checks import Checks
 from reclaim.serving.scheduler.deciders import Decider, ScoringClient
-from reclaim.serving.scheduler.leading import Leading
+from reclaim.serving.scheduler.leading import RECONCILE_SECONDS, Leading
 from reclaim.serving.scheduler.messaging import Messaging
 from reclaim.serving.scheduler.planning import Planning
 from reclaim.serving.store import configs
@@ -64,6 +64,9 @@ class Scheduler(Leading, Planning, Checks, Acting, Messaging):
     config_cache
         Where the accounts' configurations are read (default: trusted for 5 seconds, as the
         API's ``RECLAIM_CONFIG_CACHE_SECONDS``).
+    reconcile_seconds
+        How often, in wall seconds, the leader gives a job back to each open action whose
+        job APScheduler dropped (one that came due while the lease had lapsed).
     """
 
     def __init__(
@@ -79,12 +82,14 @@ class Scheduler(Leading, Planning, Checks, Acting, Messaging):
         poll_seconds: float = 0.5,
         metrics: SchedulerMetrics | None = None,
         config_cache: configs.ConfigCache | None = None,
+        reconcile_seconds: float = RECONCILE_SECONDS,
     ):
         self.engine, self.stripe, self.decider = engine, stripe_client, decider
         self.configs = config_cache or configs.ConfigCache(5.0)
         self.channels, self.clock, self.lease = channels, clock, lease
         self.rules = network_rules or rules.NetworkRules()
         self.workers, self.poll_seconds = workers, poll_seconds
+        self.reconcile_seconds = reconcile_seconds
         self.metrics = metrics or SchedulerMetrics()
         self.stats = SchedulerStats()
         # actions queued or being carried out in this process, and the queue of due ones

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: How often (wall seconds) the leader re-adds jobs APScheduler dropped (the default of
+#: ``Scheduler(reconcile_seconds=...)``).
 RECONCILE_SECONDS = 15.0
 #: How often the leader refreshes its due-work gauges.
 DUE_WATCH_SECONDS = 15.0
@@ -63,7 +65,7 @@ class Leading:
                         self._start_jobs()
                     self.tick()
                     self._watch_due()
-                    if time.monotonic() - self._reconciled > RECONCILE_SECONDS:
+                    if time.monotonic() - self._reconciled > self.reconcile_seconds:
                         added = self.reconcile(missing_only=True)
                         if added:
                             log.warning("re-added %d dropped job(s)", added)

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 import pandas as pd
@@ -189,8 +190,10 @@ class Loop:
             **extra,
         }
 
-    def scheduler(self, channels: dict | None = None, lease_seconds: float = 2.0) -> Scheduler:
-        """An in-process scheduler for this loop."""
+    def scheduler(
+        self, channels: dict | None = None, lease_seconds: float = 2.0, **options: Any
+    ) -> Scheduler:
+        """An in-process scheduler for this loop (``options``: more of ``Scheduler``'s)."""
         client = stripe.StripeClient(
             self.standin.api_key,
             base_addresses={"api": self.standin.url},
@@ -204,6 +207,7 @@ class Loop:
             self.clock,
             Lease(self.engine, holder_id(), ttl=lease_seconds),
             poll_seconds=0.2,
+            **options,
         )
 
     def open_work(self, runner: Scheduler | None = None) -> int:

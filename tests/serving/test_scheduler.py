@@ -282,7 +282,9 @@ def test_a_rejected_key_blocks_the_account_and_raises_an_alert():
 
 def test_jobs_that_came_due_while_the_lease_lapsed_are_run_later(make_loop):
     loop = make_loop(8, max_retries=2)
-    runner = loop.scheduler()
+    # dropped jobs come back at the next reconciliation: every second here, not every 15 s
+    # (a simulated fortnight at the loop's clock)
+    runner = loop.scheduler(reconcile_seconds=1.0)
     refusals = {"left": 6}
     real_held = runner.lease.held
 
