@@ -16,9 +16,13 @@ hidden state), it rolls out the same planner on priors instead of hidden state:
   segment, who pays unprompted): the step from ``prior_plan`` is knowing the customer, the
   step from it to the ceiling knowing the retry state;
 - with ``--email-only``, ``prior_plan_email``: ``prior_plan`` allowed email alone — what
-  choosing each account's channel from its segment mix is worth to the plan;
+  choosing each account's channel from its segment mix is worth to the plan — and
+  ``model_plan_email``, the planner on the policy's own odds (below) allowed email alone,
+  as the policy sends (against the policy);
 - with ``--retries``, per decline kind, each plan's first three merchant retries: how many,
-  how many hours after the failure (median), and the share that succeeded;
+  how many hours after the failure (median), and the share that succeeded; and all its
+  retries, how many succeeded, and how many of those came after the 15th retry (beyond the
+  history's support: Visa allows 15 in 30 days, Mastercard 35);
 - with ``--posterior``, ``posterior_plan`` (``simulator.posterior.PosteriorPlan``) knows what
   ``prior_plan`` knows and learns from each failed retry: at every decision it weighs the
   redrawn retry states by how likely each makes the failures so far and plans the rest of
@@ -27,7 +31,8 @@ hidden state), it rolls out the same planner on priors instead of hidden state:
 
 A last planner plans on the policy's own odds: its retry model's chance for each first retry
 3 to 168 hours after the failure (held at the last beyond), read at each payment's first
-decision — whether the model is good enough to plan the window on.
+decision, with the messages as ``prior_plan`` knows them (no customer's own response, nor who
+pays unprompted) — whether the model is good enough to plan the window on.
 
 Net revenue as a share of the failed amount per decline kind; paired differences in points
 with 95% intervals over payments.
@@ -119,6 +124,12 @@ def retry_profile(rolled: dict[str, Any], market: Any, kinds: np.ndarray) -> Non
                 pd.Series(zone.loc[a["payment_id"]].to_numpy(), dtype=object),
             )
             weekend = float((local.dt.day_of_week >= 5).mean()) if len(a) else float("nan")
+            won = (a["outcome"] == "succeeded").to_numpy()
+            late = (a["attempt_number"] > 15).to_numpy()  # past Visa's 15 in 30 days
+            every = (
+                f"all {len(a):,} retries: {won.sum():,} succeeded, {won[late].sum():,} of them "
+                f"after the 15th retry"
+            )
             a = a[a["attempt_number"] <= 3]
             hours = (
                 a["attempted_at"].to_numpy(dtype="datetime64[us]")
@@ -132,6 +143,7 @@ def retry_profile(rolled: dict[str, Any], market: Any, kinds: np.ndarray) -> Non
                 said.append(f"{at.sum():,}, {med:.0f} h, {ok:.1%}")
             print(
                 f"    {name}: " + "; ".join(said) + f"; all its retries {weekend:.0%} on weekends"
+                f"; {every}"
             )
 
 
@@ -159,13 +171,20 @@ def main() -> None:
     retry_prior = truth.prior_retry_odds(draws)
     probe = FirstOdds(policy, market)
     _, rolled = compare(market, {"policy": probe}, args.seed)  # reads the model's odds
+    message_prior = truth.prior_message_effect(customers)
     others = {
         "stripe_like": StripeLike(),
-        "model_plan": Oracle(market, retry_odds=probe.odds, name="model_plan"),
+        "model_plan": Oracle(
+            market,
+            retry_odds=probe.odds,
+            message_effect=message_prior,
+            knows_self_cure=False,
+            name="model_plan",
+        ),
         "prior_plan": Oracle(
             market,
             retry_odds=retry_prior,
-            message_effect=truth.prior_message_effect(customers),
+            message_effect=message_prior,
             knows_self_cure=False,
             name="prior_plan",
         ),
@@ -180,9 +199,16 @@ def main() -> None:
         others["prior_plan_email"] = Oracle(
             market,
             retry_odds=retry_prior,
-            message_effect=email_only(truth.prior_message_effect(customers)),
+            message_effect=email_only(message_prior),
             knows_self_cure=False,
             name="prior_plan_email",
+        )
+        others["model_plan_email"] = Oracle(
+            market,
+            retry_odds=probe.odds,
+            message_effect=email_only(message_prior),
+            knows_self_cure=False,
+            name="model_plan_email",
         )
     rolled.update(compare(market, others, args.seed)[1])
     kinds = decline_kinds(market)
@@ -215,6 +241,12 @@ def main() -> None:
             print(
                 f"    planned on the prior with email alone {share['prior_plan_email']:.1%}: "
                 f"{interval(*email, pts=True)} against choosing the channel"
+            )
+            own_email = paired_difference(out["model_plan_email"], out["policy"], mask)
+            print(
+                f"    planned on the policy's odds with email alone "
+                f"{share['model_plan_email']:.1%}: {interval(*own_email, pts=True)} against "
+                "the policy"
             )
         if args.posterior:
             learned = paired_difference(out["posterior_plan"], out["prior_plan"], mask)

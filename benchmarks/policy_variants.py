@@ -20,6 +20,9 @@ Variants (``--variants``, default all):
   against business hours; weekends 0.95, an assumption) — what the policy would gain if its
   model had learned timing as sharply as the simulator draws it. Not a policy to ship: the
   multipliers are the simulator's own;
+- ``message_after_first_retry``: no message at the first decision where the policy retries
+  (the customer hears from the platform only once a retry has failed, as silent-retry-first
+  dunning does), messages as the policy's at every later decision;
 - ``lookahead_tail`` / ``lookahead_best``: the look-ahead not ending with the candidate
   grid — what a failure leaves valued at no less than the grid's last slot's chance, or at
   the week's best slot wherever the retry falls (``PastTheGrid``).
@@ -62,6 +65,26 @@ class FundsOnPaydays(Policy):
             retry_at=theirs.retry_at.where(funds, mine.retry_at),
             retry_propensity=np.where(funds, 1.0, mine.retry_propensity),
             reason=theirs.reason.where(funds, mine.reason),
+        )
+
+
+class MessageAfterFirstRetry(Policy):
+    """``inner``'s actions, without the message at a first decision that retries."""
+
+    def __init__(self, inner: Policy) -> None:
+        self.inner, self.name = inner, "message_after_first_retry"
+
+    def act(self, batch: DecisionBatch, rng) -> ActionBatch:
+        mine = self.inner.act(batch, rng)
+        first = (batch.state["decision_number"] == 0).to_numpy()
+        quiet = first & mine.retry_at.notna().to_numpy()
+        sender = mine.sender_propensity
+        return dataclasses.replace(
+            mine,
+            channel=mine.channel.mask(quiet),
+            sender=mine.sender.mask(quiet),
+            channel_propensity=np.where(quiet, 1.0, mine.channel_propensity),
+            sender_propensity=None if sender is None else np.where(quiet, 1.0, sender),
         )
 
 
@@ -149,6 +172,7 @@ VARIANTS: dict[str, Callable[[LearnedPolicy], Policy]] = {
     "no_count_bound": lambda p: _changed(p, "no_count_bound", last_retry=None),
     "published_timing": PublishedTiming,
     "no_timing": lambda p: _changed(p, "no_timing", timing=None),
+    "message_after_first_retry": MessageAfterFirstRetry,
     "lookahead_tail": lambda p: PastTheGrid(p, "tail"),
     "lookahead_best": lambda p: PastTheGrid(p, "best"),
 }
