@@ -23,6 +23,9 @@ Variants (``--variants``, default all):
 - ``message_after_first_retry``: no message at the first decision where the policy retries
   (the customer hears from the platform only once a retry has failed, as silent-retry-first
   dunning does), messages as the policy's at every later decision;
+- ``planned_issuer_retries``: issuer declines' retries planned over the whole window on the
+  policy's own retry chances (``PlannedIssuerRetries``; its planner weighs messages by the
+  simulator's prior email effect, so not a policy to ship);
 - ``lookahead_tail`` / ``lookahead_best``: the look-ahead not ending with the candidate
   grid — what a failure leaves valued at no less than the grid's last slot's chance, or at
   the week's best slot wherever the retry falls (``PastTheGrid``).
@@ -149,6 +152,53 @@ class PastTheGrid(LearnedPolicy):
         return np.broadcast_to(p.max(axis=1, keepdims=True), p.shape)
 
 
+class PlannedIssuerRetries(Policy):
+    """The policy, but the retries of issuer declines (``do_not_honor``, ``generic_decline``)
+    planned over the whole window at the first decision by the oracle's backward induction
+    on the policy's own retry chances (``ceiling_parts.FirstOdds``: each first retry 3 to 168
+    hours out, held at the last beyond) with the training's ``continuation`` as the decay per
+    failed attempt; messages stay the policy's. The planner weighs messages by the prior's
+    email effect (the simulator's response curves, averaged over customers), so this is not
+    a policy to ship as is: it measures what planning issuer retries on the model's odds is
+    worth."""
+
+    ISSUER = ("do_not_honor", "generic_decline")
+
+    def __init__(self, policy: LearnedPolicy, market) -> None:
+        from ceiling_parts import FirstOdds, email_only
+
+        from reclaim.simulator import Oracle, truth
+        from reclaim.simulator.marketplace import redraw_customer_state
+
+        self.probe, self.name = FirstOdds(policy, market), "planned_issuer_retries"
+        # the planner's decay per failed attempt: the policy's learned one, not the truth's
+        config = dataclasses.replace(market.config, attempt_decay=float(policy.continuation))
+        customers = [redraw_customer_state(market, 2_000 + k) for k in range(48)]
+        self.planner = Oracle(
+            dataclasses.replace(market, config=config),
+            retry_odds=self.probe.odds,
+            message_effect=email_only(truth.prior_message_effect(customers)),
+            knows_self_cure=False,
+            name=self.name,
+        )
+
+    def act(self, batch: DecisionBatch, rng) -> ActionBatch:
+        mine = self.probe.act(batch, rng)  # keeps the first decisions' chances for the plan
+        code = batch.payments["decline_code"].astype("object")
+        rows = np.flatnonzero(code.isin(self.ISSUER).to_numpy())
+        if not len(rows):
+            return mine
+        plan = self.planner.act(batch.take(rows), rng)
+        retry_at, reason = mine.retry_at.copy(), mine.reason.copy()
+        retry_at.iloc[rows] = plan.retry_at.to_numpy()
+        reason.iloc[rows] = plan.reason.to_numpy()
+        propensity = np.array(mine.retry_propensity, dtype=float)
+        propensity[rows] = plan.retry_propensity
+        return dataclasses.replace(
+            mine, retry_at=retry_at, reason=reason, retry_propensity=propensity
+        )
+
+
 def _changed(policy: LearnedPolicy, name: str, **values) -> LearnedPolicy:
     other = copy.copy(policy)
     other.__dict__.update(values)
@@ -176,15 +226,20 @@ VARIANTS: dict[str, Callable[[LearnedPolicy], Policy]] = {
     "lookahead_tail": lambda p: PastTheGrid(p, "tail"),
     "lookahead_best": lambda p: PastTheGrid(p, "best"),
 }
+#: Variants that also need the fresh marketplace (to plan on its rules and window).
+MARKET_VARIANTS: dict[str, Callable[[LearnedPolicy, object], Policy]] = {
+    "planned_issuer_retries": PlannedIssuerRetries,
+}
 
 
 def main() -> None:
     parser = registered_policy_args(__doc__.splitlines()[0])
-    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--variants", default=",".join([*VARIANTS, *MARKET_VARIANTS]))
     args = parser.parse_args()
     chosen = [v.strip() for v in args.variants.split(",") if v.strip()]
-    if unknown := sorted(set(chosen) - set(VARIANTS)):
-        raise SystemExit(f"unknown variants {unknown}: choose from {sorted(VARIANTS)}")
+    known = {*VARIANTS, *MARKET_VARIANTS}
+    if unknown := sorted(set(chosen) - known):
+        raise SystemExit(f"unknown variants {unknown}: choose from {sorted(known)}")
 
     from reclaim.intervals import interval
     from reclaim.simulator import Oracle, compare
@@ -192,7 +247,11 @@ def main() -> None:
 
     policy, market = registered_policy_market(args)
     policies: dict[str, Policy] = {"policy": policy}
-    policies.update({name: VARIANTS[name](policy) for name in chosen})
+    for name in chosen:
+        if name in MARKET_VARIANTS:
+            policies[name] = MARKET_VARIANTS[name](policy, market)
+        else:
+            policies[name] = VARIANTS[name](policy)
     policies["ceiling"] = Oracle(market)
     _, rolled = compare(market, policies, args.seed)
     kinds = decline_kinds(market)
