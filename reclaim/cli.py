@@ -553,7 +553,7 @@ def _default_model(uri: str) -> tuple[str, str]:
             continue
         return f"models:/{MODEL_NAME}@{alias}", f"the {alias} (version {version})"
     try:
-        versions = client.search_model_versions(f"name='{MODEL_NAME}'")
+        versions = list(client.search_model_versions(f"name='{MODEL_NAME}'"))
     except MlflowException:
         versions = []
     if versions:

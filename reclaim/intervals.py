@@ -47,7 +47,7 @@ def duration(seconds: float) -> str:
         return NOT_KNOWN
     s = int(round(max(float(seconds), 0.0)))
     units = (("day", 86_400), ("h", 3_600), ("min", 60), ("s", 1))
-    parts = []
+    parts: list[str] = []
     for name, size in units:
         n, s = divmod(s, size)
         if n or (parts and len(parts) < 2):

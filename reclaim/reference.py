@@ -155,8 +155,9 @@ class StripeLike(ScheduledRows, Policy):
             batch, _schedule(batch, self.days), self.network_rules or NetworkRules()
         )
         first = (batch.state["decision_number"] == 0).to_numpy()
-        channel = np.where(first, vocab.Channel.EMAIL.value, None)
-        sender = np.where(first, merchant_of_record(batch.payments).astype("object"), None)
+        channel = np.where(first, vocab.Channel.EMAIL.value, np.array(None))
+        merchant = merchant_of_record(batch.payments).astype("object")
+        sender = np.where(first, merchant, np.array(None))
         return ActionBatch.build(len(batch), retry_at=at, channel=channel, sender=sender)
 
 
@@ -225,8 +226,8 @@ class DeclineRules(Policy):
             (category == vocab.DeclineCategory.HARD.value)
             | (category == vocab.DeclineCategory.ACTION_REQUIRED.value)
         )
-        channel = np.where(email, vocab.Channel.EMAIL.value, None)
-        sender = np.where(email, merchant_of_record(p).astype("object"), None)
+        channel = np.where(email, vocab.Channel.EMAIL.value, np.array(None))
+        sender = np.where(email, merchant_of_record(p).astype("object"), np.array(None))
         return ActionBatch.build(len(batch), retry_at=at, channel=channel, sender=sender)
 
 

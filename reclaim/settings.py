@@ -183,12 +183,11 @@ class Settings(BaseSettings):
 
         if self.stripe_api_key is None or not self.stripe_api_key.get_secret_value():
             raise ValueError("RECLAIM_STRIPE_API_KEY is not set: the platform's secret key")
-        base = {"base_addresses": {"api": self.stripe_api_base}} if self.stripe_api_base else {}
         return stripe.StripeClient(
             self.stripe_api_key.get_secret_value(),
             max_network_retries=max_network_retries,
             http_client=stripe.RequestsClient(timeout=self.stripe_timeout_seconds),
-            **base,
+            base_addresses={"api": self.stripe_api_base} if self.stripe_api_base else None,
         )
 
 

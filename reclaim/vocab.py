@@ -9,6 +9,7 @@ training batch and a single payment scored by the API.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -176,7 +177,7 @@ MASTERCARD_WAIT_HOURS: dict[str, int] = {
 }
 
 
-def lookup(values: pd.Series, mapping: dict[str, object], default: object = None) -> np.ndarray:
+def lookup(values: pd.Series, mapping: Mapping[str, object], default: object = None) -> np.ndarray:
     """Map each value through a small ``mapping`` (``default`` where absent or null).
 
     Factorises first, so the dictionary is consulted once per distinct value: this runs on
@@ -207,7 +208,7 @@ def decline_categories(
         | network_decline_code.isin(list(VISA_CATEGORY_1_CODES)).to_numpy(dtype=bool)
         | network_advice_code.isin(list(MASTERCARD_STOP_CODES)).to_numpy(dtype=bool)
     )
-    out = np.where(hard, DeclineCategory.HARD.value, np.where(present, base, None))
+    out = np.where(hard, DeclineCategory.HARD.value, np.where(present, base, np.array(None)))
     return pd.Series(pd.Categorical(out, dtype=DECLINE_CATEGORY_DTYPE), index=decline_code.index)
 
 

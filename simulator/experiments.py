@@ -99,7 +99,7 @@ def synthetic_experiment(
             "attempted_at": (failed_at + delay).array,
             "initiator": "merchant",
             "outcome": np.where(recovered, "succeeded", "failed"),
-            "decline_code": np.where(recovered, None, "insufficient_funds"),
+            "decline_code": np.where(recovered, np.array(None), "insufficient_funds"),
             "advice_code": None,
             "network_decline_code": None,
             "network_advice_code": None,

@@ -348,7 +348,7 @@ def draw_payments(
             "customer_id": np.char.add(f"cus_{prefix}", np.char.zfill(ids.astype(str), 8)).astype(
                 object
             ),
-            "customer_country": np.where(known, country, None),
+            "customer_country": np.where(known, country, np.array(None)),
             # where the customer's address is not known, the platform's records place them by
             # their card's country, as Reclaim's Stripe normalizer does (features.geo)
             "customer_timezone": np.where(known, true_tz, card_zone),
@@ -367,6 +367,7 @@ def draw_payments(
 
     # --- hidden truth ---------------------------------------------------------------------
     g_a, g_b = config.generic_beta
+    window_lo, window_hi = config.funds_window_days
     hold = _hold_hours(config, rng, n)
     update = _card_update_hours(config, rng, n)
     cure = _self_cure_hours(config, rng, category)
@@ -384,7 +385,7 @@ def draw_payments(
                 "latent_r": rng.beta(g_a, g_b, n),
                 "hold_hours": hold,
                 "funds_never": rng.random(n) < config.funds_never_share,
-                "funds_window_days": rng.uniform(*config.funds_window_days, n),
+                "funds_window_days": rng.uniform(window_lo, window_hi, n),
                 "card_update_hours": update,
                 "self_cure_hours": cure,
                 "segment": segment,

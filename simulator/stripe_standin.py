@@ -222,8 +222,7 @@ class StripeStandIn:
     def url(self) -> str:
         if self._server is None:
             raise RuntimeError("the stand-in is not running; use it as a context manager")
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://127.0.0.1:{self._server.server_address[1]}"  # bound there above
 
     def __enter__(self) -> StripeStandIn:
         handler = type("Handler", (_Handler,), {"standin": self})
@@ -277,7 +276,8 @@ class StripeStandIn:
             )
         action = re.fullmatch(r"/v1/(invoices|payment_intents)/([\w-]+)/(pay|confirm)", path)
         if action and method == "POST":
-            return self._move_money(account, *action.groups(), headers.get("Idempotency-Key"))
+            resource, oid, verb = action.groups()
+            return self._move_money(account, resource, oid, verb, headers.get("Idempotency-Key"))
         if path == "/v1/invoice_payments" and method == "GET":
             return 200, self._invoice_payments(account, query)
         match = re.fullmatch(r"/v1/(\w+)(?:/([\w-]+))?", path)
