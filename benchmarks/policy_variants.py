@@ -162,14 +162,14 @@ class PlannedIssuerRetries(Policy):
     a policy to ship as is: it measures what planning issuer retries on the model's odds is
     worth."""
 
-    ISSUER = ("do_not_honor", "generic_decline")
-
     def __init__(self, policy: LearnedPolicy, market) -> None:
         from ceiling_parts import FirstOdds, email_only
 
         from reclaim.simulator import Oracle, truth
+        from reclaim.simulator.evaluation import DECLINE_KINDS
         from reclaim.simulator.marketplace import redraw_customer_state
 
+        self.codes = list(DECLINE_KINDS["issuer_decline"])
         self.probe, self.name = FirstOdds(policy, market), "planned_issuer_retries"
         # the planner's decay per failed attempt: the policy's learned one, not the truth's
         config = dataclasses.replace(market.config, attempt_decay=float(policy.continuation))
@@ -185,7 +185,7 @@ class PlannedIssuerRetries(Policy):
     def act(self, batch: DecisionBatch, rng) -> ActionBatch:
         mine = self.probe.act(batch, rng)  # keeps the first decisions' chances for the plan
         code = batch.payments["decline_code"].astype("object")
-        rows = np.flatnonzero(code.isin(self.ISSUER).to_numpy())
+        rows = np.flatnonzero(code.isin(self.codes).to_numpy())
         if not len(rows):
             return mine
         plan = self.planner.act(batch.take(rows), rng)
