@@ -157,10 +157,11 @@ class PlannedIssuerRetries(Policy):
     planned over the whole window at the first decision by the oracle's backward induction
     on the policy's own retry chances (``ceiling_parts.FirstOdds``: each first retry 3 to 168
     hours out, held at the last beyond) with the training's ``continuation`` as the decay per
-    failed attempt; messages stay the policy's. The planner weighs messages by the prior's
-    email effect (the simulator's response curves, averaged over customers), so this is not
-    a policy to ship as is: it measures what planning issuer retries on the model's odds is
-    worth."""
+    failed attempt and no more retries than the history's support; messages stay the
+    policy's. Its gaps between retries may exceed the history's 168 hours, and the planner
+    weighs messages by the prior's email effect (the simulator's response curves, averaged
+    over customers), so this is not a policy to ship as is: it measures what planning issuer
+    retries on the model's odds is worth."""
 
     def __init__(self, policy: LearnedPolicy, market) -> None:
         from ceiling_parts import FirstOdds, email_only
@@ -171,8 +172,18 @@ class PlannedIssuerRetries(Policy):
 
         self.codes = list(DECLINE_KINDS["issuer_decline"])
         self.probe, self.name = FirstOdds(policy, market), "planned_issuer_retries"
-        # the planner's decay per failed attempt: the policy's learned one, not the truth's
+        # the planner's decay per failed attempt: the policy's learned one, not the truth's;
+        # and no more retries than the history's support (the policy's ``last_retry``)
         config = dataclasses.replace(market.config, attempt_decay=float(policy.continuation))
+        if policy.last_retry:
+            most = max(policy.last_retry.values()) + 1
+            rules = dataclasses.replace(
+                config.rules,
+                visa_max_retries=min(config.rules.visa_max_retries, most),
+                mastercard_max_retries=min(config.rules.mastercard_max_retries, most),
+                other_max_retries=min(config.rules.other_max_retries, most),
+            )
+            config = dataclasses.replace(config, rules=rules)
         customers = [redraw_customer_state(market, 2_000 + k) for k in range(48)]
         self.planner = Oracle(
             dataclasses.replace(market, config=config),
