@@ -125,10 +125,11 @@ def retry_profile(rolled: dict[str, Any], market: Any, kinds: np.ndarray) -> Non
             )
             weekend = float((local.dt.day_of_week >= 5).mean()) if len(a) else float("nan")
             won = (a["outcome"] == "succeeded").to_numpy()
-            late = (a["attempt_number"] > 15).to_numpy()  # past Visa's 15 in 30 days
+            cap = market.config.rules.visa_max_retries  # Visa's 15 in 30 days
+            late = (a["attempt_number"] > cap).to_numpy()
             every = (
                 f"all {len(a):,} retries: {won.sum():,} succeeded, {won[late].sum():,} of them "
-                f"after the 15th retry"
+                f"after retry {cap}"
             )
             a = a[a["attempt_number"] <= 3]
             hours = (
