@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import lightgbm as lgb
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import sklearn
 from mlflow import MlflowClient
 
 from reclaim import contract
@@ -162,6 +166,11 @@ def test_policy_survives_an_mlflow_round_trip(trained) -> None:
     assert (out["channel"].fillna("none") == direct.channel.astype("object").fillna("none")).all()
     np.testing.assert_array_equal(out["propensity"], direct.propensity)
     assert out["retry_at"].notna().mean() > 0.5
+    # an environment built from the logged requirements can unpickle the policy: lightgbm too
+    wanted = Path(mlflow.pyfunc.get_model_dependencies(f"models:/{MODEL_NAME}/1")).read_text()
+    pinned = dict(line.split("==") for line in wanted.split() if "==" in line)
+    assert pinned["lightgbm"] == lgb.__version__ and pinned["scikit-learn"] == sklearn.__version__
+    assert "reclaim" in wanted
 
 
 def test_a_signature_example_with_null_fees_first_is_accepted(trained) -> None:
