@@ -202,12 +202,11 @@ def test_compose_topology_fails_over_rolls_back_and_charges_each_retry_once(
             # topology is under test here, not the model; training on all of them took 40 s)
             history = contract.read_tables(trained.data_dir)
             contract.write_tables(sample_payments(history, 0.3), tmp_path / "export")
-            top.start("mlflow")
-            top.wait_http("mlflow", f"http://127.0.0.1:{top.ports['mlflow']}/health")
-
+            top.start("mlflow")  # it migrates its own database while Reclaim's migrates
             migrated = top.run("migrate", **here)
             assert "migrated the store from an empty database to" in migrated
             assert "already at migration" in top.run("migrate", **here)  # once is enough
+            top.wait_http("mlflow", f"http://127.0.0.1:{top.ports['mlflow']}/health")
 
             trained_out = top.run("train", "--gate-payments", "500", **here)
             assert "gate: champion" in trained_out, trained_out[-3000:]
