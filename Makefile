@@ -7,19 +7,16 @@ BIN := $(VENV)/bin
 
 .PHONY: demo test lint bench bench-tools browser-tools clean
 
-# --no-compile: pip would byte-compile every installed module (over half the install's time);
-# Python compiles the ones a command imports on first use and caches them. (The Dockerfile
-# compiles at build time: a container's file system may be read-only.)
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --no-compile --upgrade pip
+	$(BIN)/python -m pip install -q --upgrade pip
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q --no-compile -e .
+	$(BIN)/pip install -q -e .
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q --no-compile -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev]'
 	touch $@ $(VENV)/.installed
 
 # The main job: simulate a marketplace's history, train and register a policy, then replay a
